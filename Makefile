@@ -1,0 +1,49 @@
+# dropr — make demo | make test | make check | make bench
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all demo test check lint types docs completions bench clean sysdeps
+
+all: test
+
+# System packages the tests need (iproute2 for network namespaces, e2fsprogs for a
+# loop-mounted small filesystem, openssl for a test CA). Best effort: skipped when not root.
+sysdeps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for c in ip:iproute2 mkfs.ext4:e2fsprogs openssl:openssl curl:curl; do \
+	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" ./examples/demo.sh
+
+test: $(STAMP) sysdeps
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -x --durations=10 tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check lib cli tests bench
+	$(BIN)/ruff format --check lib cli
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+check: lint types test
+
+completions: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python completions/generate.py
+
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info lib/*.egg-info cli/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""dropr's commands: one thin click module per command."""

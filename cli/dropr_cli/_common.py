@@ -1,0 +1,135 @@
+"""The shared command class and options: --spool, --config, -v/-q, --version, -h."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from dropr.config import Config, default_spool, load, parse_duration, parse_size
+from dropr.errors import EX_USAGE, DroprError, UsageError
+from dropr.spool import Spool
+
+from ._guard import VERSION, guard, setup_logging
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Obj:
+    """What every command gets: resolved spool path, config file, verbosity."""
+
+    def __init__(self, spool: str, config: str | None, verbose: int, quiet: int) -> None:
+        self.spool_path = spool
+        self.config_path = config
+        self.verbose = verbose
+        self.quiet = quiet
+
+    def config(self) -> Config:
+        """Load the config of this spool."""
+        return load(self.spool_path, self.config_path)
+
+    def spool(self, create: bool = True) -> Spool:
+        """Open the spool with its config."""
+        return Spool(self.spool_path, self.config(), create=create)
+
+
+def main_for(cmd: click.Command) -> Callable[[list[str] | None], int]:
+    """Return a console-script main that runs cmd with dropr's exit-code rules."""
+
+    def main(argv: list[str] | None = None) -> int:
+        prog = cmd.name or "dropr"
+        verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+
+        def run() -> int:
+            try:
+                rv = cmd.main(args=argv, prog_name=prog, standalone_mode=False)
+            except click.exceptions.NoArgsIsHelpError as exc:
+                click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+                return EX_USAGE
+            except click.UsageError as exc:
+                hint = f"; see '{prog} --help'"
+                raise UsageError(exc.format_message().replace("\n", " ") + hint) from None
+            except click.exceptions.Exit as exc:
+                return int(exc.exit_code)
+            except click.Abort:
+                return 130
+            except click.ClickException as exc:
+                raise UsageError(exc.format_message()) from None
+            return int(rv or 0)
+
+        code = guard(prog, run, verbose)
+        sys.stdout.flush()
+        return code
+
+    return main
+
+
+def common(fn: F) -> F:
+    """Add --spool, --config, -v, -q, --version to a command and build ctx.obj."""
+
+    opts = [
+        click.option(
+            "--spool",
+            metavar="DIR",
+            envvar="DROPR_SPOOL",
+            default=None,
+            help="Spool directory [$DROPR_SPOOL, /var/spool/dropr for root, else ~/.local/state/dropr].",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            metavar="FILE",
+            envvar="DROPR_CONFIG",
+            default=None,
+            help="Config file [$DROPR_CONFIG, else SPOOL/dropr.toml].",
+        ),
+        click.option("-v", "--verbose", count=True, help="More detail on stderr (tracebacks)."),
+        click.option("-q", "--quiet", count=True, help="Only errors on stderr."),
+        click.version_option(VERSION, "--version", prog_name="dropr"),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def obj(spool: str | None, config_file: str | None, verbose: int, quiet: int, prog: str) -> Obj:
+    """Build the shared object and set up logging for a command."""
+    setup_logging(prog, verbose, quiet)
+    return Obj(spool or default_spool(), config_file, verbose, quiet)
+
+
+class Duration(click.ParamType):
+    """A duration like 500ms, 30s, 5m, 2h, 7d."""
+
+    name = "DUR"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except DroprError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Size(click.ParamType):
+    """A size like 512, 64KiB, 10MB, 1GiB."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except DroprError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
+SIZE = Size()
+
+__all__ = ["CONTEXT", "DURATION", "SIZE", "Obj", "common", "main_for", "obj", "click"]

@@ -1,0 +1,68 @@
+"""Turn exceptions into one stderr line and a sysexits code; free of click for speed.
+
+This is the one place exceptions become exit codes: the click command class in
+``_common`` and the fast path of ``dropr-put`` both call ``guard``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from dropr.errors import EX_IOERR, EX_USAGE, DroprError
+
+VERSION = "0.1.0"
+
+
+def say_error(prog: str, text: str) -> None:
+    """Print one error line on stderr."""
+    sys.stderr.write(f"{prog}: error: {text}\n")
+    sys.stderr.flush()
+
+
+def guard(prog: str, fn: Callable[[], int | None], verbose: bool = False) -> int:
+    """Run fn; map DroprError and OS errors to their exit code and a one-line message."""
+    try:
+        return fn() or 0
+    except DroprError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        say_error(prog, str(exc))
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # the reader went away (dropr-recv | head): quiet, like cat
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141 - 128
+    except OSError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        name = f" {exc.filename}" if exc.filename else ""
+        say_error(prog, f"I/O error{name}: {exc.strerror or exc}")
+        return EX_IOERR
+
+
+def setup_logging(prog: str, verbose: int, quiet: int) -> None:
+    """Log to stderr, one line per event, no timestamps (the supervisor adds them)."""
+    import logging
+
+    level = logging.INFO - 10 * verbose + 10 * quiet
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    root = logging.getLogger("dropr")
+    root.handlers[:] = [handler]
+    root.setLevel(max(logging.DEBUG, level))
+    root.propagate = False
+
+
+__all__ = ["guard", "say_error", "setup_logging", "EX_USAGE", "VERSION"]

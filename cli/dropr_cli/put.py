@@ -1,0 +1,157 @@
+"""dropr-put: enqueue messages into the local outbox, durably; print their ids.
+
+Start-up time matters here (a shell loop may call it thousands of times), so
+``main`` parses the usual options by hand and imports click only for --help,
+completion or a command line it does not understand; ``tests/cli/test_put_fastpath``
+checks that both parsers agree.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+PROG = "dropr-put"
+_VALUED = {"--to", "--channel", "--priority", "--ttl", "--id", "--file", "--timeout", "--spool", "--config"}
+_FLAGS = {"--lines", "--null", "--wait", "-v", "--verbose", "-q", "--quiet"}
+
+
+def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
+    """Parse the common command lines; None sends anything unusual to click."""
+    if any(k.endswith("_COMPLETE") for k in os.environ):
+        return None
+    o: dict[str, Any] = {"to": [], "verbose": 0, "quiet": 0}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _FLAGS:
+            key = {"-v": "verbose", "-q": "quiet"}.get(a, a[2:])
+            o[key] = o.get(key, 0) + 1 if key in ("verbose", "quiet") else True
+        elif a.split("=", 1)[0] in _VALUED:
+            name, eq, val = a.partition("=")
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    return None
+                val = argv[i]
+            if name == "--to":
+                o["to"].append(val)
+            elif name in o:
+                return None
+            else:
+                o[name] = val
+        else:
+            return None
+        i += 1
+    return o
+
+
+def _run(o: dict[str, Any]) -> int:
+    from dropr import put
+    from dropr.config import default_spool, load, parse_duration
+    from dropr.errors import UsageError
+    from dropr.spool import Spool
+
+    if o.get("lines") and o.get("null"):
+        raise UsageError("--lines and --null exclude each other")
+    if o.get("verbose"):
+        from ._guard import setup_logging
+
+        setup_logging(PROG, o["verbose"], o["quiet"])
+    try:
+        priority = int(o.get("--priority", 5))
+    except ValueError:
+        raise UsageError(f"bad --priority {o['--priority']!r}: use 0 (most urgent) to 9") from None
+    opts = put.PutOptions(
+        to=o["to"],
+        channel=o.get("--channel", "default"),
+        priority=priority,
+        ttl=parse_duration(o["--ttl"]) if "--ttl" in o else 0,
+        ident=o.get("--id"),
+        file=o.get("--file"),
+        split=b"\n" if o.get("lines") else b"\0" if o.get("null") else None,
+        wait=bool(o.get("wait")),
+        timeout=parse_duration(o["--timeout"]) if "--timeout" in o else 0,
+    )
+    if "--timeout" in o and not opts.wait:
+        raise UsageError("--timeout goes with --wait")
+    spool_dir = o.get("--spool") or default_spool()
+    spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
+    ids = put.run(spool, opts)
+    if opts.wait:
+        return put.wait_for(spool, ids, opts.timeout)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: fast path for plain use, click for everything else."""
+    args = sys.argv[1:] if argv is None else argv
+    o = _fast_parse(args)
+    if o is None:
+        return _click_main(args)
+    from ._guard import guard
+
+    return guard(PROG, lambda: _run(o), bool(o.get("verbose")))
+
+
+def _click_main(args: list[str]) -> int:
+    from ._common import main_for
+
+    return main_for(command())(args)
+
+
+def command() -> Any:
+    """Build the click command (only for --help, completion and unusual command lines)."""
+    from ._common import CONTEXT, DURATION, click, common
+
+    @click.command(PROG, context_settings=CONTEXT)
+    @click.option("--to", "to", multiple=True, metavar="PEER", help="Destination: a peer name from the config or an http(s):// URL. Repeat to multicast.")
+    @click.option("--channel", default="default", show_default=True, help="Queue name at the receiver.")
+    @click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True, help="0 is most urgent, 9 least.")
+    @click.option("--ttl", type=DURATION, default=None, help="Give up (dead letter) if not delivered within DUR.")
+    @click.option("--id", "ident", metavar="ID", help="Caller-chosen id; putting an id already in the outbox is a no-op.")
+    @click.option("--file", "file", metavar="PATH", help="Read the payload from PATH (streamed, any size) instead of stdin.")
+    @click.option("--lines", is_flag=True, help="Every line of stdin is one message (newline stripped).")
+    @click.option("--null", is_flag=True, help="Every NUL-terminated record of stdin is one message.")
+    @click.option("--wait", is_flag=True, help="Block until every destination processed the message (0), it died (1) or --timeout (75).")
+    @click.option("--timeout", type=DURATION, default=None, help="With --wait: give up after DUR.")
+    @common
+    def cmd(**kw: Any) -> int:
+        """Enqueue messages into the local outbox, durably; print their ids.
+
+        The payload comes from stdin (or --file). The command returns only once
+        the message is on disk, file and directory fsynced, and wakes a running
+        dropr-send at once.
+
+        \b
+        Examples:
+          echo hello | dropr-put --to db1
+          dropr-put --to db1 --to db2 --file dump.sql --channel backups
+          tail -F app.log | dropr-put --lines --to http://logs.example.net:8080/
+          dropr-put --to db1 --id order-4711 --priority 0 < order.json
+          dropr-put --to db1 --wait --timeout 30s < job.json
+        """
+        o: dict[str, Any] = {
+            "to": list(kw["to"]),
+            "verbose": kw["verbose"],
+            "quiet": kw["quiet"],
+            "--channel": kw["channel"],
+            "--priority": str(kw["priority"]),
+            "lines": kw["lines"],
+            "null": kw["null"],
+            "wait": kw["wait"],
+        }
+        for key in ("ttl", "timeout"):
+            if kw[key] is not None:
+                o["--" + key] = f"{kw[key]}s"
+        for key, name in (("ident", "--id"), ("file", "--file"), ("spool", "--spool"), ("config_file", "--config")):
+            if kw[key] is not None:
+                o[name] = kw[key]
+        return _run(o)
+
+    return cmd
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Ids, names and the on-disk message format: parse and format only.
+
+An outbox message file is a fixed 256-byte envelope header followed by the
+payload, byte for byte. The header is one line of ``key=value`` fields padded
+with spaces and ended by a newline at byte 255::
+
+    DROPR1 id=0190f3c2a1b4c5d6e7f8a9b0c1d2 ch=default p=5 c=<µs> d=<µs|0> s=<size> k=<crc32>
+
+The same bytes travel on the wire: the sender uploads the spool file as it is
+and the receiver reads the header from the stream, then writes only the
+payload into its inbox, so a consumer's ``PATH`` is the payload alone.
+
+File names sort by priority, then arrival::
+
+    outbox  {p}{arrival:013x},{id}
+    inbox   {p}{arrival:013x},{origin},{id}
+
+Arrival is microseconds since the epoch on the local clock, 13 lowercase hex
+digits. A generated id starts with its creation time in the same form, so the
+outbox name of a generated id is known from the id and one of ten priorities;
+caller-chosen ids are found through a symlink index (see ``spool``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+
+HEADER_SIZE = 256
+MAGIC = b"DROPR1"
+MAX_ID = 64
+MAX_NAME = 40
+
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_HEX = frozenset("0123456789abcdef")
+
+
+def now_us() -> int:
+    """Return the local clock in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+def _check(text: str, kind: str, limit: int) -> str:
+    if not text or len(text) > limit:
+        raise ValueError(f"{kind} must be 1 to {limit} characters")
+    if text[0] in ".-" or not _ID_CHARS.issuperset(text):
+        raise ValueError(f"{kind} may use only letters, digits, '_', '.', '-' and not start with '.' or '-'")
+    return text
+
+
+def check_id(text: str) -> str:
+    """Return a message id unchanged, or raise ValueError saying why it is bad."""
+    return _check(text, "an id", MAX_ID)
+
+
+def check_name(text: str, kind: str = "a name") -> str:
+    """Return a node, peer or channel name unchanged, or raise ValueError."""
+    return _check(text, kind, MAX_NAME)
+
+
+class IdMaker:
+    """Generate time-sortable ids: 13 hex digits of µs time and 11 of a per-process counter.
+
+    The counter starts at a random point so two processes (or hosts) that hit the
+    same microsecond still differ; within a process ids strictly increase.
+    """
+
+    def __init__(self) -> None:
+        self._seq = int.from_bytes(os.urandom(6), "big") >> 4
+        self._last = 0
+
+    def new(self) -> tuple[str, int]:
+        """Return a fresh id and its time in µs."""
+        t = now_us()
+        if t <= self._last:
+            t = self._last + 1
+        self._last = t
+        self._seq = (self._seq + 1) & 0xFFFFFFFFFFF
+        return f"{t:013x}{self._seq:011x}", t
+
+
+def generated_time(ident: str) -> int | None:
+    """Return the µs time encoded in a generated id, or None for other ids."""
+    if len(ident) == 24 and _HEX.issuperset(ident):
+        return int(ident[:13], 16)
+    return None
+
+
+def out_name(priority: int, arrival: int, ident: str) -> str:
+    """Return the outbox file name for a message."""
+    return f"{priority}{arrival:013x},{ident}"
+
+
+def in_name(priority: int, arrival: int, origin: str, ident: str) -> str:
+    """Return the inbox file name for a message."""
+    return f"{priority}{arrival:013x},{origin},{ident}"
+
+
+def parse_out_name(name: str) -> tuple[int, int, str]:
+    """Return (priority, arrival µs, id) of an outbox name; ValueError if it is not one."""
+    head, sep, ident = name.partition(",")
+    if not sep or len(head) != 14 or not head[0].isdigit() or "," in ident:
+        raise ValueError(f"not an outbox name: {name!r}")
+    return int(head[0]), int(head[1:], 16), ident
+
+
+def parse_in_name(name: str) -> tuple[int, int, str, str]:
+    """Return (priority, arrival µs, origin, id) of an inbox name; ValueError otherwise."""
+    parts = name.split(",")
+    if len(parts) != 3 or len(parts[0]) != 14 or not parts[0][0].isdigit():
+        raise ValueError(f"not an inbox name: {name!r}")
+    return int(parts[0][0]), int(parts[0][1:], 16), parts[1], parts[2]
+
+
+class Header:
+    """The envelope of an outbox message; ``pack`` and ``parse`` are exact inverses."""
+
+    __slots__ = ("ident", "channel", "priority", "created", "deadline", "size", "crc")
+
+    def __init__(
+        self,
+        ident: str,
+        channel: str,
+        priority: int,
+        created: int,
+        deadline: int,
+        size: int,
+        crc: int,
+    ) -> None:
+        self.ident = ident
+        self.channel = channel
+        self.priority = priority
+        self.created = created
+        self.deadline = deadline
+        self.size = size
+        self.crc = crc
+
+    def pack(self) -> bytes:
+        """Return the 256-byte header."""
+        line = (
+            f"DROPR1 id={self.ident} ch={self.channel} p={self.priority} c={self.created}"
+            f" d={self.deadline} s={self.size} k={self.crc:08x}"
+        ).encode("ascii")
+        return line.ljust(HEADER_SIZE - 1) + b"\n"
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Header:
+        """Parse a header; raise ValueError with the reason if it is not a valid one."""
+        if len(raw) != HEADER_SIZE or raw[-1:] != b"\n" or not raw.startswith(MAGIC + b" "):
+            raise ValueError("not a dropr message header")
+        try:
+            fields = dict(f.split("=", 1) for f in raw[7:].decode("ascii").split())
+            hdr = cls(
+                check_id(fields["id"]),
+                check_name(fields["ch"], "a channel"),
+                int(fields["p"]),
+                int(fields["c"]),
+                int(fields["d"]),
+                int(fields["s"]),
+                int(fields["k"], 16),
+            )
+        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"bad message header: {exc}") from None
+        if not 0 <= hdr.priority <= 9 or hdr.size < 0 or hdr.created < 0 or hdr.deadline < 0:
+            raise ValueError("bad message header: field out of range")
+        return hdr
+
+
+def crc32(data: bytes, value: int = 0) -> int:
+    """Continue a CRC-32 over data (zlib's, as gzip and PNG use)."""
+    return zlib.crc32(data, value)

@@ -1,0 +1,201 @@
+"""dropr-put's work: read payloads, commit them durably, print ids as they become durable."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import IO
+
+from .config import Config, Peer, check_priority
+from .errors import DataError, NoInputError, TempFailError, UsageError
+from .spool import Spool
+
+GROUP_WINDOW = 0.05  # a line waits at most this long before its commit starts
+GROUP_MAX = 20000  # and at most this many lines share one commit
+READ_SIZE = 1 << 16
+
+
+class PutOptions:
+    """What dropr-put was asked to do."""
+
+    __slots__ = ("to", "channel", "priority", "ttl", "ident", "file", "split", "wait", "timeout")
+
+    def __init__(
+        self,
+        *,
+        to: list[str],
+        channel: str = "default",
+        priority: int = 5,
+        ttl: float = 0,
+        ident: str | None = None,
+        file: str | None = None,
+        split: bytes | None = None,
+        wait: bool = False,
+        timeout: float = 0,
+    ) -> None:
+        self.to = to
+        self.channel = channel
+        self.priority = priority
+        self.ttl = ttl
+        self.ident = ident
+        self.file = file
+        self.split = split
+        self.wait = wait
+        self.timeout = timeout
+
+
+def resolve(config: Config, targets: list[str]) -> list[Peer]:
+    """Resolve --to arguments to distinct peers."""
+    if not targets:
+        raise UsageError("no destination; give --to PEER (a configured peer name or a URL)")
+    peers: dict[str, Peer] = {}
+    for t in targets:
+        p = config.peer(t)
+        peers.setdefault(p.name, p)
+    return list(peers.values())
+
+
+def run(spool: Spool, opts: PutOptions, out: IO[str] | None = None) -> list[str]:
+    """Put messages as opts says, print each id once durable; return the ids."""
+    out = out or sys.stdout
+    check_priority(opts.priority)
+    if opts.ident is not None and opts.split is not None:
+        raise UsageError("--id names one message; it cannot be used with --lines or --null")
+    if opts.file is not None and opts.split is not None:
+        raise UsageError("--file is one message; use --lines/--null with stdin instead")
+    peers = resolve(spool.config, opts.to)
+    try:
+        batch = spool.batch(peers, channel=opts.channel, priority=opts.priority, ttl=opts.ttl)
+    except ValueError as exc:
+        raise DataError(f"bad channel {opts.channel!r}: {exc}") from None
+    if opts.ident is not None:
+        try:
+            from .message import check_id
+
+            check_id(opts.ident)
+        except ValueError as exc:
+            raise DataError(f"bad id {opts.ident!r}: {exc}") from None
+    limit = spool.config.max_message_size
+    _check_quota(spool)
+    if opts.split is not None:
+        return _put_split(batch, opts.split, limit, out)
+    if opts.file is not None:
+        try:
+            fd = os.open(opts.file, os.O_RDONLY)
+        except OSError as exc:
+            raise NoInputError(f"cannot read --file {opts.file}: {exc.strerror}") from None
+        try:
+            batch.add_stream(fd, opts.ident, limit)
+        finally:
+            os.close(fd)
+    else:
+        batch.add_stream(sys.stdin.buffer.fileno(), opts.ident, limit)
+    ids = batch.commit()
+    for i in ids:
+        out.write(i + "\n")
+    out.flush()
+    return ids
+
+
+def _check_quota(spool: Spool) -> None:
+    quota = spool.config.quota
+    if not quota:
+        return
+    from .report import spool_bytes
+
+    used = spool_bytes(spool)
+    if used >= quota:
+        raise TempFailError(
+            f"spool {spool.root} is over its quota ({used} of {quota} bytes); "
+            "wait for deliveries or raise limits.quota"
+        )
+
+
+def _put_split(batch: object, sep: bytes, limit: int, out: IO[str]) -> list[str]:
+    """Put every sep-terminated record of stdin; commit at least every GROUP_WINDOW."""
+    import select
+
+    from .spool import PutBatch
+
+    assert isinstance(batch, PutBatch)
+    fd = sys.stdin.buffer.fileno()
+    rest = b""
+    first = 0.0  # when the oldest uncommitted record arrived
+    all_ids: list[str] = []
+
+    def commit() -> None:
+        nonlocal first
+        ids = batch.commit()
+        if ids:
+            out.write("\n".join(ids) + "\n")
+            out.flush()
+            all_ids.extend(ids)
+        first = 0.0
+
+    try:
+        while True:
+            if len(batch):
+                left = GROUP_WINDOW - (time.monotonic() - first)
+                if left <= 0 or len(batch) >= GROUP_MAX:
+                    commit()
+                    continue
+                if not select.select([fd], [], [], left)[0]:
+                    commit()
+                    continue
+            chunk = os.read(fd, READ_SIZE)
+            if not chunk:
+                break
+            records = (rest + chunk).split(sep)
+            rest = records.pop()
+            if limit and len(rest) > limit:
+                raise DataError(f"a record is larger than the limit of {limit} bytes")
+            if records and not len(batch):
+                first = time.monotonic()
+            for rec in records:
+                if limit and len(rec) > limit:
+                    raise DataError(f"a record is larger than the limit of {limit} bytes")
+                batch.add(rec)
+        if rest:
+            if not len(batch):
+                first = time.monotonic()
+            batch.add(rest)
+        commit()
+    except BaseException:
+        batch.abort()
+        raise
+    return all_ids
+
+
+def wait_for(spool: Spool, ids: list[str], timeout: float, err: IO[str] | None = None) -> int:
+    """Block until every destination of ids reports processed (0), dead (1) or timeout (75)."""
+    from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL
+
+    err = err or sys.stderr
+    if not sender_running(spool):
+        err.write("dropr-put: warning: no dropr-send is running for this spool; nothing will move\n")
+        err.flush()
+    deadline = time.monotonic() + timeout if timeout else None
+    with spool.waiter(f"put-{os.getpid()}.sock") as w:
+        while True:
+            states = [s for i in ids for (_, s, _) in spool.find_out(i)]
+            if "dead" in states:
+                return EX_NOTFOUND
+            if states and all(s == "processed" for s in states):
+                return EX_OK
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return EX_TEMPFAIL
+            w.wait(min(left, 1.0) if left is not None else 1.0)
+
+
+def sender_running(spool: Spool) -> bool:
+    """Tell whether a dropr-send holds this spool's wake-up socket."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(spool.path("wake", "send.sock"))
+            return True
+        except OSError:
+            return False

@@ -1,0 +1,328 @@
+"""What dropr-ls shows: summaries, listings and single-message details of a spool.
+
+Everything is read from names and one lstat per file: no file is opened for a
+summary, so a million messages take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from . import message as m
+from .spool import IN_STATES, OUT_STATES, Spool
+
+ROW_FIELDS = ("box", "name", "state", "count", "bytes", "oldest")
+MSG_FIELDS = ("id", "box", "name", "state", "priority", "size", "attempts", "created", "path", "error")
+
+
+class Filter:
+    """Which part of the spool to look at."""
+
+    __slots__ = ("box", "peer", "channel", "state")
+
+    def __init__(
+        self,
+        *,
+        box: str | None = None,
+        peer: str | None = None,
+        channel: str | None = None,
+        state: str | None = None,
+    ) -> None:
+        self.box = box
+        self.peer = peer
+        self.channel = channel
+        self.state = state
+
+    def places(self, spool: Spool) -> Iterator[tuple[str, str, str]]:
+        """Yield (box, name, state) folders that match."""
+        if self.box in (None, "out") and self.channel is None:
+            for peer in spool.out_peers():
+                if self.peer in (None, peer):
+                    for st in OUT_STATES:
+                        if self.state in (None, st):
+                            yield "out", peer, st
+        if self.box in (None, "in") and self.peer is None:
+            for ch in spool.channels():
+                if self.channel in (None, ch):
+                    for st in IN_STATES:
+                        if self.state in (None, st):
+                            yield "in", ch, st
+
+
+def _scan(folder: str, header: int) -> tuple[int, int, str]:
+    """Return count, payload bytes and the smallest arrival prefix of a state folder."""
+    count = 0
+    size = 0
+    oldest = ""
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                try:
+                    size += e.stat(follow_symlinks=False).st_size - header
+                except FileNotFoundError:
+                    continue
+                count += 1
+                arr = e.name[1:14]
+                if not oldest or arr < oldest:
+                    oldest = arr
+    except FileNotFoundError:
+        pass
+    return count, size, oldest
+
+
+def summary(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
+    """Return one row per (box, name, state) with count, bytes and oldest arrival (epoch s)."""
+    rows = []
+    for box, name, state in flt.places(spool):
+        header = m.HEADER_SIZE if box == "out" else 0
+        count, size, oldest = _scan(spool.path(box, name, state), header)
+        if count or flt.state or state in ("queued", "ready"):
+            rows.append(
+                {
+                    "box": box,
+                    "name": name,
+                    "state": state,
+                    "count": count,
+                    "bytes": size,
+                    "oldest": int(oldest, 16) / 1e6 if oldest else None,
+                }
+            )
+    return rows
+
+
+def peers(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
+    """Return per-peer health: backlog, age of oldest queued, last success, last error."""
+    out = []
+    if flt.box not in (None, "out") or flt.channel is not None:
+        return out
+    for peer in spool.out_peers():
+        if flt.peer not in (None, peer):
+            continue
+        count, size, oldest = _scan(spool.path("out", peer, "queued"), m.HEADER_SIZE)
+        st = spool.peer_state(peer)
+        try:
+            url = spool.peer_url(peer)
+        except OSError:
+            url = ""
+        out.append(
+            {
+                "peer": peer,
+                "url": url,
+                "backlog": count,
+                "bytes": size,
+                "oldest": int(oldest, 16) / 1e6 if oldest else None,
+                "last_ok": st.get("last_ok"),
+                "last_error": st.get("last_error"),
+                "last_error_at": st.get("last_error_at"),
+                "backoff_until": st.get("until"),
+            }
+        )
+    return out
+
+
+def messages(spool: Spool, flt: Filter) -> Iterator[dict[str, Any]]:
+    """Yield one record per message in the matching folders, in folder order."""
+    for box, name, state in flt.places(spool):
+        folder = spool.path(box, name, state)
+        try:
+            metas = set(os.listdir(spool.path(box, name, "meta")))
+        except FileNotFoundError:
+            metas = set()
+        for fn in spool.out_names(name, state) if box == "out" else spool.in_names(name, state):
+            yield _record(spool, box, name, state, folder, fn, metas)
+
+
+def _record(
+    spool: Spool, box: str, name: str, state: str, folder: str, fn: str, metas: set[str]
+) -> dict[str, Any]:
+    path = os.path.join(folder, fn)
+    try:
+        st = os.lstat(path)
+        size = st.st_size
+    except FileNotFoundError:
+        size = 0
+    if box == "out":
+        prio, arrival, ident = m.parse_out_name(fn)
+        size -= m.HEADER_SIZE
+        key, origin = ident, spool.node
+        meta = spool.out_meta(name, ident) if ident in metas else {}
+        attempts = int(meta.get("attempts", 0))
+    else:
+        prio, arrival, origin, ident = m.parse_in_name(fn)
+        key = f"{origin},{ident}"
+        meta = spool.in_meta(name, origin, ident) if key in metas else {}
+        attempts = int(meta.get("returns", 0))
+    rec: dict[str, Any] = {
+        "id": ident,
+        "box": box,
+        "name": name,
+        "state": state,
+        "priority": prio,
+        "size": max(size, 0),
+        "attempts": attempts,
+        "created": arrival / 1e6,
+        "path": path,
+        "error": meta.get("error"),
+    }
+    if box == "in":
+        rec["origin"] = origin
+    return rec
+
+
+def details(spool: Spool, ident: str) -> list[dict[str, Any]]:
+    """Return everything known about one id, outbox and inbox, one record per place."""
+    found = []
+    for peer, state, fn in spool.find_out(ident):
+        rec = _record(spool, "out", peer, state, spool.path("out", peer, state), fn, {ident})
+        try:
+            hdr = spool.read_header(peer, state, fn)
+            rec.update(channel=hdr.channel, created=hdr.created / 1e6, deadline=hdr.deadline / 1e6 or None)
+        except (OSError, ValueError) as exc:
+            rec["error"] = f"unreadable: {exc}"
+        pst = spool.peer_state(peer)
+        if state == "queued" and pst.get("until"):
+            rec["next_attempt"] = pst["until"]
+        found.append(rec)
+    origin, _, bare = ident.rpartition(",")
+    origins = [origin] if origin else _sorted(spool.path("rcv"))
+    for o in origins:
+        hit = spool.find_in(o, bare)
+        if hit is None:
+            continue
+        ch, state, fn, created = hit
+        rec = _record(spool, "in", ch, state, spool.path("in", ch, state), fn, {f"{o},{bare}"})
+        rec["created"] = created / 1e6
+        if state in ("claimed", "wait"):
+            try:
+                key = "lease_until" if state == "claimed" else "next_attempt"
+                rec[key] = os.lstat(rec["path"]).st_mtime
+            except FileNotFoundError:
+                pass
+        found.append(rec)
+    return found
+
+
+def _sorted(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+
+
+def spool_bytes(spool: Spool) -> int:
+    """Return the bytes of every message still to deliver or consume (for the quota)."""
+    rows = summary(spool, Filter())
+    return sum(r["bytes"] for r in rows if r["state"] in ("queued", "sent", "ready", "wait", "claimed"))
+
+
+# -- formatting ---------------------------------------------------------------
+
+
+def age(ts: float | None, now: float | None = None) -> str:
+    """Format the age of a timestamp compactly: 850ms, 42s, 7m, 3h, 2d."""
+    if ts is None:
+        return "-"
+    s = (now or time.time()) - ts
+    if s < 1:
+        return f"{max(s, 0) * 1000:.0f}ms"
+    for unit, div in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= div:
+            return f"{s / div:.0f}{unit}"
+    return f"{s:.0f}s"
+
+
+def human_bytes(n: int) -> str:
+    """Format a byte count: 512B, 1.5KiB, 20MiB."""
+    v = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if v < 1024 or unit == "GiB":
+            return f"{v:.0f}{unit}" if unit == "B" or v >= 100 else f"{v:.1f}{unit}"
+        v /= 1024
+    return f"{n}B"
+
+
+def table(rows: list[list[str]]) -> str:
+    """Align rows of strings into columns."""
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
+
+
+def summary_text(rows: list[dict[str, Any]], prs: list[dict[str, Any]]) -> str:
+    """Render the summary table and, when there are peers, their health."""
+    out = table(
+        [["BOX", "NAME", "STATE", "COUNT", "BYTES", "OLDEST"]]
+        + [
+            [r["box"], r["name"], r["state"], str(r["count"]), human_bytes(r["bytes"]), age(r["oldest"])]
+            for r in rows
+        ]
+    )
+    if prs:
+        out += "\n" + table(
+            [["PEER", "BACKLOG", "OLDEST", "LAST-OK", "LAST-ERROR"]]
+            + [
+                [
+                    p["peer"],
+                    str(p["backlog"]),
+                    age(p["oldest"]),
+                    age(p["last_ok"]) + (" ago" if p["last_ok"] else ""),
+                    f"{age(p['last_error_at'])} ago: {p['last_error']}" if p["last_error"] else "-",
+                ]
+                for p in prs
+            ]
+        )
+    return out
+
+
+def message_line(rec: dict[str, Any]) -> str:
+    """Render one message for -l."""
+    err = f"  {rec['error']}" if rec.get("error") else ""
+    return (
+        f"{rec['id']}  {rec['box']}  {rec['name']}  {rec['state']}  p{rec['priority']}  "
+        f"{human_bytes(rec['size'])}  {age(rec['created'])}  a{rec['attempts']}{err}\n"
+    )
+
+
+def json_line(rec: dict[str, Any]) -> str:
+    """Render one record as a JSON line."""
+    return json.dumps(rec, sort_keys=False) + "\n"
+
+
+def prom(rows: list[dict[str, Any]], prs: list[dict[str, Any]], now: float | None = None) -> str:
+    """Render Prometheus text exposition for node_exporter's textfile collector."""
+    now = now or time.time()
+    lines = [
+        "# HELP dropr_messages Messages in a spool state.",
+        "# TYPE dropr_messages gauge",
+    ]
+    for r in rows:
+        lines.append(f'dropr_messages{{box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"}} {r["count"]}')
+    lines += ["# HELP dropr_bytes Payload bytes in a spool state.", "# TYPE dropr_bytes gauge"]
+    for r in rows:
+        lines.append(f'dropr_bytes{{box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"}} {r["bytes"]}')
+    lines += [
+        "# HELP dropr_oldest_age_seconds Age of the oldest message in a spool state.",
+        "# TYPE dropr_oldest_age_seconds gauge",
+    ]
+    for r in rows:
+        a = now - r["oldest"] if r["oldest"] else 0
+        lines.append(f'dropr_oldest_age_seconds{{box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"}} {a:.3f}')
+    lines += [
+        "# HELP dropr_peer_last_success_timestamp_seconds Last successful delivery to a peer.",
+        "# TYPE dropr_peer_last_success_timestamp_seconds gauge",
+    ]
+    for p in prs:
+        lines.append(f'dropr_peer_last_success_timestamp_seconds{{peer="{p["peer"]}"}} {p["last_ok"] or 0}')
+    lines += [
+        "# HELP dropr_peer_failing Whether the last attempt to a peer failed.",
+        "# TYPE dropr_peer_failing gauge",
+    ]
+    for p in prs:
+        failing = 1 if p["last_error"] and (p["last_error_at"] or 0) > (p["last_ok"] or 0) else 0
+        lines.append(f'dropr_peer_failing{{peer="{p["peer"]}"}} {failing}')
+    return "\n".join(lines) + "\n"

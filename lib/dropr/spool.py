@@ -1,0 +1,968 @@
+"""The spool: the only code that creates, renames, links or unlinks spool files.
+
+Layout (one filesystem; ``tmp`` must be on the same one as everything else, or
+rename and link could not be atomic)::
+
+    node                         this node's name, fixed at first use
+    dropr.toml                   optional config
+    tmp/                         files being written; swept when untouched for 36 h
+    ids/<id>                     symlink -> "{p}{arrival}" for caller-chosen outbox ids
+    out/<peer>/url               where the peer is
+    out/<peer>/peer.json         backoff, last success, last error (write .new, rename)
+    out/<peer>/<state>/<name>    state: queued sent processed dead; hard links of one file
+    out/<peer>/meta/<id>         attempts and last error of one message (written on failure)
+    in/<channel>/<state>/<name>  state: ready wait claimed done dead
+    in/<channel>/meta/<origin>,<id>  returns, failures, last error
+    rcv/<origin>/<id>            symlink -> "{channel}/{p}{arrival}/{created}": received ids
+    corrupt/                     unreadable files moved aside
+    wake/                        datagram sockets of waiting senders and consumers
+
+Names: outbox ``{p}{arrival:013x},{id}``, inbox ``{p}{arrival:013x},{origin},{id}``
+(``message``). An outbox file is a 256-byte header and the payload; an inbox file
+is the payload alone. Nothing is modified after its final rename, except the
+mtime of ``claimed`` (the lease expiry) and ``wait`` (when due) entries.
+
+State table. Each transition is one rename or link; "crash" says what a kill -9
+or power loss between the steps leaves, and what recovery makes of it.
+
+===========  ==================================  ==================================================
+transition   steps                               crash windows
+===========  ==================================  ==================================================
+put          write tmp/F (header+payload);       before sync 1: tmp leftover, swept by age; nothing
+             sync 1; [symlink ids/ID];           was printed. After link to some peers only: those
+             link F to out/P/queued/N per peer   peers get it, id never printed (retry with --id to
+             (rename for one peer); sync 2;      be exact). A dangling ids/ symlink (crash before
+             print ids                           the link) is older than 60 s and replaced.
+sent         rename queued/N -> sent/N           before: sent again, the peer answers duplicate.
+processed    rename sent/N -> processed/N        before: the next status poll does it again.
+dead (out)   write meta/ID; rename -> dead/N     before rename: still queued, meta says why.
+store (in)   write tmp/F (payload); sync 1;      the receiver holds rcv/ORIGIN.lock over the
+             lock origin; symlink rcv/O/ID;      symlink, rename and sync 2, so a duplicate is never
+             rename F -> ready/N; sync 2;        answered before the first copy is durable. A
+             unlock; answer "stored"             dangling rcv symlink (crash before the rename) is
+                                                 replaced under the lock; the sender resends.
+claim        utime(ready/N, lease end);          between: the file sits in ready with a future
+             rename -> claimed/N; utime again    mtime, which ready ignores; after: a lease that is
+                                                 already set, so no sweeper can take it back early.
+ack          rename claimed/N -> done/N          before: the lease expires, redelivered (at least
+                                                 once).
+release      write meta; rename claimed/N ->     before the rename: the lease expires and the
+             ready/N or wait/N (mtime = due)     count is raised once more (an over-count by one).
+reject       write meta; rename -> dead/N        as release.
+expire       write meta; rename claimed/N ->     two sweepers: one rename wins, the other gets
+             ready/N                             ENOENT and skips.
+due          rename wait/N -> ready/N            idempotent.
+purge        unlink done|processed|dead after    leftovers of a purge are purged again.
+             retention (ctime age), meta, index
+===========  ==================================  ==================================================
+
+Syncing: "sync" is fsync of each written file and each touched directory for a
+few messages, and one syncfs(2) of the spool's filesystem for a batch (group
+commit): the data of every file before any of its names, every name before the
+caller hears "stored".
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
+
+from . import message as m
+from .config import Config, Peer
+from .errors import (
+    ConfigError,
+    DataError,
+    NoInputError,
+    NotFoundError,
+    TempFailError,
+    from_oserror,
+)
+
+OUT_STATES = ("queued", "sent", "processed", "dead")
+IN_STATES = ("ready", "wait", "claimed", "done", "dead")
+TMP_MAX_AGE = 36 * 3600  # no writer keeps a tmp file untouched this long: puts and
+# uploads write continuously, and a put whose tmp file was swept fails at its rename.
+DANGLING_AGE = 60  # an index symlink whose message is missing this long is a crash leftover
+SYNC_EACH_MAX = 4  # up to this many files: fsync each; more: one syncfs
+CHUNK = 1 << 20
+
+_libc: Any = None
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding fd to stable storage (group commit)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.syncfs(fd) != 0:
+        import ctypes
+
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory so the names in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mkdirs(path: str) -> bool:
+    """Create path and missing parents; return True if anything was created."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        _mkdirs(os.path.dirname(path))
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            return False
+    fsync_dir(os.path.dirname(path))
+    return True
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.new"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _sorted_names(path: str) -> list[str]:
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return []
+    names.sort()
+    return names
+
+
+class Spool:
+    """One spool directory: outbox, inbox, indexes and the transitions between states."""
+
+    def __init__(self, root: str, config: Config | None = None, *, create: bool = True) -> None:
+        self.root = os.path.abspath(root)
+        self.config = config or Config()
+        self.tmp = os.path.join(self.root, "tmp")
+        if create:
+            self._init_dirs()
+        elif not os.path.isdir(self.tmp):
+            raise NotFoundError(f"no spool at {self.root}; put a message first or pass --spool")
+        self.node = self._node()
+        self._tmpseq = 0
+        self.ids = m.IdMaker()
+
+    # -- layout -------------------------------------------------------------
+
+    def _init_dirs(self) -> None:
+        if os.path.isdir(os.path.join(self.root, "wake")):
+            return
+        try:
+            for sub in ("tmp", "ids", "out", "in", "rcv", "corrupt", "wake", "lock"):
+                _mkdirs(os.path.join(self.root, sub))
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot create spool {self.root}") from None
+
+    def _node(self) -> str:
+        path = os.path.join(self.root, "node")
+        wanted = os.environ.get("DROPR_NODE") or self.config.node
+        try:
+            with open(path, encoding="ascii") as f:
+                node = f.read().strip()
+        except FileNotFoundError:
+            node = ""
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot read {path}") from None
+        if node:
+            if wanted and wanted != node:
+                raise ConfigError(
+                    f"spool {self.root} belongs to node {node!r}, not {wanted!r}; "
+                    "the node name is fixed at first use"
+                )
+            return node
+        node = wanted or _safe_hostname()
+        try:
+            m.check_name(node, "node")
+        except ValueError as exc:
+            raise ConfigError(f"bad node name {node!r}: {exc}; set node in the config") from None
+        try:
+            tmp = os.path.join(self.tmp, f"node.{os.getpid()}")
+            with open(tmp, "w", encoding="ascii") as f:
+                f.write(node + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)  # link, not rename: the first writer wins, all agree
+            fsync_dir(self.root)
+        except FileExistsError:
+            with open(path, encoding="ascii") as f:
+                node = f.read().strip()
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot fix the node name in {path}") from None
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        return node
+
+    def path(self, *parts: str) -> str:
+        """Return a path inside the spool."""
+        return os.path.join(self.root, *parts)
+
+    def tmp_name(self, tag: str) -> str:
+        """Return a fresh path in tmp/ unique to this process."""
+        self._tmpseq += 1
+        return os.path.join(self.tmp, f"{os.getpid()}.{self._tmpseq}.{tag}")
+
+    def sync(self, fds: Iterable[int] = (), dirs: Iterable[str] = (), many: bool = False) -> None:
+        """Make written files and names durable: fsync each, or one syncfs for many."""
+        if many:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                syncfs(fd)
+            finally:
+                os.close(fd)
+            return
+        for fd in fds:
+            os.fsync(fd)
+        for d in dirs:
+            fsync_dir(d)
+
+    # -- outbox: put --------------------------------------------------------
+
+    def peer_dir(self, peer: Peer) -> str:
+        """Return (creating it the first time) the outbox folder of a peer."""
+        d = self.path("out", peer.name)
+        if not os.path.isdir(os.path.join(d, "meta")):
+            for s in (*OUT_STATES, "meta"):
+                _mkdirs(os.path.join(d, s))
+            url = os.path.join(d, "url")
+            if not os.path.exists(url):
+                with open(url + ".new", "w", encoding="utf-8") as f:
+                    f.write(peer.url + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(url + ".new", url)
+                fsync_dir(d)
+        return d
+
+    def batch(
+        self, peers: list[Peer], *, channel: str = "default", priority: int = 5, ttl: float = 0
+    ) -> PutBatch:
+        """Start a batch of messages to put durably in one commit."""
+        return PutBatch(self, peers, channel=channel, priority=priority, ttl=ttl)
+
+    def find_out(self, ident: str) -> list[tuple[str, str, str]]:
+        """Return (peer, state, name) for every destination of an outbox message."""
+        names = self._out_names(ident)
+        found = []
+        for peer in _sorted_names(self.path("out")):
+            for state in OUT_STATES:
+                for name in names:
+                    if os.path.lexists(self.path("out", peer, state, name)):
+                        found.append((peer, state, name))
+        return found
+
+    def _out_names(self, ident: str) -> list[str]:
+        try:
+            prefix = os.readlink(self.path("ids", ident))
+            return [f"{prefix},{ident}"]
+        except OSError:
+            pass
+        t = m.generated_time(ident)
+        if t is None:
+            return []
+        return [m.out_name(p, t, ident) for p in range(10)]
+
+    def _claim_id(self, ident: str, prefix: str) -> bool:
+        """Create ids/<id>; return False if the id is already in the outbox."""
+        link = self.path("ids", ident)
+        for _ in range(2):
+            try:
+                os.symlink(prefix, link)
+                return True
+            except FileExistsError:
+                if self.find_out(ident):
+                    return False
+                try:
+                    age = m.now_us() / 1e6 - os.lstat(link).st_mtime
+                except FileNotFoundError:
+                    continue
+                if age < DANGLING_AGE:
+                    return False  # another putter of the same id is committing right now
+                os.unlink(link)
+        return False
+
+    # -- outbox: sender side ------------------------------------------------
+
+    def out_peers(self) -> list[str]:
+        """Return the names of all outbox peers."""
+        return _sorted_names(self.path("out"))
+
+    def out_names(self, peer: str, state: str) -> list[str]:
+        """Return the sorted names in one outbox state of a peer."""
+        return _sorted_names(self.path("out", peer, state))
+
+    def peer_url(self, peer: str) -> str:
+        """Return the URL recorded for an outbox peer."""
+        with open(self.path("out", peer, "url"), encoding="utf-8") as f:
+            return f.read().strip()
+
+    def peer_state(self, peer: str) -> dict[str, Any]:
+        """Return the stored delivery state of a peer (backoff, last ok, last error)."""
+        return _read_json(self.path("out", peer, "peer.json"))
+
+    def set_peer_state(self, peer: str, data: dict[str, Any]) -> None:
+        """Replace the stored delivery state of a peer."""
+        _write_json(self.path("out", peer, "peer.json"), data)
+
+    def read_header(self, peer: str, state: str, name: str) -> m.Header:
+        """Read the envelope of an outbox message; ValueError if it is corrupt."""
+        with open(self.path("out", peer, state, name), "rb") as f:
+            raw = f.read(m.HEADER_SIZE)
+            hdr = m.Header.parse(raw)
+            size = os.fstat(f.fileno()).st_size - m.HEADER_SIZE
+        if size != hdr.size:
+            raise ValueError(f"payload is {size} bytes, header says {hdr.size}")
+        return hdr
+
+    def out_move(self, peer: str, names: Iterable[str], src: str, dst: str) -> int:
+        """Move outbox entries of a peer between states; return how many moved."""
+        moved = 0
+        for name in names:
+            try:
+                os.rename(self.path("out", peer, src, name), self.path("out", peer, dst, name))
+                moved += 1
+            except FileNotFoundError:
+                pass
+        if moved:
+            fsync_dir(self.path("out", peer, dst))
+        return moved
+
+    def out_meta(self, peer: str, ident: str) -> dict[str, Any]:
+        """Return the attempt record of one outbox message."""
+        return _read_json(self.path("out", peer, "meta", ident))
+
+    def out_fail(self, peer: str, name: str, reason: str, *, dead: bool, src: str = "queued") -> None:
+        """Record a failed attempt; with dead, move the message to dead with the reason."""
+        ident = m.parse_out_name(name)[2]
+        meta_path = self.path("out", peer, "meta", ident)
+        meta = _read_json(meta_path)
+        meta["attempts"] = int(meta.get("attempts", 0)) + 1
+        meta["error"] = reason
+        meta["at"] = m.now_us()
+        _write_json(meta_path, meta)
+        if dead:
+            self.out_move(peer, [name], src, "dead")
+
+    def corrupt(self, path: str, why: str) -> str:
+        """Move an unreadable file aside into corrupt/; return its new path."""
+        rel = os.path.relpath(path, self.root).replace("/", "=")
+        dest = self.path("corrupt", rel)
+        try:
+            os.rename(path, dest)
+            with open(dest + ".why", "w", encoding="utf-8") as f:
+                f.write(why + "\n")
+        except FileNotFoundError:
+            pass
+        return dest
+
+    # -- inbox: receiver side -----------------------------------------------
+
+    def channel_dir(self, channel: str) -> str:
+        """Return (creating it the first time) the inbox folder of a channel."""
+        d = self.path("in", channel)
+        if not os.path.isdir(os.path.join(d, "meta")):
+            for s in (*IN_STATES, "meta"):
+                _mkdirs(os.path.join(d, s))
+        return d
+
+    def find_in(self, origin: str, ident: str) -> tuple[str, str, str, int] | None:
+        """Return (channel, state, name, created) of a received message, or None."""
+        try:
+            target = os.readlink(self.path("rcv", origin, ident))
+        except OSError:
+            return None
+        try:
+            channel, prefix, created = target.split("/")
+            name = f"{prefix},{origin},{ident}"
+        except ValueError:
+            return None
+        for state in IN_STATES:
+            if os.path.lexists(self.path("in", channel, state, name)):
+                return channel, state, name, int(created, 16)
+        return None
+
+    def store(self, origin: str, items: list[tuple[str, m.Header]]) -> list[str]:
+        """Commit received tmp files into the inbox; return "stored" or "duplicate" for each.
+
+        ``items`` are (tmp path, header) with the payload already written and checked.
+        """
+        from filelock import FileLock
+
+        if not items:
+            return []
+        many = len(items) > SYNC_EACH_MAX
+        fds = []
+        if not many:
+            for tmp, _ in items:
+                fds.append(os.open(tmp, os.O_RDONLY))
+        try:
+            self.sync(fds=fds, many=many)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        rcv = self.path("rcv", origin)
+        _mkdirs(rcv)
+        results: list[str] = []
+        touched: set[str] = {rcv}
+        channels: set[str] = set()
+        with FileLock(self.path("lock", f"rcv-{origin}.lock")):
+            now = m.now_us()
+            for i, (tmp, hdr) in enumerate(items):
+                if self.find_in(origin, hdr.ident) is not None:
+                    os.unlink(tmp)
+                    results.append("duplicate")
+                    continue
+                arrival = now + i
+                prefix = f"{hdr.priority}{arrival:013x}"
+                link = os.path.join(rcv, hdr.ident)
+                try:
+                    os.unlink(link)  # a dangling leftover: find_in saw no message
+                except FileNotFoundError:
+                    pass
+                os.symlink(f"{hdr.channel}/{prefix}/{hdr.created:x}", link)
+                cdir = self.channel_dir(hdr.channel)
+                os.rename(tmp, os.path.join(cdir, "ready", f"{prefix},{origin},{hdr.ident}"))
+                touched.add(os.path.join(cdir, "ready"))
+                channels.add(hdr.channel)
+                results.append("stored")
+            self.sync(dirs=touched, many=many)
+        for ch in channels:
+            self.wake(f"recv-{ch}-")
+        return results
+
+    def in_names(self, channel: str, state: str) -> list[str]:
+        """Return the sorted names in one inbox state of a channel."""
+        return _sorted_names(self.path("in", channel, state))
+
+    def channels(self) -> list[str]:
+        """Return the names of all inbox channels."""
+        return _sorted_names(self.path("in"))
+
+    def in_meta(self, channel: str, origin: str, ident: str) -> dict[str, Any]:
+        """Return the attempt record of one inbox message."""
+        return _read_json(self.path("in", channel, "meta", f"{origin},{ident}"))
+
+    def _in_return(
+        self, channel: str, name: str, src: str, dst: str, *, failed: bool, reason: str, due: float = 0
+    ) -> bool:
+        """Record an attempt's end and move the message from src to dst; False if it is gone."""
+        _, _, origin, ident = m.parse_in_name(name)
+        meta_path = self.path("in", channel, "meta", f"{origin},{ident}")
+        meta = _read_json(meta_path)
+        meta["returns"] = int(meta.get("returns", 0)) + 1
+        if failed:
+            meta["failures"] = int(meta.get("failures", 0)) + 1
+        if reason:
+            meta["error"] = reason
+        _write_json(meta_path, meta)
+        src_path = self.path("in", channel, src, name)
+        dst_path = self.path("in", channel, dst, name)
+        try:
+            if due:
+                os.utime(src_path, (due, due))
+            os.rename(src_path, dst_path)
+        except FileNotFoundError:
+            return False
+        fsync_dir(os.path.dirname(dst_path))
+        return True
+
+    def sweep_channel(self, channel: str, max_attempts: int = 0) -> int:
+        """Return expired leases to ready and due waiting messages; return how many moved."""
+        now = m.now_us() / 1e6
+        moved = 0
+        for name in self.in_names(channel, "wait"):
+            p = self.path("in", channel, "wait", name)
+            try:
+                if os.stat(p).st_mtime <= now:
+                    os.rename(p, self.path("in", channel, "ready", name))
+                    moved += 1
+            except FileNotFoundError:
+                pass
+        for name in self.in_names(channel, "claimed"):
+            p = self.path("in", channel, "claimed", name)
+            try:
+                if os.stat(p).st_mtime > now:
+                    continue
+            except FileNotFoundError:
+                continue
+            _, _, origin, ident = m.parse_in_name(name)
+            meta = self.in_meta(channel, origin, ident)
+            dead = max_attempts and int(meta.get("failures", 0)) + 1 >= max_attempts
+            if self._in_return(
+                channel, name, "claimed", "dead" if dead else "ready", failed=True,
+                reason="lease expired" + (" (out of attempts)" if dead else ""),
+            ):  # fmt: skip
+                moved += 1
+        return moved
+
+    def claim(self, channel: str, n: int, lease: float) -> list[Claim]:
+        """Claim up to n ready messages for a lease of `lease` seconds, most urgent first."""
+        cdir = self.path("in", channel)
+        if not os.path.isdir(cdir):
+            return []
+        self.sweep_channel(channel, self.config.max_attempts)
+        out: list[Claim] = []
+        now = m.now_us() / 1e6
+        ready = os.path.join(cdir, "ready")
+        claimed = os.path.join(cdir, "claimed")
+        for name in self.in_names(channel, "ready"):
+            if len(out) >= n:
+                break
+            src = os.path.join(ready, name)
+            dst = os.path.join(claimed, name)
+            expiry = now + lease
+            try:
+                os.utime(src, (now, expiry))
+                os.rename(src, dst)
+                os.utime(dst, (now, expiry))
+            except FileNotFoundError:
+                continue  # another consumer won this one
+            out.append(Claim(self, channel, name, expiry))
+        return out
+
+    def find_claimed(self, ident: str) -> list[tuple[str, str]]:
+        """Return (channel, name) of claimed messages with this id ("id" or "origin,id")."""
+        origin, _, bare = ident.rpartition(",")
+        found = []
+        for ch in self.channels():
+            for name in self.in_names(ch, "claimed"):
+                if name.endswith("," + bare) and (not origin or name.split(",")[1] == origin):
+                    found.append((ch, name))
+        return found
+
+    def claimed_index(self) -> dict[str, list[tuple[str, str]]]:
+        """Map every claimed id (and origin,id) to its (channel, name)s, in one scan."""
+        index: dict[str, list[tuple[str, str]]] = {}
+        for ch in self.channels():
+            for name in self.in_names(ch, "claimed"):
+                try:
+                    _, _, origin, ident = m.parse_in_name(name)
+                except ValueError:
+                    continue
+                index.setdefault(ident, []).append((ch, name))
+                index.setdefault(f"{origin},{ident}", []).append((ch, name))
+        return index
+
+    def finish(self, channel: str, name: str, how: str, *, reason: str = "", delay: float = 0) -> bool:
+        """End a claim: how is ack, release, fail or reject; False if the claim was lost."""
+        if how == "ack":
+            try:
+                os.rename(self.path("in", channel, "claimed", name), self.path("in", channel, "done", name))
+            except FileNotFoundError:
+                return False
+            return True
+        if how == "reject":
+            return self._in_return(channel, name, "claimed", "dead", failed=True, reason=reason or "rejected")
+        due = m.now_us() / 1e6 + delay if delay > 0 else 0
+        return self._in_return(
+            channel, name, "claimed", "wait" if due else "ready",
+            failed=how == "fail", reason=reason, due=due,
+        )  # fmt: skip
+
+    def in_status(self, origin: str, ident: str) -> tuple[str, str]:
+        """Return the receipt state of a received message: processed, dead, pending, unknown."""
+        found = self.find_in(origin, ident)
+        if found is None:
+            return "unknown", ""
+        channel, state, name, _ = found
+        if state == "done":
+            return "processed", ""
+        if state == "dead":
+            return "dead", str(self.in_meta(channel, origin, ident).get("error", ""))
+        return "pending", ""
+
+    # -- wake-ups -----------------------------------------------------------
+
+    def wake(self, prefix: str) -> int:
+        """Send a datagram to every waiter whose socket starts with prefix; return how many."""
+        import socket
+
+        wake = self.path("wake")
+        try:
+            names = [n for n in os.listdir(wake) if n.startswith(prefix)]
+        except FileNotFoundError:
+            return 0
+        if not names:
+            return 0
+        woken = 0
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            for n in names:
+                try:
+                    s.sendto(b"!", os.path.join(wake, n))
+                    woken += 1
+                except BlockingIOError:
+                    woken += 1  # its queue is full: it has wake-ups pending anyway
+                except ConnectionRefusedError:
+                    _unlink_quiet(os.path.join(wake, n))  # its owner is gone
+                except OSError:
+                    pass
+        return woken
+
+    def waiter(self, name: str) -> Waiter:
+        """Bind a wake-up socket named name in wake/ (e.g. "send.sock")."""
+        return Waiter(self.path("wake", name))
+
+    # -- retention ----------------------------------------------------------
+
+    def purge(self, now: float | None = None) -> int:
+        """Remove done, processed and dead entries older than the retention, and old tmp files."""
+        now = now if now is not None else m.now_us() / 1e6
+        keep = self.config.retention
+        removed = 0
+        for name in _sorted_names(self.tmp):
+            p = os.path.join(self.tmp, name)
+            try:
+                if now - os.lstat(p).st_mtime > TMP_MAX_AGE:
+                    os.unlink(p)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        gone_out: set[str] = set()
+        for peer in self.out_peers():
+            for state in ("processed", "dead"):
+                for name, _ in self._old(self.path("out", peer, state), now - keep):
+                    ident = m.parse_out_name(name)[2]
+                    _unlink_quiet(self.path("out", peer, state, name))
+                    _unlink_quiet(self.path("out", peer, "meta", ident))
+                    gone_out.add(ident)
+                    removed += 1
+        for ident in gone_out:
+            if not self.find_out(ident):
+                _unlink_quiet(self.path("ids", ident))
+        for ch in self.channels():
+            for state in ("done", "dead"):
+                for name, _ in self._old(self.path("in", ch, state), now - keep):
+                    _, _, origin, ident = m.parse_in_name(name)
+                    _unlink_quiet(self.path("in", ch, state, name))
+                    _unlink_quiet(self.path("in", ch, "meta", f"{origin},{ident}"))
+                    _unlink_quiet(self.path("rcv", origin, ident))
+                    removed += 1
+        return removed
+
+    @staticmethod
+    def _old(folder: str, before: float) -> Iterator[tuple[str, float]]:
+        try:
+            with os.scandir(folder) as it:
+                for e in it:
+                    try:
+                        ct = e.stat(follow_symlinks=False).st_ctime
+                    except FileNotFoundError:
+                        continue
+                    if ct < before:
+                        yield e.name, ct
+        except FileNotFoundError:
+            return
+
+
+class Claim:
+    """A claimed inbox message: where it is and until when the lease holds."""
+
+    __slots__ = ("spool", "channel", "name", "expiry", "priority", "arrival", "origin", "ident")
+
+    def __init__(self, spool: Spool, channel: str, name: str, expiry: float) -> None:
+        self.spool = spool
+        self.channel = channel
+        self.name = name
+        self.expiry = expiry
+        self.priority, self.arrival, self.origin, self.ident = m.parse_in_name(name)
+
+    @property
+    def path(self) -> str:
+        """Return the payload file's path while claimed."""
+        return self.spool.path("in", self.channel, "claimed", self.name)
+
+    def renew(self, lease: float) -> bool:
+        """Extend the lease; False if the message is no longer claimed."""
+        self.expiry = m.now_us() / 1e6 + lease
+        try:
+            os.utime(self.path, (self.expiry, self.expiry))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def info(self) -> dict[str, Any]:
+        """Return the fields dropr-recv prints for this message."""
+        meta = self.spool.in_meta(self.channel, self.origin, self.ident)
+        found = self.spool.find_in(self.origin, self.ident)
+        created = found[3] if found else self.arrival
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            size = 0
+        return {
+            "id": self.ident,
+            "channel": self.channel,
+            "origin": self.origin,
+            "priority": self.priority,
+            "created": created / 1e6,
+            "size": size,
+            "attempt": int(meta.get("returns", 0)) + 1,
+            "path": self.path,
+        }
+
+
+class Waiter:
+    """A bound datagram socket that wakes its owner; removed on close."""
+
+    def __init__(self, path: str) -> None:
+        import socket
+
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        _unlink_quiet(path)
+        self.sock.bind(path)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        """Return the socket's descriptor, for select/poll."""
+        return self.sock.fileno()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until woken or timeout; drain pending wake-ups; True if woken."""
+        import select
+
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        if not r:
+            return False
+        self.drain()
+        return True
+
+    def drain(self) -> None:
+        """Discard pending wake-ups."""
+        try:
+            while True:
+                self.sock.recv(64)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Unbind and close."""
+        _unlink_quiet(self.path)
+        self.sock.close()
+
+    def __enter__(self) -> Waiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PutBatch:
+    """Messages written to tmp/ and committed together: one durable commit for many."""
+
+    def __init__(
+        self, spool: Spool, peers: list[Peer], *, channel: str, priority: int, ttl: float
+    ) -> None:
+        if not peers:
+            raise DataError("no destination; give --to PEER")
+        self.spool = spool
+        self.peers = peers
+        self.channel = m.check_name(channel, "a channel") if channel else "default"
+        self.priority = priority
+        self.ttl_us = int(ttl * 1e6)
+        self.pending: list[tuple[str, str, str | None, int]] = []  # tmp, name, caller id, fd
+        self.ids: list[str] = []  # ids committed, in order, including no-op duplicates
+        self._dup: list[str] = []
+        self._dirs = [spool.peer_dir(p) for p in peers]
+
+    def _start(self, ident: str | None) -> tuple[str, int, str, int] | None:
+        if ident is not None:
+            m.check_id(ident)
+            if self.spool.find_out(ident):
+                self._dup.append(ident)
+                return None
+            arrival = m.now_us()
+        else:
+            ident, arrival = self.spool.ids.new()
+        tmp = self.spool.tmp_name(ident)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        return ident, arrival, tmp, fd
+
+    def _header(self, ident: str, arrival: int, size: int, crc: int) -> bytes:
+        deadline = arrival + self.ttl_us if self.ttl_us else 0
+        return m.Header(ident, self.channel, self.priority, arrival, deadline, size, crc).pack()
+
+    def add(self, payload: bytes, ident: str | None = None) -> None:
+        """Write one message with an in-memory payload to tmp/."""
+        caller = ident
+        try:
+            started = self._start(ident)
+            if started is None:
+                return
+            ident, arrival, tmp, fd = started
+            try:
+                os.write(fd, self._header(ident, arrival, len(payload), m.crc32(payload)) + payload)
+            except BaseException:
+                os.close(fd)
+                _unlink_quiet(tmp)
+                raise
+        except OSError as exc:
+            self.abort()
+            raise from_oserror(exc, f"cannot write to spool {self.spool.root}") from None
+        self._keep(tmp, arrival, ident, caller, fd)
+
+    def _keep(self, tmp: str, arrival: int, ident: str, caller: str | None, fd: int) -> None:
+        if len(self.pending) >= SYNC_EACH_MAX:
+            os.close(fd)
+            fd = -1
+        self.pending.append((tmp, m.out_name(self.priority, arrival, ident), caller, fd))
+
+    def add_stream(self, src: IO[bytes] | int, ident: str | None = None, limit: int = 0) -> None:
+        """Write one message streamed from a file or descriptor, in constant memory."""
+        fdin = src if isinstance(src, int) else src.fileno()
+        caller = ident
+        try:
+            started = self._start(ident)
+            if started is None:
+                return
+            ident, arrival, tmp, fd = started
+            try:
+                os.lseek(fd, m.HEADER_SIZE, os.SEEK_SET)
+                size = 0
+                crc = 0
+                while True:
+                    chunk = os.read(fdin, CHUNK)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if limit and size > limit:
+                        raise DataError(f"message is larger than the limit of {limit} bytes")
+                    crc = m.crc32(chunk, crc)
+                    os.write(fd, chunk)
+                os.pwrite(fd, self._header(ident, arrival, size, crc), 0)
+            except BaseException:
+                os.close(fd)
+                _unlink_quiet(tmp)
+                raise
+        except OSError as exc:
+            self.abort()
+            if exc.errno in (errno.EISDIR, errno.EBADF):
+                raise NoInputError(f"cannot read input: {exc.strerror}") from None
+            raise from_oserror(exc, f"cannot write to spool {self.spool.root}") from None
+        self._keep(tmp, arrival, ident, caller, fd)
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def commit(self) -> list[str]:
+        """Make every pending message durable and queued for each peer; return their ids."""
+        sp = self.spool
+        pending, self.pending = self.pending, []
+        dups, self._dup = self._dup, []
+        many = len(pending) > SYNC_EACH_MAX
+        done: list[str] = []
+        linked: list[str] = []
+        try:
+            sp.sync(fds=[p[3] for p in pending if p[3] >= 0], many=many)
+            for p in pending:
+                if p[3] >= 0:
+                    os.close(p[3])
+            pending = [(t, n, c, -1) for t, n, c, _ in pending]
+            index_dir = False
+            for tmp, name, caller, _ in pending:
+                if caller is not None:
+                    if not sp._claim_id(caller, name.split(",", 1)[0]):
+                        _unlink_quiet(tmp)
+                        dups.append(caller)
+                        continue
+                    index_dir = True
+                if len(self._dirs) == 1:
+                    dst = os.path.join(self._dirs[0], "queued", name)
+                    os.rename(tmp, dst)
+                    linked.append(dst)
+                else:
+                    for d in self._dirs:
+                        dst = os.path.join(d, "queued", name)
+                        os.link(tmp, dst)
+                        linked.append(dst)
+                    os.unlink(tmp)
+                done.append(name.split(",", 1)[1])
+            dirs = [os.path.join(d, "queued") for d in self._dirs]
+            if index_dir:
+                dirs.append(sp.path("ids"))
+            sp.sync(dirs=dirs, many=many)
+        except OSError as exc:
+            for p in pending:
+                if p[3] >= 0:
+                    os.close(p[3])
+                _unlink_quiet(p[0])
+            for dst in linked:
+                _unlink_quiet(dst)
+            raise from_oserror(exc, f"cannot commit to spool {sp.root}") from None
+        self.ids.extend(done)
+        self.ids.extend(dups)
+        if done:
+            sp.wake("send")
+        return done + dups
+
+    def abort(self) -> None:
+        """Drop every uncommitted message."""
+        for tmp, _, _, fd in self.pending:
+            if fd >= 0:
+                os.close(fd)
+            _unlink_quiet(tmp)
+        self.pending = []
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _safe_hostname() -> str:
+    host = os.uname().nodename.split(".")[0] or "localhost"
+    return "".join(c if c.isalnum() or c in "_-" else "-" for c in host)[: m.MAX_NAME].lstrip("-.")
+
+
+def is_regular(path: str) -> bool:
+    """Tell whether path is a regular file (not a directory, FIFO or device)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def free_bytes(path: str) -> int:
+    """Return the bytes available to unprivileged writers on path's filesystem."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+__all__ = ["Spool", "PutBatch", "Claim", "Waiter", "TempFailError", "OUT_STATES", "IN_STATES"]
