@@ -133,11 +133,11 @@ def _mkdirs(path: str) -> bool:
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.new"
+    # Records beside messages (attempts, last error, backoff) are advice, not data:
+    # no fsync; a crash may lose the latest count or leave an empty file, read as {}.
+    tmp = f"{path}.{os.getpid()}.new"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

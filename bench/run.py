@@ -1,0 +1,478 @@
+#!/usr/bin/env python3
+"""dropr benchmarks (not tests): ``make bench`` or ``bench/run.py [SECTION...]``.
+
+Every section runs in one scratch directory on one real disk, so figures that are
+compared (bulk put against the raw limit) are measured on the same disk in the
+same run.  ``bench/run.py --list`` names the sections; see bench/README.md for
+what each measures and how to add one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from harness import (
+    SECTIONS,
+    Ctx,
+    drop_caches,
+    fsync_dir,
+    header,
+    make_work,
+    rm_rf,
+    run_sections,
+    section,
+    summary,
+    sync_fs,
+    work_parent,
+)
+
+URL = "http://127.0.0.1:9/"  # the discard port: nothing is ever delivered
+KIB = b"x" * 1024
+
+
+def _names(n: int, tag: str = "") -> list[str]:
+    """Return n distinct names as long as outbox names (39 characters)."""
+    base = time.time_ns() // 1000
+    return [f"5{base + i:013x},{base + i:013x}{i:011x}{tag}" for i in range(n)]
+
+
+def _clean(d: Path) -> None:
+    """Remove a scratch tree and flush, untimed, so the next measurement starts clean."""
+    rm_rf(d)
+    sync_fs(d.parent)
+
+
+def _prepare_spool(root: Path) -> Path:
+    """Create a spool with the outbox folder of URL; return the queued folder."""
+    from dropr.config import Peer, url_peer_name
+    from dropr.spool import Spool
+
+    sp = Spool(str(root))
+    return Path(sp.peer_dir(Peer(url_peer_name(URL), URL))) / "queued"
+
+
+# -- (a) the raw limit ----------------------------------------------------------
+
+
+@section("raw", "(a) raw limit: create + write 1 KiB + rename, tight Python loop")
+def raw(ctx: Ctx) -> None:
+    n = ctx.n(20_000)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    print(f"  {n:,} files of 1 KiB: open(O_CREAT|O_EXCL) in tmp/, write, close, rename into dst/")
+    print("  group: one syncfs at the end | two-phase: syncfs after the writes and after the")
+    print("  renames (the put protocol: data before names) | fsync: fsync per file, then both dirs")
+    for r in range(ctx.repeat):
+        print(f"  run {r + 1}/{ctx.repeat}")
+        for mode in ("group", "twophase", "fsync"):
+            d = ctx.fresh(f"raw-{mode}")
+            tmp, dst = d / "tmp", d / "dst"
+            tmp.mkdir()
+            dst.mkdir()
+            names = _names(n)
+            sync_fs(d)
+            t0 = time.perf_counter()
+            if mode == "fsync":
+                for name in names:
+                    t = f"{tmp}/{name}"
+                    fd = os.open(t, flags, 0o644)
+                    os.write(fd, KIB)
+                    os.fsync(fd)
+                    os.close(fd)
+                    os.rename(t, f"{dst}/{name}")
+                fsync_dir(dst)
+                fsync_dir(tmp)
+            elif mode == "twophase":
+                for name in names:
+                    fd = os.open(f"{tmp}/{name}", flags, 0o644)
+                    os.write(fd, KIB)
+                    os.close(fd)
+                sync_fs(d)
+                for name in names:
+                    os.rename(f"{tmp}/{name}", f"{dst}/{name}")
+                sync_fs(d)
+            else:
+                for name in names:
+                    t = f"{tmp}/{name}"
+                    fd = os.open(t, flags, 0o644)
+                    os.write(fd, KIB)
+                    os.close(fd)
+                    os.rename(t, f"{dst}/{name}")
+                sync_fs(d)
+            el = time.perf_counter() - t0
+            if len(os.listdir(dst)) != n:
+                raise RuntimeError(f"raw {mode}: {len(os.listdir(dst))} files, wanted {n}")
+            label = {
+                "group": "raw, one sync at the end (group commit)",
+                "twophase": "raw, sync after writes + after renames (info)",
+                "fsync": "raw, fsync per file + dir fsync",
+            }[mode]
+            ctx.figure(f"raw.{mode}", label, n / el, "files/s")
+            _clean(d)
+
+
+# -- (b) bulk put -------------------------------------------------------------------
+
+
+@section("put-bulk", "(b) dropr-put --lines: 20,000 messages of 1 KiB from a file", needs=("raw",))
+def put_bulk(ctx: Ctx) -> None:
+    n = ctx.n(20_000)
+    put = ctx.cmd("dropr-put")
+    src = ctx.work / "lines.txt"
+    with open(src, "wb") as f:
+        for i in range(n):
+            f.write(f"{i:08d}".encode() + b"y" * 1015 + b"\n")  # 1023 chars + newline
+    sync_fs(ctx.work)
+    cmd = [put, "--spool", "SPOOL", "--lines", "--to", URL]
+    print(f"  {' '.join(cmd)} < lines.txt ({n:,} lines of 1023 chars + newline)")
+    print("  into an existing spool (folders made beforehand); wall time of the whole command")
+    for r in range(ctx.repeat):
+        root = ctx.fresh("put-bulk")
+        queued = _prepare_spool(root / "spool")
+        cmd[2] = str(root / "spool")
+        sync_fs(root)
+        with open(src, "rb") as stdin:
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, stdin=stdin, capture_output=True, env=ctx.env(), timeout=900)
+            el = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise RuntimeError(f"dropr-put exited {p.returncode}: {p.stderr.decode()[-500:]}")
+        ids = p.stdout.split()
+        files = len(os.listdir(queued))
+        if len(ids) != n or files != n:
+            raise RuntimeError(
+                f"dropr-put printed {len(ids)} ids, {files} files queued; wanted {n}"
+            )
+        print(f"  run {r + 1}/{ctx.repeat}: {el:.2f} s")
+        rate = n / el
+        ctx.figure("put.bulk", "dropr-put --lines", rate, "msgs/s")
+        group = ctx.value("raw.group")  # the median of section raw, run before this one
+        if group:
+            ctx.figure(
+                "put.bulk.ratio",
+                "bulk put / raw group commit",
+                rate / group,
+                target=(">=", 0.60),
+                percent=True,
+            )
+        _clean(root)
+
+
+# -- (c) one put per process -----------------------------------------------------------
+
+
+def _time_calls(
+    argvs: list[list[str]], stdin: Path, env: dict[str, str], calls: int
+) -> list[list[float]]:
+    """Time calls of each argv, interleaved; return per-argv lists of milliseconds."""
+    out: list[list[float]] = [[] for _ in argvs]
+    for _ in range(calls):
+        for k, argv in enumerate(argvs):
+            with open(stdin, "rb") as f:
+                t0 = time.perf_counter()
+                rc = subprocess.run(argv, stdin=f, stdout=subprocess.DEVNULL, env=env).returncode
+                el = time.perf_counter() - t0
+            if rc != 0:
+                raise RuntimeError(f"{' '.join(argv)} exited {rc}")
+            out[k].append(el * 1000)
+    return out
+
+
+def _importtime(argv: list[str], stdin: Path, env: dict[str, str]) -> list[tuple[int, int, str]]:
+    """Run argv with -X importtime; return (self µs, cumulative µs, module) per import."""
+    with open(stdin, "rb") as f:
+        p = subprocess.run(
+            argv,
+            stdin=f,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            check=True,
+        )
+    rows = []
+    for line in p.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (.*)$", line)
+        if m:
+            rows.append((int(m[1]), int(m[2]), m[3]))
+    return rows
+
+
+@section("put-single", "(c) one dropr-put per process against bare interpreter start-up")
+def put_single(ctx: Ctx) -> None:
+    calls = ctx.n(200)
+    put = ctx.cmd("dropr-put")
+    py = ctx.interpreter(put)
+    env = ctx.env()
+    stdin = ctx.work / "x.txt"
+    stdin.write_bytes(b"x\n")
+    print(f"  {calls} x `{put} --spool SPOOL --to {URL}` (stdin: a file holding 'x\\n')")
+    print(f"  {calls} x `{py} -c pass` (the interpreter of dropr-put's #! line)")
+    print("  timing: perf_counter around each subprocess.run (fork+exec+wait), stdout to")
+    print("  /dev/null, the two kinds interleaved call by call so drift hits both alike")
+    shm = Path("/dev/shm")
+    for r in range(ctx.repeat):
+        root = ctx.fresh("put-single")
+        spool = root / "spool"
+        _prepare_spool(spool)
+        argv_put = [put, "--spool", str(spool), "--to", URL]
+        argv_py = [py, "-c", "pass"]
+        _time_calls([argv_put, argv_py], stdin, env, 3)  # warm caches and .pyc files
+        put_ms, py_ms = _time_calls([argv_put, argv_py], stdin, env, calls)
+        queued = len(os.listdir(next((spool / "out").iterdir()) / "queued"))
+        if queued != calls + 3:
+            raise RuntimeError(f"{queued} messages queued, wanted {calls + 3}")
+        pm, bm = statistics.median(put_ms), statistics.median(py_ms)
+        q = statistics.quantiles
+        print(
+            f"  run {r + 1}/{ctx.repeat}: put p10/p50/p90 {q(put_ms, n=10)[0]:.1f}/{pm:.1f}/"
+            f"{q(put_ms, n=10)[-1]:.1f} ms; bare {q(py_ms, n=10)[0]:.1f}/{bm:.1f}/"
+            f"{q(py_ms, n=10)[-1]:.1f} ms"
+        )
+        ctx.figure("put.single", "single dropr-put, median", pm, "ms")
+        ctx.figure("py.bare", "bare python -c pass, median", bm, "ms")
+        ctx.figure(
+            "put.single.ratio", "single put / bare interpreter", pm / bm, "x", target=("<=", 2.0)
+        )
+        if shm.is_dir():
+            # the same put into a spool in memory: no fsync wait, only CPU and imports
+            mem = shm / f"dropr-bench-{os.getpid()}"
+            try:
+                _prepare_spool(mem)
+                argv_mem = [put, "--spool", str(mem), "--to", URL]
+                _time_calls([argv_mem], stdin, env, 3)
+                (mem_ms,) = _time_calls([argv_mem], stdin, env, min(calls, 100))
+                ctx.figure(
+                    "put.single.tmpfs",
+                    "single put, spool on tmpfs (no disk wait, info)",
+                    statistics.median(mem_ms),
+                    "ms",
+                )
+            finally:
+                rm_rf(mem)
+        _clean(root)
+    # where start-up time goes: the real put path, with -X importtime
+    root = ctx.fresh("importtime")
+    spool = root / "spool"
+    _prepare_spool(spool)
+    put_rows = _importtime(
+        [py, "-X", "importtime", put, "--spool", str(spool), "--to", URL], stdin, env
+    )
+    bare_rows = _importtime([py, "-X", "importtime", "-c", "pass"], stdin, env)
+    bare = {name.strip() for _, _, name in bare_rows}
+    top_put = sum(c for _, c, name in put_rows if not name.startswith(" "))
+    top_bare = sum(c for _, c, name in bare_rows if not name.startswith(" "))
+    extra = [(s, c, name) for s, c, name in put_rows if name.strip() not in bare]
+    print(
+        f"  -X importtime: all imports of dropr-put {top_put / 1000:.1f} ms, of bare python "
+        f"{top_bare / 1000:.1f} ms; {len(extra)} modules beyond the bare interpreter's, "
+        f"{sum(s for s, _, _ in extra) / 1000:.1f} ms self time"
+    )
+    print("  top 10 cumulative importers on the put path (µs self | cumulative | module):")
+    for s, c, name in sorted(put_rows, key=lambda r: -r[1])[:10]:
+        mark = "" if name.strip() in bare else "   (not in bare python)"
+        print(f"    {s:>7} | {c:>7} | {name}{mark}")
+    print(
+        "  modules the put imports beyond bare python: "
+        + ", ".join(sorted(name.strip() for _, _, name in extra))
+    )
+    ctx.figure(
+        "put.imports",
+        "put's imports beyond bare python, self time (info)",
+        sum(s for s, _, _ in extra) / 1000,
+        "ms",
+    )
+    _clean(root)
+
+
+# -- (d) dropr-ls on a million messages ------------------------------------------------------
+
+
+def _fill(queued: str, start: int, stop: int, base: int) -> int:
+    """Write outbox files start..stop directly in the spool layout (16-byte payloads)."""
+    from dropr import message as m
+
+    payload = b"0123456789abcdef"
+    crc = m.crc32(payload)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    dfd = os.open(queued, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(start, stop):
+            t = base + i
+            ident = f"{t:013x}{i:011x}"  # a valid generated id: its time is its arrival
+            data = m.Header(ident, "default", 5, t, 0, len(payload), crc).pack() + payload
+            fd = os.open(m.out_name(5, t, ident), flags, 0o644, dir_fd=dfd)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dfd)
+    return stop - start
+
+
+def _timed(argv: list[str], env: dict[str, str], shell: bool = False) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
+    el = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}: {p.stderr.strip()[-500:]}")
+    return el, p.stdout
+
+
+@section("ls-million", "(d) dropr-ls on a spool of 1,000,000 queued messages", slow=True)
+def ls_million(ctx: Ctx) -> None:
+    n = ctx.n(1_000_000)
+    ls = ctx.cmd("dropr-ls")
+    env = ctx.env()
+    st = os.statvfs(ctx.work)
+    need = n * 4096 + (1 << 30)
+    if st.f_bavail * st.f_frsize < need or st.f_favail < n + 10_000:
+        raise RuntimeError(
+            f"not enough room for {n:,} files: need ~{need / 2**30:.1f} GiB and {n:,} inodes"
+        )
+    root = ctx.fresh("ls-million")
+    spool = root / "spool"
+    queued = _prepare_spool(spool)
+    workers = max(1, min(4, os.cpu_count() or 1))
+    print(
+        f"  building {n:,} messages (256-byte header + 16-byte payload) straight into "
+        f"out/<peer>/queued/ with {workers} processes"
+    )
+    base = time.time_ns() // 1000 - n - 10_000_000
+    t0 = time.perf_counter()
+    step = -(-n // workers)
+    with ProcessPoolExecutor(workers) as ex:
+        made = sum(
+            ex.map(
+                _fill,
+                [str(queued)] * workers,
+                range(0, n, step),
+                [min(n, s + step) for s in range(0, n, step)],
+                [base] * workers,
+            )
+        )
+    el = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    sync_fs(spool)
+    fl = time.perf_counter() - t1
+    print(
+        f"  built {made:,} files in {el:.1f} s ({made / el:,.0f} files/s), then syncfs {fl:.1f} s"
+    )
+    ctx.figure("ls.build", f"build {n:,}-message spool (info)", el + fl, "s")
+    try:
+        for r in range(ctx.repeat):
+            el, out = _timed([ls, "--spool", str(spool)], env)
+            m = re.search(r"^out\s+\S+\s+queued\s+(\d+)", out, re.M)
+            if not m or int(m[1]) != n:
+                raise RuntimeError(f"dropr-ls summary does not show {n} queued:\n{out}")
+            print(f"  run {r + 1}/{ctx.repeat}: summary {el:.2f} s")
+            ctx.figure(
+                "ls.summary",
+                f"dropr-ls summary, {n:,} msgs (warm cache)",
+                el,
+                "s",
+                target=("<", 5.0),
+            )
+        print("  " + out.replace("\n", "\n  ").rstrip())
+        mid_i = n // 2
+        mid = f"{base + mid_i:013x}{mid_i:011x}"
+        for _ in range(ctx.repeat):
+            el, out = _timed([ls, "--spool", str(spool), mid], env)
+            if mid not in out:
+                raise RuntimeError(f"dropr-ls {mid} did not show it:\n{out}")
+            ctx.figure("ls.one", "dropr-ls ID (info)", el * 1000, "ms")
+        for _ in range(ctx.repeat):
+            pipe = f"'{ls}' --spool '{spool}' -l | tail -1"
+            el, out = _timed(["bash", "-o", "pipefail", "-c", pipe], env)
+            if not out.strip():
+                raise RuntimeError("dropr-ls -l printed nothing")
+            ctx.figure("ls.list", "dropr-ls -l | tail -1 (info)", el, "s")
+        print(f"  last line of -l: {out.strip()}")
+        if ctx.drop_caches:
+            for r in range(ctx.repeat):
+                if not drop_caches(spool):
+                    print("  cannot drop caches (not root?): no cold-cache figure")
+                    break
+                el, _ = _timed([ls, "--spool", str(spool)], env)
+                print(f"  run {r + 1}/{ctx.repeat}: summary after dropping caches {el:.2f} s")
+                ctx.figure("ls.summary.cold", "dropr-ls summary, cold cache (info)", el, "s")
+    finally:
+        el = rm_rf(root)
+        t1 = time.perf_counter()
+        sync_fs(ctx.work)
+        print(f"  rm -rf of the spool: {el:.1f} s, then syncfs {time.perf_counter() - t1:.1f} s")
+        ctx.figure("ls.rm", f"rm -rf {n:,}-message spool (info)", el, "s")
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen sections (all by default) and print the summary."""
+    ap = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="dropr benchmarks; figures are medians of --repeat runs.",
+        epilog="sections, in run order: " + ", ".join(s.name for s in SECTIONS),
+    )
+    ap.add_argument("sections", nargs="*", metavar="SECTION", help="run only these (default: all)")
+    ap.add_argument("--list", action="store_true", help="list the sections and exit")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per section (default 3)")
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply message counts (e.g. 0.1 for a quick smoke run)",
+    )
+    ap.add_argument(
+        "--dir",
+        help="parent of the scratch directory (default: /var/tmp if it is "
+        "on the repo's filesystem, else <repo>/.bench-tmp)",
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="also time dropr-ls with cold caches (root; drops the whole page cache)",
+    )
+    a = ap.parse_args(argv)
+    if a.list:
+        for s in SECTIONS:
+            print(f"{s.name:12} {s.title}" + (" [slow]" if s.slow else ""))
+        return 0
+    known = {s.name for s in SECTIONS}
+    unknown = [s for s in a.sections if s not in known]
+    if unknown:
+        ap.error(f"unknown section {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    chosen = set(a.sections or known)
+    for s in SECTIONS:  # a comparison needs its reference measured in the same run
+        if s.name in chosen:
+            chosen.update(s.needs)
+    parent = work_parent(a.dir)
+    work = make_work(parent)
+    ctx = Ctx(work, max(1, a.repeat), a.scale, a.drop_caches)
+    t0 = time.perf_counter()
+    try:
+        header(ctx, parent)
+        run_sections(ctx, [s.name for s in SECTIONS if s.name in chosen])
+    except KeyboardInterrupt:
+        print("\ninterrupted")
+    finally:
+        if a.keep:
+            print(f"scratch kept: {work}")
+        else:
+            rm_rf(work)
+    summary(ctx)
+    print(f"  total {time.perf_counter() - t0:.0f} s")
+    return 1 if ctx.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

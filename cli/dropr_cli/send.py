@@ -1,0 +1,53 @@
+"""dropr-send: deliver the outbox to peers, as a daemon or --once."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from dropr.sender import SendOptions, run
+
+from ._common import CONTEXT, SIZE, click, common, main_for, obj
+
+
+@click.command("dropr-send", context_settings=CONTEXT)
+@click.option("--once", is_flag=True, help="One pass over everything due, poll receipts, exit (0 all sent, 75 some deferred).")
+@click.option("--peer", "peers", multiple=True, metavar="NAME", help="Only deliver to this peer (outbox folder name); repeatable.")
+@click.option("--now", is_flag=True, help="Ignore backoff: try failing peers at once.")
+@click.option("--batch", type=click.IntRange(1, 100000), default=500, show_default=True, help="Most messages per HTTP request.")
+@click.option("--batch-bytes", type=SIZE, default="16MiB", show_default=True, help="Most payload bytes per request (one larger message still goes alone).")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True, help="Requests in flight at once, over all peers.")
+@click.option("--max-messages", type=click.IntRange(0), default=0, help="Exit after delivering N messages (recycling under dropr-angel).")
+@common
+def cmd(once: bool, peers: tuple[str, ...], now: bool, batch: int, batch_bytes: int, concurrency: int,
+        max_messages: int, **kw: Any) -> int:  # fmt: skip
+    """Deliver the outbox to peers over HTTP(S).
+
+    As a daemon (the default) it sends what is due, then sleeps until
+    dropr-put wakes it or a retry falls due. Many messages go in one request,
+    uploaded by libcurl straight from the spool; several peers at once. A
+    failing peer is backed off without holding up the others. Messages stay
+    queued until the peer confirms them stored. One sender per spool.
+
+    \b
+    Examples:
+      dropr-send                        # daemon, e.g. under systemd or dropr-angel
+      dropr-send --once                 # from cron or a systemd timer
+      dropr-send --once --peer db1 --now
+      dropr-angel -- dropr-send --max-messages 1000000
+    """
+    o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-send")
+    opts = SendOptions(
+        once=once,
+        peers=list(peers),
+        now=now,
+        batch=batch,
+        batch_bytes=batch_bytes,
+        concurrency=concurrency,
+        max_messages=max_messages,
+        progress=once and sys.stderr.isatty() and not o.quiet,
+    )
+    return run(o.spool(), opts)
+
+
+main = main_for(cmd)

@@ -1,0 +1,55 @@
+"""dropr-serve: the HTTP(S) endpoint peers deliver to; writes into the local inbox."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dropr.errors import UsageError
+from dropr.serving import ServeOptions, serve
+
+from ._common import CONTEXT, SIZE, click, common, main_for, obj
+
+
+@click.command("dropr-serve", context_settings=CONTEXT)
+@click.option("--listen", multiple=True, metavar="HOST:PORT", help="Address to listen on; repeatable. Port 0 picks a free port (logged). [config serve.listen, else 127.0.0.1:8080]")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker processes.")
+@click.option("--threads", type=click.IntRange(1, 256), default=4, show_default=True, help="Threads per worker (concurrent uploads).")
+@click.option("--certfile", metavar="F", help="TLS certificate (PEM); with --keyfile serves HTTPS.")
+@click.option("--keyfile", metavar="F", help="TLS private key (PEM).")
+@click.option("--max-size", type=SIZE, default=None, help="Largest message accepted [config limits.max_message_size, 1GiB].")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback address without serve.tokens (anyone may deliver).")
+@common
+def cmd(listen: tuple[str, ...], workers: int, threads: int, certfile: str | None, keyfile: str | None,
+        max_size: int | None, insecure: bool, **kw: Any) -> int:  # fmt: skip
+    """Receive messages from peers over HTTP(S) and store them in the inbox.
+
+    Runs an embedded gunicorn in the foreground; TERM stops it gracefully.
+    Clients authenticate with bearer tokens from serve.tokens in the config
+    (token = client node name); a client may deliver only as itself. Without
+    tokens it listens on loopback only, unless --insecure.
+
+    \b
+    Examples:
+      dropr-serve                                  # 127.0.0.1:8080
+      dropr-serve --listen 0.0.0.0:8443 --certfile cert.pem --keyfile key.pem
+      dropr-serve --listen 127.0.0.1:0 -v          # a free port, logged on stderr
+    """
+    o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-serve")
+    if bool(certfile) != bool(keyfile):
+        raise UsageError("--certfile and --keyfile go together")
+    spool = o.spool()
+    if max_size is not None:
+        spool.config.max_message_size = max_size
+    opts = ServeOptions(
+        listen=list(listen) or spool.config.listen or ["127.0.0.1:8080"],
+        workers=workers,
+        threads=threads,
+        certfile=certfile or spool.config.certfile,
+        keyfile=keyfile or spool.config.keyfile,
+        insecure=insecure,
+        verbose=o.verbose - o.quiet,
+    )
+    return serve(spool, opts)
+
+
+main = main_for(cmd)

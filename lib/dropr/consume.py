@@ -1,0 +1,329 @@
+"""The consumer's side: claim and print (dropr-recv), run handlers (--exec), finish (dropr-ack)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from typing import IO, Any
+
+from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, NotFoundError, UsageError
+from .spool import Claim, Spool
+
+log = logging.getLogger(__name__)
+
+SWEEP_EVERY = 1.0  # waiting consumers look for expired leases and due retries this often
+KILL_GRACE = 5.0  # seconds between TERM and KILL for a handler past its --timeout
+RETRY_BASE = 1.0
+RETRY_MAX = 300.0
+
+
+class RecvOptions:
+    """What dropr-recv was asked to claim and how to print it."""
+
+    __slots__ = ("channel", "n", "wait", "timeout", "lease", "fmt", "ack")
+
+    def __init__(
+        self,
+        *,
+        channel: str = "default",
+        n: int = 1,
+        wait: bool = False,
+        timeout: float = 0,
+        lease: float = 300,
+        fmt: str = "path",
+        ack: bool = False,
+    ) -> None:
+        self.channel = channel
+        self.n = n
+        self.wait = wait
+        self.timeout = timeout
+        self.lease = lease
+        self.fmt = fmt
+        self.ack = ack
+
+
+def claim_wait(spool: Spool, channel: str, n: int, lease: float, wait: bool, timeout: float) -> list[Claim]:
+    """Claim up to n messages; with wait, block (woken by arrivals) until some come or timeout."""
+    got = spool.claim(channel, n, lease)
+    if got or not wait:
+        return got
+    deadline = time.monotonic() + timeout if timeout else None
+    with spool.waiter(f"recv-{channel}-{os.getpid()}.sock") as w:
+        while True:
+            got = spool.claim(channel, n, lease)  # again: an arrival may predate the socket
+            if got:
+                return got
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return []
+            w.wait(SWEEP_EVERY if left is None else min(left, SWEEP_EVERY))
+
+
+def recv(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int:
+    """Claim messages and print them; exit 1 if nothing is ready, 75 on a --wait timeout."""
+    out = out or sys.stdout.buffer
+    if opts.fmt == "raw" and opts.n != 1:
+        raise UsageError("--format raw prints one payload; drop -n/--all")
+    claims = claim_wait(spool, opts.channel, opts.n, opts.lease, opts.wait, opts.timeout)
+    if not claims:
+        if opts.wait:
+            return EX_TEMPFAIL
+        return EX_NOTFOUND
+    for c in claims:
+        if opts.fmt == "raw":
+            with open(c.path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    out.write(chunk)
+        elif opts.fmt == "json":
+            out.write(json.dumps(c.info()).encode() + b"\n")
+        else:
+            out.write(f"{c.ident}\t{c.path}\n".encode())
+    out.flush()
+    if opts.ack:
+        for c in claims:
+            spool.finish(c.channel, c.name, "ack")
+    return EX_OK
+
+
+def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: float = 0,
+        err: IO[str] | None = None) -> int:  # fmt: skip
+    """Finish claimed messages by id; report each id that is not claimed; 0 or 1."""
+    err = err or sys.stderr
+    index = spool.claimed_index()
+    failed = 0
+    touched: set[str] = set()
+    for ident in ids:
+        ident = ident.strip().split("\t", 1)[0]
+        if not ident:
+            continue
+        hits = index.get(ident, [])
+        if not hits:
+            err.write(f"dropr-ack: error: {ident} is not claimed (lease lost, already finished, or unknown)\n")
+            failed += 1
+            continue
+        channel, name = hits[0]
+        if len(hits) > 1:
+            err.write(f"dropr-ack: error: {ident} is claimed from several origins; give ORIGIN,ID\n")
+            failed += 1
+            continue
+        if not spool.finish(channel, name, how, reason=reason, delay=delay):
+            err.write(f"dropr-ack: error: {ident} is no longer claimed (its lease expired)\n")
+            failed += 1
+            continue
+        touched.add(channel)
+        for key in list(index):
+            if index[key] == hits:
+                del index[key]
+    if how == "ack":  # release and reject sync their own records; make acks durable once
+        from .spool import fsync_dir
+
+        for ch in touched:
+            fsync_dir(spool.path("in", ch, "done"))
+    return EX_NOTFOUND if failed else EX_OK
+
+
+class HandlerOptions:
+    """How dropr-recv --exec runs handlers."""
+
+    __slots__ = ("command", "channel", "jobs", "timeout", "max_attempts", "once", "lease")
+
+    def __init__(
+        self,
+        *,
+        command: str,
+        channel: str = "default",
+        jobs: int = 1,
+        timeout: float = 0,
+        max_attempts: int = 5,
+        once: bool = False,
+        lease: float = 300,
+    ) -> None:
+        self.command = command
+        self.channel = channel
+        self.jobs = jobs
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.once = once
+        self.lease = lease
+
+
+class _Job:
+    __slots__ = ("claim", "proc", "pidfd", "started", "renewed", "stderr", "last_line", "killed", "termed")
+
+    def __init__(self, claim: Claim, proc: subprocess.Popen[bytes]) -> None:
+        self.claim = claim
+        self.proc = proc
+        self.pidfd = os.pidfd_open(proc.pid)
+        self.started = time.monotonic()
+        self.renewed = self.started
+        self.stderr = proc.stderr
+        self.last_line = b""
+        self.killed = ""
+        self.termed = 0.0
+
+
+class Handlers:
+    """Run a handler per message, --jobs at once, with lease renewal, timeouts and retries."""
+
+    def __init__(self, spool: Spool, opts: HandlerOptions) -> None:
+        self.spool = spool
+        self.opts = opts
+        self.jobs: dict[int, _Job] = {}
+        self.stopping = 0
+        self.done = 0
+
+    def _spawn(self, c: Claim) -> None:
+        info = c.info()
+        env = dict(os.environ)
+        env.update(
+            DROPR_ID=c.ident,
+            DROPR_CHANNEL=c.channel,
+            DROPR_ORIGIN=c.origin,
+            DROPR_PRIORITY=str(c.priority),
+            DROPR_ATTEMPT=str(info["attempt"]),
+            DROPR_PATH=c.path,
+        )
+        with open(c.path, "rb") as payload:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", self.opts.command], stdin=payload, stderr=subprocess.PIPE, env=env,
+                close_fds=True,
+            )  # fmt: skip
+        job = _Job(c, proc)
+        assert job.stderr is not None
+        os.set_blocking(job.stderr.fileno(), False)
+        self.jobs[job.pidfd] = job
+        log.debug("started id=%s pid=%d attempt=%s", c.ident, proc.pid, info["attempt"])
+
+    def _finish(self, job: _Job) -> None:
+        self._drain(job)
+        os.close(job.pidfd)
+        del self.jobs[job.pidfd]
+        rc = job.proc.wait()
+        if job.stderr:
+            job.stderr.close()
+        c = job.claim
+        last = job.last_line.decode("utf-8", "replace").strip()
+        if job.killed:
+            why = job.killed
+        elif rc == 0:
+            if c.spool.finish(c.channel, c.name, "ack"):
+                self.done += 1
+                log.info("done id=%s channel=%s", c.ident, c.channel)
+            else:
+                log.warning("lost id=%s reason=lease expired before the handler finished", c.ident)
+            return
+        elif rc == EX_TEMPFAIL:
+            c.spool.finish(c.channel, c.name, "release", reason="handler asked to retry (exit 75)")
+            log.info("released id=%s reason=exit 75", c.ident)
+            return
+        elif rc < 0:
+            why = f"killed by signal {-rc}"
+        else:
+            why = f"exit status {rc}"
+        reason = f"{why}: {last}" if last else why
+        meta = self.spool.in_meta(c.channel, c.origin, c.ident)
+        failures = int(meta.get("failures", 0)) + 1
+        if self.opts.max_attempts and failures >= self.opts.max_attempts:
+            c.spool.finish(c.channel, c.name, "reject", reason=f"{reason} (attempt {failures} of {self.opts.max_attempts})")
+            log.warning("dead id=%s reason=%s", c.ident, reason)
+        else:
+            delay = min(RETRY_MAX, RETRY_BASE * 2 ** (failures - 1))
+            c.spool.finish(c.channel, c.name, "fail", reason=reason, delay=delay)
+            log.warning("failed id=%s reason=%s retry_in=%.0fs", c.ident, reason, delay)
+
+    def _drain(self, job: _Job) -> None:
+        if job.stderr is None:
+            return
+        try:
+            while data := job.stderr.read(65536):
+                sys.stderr.buffer.write(data)
+                lines = [ln for ln in data.splitlines() if ln.strip()]
+                if lines:
+                    job.last_line = lines[-1][-500:]
+            sys.stderr.buffer.flush()
+        except (BlockingIOError, ValueError):
+            pass
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            if now - job.renewed > self.opts.lease / 3:
+                job.renewed = now
+                if not job.claim.renew(self.opts.lease):
+                    log.warning("lost id=%s reason=lease taken back", job.claim.ident)
+            if self.opts.timeout and not job.killed and now - job.started > self.opts.timeout:
+                job.killed = f"timed out after {self.opts.timeout:g}s"
+                job.termed = now
+                _signal(job.proc, signal.SIGTERM)
+            elif job.killed and job.termed and now - job.termed > KILL_GRACE:
+                job.termed = 0
+                _signal(job.proc, signal.SIGKILL)
+
+    def run(self) -> int:
+        """Run handlers until TERM (or, with --once, until nothing is ready)."""
+
+        def stop(signum: int, _frame: Any) -> None:
+            self.stopping += 1
+            if self.stopping > 1:
+                for job in self.jobs.values():
+                    _signal(job.proc, signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        waiter = self.spool.waiter(f"recv-{self.opts.channel}-{os.getpid()}.sock")
+        try:
+            last_claim = 0.0
+            idle = False
+            while True:
+                free = self.opts.jobs - len(self.jobs)
+                if free and not self.stopping and (not idle or time.monotonic() - last_claim > SWEEP_EVERY):
+                    claims = self.spool.claim(self.opts.channel, free, self.opts.lease)
+                    last_claim = time.monotonic()
+                    idle = not claims
+                    for c in claims:
+                        self._spawn(c)
+                if not self.jobs and (self.stopping or (self.opts.once and idle)):
+                    break
+                fds: list[Any] = [waiter, *self.jobs.keys()]
+                fds += [j.stderr for j in self.jobs.values() if j.stderr is not None]
+                timeout = SWEEP_EVERY if (idle or not free) else 0
+                try:
+                    ready, _, _ = select.select(fds, [], [], timeout)
+                except InterruptedError:
+                    continue
+                for fd in ready:
+                    if fd is waiter:
+                        waiter.drain()
+                        idle = False
+                    elif isinstance(fd, int):
+                        self._finish(self.jobs[fd])
+                        idle = False
+                for job in list(self.jobs.values()):
+                    self._drain(job)
+                self._tick()
+        finally:
+            waiter.close()
+        return EX_OK
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def read_ids(stream: IO[str]) -> list[str]:
+    """Read ids, one per line (dropr-recv's ID<TAB>PATH lines are fine too)."""
+    ids = [line.split("\t", 1)[0].strip() for line in stream]
+    ids = [i for i in ids if i]
+    if not ids:
+        raise NotFoundError("no ids on stdin")
+    return ids

@@ -1,0 +1,427 @@
+"""dropr-send's work: deliver the outbox to peers, back off failing ones, poll receipts.
+
+One sender per spool (a lock). The daemon sleeps on its wake-up socket (puts
+wake it at once) and on the next due retry or poll; correctness never depends
+on the wake-ups: every pass rescans the queue folders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from . import message as m
+from . import transport as tp
+from .config import Peer
+from .errors import EX_OK, EX_TEMPFAIL, LockedError
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+STATUS_BATCH = 1000
+POLL_MIN = 0.2
+POLL_MAX = 10.0
+PURGE_EVERY = 600.0
+RELIST_EVERY = 1.0  # a large queue is re-listed at most this often while puts keep arriving
+
+
+class SendOptions:
+    """How dropr-send runs."""
+
+    __slots__ = ("once", "peers", "now", "batch", "batch_bytes", "concurrency", "max_messages", "progress")
+
+    def __init__(
+        self,
+        *,
+        once: bool = False,
+        peers: list[str] | None = None,
+        now: bool = False,
+        batch: int = 500,
+        batch_bytes: int = 16 << 20,
+        concurrency: int = 4,
+        max_messages: int = 0,
+        progress: bool = False,
+    ) -> None:
+        self.once = once
+        self.peers = peers or []
+        self.now = now
+        self.batch = batch
+        self.batch_bytes = batch_bytes
+        self.concurrency = concurrency
+        self.max_messages = max_messages
+        self.progress = progress
+
+
+class _PeerRun:
+    """What the sender tracks about one peer during a run."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.queue: deque[str] = deque()
+        self.listed = 0.0
+        self.dirty = True
+        self.inflight: set[str] = set()
+        self.sending = False
+        self.polling = False
+        self.poll_at = 0.0
+        self.poll_gap = POLL_MIN
+        self.deferred = False
+
+
+class Sender:
+    """Delivers one spool's outbox."""
+
+    def __init__(self, spool: Spool, opts: SendOptions) -> None:
+        self.spool = spool
+        self.cfg = spool.config
+        self.opts = opts
+        self.timeouts = tp.Timeouts(connect=self.cfg.connect_timeout, total=self.cfg.timeout)
+        self.pool = tp.Pool()
+        self.runs: dict[str, _PeerRun] = {}
+        self.delivered = 0
+        self.stopping = False
+        self.total = 0
+        self._last_progress = 0.0
+
+    # -- peers ----------------------------------------------------------------
+
+    def _peer(self, name: str) -> Peer:
+        if name in self.cfg.peers:
+            return self.cfg.peers[name]
+        url = self.spool.peer_url(name)
+        for p in self.cfg.peers.values():
+            if p.url == url:
+                return Peer(name, url, p.token, p.cafile)
+        return Peer(name, url, None, self.cfg.cafile)
+
+    def _refresh_peers(self) -> None:
+        for name in self.spool.out_peers():
+            if self.opts.peers and name not in self.opts.peers:
+                continue
+            if name not in self.runs:
+                try:
+                    self.runs[name] = _PeerRun(self._peer(name))
+                except OSError as exc:
+                    log.error("error peer=%s reason=cannot read its url: %s", name, exc.strerror)
+
+    def _backoff_until(self, name: str) -> float:
+        if self.opts.now:
+            return 0.0
+        return float(self.spool.peer_state(name).get("until", 0) or 0)
+
+    def _peer_failed(self, run: _PeerRun, reason: str) -> None:
+        st = self.spool.peer_state(run.peer.name)
+        failures = int(st.get("failures", 0)) + 1
+        delay = min(self.cfg.backoff_max, self.cfg.backoff_min * 2 ** (failures - 1))
+        delay *= random.uniform(0.5, 1.0)
+        st.update(failures=failures, until=time.time() + delay, last_error=reason, last_error_at=time.time())
+        self.spool.set_peer_state(run.peer.name, st)
+        run.deferred = True
+        log.warning("deferred peer=%s reason=%s retry_in=%.1fs", run.peer.name, reason, delay)
+
+    def _peer_ok(self, run: _PeerRun) -> None:
+        st = self.spool.peer_state(run.peer.name)
+        if st.get("failures") or st.get("until") or time.time() - float(st.get("last_ok", 0)) > 1:
+            st.update(failures=0, until=0, last_ok=time.time())
+            self.spool.set_peer_state(run.peer.name, st)
+
+    # -- sending --------------------------------------------------------------
+
+    def _next_batch(self, run: _PeerRun) -> list[tuple[str, str, str]]:
+        now = time.monotonic()
+        if not run.queue or (run.dirty and now - run.listed > (RELIST_EVERY if len(run.queue) > 10000 else 0)):
+            run.queue = deque(n for n in self.spool.out_names(run.peer.name, "queued") if n not in run.inflight)
+            run.listed = now
+            run.dirty = False
+        items: list[tuple[str, str, str]] = []
+        size = 0
+        wall = m.now_us()
+        metas = self._metas(run) if self.cfg.max_attempts else set()
+        while run.queue and len(items) < self.opts.batch:
+            name = run.queue[0]
+            path = self.spool.path("out", run.peer.name, "queued", name)
+            try:
+                hdr = self.spool.read_header(run.peer.name, "queued", name)
+            except FileNotFoundError:
+                run.queue.popleft()
+                continue
+            except (OSError, ValueError) as exc:
+                run.queue.popleft()
+                dest = self.spool.corrupt(path, str(exc))
+                log.error("corrupt path=%s moved=%s reason=%s", path, dest, exc)
+                continue
+            if hdr.deadline and hdr.deadline < wall:
+                run.queue.popleft()
+                self.spool.out_fail(run.peer.name, name, "ttl expired before delivery", dead=True)
+                log.warning("dead id=%s peer=%s reason=ttl expired", hdr.ident, run.peer.name)
+                self._wake_waiters()
+                continue
+            if hdr.ident in metas:
+                tries = int(self.spool.out_meta(run.peer.name, hdr.ident).get("attempts", 0))
+                if tries >= self.cfg.max_attempts:
+                    run.queue.popleft()
+                    self.spool.out_fail(run.peer.name, name, f"gave up after {tries} attempts", dead=True)
+                    log.warning("dead id=%s peer=%s reason=max attempts", hdr.ident, run.peer.name)
+                    continue
+            if items and size + hdr.size > self.opts.batch_bytes:
+                break
+            run.queue.popleft()
+            size += hdr.size
+            items.append((hdr.ident, path, name))
+            run.inflight.add(name)
+        return items
+
+    def _metas(self, run: _PeerRun) -> set[str]:
+        try:
+            return set(os.listdir(self.spool.path("out", run.peer.name, "meta")))
+        except FileNotFoundError:
+            return set()
+
+    def _start_sends(self) -> None:
+        wall = time.time()
+        for run in self.runs.values():
+            if len(self.pool) >= self.opts.concurrency or self.stopping:
+                return
+            if run.sending or self._backoff_until(run.peer.name) > wall:
+                continue
+            if self.opts.max_messages and self.delivered >= self.opts.max_messages:
+                return
+            items = self._next_batch(run)
+            if not items:
+                continue
+            t = tp.upload(run.peer, [(i, p) for i, p, _ in items], self.spool.node, self.timeouts)
+            t.tag = [n for _, _, n in items]
+            run.sending = True
+            self.pool.add(t)
+
+    def _sent(self, t: tp.Transfer) -> None:
+        run = self.runs[t.peer.name]
+        run.sending = False
+        names = {n.split(",", 1)[1]: n for n in t.tag}
+        run.inflight.difference_update(t.tag)
+        if t.error:
+            self._peer_failed(run, t.error)
+            run.dirty = True
+            run.queue.clear()
+            if self.cfg.max_attempts:
+                for name in names.values():
+                    self.spool.out_fail(run.peer.name, name, t.error, dead=False)
+            return
+        ok, retry = [], []
+        for ident, name in names.items():
+            status, reason = t.results.get(ident, (tp.RETRY, "no answer for this message"))
+            if status in (tp.STORED, tp.DUPLICATE):
+                ok.append(name)
+                log.info("sent id=%s peer=%s%s", ident, run.peer.name, " duplicate" if status == tp.DUPLICATE else "")
+            elif status == tp.REFUSED:
+                self.spool.out_fail(run.peer.name, name, f"refused by peer: {reason}", dead=True)
+                log.warning("dead id=%s peer=%s reason=%s", ident, run.peer.name, reason)
+                self._wake_waiters()
+            else:
+                retry.append((name, reason))
+        self.spool.out_move(run.peer.name, ok, "queued", "sent")
+        self.delivered += len(ok)
+        run.poll_at = min(run.poll_at or time.monotonic() + POLL_MIN, time.monotonic() + POLL_MIN)
+        run.poll_gap = POLL_MIN
+        if retry:
+            for name, reason in retry:
+                self.spool.out_fail(run.peer.name, name, reason or "peer asked to retry", dead=False)
+            self._peer_failed(run, retry[0][1] or "peer asked to retry")
+            run.dirty = True
+            run.queue.clear()
+        else:
+            self._peer_ok(run)
+
+    # -- receipts -------------------------------------------------------------
+
+    def _start_polls(self, force: bool = False) -> None:
+        now = time.monotonic()
+        wall = time.time()
+        for run in self.runs.values():
+            if run.polling or len(self.pool) >= self.opts.concurrency + len(self.runs):
+                continue
+            if not force and (not run.poll_at or run.poll_at > now):
+                continue
+            if self._backoff_until(run.peer.name) > wall:
+                continue
+            names = self.spool.out_names(run.peer.name, "sent")[:STATUS_BATCH]
+            if not names:
+                run.poll_at = 0
+                continue
+            ids = [n.split(",", 1)[1] for n in names]
+            t = tp.status(run.peer, ids, self.spool.node, self.timeouts)
+            t.tag = names
+            run.polling = True
+            self.pool.add(t)
+
+    def _polled(self, t: tp.Transfer) -> None:
+        run = self.runs[t.peer.name]
+        run.polling = False
+        if t.error:
+            log.info("status poll failed peer=%s reason=%s", run.peer.name, t.error)
+            run.poll_at = time.monotonic() + POLL_MAX
+            return
+        done, changed = [], False
+        for name in t.tag:
+            ident = name.split(",", 1)[1]
+            state, reason = t.results.get(ident, ("unknown", ""))
+            if state == "processed":
+                done.append(name)
+                log.info("processed id=%s peer=%s", ident, run.peer.name)
+            elif state == "dead":
+                self.spool.out_fail(run.peer.name, name, f"dead at peer: {reason}", dead=True, src="sent")
+                log.warning("dead id=%s peer=%s reason=%s", ident, run.peer.name, reason)
+                changed = True
+        if self.spool.out_move(run.peer.name, done, "sent", "processed"):
+            changed = True
+        if changed:
+            self._wake_waiters()
+            run.poll_gap = POLL_MIN
+        else:
+            run.poll_gap = min(POLL_MAX, run.poll_gap * 2)
+        more = len(t.tag) >= STATUS_BATCH and changed
+        run.poll_at = time.monotonic() + (0 if more else run.poll_gap)
+
+    def _wake_waiters(self) -> None:
+        self.spool.wake("put-")
+
+    # -- loops ----------------------------------------------------------------
+
+    def _drive(self, timeout: float) -> None:
+        for t in self.pool.poll(timeout):
+            try:
+                if t.kind == "send":
+                    self._sent(t)
+                else:
+                    self._polled(t)
+            finally:
+                t.close()
+        self._show_progress()
+
+    def _show_progress(self, final: bool = False) -> None:
+        if not self.opts.progress:
+            return
+        now = time.monotonic()
+        if not final and now - self._last_progress < 0.2:
+            return
+        self._last_progress = now
+        width = 30
+        frac = self.delivered / self.total if self.total else 1.0
+        bar = "#" * int(width * min(frac, 1.0))
+        sys.stderr.write(f"\rdropr-send: [{bar:<{width}}] {self.delivered}/{self.total} sent")
+        if final:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    def _due(self) -> bool:
+        wall = time.time()
+        return any(
+            (run.queue or self.spool.out_names(run.peer.name, "queued")) and self._backoff_until(run.peer.name) <= wall
+            for run in self.runs.values()
+        )
+
+    def run_once(self) -> int:
+        """One pass over everything due, then status polling; 0 if nothing is left due, else 75."""
+        self._refresh_peers()
+        self.total = sum(len(os.listdir(self.spool.path("out", n, "queued"))) for n in self.runs)
+        while not self.stopping:
+            self._start_sends()
+            if not len(self.pool):
+                break
+            self._drive(0.5)
+            if self.opts.max_messages and self.delivered >= self.opts.max_messages:
+                break
+        while len(self.pool):
+            self._drive(0.5)
+        self._show_progress(final=True)
+        self._start_polls(force=True)
+        while len(self.pool):
+            self._drive(0.5)
+        self.spool.purge()
+        left = [r.peer.name for r in self.runs.values() if self.spool.out_names(r.peer.name, "queued")]
+        if left and not (self.opts.max_messages and self.delivered >= self.opts.max_messages):
+            log.info("deferred peers=%s", ",".join(left))
+            return EX_TEMPFAIL
+        return EX_OK
+
+    def run_daemon(self) -> int:
+        """Deliver until TERM, sleeping on wake-ups, retries and polls."""
+        waiter = self.spool.waiter("send.sock")
+        last_purge = 0.0
+        try:
+            while not self.stopping:
+                self._refresh_peers()
+                self._start_sends()
+                self._start_polls()
+                if time.monotonic() - last_purge > PURGE_EVERY:
+                    self.spool.purge()
+                    last_purge = time.monotonic()
+                if self.opts.max_messages and self.delivered >= self.opts.max_messages and not len(self.pool):
+                    log.info("exiting after max_messages=%d", self.opts.max_messages)
+                    break
+                if len(self.pool):
+                    self._drive(0.05)
+                    if _readable(waiter):
+                        waiter.drain()
+                        self._mark_dirty()
+                    continue
+                if waiter.wait(self._sleep_for()):
+                    self._mark_dirty()
+        finally:
+            waiter.close()
+            self.pool.close()
+        return EX_OK
+
+    def _mark_dirty(self) -> None:
+        for run in self.runs.values():
+            run.dirty = True
+
+    def _sleep_for(self) -> float:
+        now = time.monotonic()
+        wall = time.time()
+        sleep = 30.0
+        for run in self.runs.values():
+            if run.poll_at:
+                sleep = min(sleep, run.poll_at - now)
+            until = self._backoff_until(run.peer.name)
+            if until > wall and (run.queue or self.spool.out_names(run.peer.name, "queued")):
+                sleep = min(sleep, until - wall)
+            elif run.queue:
+                sleep = 0
+        return max(0.0, sleep)
+
+
+def _readable(waiter: Any) -> bool:
+    import select
+
+    return bool(select.select([waiter], [], [], 0)[0])
+
+
+def run(spool: Spool, opts: SendOptions) -> int:
+    """Take the spool's send lock and deliver, once or as a daemon."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(spool.path("lock", "send.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise LockedError(
+            f"another dropr-send is already running on {spool.root}; one sender per spool"
+        ) from None
+    sender = Sender(spool, opts)
+
+    def stop(signum: int, _frame: Any) -> None:
+        sender.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        return sender.run_once() if opts.once else sender.run_daemon()
+    finally:
+        lock.release()

@@ -1,0 +1,310 @@
+"""The WSGI app peers deliver to: ``make_app(spool, config)``.
+
+Uploads are parsed as they stream in (python-multipart) and each part is
+written straight into the spool's tmp/ while its CRC is computed, so memory
+stays flat for any size. Only when the whole request has arrived and every
+part checked are the good ones committed, through the same ``Spool.store``
+every writer uses; a truncated or malformed request stores nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import message as m
+from .config import Config
+from .spool import Spool, free_bytes
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+READ = 1 << 20
+MAX_PARTS = 100_000
+MAX_STATUS_BODY = 4 << 20
+
+
+class HTTPError(Exception):
+    """A whole-request refusal: status line and reason."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class _Part:
+    __slots__ = ("filename", "hbuf", "header", "fd", "tmp", "size", "crc", "refused", "hname", "hval")
+
+    def __init__(self) -> None:
+        self.filename = ""
+        self.hbuf = bytearray()
+        self.header: m.Header | None = None
+        self.fd = -1
+        self.tmp = ""
+        self.size = 0
+        self.crc = 0
+        self.refused = ""
+        self.hname = b""
+        self.hval = b""
+
+
+class Upload:
+    """One multipart upload being parsed into tmp files."""
+
+    def __init__(self, spool: Spool, max_size: int, boundary: bytes) -> None:
+        from python_multipart.multipart import MultipartParser
+
+        self.spool = spool
+        self.max_size = max_size
+        self.parts: list[_Part] = []
+        self.cur: _Part | None = None
+        self.ended = False
+        callbacks: Any = {
+            "on_part_begin": self._begin,
+            "on_header_field": self._hfield,
+            "on_header_value": self._hvalue,
+            "on_header_end": self._hend,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+            "on_end": self._finished,
+        }
+        self.parser = MultipartParser(boundary, callbacks)
+
+    def feed(self, data: bytes) -> None:
+        """Parse the next chunk of the body."""
+        self.parser.write(data)
+
+    def _begin(self) -> None:
+        if len(self.parts) >= MAX_PARTS:
+            raise HTTPError("413 Content Too Large", f"more than {MAX_PARTS} messages in one request")
+        self.cur = _Part()
+        self.parts.append(self.cur)
+
+    def _hfield(self, data: bytes, start: int, end: int) -> None:
+        assert self.cur is not None
+        self.cur.hname += data[start:end]
+
+    def _hvalue(self, data: bytes, start: int, end: int) -> None:
+        assert self.cur is not None
+        self.cur.hval += data[start:end]
+
+    def _hend(self) -> None:
+        p = self.cur
+        assert p is not None
+        if p.hname.lower() == b"content-disposition":
+            from python_multipart.multipart import parse_options_header
+
+            _, params = parse_options_header(p.hval)
+            p.filename = params.get(b"filename", b"").decode("utf-8", "replace")
+        p.hname = b""
+        p.hval = b""
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        p = self.cur
+        assert p is not None
+        if p.refused:
+            return
+        chunk = data[start:end]
+        if p.header is None:
+            need = m.HEADER_SIZE - len(p.hbuf)
+            p.hbuf += chunk[:need]
+            chunk = chunk[need:]
+            if len(p.hbuf) < m.HEADER_SIZE:
+                return
+            try:
+                p.header = m.Header.parse(bytes(p.hbuf))
+            except ValueError as exc:
+                p.refused = str(exc)
+                return
+            if p.filename and p.filename != p.header.ident:
+                p.refused = f"part name {p.filename!r} does not match its header id"
+                return
+            if p.header.size > self.max_size:
+                p.refused = f"too large: {p.header.size} bytes, limit {self.max_size}"
+                return
+            p.tmp = self.spool.tmp_name("rcv")
+            p.fd = os.open(p.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        if not chunk:
+            return
+        p.size += len(chunk)
+        if p.size > p.header.size:
+            p.refused = f"payload longer than the {p.header.size} bytes its header says"
+            self._drop(p)
+            return
+        p.crc = m.crc32(chunk, p.crc)
+        os.write(p.fd, chunk)
+
+    def _end(self) -> None:
+        p = self.cur
+        assert p is not None
+        if p.fd >= 0:
+            os.close(p.fd)
+            p.fd = -1
+        if p.refused:
+            self._drop(p)
+        elif p.header is None:
+            p.refused = "truncated message header"
+        elif p.size != p.header.size:
+            p.refused = f"payload is {p.size} bytes, header says {p.header.size}"
+            self._drop(p)
+        elif p.crc != p.header.crc:
+            p.refused = "checksum mismatch"
+            self._drop(p)
+        self.cur = None
+
+    def _finished(self) -> None:
+        self.ended = True
+
+    @staticmethod
+    def _drop(p: _Part) -> None:
+        if p.fd >= 0:
+            os.close(p.fd)
+            p.fd = -1
+        if p.tmp:
+            try:
+                os.unlink(p.tmp)
+            except FileNotFoundError:
+                pass
+            p.tmp = ""
+
+    def discard(self) -> None:
+        """Remove every tmp file of this upload."""
+        for p in self.parts:
+            self._drop(p)
+
+
+def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
+    """Return the WSGI application that stores deliveries into spool's inbox."""
+    cfg = config or spool.config
+    tokens = dict(cfg.tokens)
+
+    def origin_of(environ: dict[str, Any]) -> str:
+        claimed = environ.get("HTTP_X_DROPR_ORIGIN", "")
+        if tokens:
+            auth = environ.get("HTTP_AUTHORIZATION", "")
+            token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+            node = None
+            for tok, name in tokens.items():
+                if hmac.compare_digest(tok.encode(), token.encode()):
+                    node = name
+            if node is None:
+                raise HTTPError("401 Unauthorized", "unknown or missing bearer token")
+            if claimed and claimed != node:
+                raise HTTPError("403 Forbidden", f"token of {node!r} cannot deliver as {claimed!r}")
+            return node
+        try:
+            return m.check_name(claimed, "X-Dropr-Origin")
+        except ValueError as exc:
+            raise HTTPError("400 Bad Request", f"bad X-Dropr-Origin {claimed!r}: {exc}") from None
+
+    def messages(environ: dict[str, Any]) -> dict[str, Any]:
+        origin = origin_of(environ)
+        ctype = environ.get("CONTENT_TYPE", "")
+        from python_multipart.multipart import parse_options_header
+
+        kind, params = parse_options_header(ctype)
+        boundary = params.get(b"boundary")
+        if kind != b"multipart/form-data" or not boundary:
+            raise HTTPError("400 Bad Request", "expected multipart/form-data with a boundary")
+        if free_bytes(spool.root) < cfg.min_free:
+            raise HTTPError("503 Service Unavailable", "low on disk space; try later")
+        up = Upload(spool, cfg.max_message_size, boundary)
+        stream = environ["wsgi.input"]
+        length = environ.get("CONTENT_LENGTH")
+        left = int(length) if length else -1
+        try:
+            while left != 0:
+                chunk = stream.read(READ if left < 0 else min(READ, left))
+                if not chunk:
+                    break
+                if left > 0:
+                    left -= len(chunk)
+                up.feed(chunk)
+            if not up.ended:
+                raise HTTPError("400 Bad Request", "truncated upload; nothing stored")
+            good = [(p.tmp, p.header) for p in up.parts if not p.refused and p.header and p.tmp]
+            stored = spool.store(origin, [(t, h) for t, h in good if h is not None])
+        except HTTPError:
+            up.discard()
+            raise
+        except OSError as exc:
+            up.discard()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise HTTPError("503 Service Unavailable", "disk full; try later") from None
+            log.error("error origin=%s reason=%s", origin, exc)
+            raise HTTPError("503 Service Unavailable", f"I/O error: {exc.strerror}; try later") from None
+        except Exception as exc:
+            up.discard()
+            raise HTTPError("400 Bad Request", f"malformed upload: {exc}") from None
+        answers = iter(stored)
+        results = []
+        for p in up.parts:
+            ident = p.header.ident if p.header else p.filename
+            if p.refused or p.header is None or not p.tmp:
+                results.append({"id": ident, "status": "refused", "reason": p.refused})
+                log.warning("refused id=%s origin=%s reason=%s", ident, origin, p.refused)
+            else:
+                st = next(answers)
+                results.append({"id": ident, "status": st})
+                log.debug("%s id=%s origin=%s channel=%s", st, ident, origin, p.header.channel)
+        return {"results": results}
+
+    def status(environ: dict[str, Any]) -> dict[str, Any]:
+        origin = origin_of(environ)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length > MAX_STATUS_BODY:
+            raise HTTPError("413 Content Too Large", "status request too large")
+        try:
+            data = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            ids = data["ids"]
+            if not isinstance(ids, list):
+                raise TypeError("ids must be a list")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HTTPError("400 Bad Request", f"bad status request: {exc}") from None
+        results = {}
+        for ident in ids:
+            if not isinstance(ident, str):
+                continue
+            try:
+                m.check_id(ident)
+            except ValueError:
+                results[ident] = {"state": "unknown", "reason": "bad id"}
+                continue
+            state, reason = spool.in_status(origin, ident)
+            results[ident] = {"state": state, "reason": reason} if reason else {"state": state}
+        return {"results": results}
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/").rstrip("/")
+        try:
+            if path == "/v1/messages" and method == "POST":
+                body = messages(environ)
+            elif path == "/v1/status" and method == "POST":
+                body = status(environ)
+            elif path in ("/v1/health", "") and method in ("GET", "HEAD"):
+                body = {"ok": True, "node": spool.node}
+            elif path in ("/v1/messages", "/v1/status", "/v1/health"):
+                raise HTTPError("405 Method Not Allowed", f"{method} is not allowed on {path}")
+            else:
+                raise HTTPError("404 Not Found", f"no such endpoint {path!r}")
+            code = "200 OK"
+        except HTTPError as exc:
+            code, body = exc.status, {"error": exc.reason}
+            if not code.startswith(("401", "404", "405")):
+                log.info("refused request path=%s status=%s reason=%s", path, code[:3], exc.reason)
+        raw = json.dumps(body).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(raw)))]
+        if code.startswith("503"):
+            headers.append(("Retry-After", "5"))
+        start_response(code, headers)
+        return [raw]
+
+    return app

@@ -1,0 +1,106 @@
+"""Run the WSGI app on an embedded gunicorn: workers, graceful TERM, TLS, port 0."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+from typing import Any
+
+from .errors import UsageError
+from .server import make_app
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class ServeOptions:
+    """How dropr-serve runs."""
+
+    __slots__ = ("listen", "workers", "threads", "certfile", "keyfile", "insecure", "verbose")
+
+    def __init__(
+        self,
+        *,
+        listen: list[str],
+        workers: int = 2,
+        threads: int = 4,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        insecure: bool = False,
+        verbose: int = 0,
+    ) -> None:
+        self.listen = listen
+        self.workers = workers
+        self.threads = threads
+        self.certfile = certfile
+        self.keyfile = keyfile
+        self.insecure = insecure
+        self.verbose = verbose
+
+
+def is_loopback(addr: str) -> bool:
+    """Tell whether a HOST:PORT listens on loopback only."""
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(spool: Spool, opts: ServeOptions) -> None:
+    """Refuse an open address without tokens unless --insecure."""
+    for addr in opts.listen:
+        if ":" not in addr or not addr.rsplit(":", 1)[1].isdigit():
+            raise UsageError(f"bad --listen {addr!r}: write HOST:PORT, e.g. 127.0.0.1:8080")
+        if not spool.config.tokens and not opts.insecure and not is_loopback(addr):
+            raise UsageError(
+                f"refusing to listen on {addr} without serve.tokens in the config: anyone could "
+                "deliver; add tokens, listen on loopback, or pass --insecure"
+            )
+
+
+def serve(spool: Spool, opts: ServeOptions) -> int:
+    """Run gunicorn with the dropr app until TERM; return the exit code."""
+    check_listen(spool, opts)
+    from gunicorn.app.base import BaseApplication
+
+    app = make_app(spool)
+
+    def when_ready(server: Any) -> None:
+        for lst in server.LISTENERS:
+            host, port = lst.sock.getsockname()[:2]
+            scheme = "https" if opts.certfile else "http"
+            sys.stderr.write(f"dropr-serve: listening addr={host}:{port} url={scheme}://{host}:{port}/ node={spool.node}\n")
+        sys.stderr.flush()
+
+    class Embedded(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            settings = {
+                "bind": opts.listen,
+                "workers": opts.workers,
+                "worker_class": "gthread",
+                "threads": opts.threads,
+                "timeout": 600,
+                "graceful_timeout": 30,
+                "keepalive": 30,
+                "errorlog": "-",
+                "accesslog": "-" if opts.verbose > 1 else None,
+                "loglevel": "info" if opts.verbose > 0 else "warning",
+                "proc_name": "dropr-serve",
+                "when_ready": when_ready,
+                "limit_request_line": 8190,
+            }
+            if opts.certfile:
+                settings["certfile"] = opts.certfile
+                settings["keyfile"] = opts.keyfile
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    Embedded().run()
+    return 0

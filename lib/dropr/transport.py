@@ -1,0 +1,206 @@
+"""pycurl batch upload: in, a peer and (id, path) pairs; out, a result per message.
+
+Each batch is one multipart POST whose parts libcurl reads straight from the
+spool files (no Python read of a payload). Several batches, to several peers,
+run at once on one CurlMulti. This module never sees spool directories.
+
+Wire protocol (documented in dropr.7):
+  POST {url}v1/messages   multipart/form-data, one part per message, field "m",
+                          filename = id, content = the outbox file (header + payload)
+                          headers: X-Dropr-Origin, Authorization: Bearer TOKEN
+                          200 {"results": [{"id", "status", "reason"}]}
+                          status: stored | duplicate | retry | refused
+  POST {url}v1/status     {"ids": [...]} -> {"results": {id: {"state", "reason"}}}
+                          state: processed | dead | pending | unknown
+  GET  {url}v1/health     {"ok": true, "node": NAME}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from io import BytesIO
+from typing import Any
+
+import pycurl
+
+from .config import Peer
+
+STORED = "stored"
+DUPLICATE = "duplicate"
+RETRY = "retry"
+REFUSED = "refused"
+
+
+class Timeouts:
+    """Per-transfer limits: connect, low speed (bytes/s over a window) and total."""
+
+    __slots__ = ("connect", "low_speed", "low_speed_time", "total")
+
+    def __init__(
+        self, *, connect: float = 10, low_speed: int = 1, low_speed_time: float = 30, total: float = 600
+    ) -> None:
+        self.connect = connect
+        self.low_speed = low_speed
+        self.low_speed_time = low_speed_time
+        self.total = total
+
+
+class Transfer:
+    """One HTTP request in flight: a batch upload or a status poll."""
+
+    def __init__(self, peer: Peer, kind: str, items: list[tuple[str, str]], ids: list[str]) -> None:
+        self.peer = peer
+        self.kind = kind  # "send" or "status"
+        self.items = items  # (id, path) for send
+        self.ids = ids  # for status
+        self.curl = pycurl.Curl()
+        self.body = BytesIO()
+        self.error = ""
+        self.code = 0
+        self.results: dict[str, tuple[str, str]] = {}
+        self.sent_bytes = 0.0
+        self.seconds = 0.0
+        self.tag: Any = None
+
+    def close(self) -> None:
+        """Free the curl handle."""
+        self.curl.close()
+
+
+def _setup(t: Transfer, node: str, timeouts: Timeouts, path: str) -> pycurl.Curl:
+    c = t.curl
+    c.setopt(pycurl.URL, t.peer.url + path)
+    c.setopt(pycurl.WRITEDATA, t.body)
+    c.setopt(pycurl.NOSIGNAL, 1)
+    c.setopt(pycurl.CONNECTTIMEOUT_MS, int(timeouts.connect * 1000))
+    c.setopt(pycurl.LOW_SPEED_LIMIT, timeouts.low_speed)
+    c.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeouts.low_speed_time)))
+    c.setopt(pycurl.TIMEOUT_MS, int(timeouts.total * 1000))
+    c.setopt(pycurl.TCP_NODELAY, 1)
+    headers = ["Expect:", f"X-Dropr-Origin: {node}"]
+    if t.peer.token:
+        headers.append(f"Authorization: Bearer {t.peer.token}")
+    if t.kind == "status":
+        headers.append("Content-Type: application/json")
+    c.setopt(pycurl.HTTPHEADER, headers)
+    if t.peer.cafile:
+        c.setopt(pycurl.CAINFO, t.peer.cafile)
+    return c
+
+
+def upload(peer: Peer, items: list[tuple[str, str]], node: str, timeouts: Timeouts) -> Transfer:
+    """Prepare a batch upload of (id, path) pairs; add it to a Pool to run it."""
+    t = Transfer(peer, "send", items, [])
+    c = _setup(t, node, timeouts, "v1/messages")
+    c.setopt(
+        pycurl.HTTPPOST,
+        [
+            (
+                "m",
+                (
+                    pycurl.FORM_FILE, path,
+                    pycurl.FORM_FILENAME, ident,
+                    pycurl.FORM_CONTENTTYPE, "application/octet-stream",
+                ),
+            )
+            for ident, path in items
+        ],
+    )  # fmt: skip
+    return t
+
+
+def status(peer: Peer, ids: list[str], node: str, timeouts: Timeouts) -> Transfer:
+    """Prepare a status poll for ids at a peer."""
+    t = Transfer(peer, "status", [], ids)
+    c = _setup(t, node, timeouts, "v1/status")
+    c.setopt(pycurl.POSTFIELDS, json.dumps({"ids": ids}))
+    return t
+
+
+class Pool:
+    """Transfers running concurrently on one CurlMulti."""
+
+    def __init__(self) -> None:
+        self.multi = pycurl.CurlMulti()
+        self.running: dict[int, Transfer] = {}
+
+    def add(self, t: Transfer) -> None:
+        """Start a transfer."""
+        self.running[id(t.curl)] = t
+        self.multi.add_handle(t.curl)
+
+    def __len__(self) -> int:
+        return len(self.running)
+
+    def poll(self, timeout: float) -> Iterator[Transfer]:
+        """Drive transfers for up to timeout seconds; yield each one that finished."""
+        if not self.running:
+            return
+        while True:
+            ret, _ = self.multi.perform()
+            if ret != pycurl.E_CALL_MULTI_PERFORM:
+                break
+        done = self._collect()
+        if not done:
+            self.multi.select(timeout)
+            while True:
+                ret, _ = self.multi.perform()
+                if ret != pycurl.E_CALL_MULTI_PERFORM:
+                    break
+            done = self._collect()
+        yield from done
+
+    def _collect(self) -> list[Transfer]:
+        finished = []
+        while True:
+            _, ok, failed = self.multi.info_read()
+            for c in ok:
+                finished.append(self._finish(c, ""))
+            for c, _errno, msg in failed:
+                finished.append(self._finish(c, msg or f"curl error {_errno}"))
+            if not ok and not failed:
+                break
+        return finished
+
+    def _finish(self, c: pycurl.Curl, error: str) -> Transfer:
+        t = self.running.pop(id(c))
+        self.multi.remove_handle(c)
+        t.code = int(c.getinfo(pycurl.RESPONSE_CODE) or 0)
+        t.seconds = float(c.getinfo(pycurl.TOTAL_TIME))
+        t.sent_bytes = float(c.getinfo(pycurl.SIZE_UPLOAD))
+        t.error = error
+        if not error:
+            _parse(t)
+        return t
+
+    def close(self) -> None:
+        """Abort and free every running transfer."""
+        for t in list(self.running.values()):
+            self.multi.remove_handle(t.curl)
+            t.close()
+        self.running.clear()
+        self.multi.close()
+
+
+def _parse(t: Transfer) -> None:
+    raw = t.body.getvalue()
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {}
+    if t.code != 200:
+        reason = data.get("error") if isinstance(data, dict) else None
+        t.error = f"HTTP {t.code}: {reason or raw[:200].decode('utf-8', 'replace').strip() or 'no answer'}"
+        return
+    results = data.get("results") if isinstance(data, dict) else None
+    if t.kind == "send" and isinstance(results, list):
+        for r in results:
+            if isinstance(r, dict) and isinstance(r.get("id"), str):
+                t.results[r["id"]] = (str(r.get("status", RETRY)), str(r.get("reason", "")))
+    elif t.kind == "status" and isinstance(results, dict):
+        for ident, r in results.items():
+            if isinstance(r, dict):
+                t.results[str(ident)] = (str(r.get("state", "unknown")), str(r.get("reason", "")))
+    else:
+        t.error = "malformed answer from peer"
