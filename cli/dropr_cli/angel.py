@@ -65,7 +65,8 @@ def cmd(lock: str | None, backoff: tuple[float, float], max_restarts: int | None
       dropr-angel -- dropr-send
       dropr-angel --max-rss 500MiB -- dropr-send --max-messages 100000
       dropr-angel --max-restarts 5 --per 1m -- dropr-recv --exec ./handle
-      * * * * * dropr-angel --lock ~/.dropr-send.lock -- dropr-send   # crontab
+      # crontab: start the sender unless it runs; else exit 0 at once
+      * * * * * dropr-angel --lock ~/.local/state/dropr/send.lock -- dropr-send
     """
     o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-angel")
     if kw["spool"]:

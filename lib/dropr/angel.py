@@ -228,13 +228,17 @@ def _lock(path: str | None) -> Iterator[bool]:
     try:
         lock.acquire()
     except Timeout:
-        log.debug("locked lock=%s", path)
-        yield False
-        return
+        got = False
     except OSError as exc:
         raise CantCreateError(
             f"cannot take lock {path}: {exc.strerror or exc}; check the directory"
         ) from None
+    else:
+        got = True
+    if not got:
+        log.debug("locked lock=%s", path)
+        yield False
+        return
     try:
         yield True
     finally:
@@ -355,16 +359,12 @@ class _Supervisor:
                     f"cannot run {self.cmd[0]}: {why}; check the command after --"
                 ) from None
             self.status = 126 if isinstance(exc, PermissionError) else 127
+            what = f"status={self.status} error={shlex.quote(why)}"
             delay = self.schedule(self.started, 0.0)
             if delay is None:
+                log.warning("exec-failed %s cmd=%s", what, shlex.join(self.cmd))
                 raise _GiveUp() from None
-            log.warning(
-                "exec-failed status=%d error=%s restart_in=%.1fs cmd=%s",
-                self.status,
-                shlex.quote(why),
-                delay,
-                shlex.join(self.cmd),
-            )
+            log.warning("exec-failed %s restart_in=%.1fs cmd=%s", what, delay, shlex.join(self.cmd))
             return
         self.kill_at = float("inf")
         self.next_rss = self.started + self.opts.rss_interval if self.opts.max_rss else float("inf")
