@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from dropr import config as c
 from dropr.errors import (
     EX_CONFIG,
@@ -112,7 +111,7 @@ def test_full_config_loads(tmp_path: Path) -> None:
 node = "web1"
 [peers.db1]
 url = "https://db1.example.net:8443"
-token_file = "{tmp_path / 'db1.token'}"
+token_file = "{tmp_path / "db1.token"}"
 [peers.db2]
 url = "http://127.0.0.1:8080/"
 token = "inline"
@@ -197,7 +196,9 @@ def test_missing_explicit_config_is_config_error(tmp_path: Path) -> None:
     assert str(missing) in str(exc.value)
 
 
-def test_missing_config_from_env_is_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_config_from_env_is_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DROPR_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(ConfigError):
         c.load(str(tmp_path))
@@ -209,7 +210,9 @@ def test_unreadable_config_is_config_error(tmp_path: Path) -> None:
         c.load(str(tmp_path))
 
 
-def test_explicit_config_wins_over_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explicit_config_wins_over_env_and_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _write(tmp_path / "dropr.toml", "node = 'default-file'\n")
     _write(tmp_path / "env.toml", "node = 'env-file'\n")
     _write(tmp_path / "arg.toml", "node = 'arg-file'\n")
@@ -236,7 +239,14 @@ def test_default_spool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def _cfg() -> c.Config:
-    return c.Config({"peers": {"db1": {"url": "https://db1.example.net:8443/"}, "db2": {"url": "http://127.0.0.1:8080"}}})
+    return c.Config(
+        {
+            "peers": {
+                "db1": {"url": "https://db1.example.net:8443/"},
+                "db2": {"url": "http://127.0.0.1:8080"},
+            }
+        }
+    )
 
 
 def test_peer_by_name() -> None:

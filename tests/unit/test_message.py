@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from dropr import message as m
 from hypothesis import given
 from hypothesis import strategies as st
-
-from dropr import message as m
 
 HEX24 = re.compile(r"[0-9a-f]{24}")
 NAME_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
@@ -49,7 +48,9 @@ def test_generated_ids_are_24_hex_unique_and_time_sortable() -> None:
         assert m.generated_time(ident) == t
 
 
-def test_ids_of_two_makers_differ_even_in_the_same_microsecond(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ids_of_two_makers_differ_even_in_the_same_microsecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(m, "now_us", lambda: 1_700_000_000_000_000)
     a, b = m.IdMaker(), m.IdMaker()
     ids_a = {a.new()[0] for _ in range(100)}
@@ -134,7 +135,9 @@ def test_parse_out_name_rejects(bad: str) -> None:
         m.parse_out_name(bad)
 
 
-@pytest.mark.parametrize("bad", ["", "51234567890abc,id", "51234567890abc,o,i,x", "z1234567890abc,o,i"])
+@pytest.mark.parametrize(
+    "bad", ["", "51234567890abc,id", "51234567890abc,o,i,x", "z1234567890abc,o,i"]
+)
 def test_parse_in_name_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
         m.parse_in_name(bad)
@@ -167,7 +170,10 @@ def test_header_pack_and_parse_are_exact_inverses(h: m.Header) -> None:
 def test_header_has_the_documented_shape() -> None:
     h = m.Header("0190f3c2a1b4c5d6e7f8a9b0", "default", 5, 1000, 0, 3, 0xABC)
     raw = h.pack()
-    assert raw.rstrip() == b"DROPR1 id=0190f3c2a1b4c5d6e7f8a9b0 ch=default p=5 c=1000 d=0 s=3 k=00000abc"
+    assert (
+        raw.rstrip()
+        == b"DROPR1 id=0190f3c2a1b4c5d6e7f8a9b0 ch=default p=5 c=1000 d=0 s=3 k=00000abc"
+    )
 
 
 def _raw(**fields: str) -> bytes:

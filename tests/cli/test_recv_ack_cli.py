@@ -1,0 +1,237 @@
+"""dropr-recv and dropr-ack: help, option errors and exit codes, `dropr-ack -` input.
+
+The commands run in-process through their console entry points (the place
+where exceptions become exit codes) inside click's CliRunner isolation. The
+inbox is filled through the library, the way dropr-serve stores: a tmp file
+holding the payload alone, committed with Spool.store and a message Header.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from dropr import message as m
+from dropr.spool import Spool
+from dropr_cli import ack as ack_cli
+from dropr_cli import recv as recv_cli
+
+pytestmark = pytest.mark.usefixtures("clean_dropr_env")
+
+Main = Callable[[list[str] | None], int]
+
+
+class Result:
+    def __init__(self, rc: int, out: bytes, err: bytes) -> None:
+        self.rc = rc
+        self.out = out
+        self.err = err.decode(errors="replace")
+
+
+def call(main: Main, args: list[str], stdin: bytes = b"") -> Result:
+    """Run a command's console entry point with stdin; return exit status, stdout, stderr."""
+    with CliRunner().isolation(input=stdin) as (out, err, _):
+        rc = main(args)
+        sys.stdout.flush()  # what process exit would do
+        sys.stderr.flush()
+    return Result(rc, out.getvalue(), err.getvalue())
+
+
+def recv(spool: Path, *args: str) -> Result:
+    return call(recv_cli.main, ["--spool", str(spool), *args])
+
+
+def ack(spool: Path, *args: str, stdin: bytes = b"") -> Result:
+    return call(ack_cli.main, ["--spool", str(spool), *args], stdin)
+
+
+def fill(spool: Path, payloads: list[bytes], *, origin: str = "web1", channel: str = "default",
+         priority: int = 5) -> list[str]:  # fmt: skip
+    """Store payloads in the inbox as received from origin; return their ids."""
+    sp = Spool(str(spool))
+    items = []
+    for p in payloads:
+        ident, created = sp.ids.new()
+        tmp = sp.tmp_name(ident)
+        Path(tmp).write_bytes(p)
+        items.append((tmp, m.Header(ident, channel, priority, created, 0, len(p), m.crc32(p))))
+    assert sp.store(origin, items) == ["stored"] * len(items)
+    return [h.ident for _, h in items]
+
+
+def state_of(spool: Path, channel: str = "default") -> dict[str, str]:
+    """Map id -> inbox state, from the folders."""
+    states = {}
+    for st in ("ready", "wait", "claimed", "done", "dead"):
+        d = spool / "in" / channel / st
+        for name in d.iterdir() if d.is_dir() else []:
+            states[name.name.rsplit(",", 1)[1]] = st
+    return states
+
+
+def one_error_line(res: Result, prog: str) -> str:
+    lines = res.err.splitlines()
+    assert "Traceback" not in res.err, res.err
+    assert len(lines) == 1, f"expected one error line: {res.err!r}"
+    assert lines[0].startswith(f"{prog}: error: "), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> tuple[Path, list[str]]:
+    spool = tmp_path / "spool"
+    return spool, fill(spool, [b"one", b"two", b"three"])
+
+
+# -- help -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("main", [recv_cli.main, ack_cli.main], ids=["dropr-recv", "dropr-ack"])
+def test_help_has_examples_and_h_works(main: Main) -> None:
+    long = call(main, ["--help"])
+    short = call(main, ["-h"])
+    assert long.rc == 0 and short.rc == 0
+    assert b"Examples:" in long.out
+    assert short.out == long.out
+    assert long.err == ""
+
+
+# -- dropr-recv ---------------------------------------------------------------------
+
+RECV_USAGE = [
+    ["--format", "raw", "-n", "2"],
+    ["--format", "raw", "--all"],
+    ["-n", "2", "--all"],
+    ["-n", "0"],
+    ["-n", "many"],
+    ["--format", "xml"],
+    ["--lease", "soon"],
+    ["--timeout", "1s"],
+    ["--wait", "--timeout", "forever"],
+    ["--once"],
+    ["--jobs", "2"],
+    ["--exec", "true", "--once", "--wait"],
+    ["--exec", "true", "--once", "-n", "2"],
+    ["--exec", "true", "--once", "--all"],
+    ["--exec", "true", "--once", "--ack"],
+    ["--exec", "true", "--once", "--format", "json"],
+    ["--exec", "true", "--once", "--jobs", "0"],
+    ["--exec"],
+    ["--no-such-option"],
+    ["an-argument"],
+]
+
+
+@pytest.mark.parametrize("args", RECV_USAGE, ids=" ".join)
+def test_recv_usage_errors_exit_64_and_claim_nothing(
+    inbox: tuple[Path, list[str]], args: list[str]
+) -> None:
+    spool, ids = inbox
+    res = recv(spool, *args)
+    assert res.rc == 64, res.err
+    one_error_line(res, "dropr-recv")
+    assert res.out == b""
+    assert state_of(spool) == {i: "ready" for i in ids}, "a usage error must not claim anything"
+
+
+def test_recv_path_format_and_nothing_ready(inbox: tuple[Path, list[str]]) -> None:
+    spool, ids = inbox
+    res = recv(spool, "-n", "2")
+    assert res.rc == 0, res.err
+    lines = res.out.decode().splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == ids[:2]
+    for line, payload in zip(lines, [b"one", b"two"], strict=True):
+        ident, path = line.split("\t")
+        assert Path(path).read_bytes() == payload and path.endswith(ident)
+    res = recv(spool, "--all")
+    assert res.rc == 0 and len(res.out.splitlines()) == 1
+    res = recv(spool)
+    assert res.rc == 1 and res.out == b""
+    res = recv(spool, "--wait", "--timeout", "100ms")
+    assert res.rc == 75 and res.out == b""
+
+
+def test_recv_on_a_channel_never_used(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    fill(spool, [b"x"])
+    assert recv(spool, "--channel", "nothing-here").rc == 1
+
+
+# -- dropr-ack ----------------------------------------------------------------------
+
+ACK_USAGE = [
+    ["--delay", "1s", "ID"],
+    ["--release", "--reject", "ID"],
+    ["--reason", "because", "ID"],
+    ["--release", "--delay", "soon", "ID"],
+    ["--reject", "--reason"],
+    [],
+    ["--release"],
+    ["--no-such-option", "ID"],
+]
+
+
+@pytest.mark.parametrize("args", ACK_USAGE, ids=lambda a: " ".join(a) or "no-ids")
+def test_ack_usage_errors_exit_64_and_touch_nothing(
+    inbox: tuple[Path, list[str]], args: list[str]
+) -> None:
+    spool, ids = inbox
+    assert recv(spool, "--all").rc == 0
+    args = [ids[0] if a == "ID" else a for a in args]
+    res = ack(spool, *args)
+    assert res.rc == 64, res.err
+    one_error_line(res, "dropr-ack")
+    assert state_of(spool) == {i: "claimed" for i in ids}
+
+
+def test_ack_reads_recv_output_from_stdin(inbox: tuple[Path, list[str]]) -> None:
+    spool, ids = inbox
+    res = recv(spool, "--all")
+    assert res.rc == 0
+    assert res.out.count(b"\t") == 3, "ID<TAB>PATH lines"
+    res = ack(spool, "-", stdin=res.out)
+    assert res.rc == 0, res.err
+    assert res.err == ""
+    assert state_of(spool) == {i: "done" for i in ids}
+
+
+def test_ack_stdin_accepts_plain_ids_blank_lines_and_origin_form(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    ids = fill(spool, [b"a", b"b", b"c"])
+    assert recv(spool, "--all").rc == 0
+    text = f"{ids[0]}\n\n  {ids[1]}  \nweb1,{ids[2]}\n"
+    res = ack(spool, "-", stdin=text.encode())
+    assert res.rc == 0, res.err
+    assert state_of(spool) == {i: "done" for i in ids}
+
+
+def test_ack_stdin_unknown_id_is_an_error_for_that_id_only(inbox: tuple[Path, list[str]]) -> None:
+    spool, ids = inbox
+    listing = recv(spool, "--all").out.decode()
+    unknown = "0123456789abcdef01234567"
+    lines = listing.splitlines()
+    text = "\n".join([lines[0], unknown, *lines[1:]]) + "\n"
+    res = ack(spool, "-", stdin=text.encode())
+    assert res.rc == 1
+    line = one_error_line(res, "dropr-ack")
+    assert unknown in line
+    assert state_of(spool) == {i: "done" for i in ids}
+
+
+def test_ack_release_and_reject_from_stdin(inbox: tuple[Path, list[str]]) -> None:
+    spool, ids = inbox
+    assert recv(spool, "--all").rc == 0
+    res = ack(spool, "--release", "-", stdin=f"{ids[0]}\n".encode())
+    assert res.rc == 0, res.err
+    res = ack(spool, "--release", "--delay", "1h", "-", stdin=f"{ids[1]}\n".encode())
+    assert res.rc == 0, res.err
+    res = ack(spool, "--reject", "--reason", "bad input", "-", stdin=f"{ids[2]}\n".encode())
+    assert res.rc == 0, res.err
+    assert state_of(spool) == {ids[0]: "ready", ids[1]: "wait", ids[2]: "dead"}
+    # none is claimed any more: each is an error now, all reported
+    res = ack(spool, *ids)
+    assert res.rc == 1
+    assert len(res.err.splitlines()) == 3

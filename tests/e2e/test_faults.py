@@ -1,0 +1,332 @@
+"""Faults with real processes: kill -9 of dropr-send and dropr-serve mid-transfer, a full disk.
+
+The kills land at random moments (random delays, or right after the receiver's
+inbox reached a random count: the window where a batch is stored at the peer
+but not yet recorded by the sender). Afterwards every message must be in the
+peer's inbox exactly once, byte for byte, and the outbox must show all sent.
+Only processes these tests started are killed, by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
+Nodes = Callable[[str], Node]
+N = 2000
+PAYLOAD = 1000  # bytes per message: a transfer of a few MB, long enough to be cut
+DEADLINE = 120.0  # generous for the slow virtual disk; a healthy run needs a few seconds
+FAST_RETRY = '[send]\nbackoff_min = "50ms"\nbackoff_max = "300ms"\n'
+
+pytestmark = pytest.mark.slow
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> Any:
+    """Poll cond until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.002)
+
+
+def free_port() -> int:
+    """Return a loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def children(pid: int) -> list[int]:
+    """Return the pids whose parent is pid."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def gone(pid: int) -> bool:
+    """Tell whether pid has exited (a zombie counts as gone: it holds no sockets or files)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def payloads() -> list[bytes]:
+    return [f"m{i:05d} ".encode() + bytes([97 + i % 26]) * (PAYLOAD - 7) for i in range(N)]
+
+
+def put_all(a: Node, url: str) -> dict[str, bytes]:
+    """Put N distinct messages in one dropr-put --lines; return id -> payload."""
+    data = payloads()
+    p = a.run(
+        "dropr-put",
+        "--lines",
+        "--to",
+        url,
+        input=b"\n".join(data) + b"\n",
+        check=True,
+        timeout=DEADLINE,
+    )
+    ids = p.stdout.decode().split()
+    assert len(ids) == N
+    return dict(zip(ids, data, strict=True))
+
+
+def ready(b: Node) -> Path:
+    return b.spool / "in" / "default" / "ready"
+
+
+def start_sender(a: Node, *args: str) -> subprocess.Popen[bytes]:
+    return a.start("dropr-send", "--batch", "50", *args, stderr=subprocess.DEVNULL)
+
+
+def check_exactly_once(a: Node, b: Node, expected: dict[str, bytes]) -> None:
+    """Every message once in b's inbox, byte for byte; a's outbox shows all of them sent."""
+    names = listdir(ready(b))
+    ids = [n.split(",")[2] for n in names]
+    dup = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
+    assert not dup, f"stored more than once: {sorted(dup)[:5]}"
+    assert set(ids) == set(expected), f"missing {len(set(expected) - set(ids))}"
+    for n in names:
+        assert (ready(b) / n).read_bytes() == expected[n.split(",")[2]], n
+    for state in ("wait", "claimed", "done", "dead"):
+        assert listdir(b.spool / "in" / "default" / state) == []
+    recs = a.ls("-l", "--out")
+    assert len(recs) == N
+    assert {r["state"] for r in recs} == {"sent"}
+
+
+def finish(a: Node) -> None:
+    """Run dropr-send --once --now until nothing is left queued."""
+
+    def done() -> bool:
+        p = a.run("dropr-send", "--once", "--now", timeout=DEADLINE)
+        assert p.returncode in (0, 75), p.stderr.decode()
+        return p.returncode == 0
+
+    wait_until(done, DEADLINE, "the last pass to deliver everything")
+
+
+def test_kill_sender_at_random_moments(nodes: Nodes) -> None:
+    a, b = nodes("a"), nodes("b")
+    url = b.serve()
+    a.config(FAST_RETRY)
+    expected = put_all(a, url)
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    kills = 0
+    for rnd in range(8):
+        stored = len(listdir(ready(b)))
+        if stored >= N:
+            break
+        sender = start_sender(a)
+        if rnd % 2:
+            # right after the peer stored a batch: the "lost answer" window
+            target = min(N, stored + rng.randint(1, 400))
+            wait_until(
+                lambda t=target, s=sender: len(listdir(ready(b))) >= t or s.poll() is not None,
+                DEADLINE,
+                "the peer to store more",
+            )
+        else:
+            # at a random moment, possibly mid-upload
+            time.sleep(rng.uniform(0.05, 0.6))  # the fault's timing, not a synchronization
+        if sender.poll() is None:
+            sender.send_signal(signal.SIGKILL)
+            kills += 1
+        sender.wait(30)
+    assert kills >= 3, f"only {kills} kills landed (seed {seed}); the transfer was too quick"
+    finish(a)
+    check_exactly_once(a, b, expected)
+    wait_until(lambda: not listdir(b.spool / "tmp"), 30, "b's tmp/ to be clean")
+
+
+def kill_server(b: Node) -> None:
+    """kill -9 the dropr-serve master and its workers at once; wait until they are gone."""
+    master = b.serve_proc
+    assert master is not None
+    pids = [master.pid, *children(master.pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    master.wait(30)
+    b.serve_proc = None
+    wait_until(lambda: all(gone(p) for p in pids), 30, "the killed server processes to exit")
+
+
+def test_kill_server_at_random_moments(nodes: Nodes) -> None:
+    a, b = nodes("a"), nodes("b")
+    port = free_port()
+    listen = f"127.0.0.1:{port}"
+    url = b.serve(listen=listen)
+    a.config(FAST_RETRY)
+    expected = put_all(a, url)
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    start_sender(a)
+    kills = 0
+    for rnd in range(6):
+        stored = len(listdir(ready(b)))
+        if stored >= N:
+            break
+        if rnd % 2:
+            target = min(N, stored + rng.randint(1, 400))
+            wait_until(
+                lambda t=target: len(listdir(ready(b))) >= t, DEADLINE, "the peer to store more"
+            )
+        else:
+            time.sleep(rng.uniform(0.05, 0.5))  # the fault's timing, not a synchronization
+        kill_server(b)
+        kills += 1
+        assert b.serve(listen=listen) == url  # the same port: the sender's peer URL stays valid
+    assert kills >= 3, f"only {kills} kills (seed {seed})"
+    outq = a.spool / "out"
+
+    def all_sent() -> bool:
+        return all(not listdir(outq / p / "queued") for p in listdir(outq))
+
+    wait_until(all_sent, DEADLINE, "the daemon to deliver everything after the last restart")
+    check_exactly_once(a, b, expected)
+    # tmp/ may hold files of killed workers: crash leftovers, swept by age, never in the inbox
+
+
+def mount_small(mnt: Path) -> None:
+    """Mount a 4 MiB tmpfs at mnt, or skip the test."""
+    mnt.mkdir(exist_ok=True)
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=30,
+    )
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {p.stderr.decode().strip()}")
+
+
+def umount(mnt: Path) -> None:
+    for _ in range(50):
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)  # a process that held a file there is still exiting
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs mounted at tmp_path/b (node b's spool); unmounted afterwards."""
+    mnt = tmp_path / "b"
+    mount_small(mnt)
+    try:
+        yield mnt
+    finally:
+        umount(mnt)
+
+
+SIZE = 300 << 10
+
+
+def put_big(a: Node, url: str, n: int = 20) -> dict[str, bytes]:
+    data = {}
+    for i in range(n):
+        payload = bytes([65 + i]) * SIZE
+        data[a.put(payload, "--to", url)] = payload
+    return data
+
+
+def check_inbox_intact(b: Node, data: dict[str, bytes]) -> list[str]:
+    """Assert every inbox file is a complete message; return their ids."""
+    names = listdir(ready(b))
+    for n in names:
+        got = (ready(b) / n).read_bytes()
+        assert len(got) == SIZE, f"{n}: {len(got)} of {SIZE} bytes stored"
+        assert got == data[n.split(",")[2]], n
+    return [n.split(",")[2] for n in names]
+
+
+def test_disk_full_at_receiver(nodes: Nodes, small_fs: Path) -> None:
+    """Below serve.min_free the server answers 503; the sender defers, then completes."""
+    a, b = nodes("a"), nodes("b")
+    assert b.spool == small_fs
+    # the floor is larger than one request (one 300 KiB message at a time), so the floor,
+    # not a full disk, stops the transfer
+    b.config('[serve]\nmin_free = "512KiB"\n')
+    try:
+        url = b.serve()
+        data = put_big(a, url)
+        p = a.run("dropr-send", "--once", "--batch", "1", "--concurrency", "1", timeout=DEADLINE)
+        assert p.returncode == 75, p.stderr.decode()
+        text = a.run("dropr-ls", "--out", check=True).stdout.decode()
+        assert "503" in text and "disk" in text, text
+        states = a.states("out")
+        assert "queued" in states.values(), "everything fitted: the disk was not full"
+        stored = check_inbox_intact(b, data)
+        assert 0 < len(stored) < len(data)
+        assert set(stored) == {i for i, s in states.items() if s == "sent"}
+        wait_until(lambda: not listdir(b.spool / "tmp"), 30, "b's tmp/ to be clean")
+        assert b.serve_proc is not None and b.serve_proc.poll() is None
+        # the backoff holds: a plain pass does not hammer the full peer
+        p = a.run("dropr-send", "--once", timeout=DEADLINE)
+        assert p.returncode == 75
+        assert len(listdir(ready(b))) == len(stored)
+
+        # make room: the deferred messages go through, each exactly once
+        r = subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], capture_output=True)
+        assert r.returncode == 0, r.stderr.decode()
+        p = a.run("dropr-send", "--once", "--now", timeout=DEADLINE)
+        assert p.returncode == 0, p.stderr.decode()
+        assert sorted(check_inbox_intact(b, data)) == sorted(data)
+        assert set(a.states("out").values()) == {"sent"}
+    finally:
+        b.stop_all()
+
+
+@pytest.mark.xfail(
+    reason="BUG: server.py Upload._data ignores the count os.write returns; on a nearly full "
+    "filesystem write(2) stores part of a chunk without an error, the size and CRC checks "
+    "count the bytes received, and a truncated message is answered 'stored'",
+    strict=True,
+)
+def test_disk_full_mid_request_stores_nothing_truncated(nodes: Nodes, small_fs: Path) -> None:
+    """A request larger than the free space: refused (503) or stored whole, never cut."""
+    a, b = nodes("a"), nodes("b")
+    b.config('[serve]\nmin_free = "256KiB"\n')
+    try:
+        url = b.serve()
+        data = put_big(a, url)
+        p = a.run("dropr-send", "--once", "--batch", "2", timeout=DEADLINE)
+        assert p.returncode == 75, p.stderr.decode()
+        stored = check_inbox_intact(b, data)
+        assert set(stored) == {i for i, s in a.states("out").items() if s == "sent"}
+        wait_until(lambda: not listdir(b.spool / "tmp"), 30, "b's tmp/ to be clean")
+    finally:
+        b.stop_all()

@@ -1,0 +1,244 @@
+"""Receipts end to end: a consumer's ack or reject at the receiver comes back to the sender.
+
+Real nodes: "a" puts and sends, "b" (and "c") serve and consume. The sender
+records `processed` or `dead` from its status polls; dropr-put --wait reports
+them. Every wait polls with a deadline; only processes these tests started are
+signalled, by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
+BIN = Path(sys.executable).parent
+
+
+def cmd(name: str) -> str:
+    """Return the path of an installed dropr command."""
+    return str(BIN / name)
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll cond until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def read_line(stream: Any, timeout: float) -> bytes:
+    """Read one line from a pipe within timeout (fail if it does not come)."""
+    fd = stream.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no line within {timeout}s (got {buf!r})")
+        chunk = os.read(fd, 1)
+        if not chunk:
+            raise AssertionError(f"end of stream before a full line (got {buf!r})")
+        buf += chunk
+    return buf
+
+
+def out_states(a: Node, ident: str) -> dict[str, str]:
+    """Map peer name -> outbox state of one message at a."""
+    return {r["name"]: r["state"] for r in a.ls(ident) if r["box"] == "out"}
+
+
+def peer_of(a: Node, url: str) -> str:
+    """Return the outbox peer name a uses for a URL (from its recorded url file)."""
+    for d in (a.spool / "out").iterdir():
+        if (d / "url").read_text().strip() == url:
+            return d.name
+    raise AssertionError(f"no outbox peer for {url}")
+
+
+def send_once(a: Node) -> None:
+    p = a.run("dropr-send", "--once")
+    assert p.returncode == 0, p.stderr.decode()
+
+
+def start_sender(a: Node) -> subprocess.Popen[bytes]:
+    """Start the dropr-send daemon at a and wait until it listens for wake-ups."""
+    p = a.start("dropr-send", stderr=subprocess.DEVNULL)
+    wait_until(lambda: (a.spool / "wake" / "send.sock").exists(), 15, "dropr-send to start")
+    return p
+
+
+@pytest.fixture
+def net(nodes: Callable[[str], Node]) -> Iterator[tuple[Node, Node, str]]:
+    a, b = nodes("a"), nodes("b")
+    yield a, b, b.serve()
+    # An idle dropr-send daemon does not act on TERM until its sleep ends (see
+    # test_idle_sender_stops_on_term): kill it so the nodes' TERM teardown is quick.
+    for p in a.procs:
+        if p.poll() is None and Path(str(p.args[0])).name == "dropr-send":
+            p.kill()
+            p.wait()
+
+
+def test_ack_at_receiver_becomes_processed_at_sender(net: tuple[Node, Node, str]) -> None:
+    a, b, url = net
+    ident = a.put("job", "--to", url)
+    send_once(a)
+    assert a.states("out") == {ident: "sent"}
+    pipeline = f"{shlex.quote(cmd('dropr-recv'))} | {shlex.quote(cmd('dropr-ack'))} -"
+    p = subprocess.run(["/bin/sh", "-c", pipeline], env=b.env, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    assert b.states("in") == {ident: "done"}
+    send_once(a)
+    assert a.states("out") == {ident: "processed"}
+    rows = [r for r in a.ls("--out") if r["count"]]
+    assert [(r["state"], r["count"]) for r in rows] == [("processed", 1)]
+    text = a.run("dropr-ls", "--out", check=True).stdout.decode()
+    assert "processed" in text
+    assert not (b.spool / "out").exists() or not os.listdir(b.spool / "out"), (
+        "a receipt is never itself a message"
+    )
+
+
+def test_reject_at_receiver_is_dead_with_reason_at_sender(net: tuple[Node, Node, str]) -> None:
+    a, b, url = net
+    ident = a.put("job", "--to", url)
+    send_once(a)
+    b.run("dropr-recv", check=True)
+    b.run("dropr-ack", "--reject", "--reason", "no such customer 4711", ident, check=True)
+    send_once(a)
+    (rec,) = [r for r in a.ls(ident) if r["box"] == "out"]
+    assert rec["state"] == "dead"
+    assert "no such customer 4711" in rec["error"]
+    listing = a.run("dropr-ls", "--out", "--state", "dead", "-l", check=True).stdout.decode()
+    (line,) = listing.splitlines()
+    assert ident in line and "no such customer 4711" in line
+
+
+def test_multicast_is_processed_only_when_every_destination_is(
+    nodes: Callable[[str], Node],
+) -> None:
+    a, b, c = nodes("a"), nodes("b"), nodes("c")
+    ub, uc = b.serve(), c.serve()
+    put = a.start(
+        "dropr-put", "--to", ub, "--to", uc, "--id", "order-4711", "--wait", "--timeout", "60s",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert put.stdin is not None and put.stdout is not None
+    put.stdin.write(b"multicast job")
+    put.stdin.close()
+    ident = read_line(put.stdout, 20).decode().strip()
+    assert ident == "order-4711"
+    send_once(a)
+    pb, pc = peer_of(a, ub), peer_of(a, uc)
+    assert out_states(a, ident) == {pb: "sent", pc: "sent"}
+    assert put.poll() is None
+
+    b.run("dropr-recv", check=True)
+    b.run("dropr-ack", ident, check=True)
+    send_once(a)
+    assert out_states(a, ident) == {pb: "processed", pc: "sent"}
+    # dropr-put --wait rechecks at least every second: give it more than one look
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert put.poll() is None, "dropr-put --wait returned before every destination processed"
+        time.sleep(0.05)
+
+    c.run("dropr-recv", check=True)
+    c.run("dropr-ack", ident, check=True)
+    t0 = time.monotonic()
+    send_once(a)
+    assert out_states(a, ident) == {pb: "processed", pc: "processed"}
+    assert put.wait(10) == 0
+    assert time.monotonic() - t0 < 3, "dropr-put --wait is woken when the receipt is recorded"
+
+
+def test_put_wait_with_running_sender_and_handler(net: tuple[Node, Node, str]) -> None:
+    a, b, url = net
+    start_sender(a)
+    b.start("dropr-recv", "--exec", "true", stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    p = a.run("dropr-put", "--to", url, "--wait", "--timeout", "20s", input=b"job", timeout=60)
+    took = time.monotonic() - t0
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"no dropr-send" not in p.stderr
+    ident = p.stdout.decode().strip()
+    assert a.states("out") == {ident: "processed"}
+    assert b.states("in") == {ident: "done"}
+    assert took < 15, took
+
+
+def test_put_wait_without_sender_warns_at_once_and_times_out(net: tuple[Node, Node, str]) -> None:
+    a, _, url = net
+    t0 = time.monotonic()
+    put = a.start(
+        "dropr-put", "--to", url, "--wait", "--timeout", "1s",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert put.stdin is not None and put.stderr is not None
+    put.stdin.write(b"job")
+    put.stdin.close()
+    warning = read_line(put.stderr, 10).decode()
+    warned = time.monotonic() - t0
+    assert put.poll() is None, "the warning must come at once, not at the timeout"
+    assert "warning" in warning and "dropr-send" in warning and "running" in warning, warning
+    put.wait(30)
+    took = time.monotonic() - t0
+    assert put.stdout is not None
+    out = put.stdout.read()
+    assert put.returncode == 75
+    assert took >= 1.0 and warned < took
+    ident = out.decode().strip()
+    assert a.states("out") == {ident: "queued"}, "the put itself succeeded"
+
+
+def test_dead_outcome_makes_put_wait_exit_1(net: tuple[Node, Node, str]) -> None:
+    a, b, url = net
+    start_sender(a)
+    handler = "echo 'cannot parse order' >&2; exit 2"
+    b.start("dropr-recv", "--exec", handler, "--max-attempts", "1", stderr=subprocess.DEVNULL)
+    p = a.run("dropr-put", "--to", url, "--wait", "--timeout", "30s", input=b"garbage", timeout=60)
+    assert p.returncode == 1, p.stderr.decode()
+    ident = p.stdout.decode().strip()
+    (rec,) = [r for r in a.ls(ident) if r["box"] == "out"]
+    assert rec["state"] == "dead"
+    assert "exit status 2" in rec["error"] and "cannot parse order" in rec["error"]
+
+
+@pytest.mark.xfail(
+    reason="BUG: an idle dropr-send daemon ignores TERM until its sleep (up to 30 s) ends: "
+    "the handler only sets a flag and select() is resumed after EINTR (PEP 475)",
+    strict=True,
+)
+def test_idle_sender_stops_on_term(net: tuple[Node, Node, str]) -> None:
+    a, b, url = net
+    sender = start_sender(a)
+    b.start("dropr-recv", "--exec", "true", stderr=subprocess.DEVNULL)
+    p = a.run("dropr-put", "--to", url, "--wait", "--timeout", "20s", input=b"job", timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    assert set(a.states("out").values()) == {"processed"}
+    # Nothing queued, nothing awaiting a receipt: after its last status poll (due 0.2 s
+    # after the receipt) the daemon sleeps. Not a synchronisation: the scenario is
+    # "TERM an idle sender", and idle it is after this pause.
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    sender.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        sender.wait(5)
+    took = time.monotonic() - t0
+    assert sender.returncode == 0, f"dropr-send still running {took:.1f}s after TERM"
