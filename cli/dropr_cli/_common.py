@@ -129,7 +129,20 @@ class Size(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+def check_name(value: str | None, kind: str) -> None:
+    """Reject a channel or peer name that could leave the spool (exit 65)."""
+    if value is None:
+        return
+    from dropr.errors import DataError
+    from dropr.message import check_name as check
+
+    try:
+        check(value, kind)
+    except ValueError as exc:
+        raise DataError(f"bad {kind} {value!r}: {exc}") from None
+
+
 DURATION = Duration()
 SIZE = Size()
 
-__all__ = ["CONTEXT", "DURATION", "SIZE", "Obj", "common", "main_for", "obj", "click"]
+__all__ = ["CONTEXT", "DURATION", "SIZE", "Obj", "check_name", "common", "main_for", "obj", "click"]

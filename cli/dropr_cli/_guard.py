@@ -35,13 +35,18 @@ def guard(prog: str, fn: Callable[[], int | None], verbose: bool = False) -> int
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # the reader went away (dropr-recv | head): quiet, like cat
+        # The reader went away (dropr-ls -l | head): end quietly by SIGPIPE, as cat does,
+        # so shells see the usual status 141. Claims already made stay leased.
+        import signal
+
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         except OSError:
             pass
-        return 141 - 128
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+        return EX_IOERR
     except OSError as exc:
         if verbose:
             import traceback
@@ -56,7 +61,7 @@ def setup_logging(prog: str, verbose: int, quiet: int) -> None:
     """Log to stderr, one line per event, no timestamps (the supervisor adds them)."""
     import logging
 
-    level = logging.INFO - 10 * verbose + 10 * quiet
+    level = logging.INFO - 10 * verbose + (20 * quiet if quiet else 0)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
     root = logging.getLogger("dropr")

@@ -43,6 +43,8 @@ def cmd(release: bool, delay: float | None, reject: bool, reason: str | None, id
     if not ids:
         raise UsageError("no ids; give ID... or - to read them from stdin")
     todo = read_ids(sys.stdin) if ids == ("-",) else list(ids)
+    if not todo:
+        return 0
     how = "release" if release else "reject" if reject else "ack"
     return ack(o.spool(), todo, how, reason=reason or "", delay=delay or 0)
 

@@ -6,9 +6,9 @@ import sys
 from typing import Any
 
 from dropr import report
-from dropr.errors import NotFoundError
+from dropr.errors import EX_NOTFOUND
 
-from ._common import CONTEXT, click, common, main_for, obj
+from ._common import CONTEXT, check_name, click, common, main_for, obj
 
 
 @click.command("dropr-ls", context_settings=CONTEXT)
@@ -43,6 +43,8 @@ def cmd(box: str | None, peer: str | None, channel: str | None, state: str | Non
       dropr-ls --prom > /var/lib/node_exporter/dropr.prom
     """
     o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-ls")
+    check_name(channel, "channel")
+    check_name(peer, "peer")
     spool = o.spool(create=False)
     flt = report.Filter(box=box, peer=peer, channel=channel, state=state)
     w = sys.stdout.write
@@ -55,9 +57,7 @@ def cmd(box: str | None, peer: str | None, channel: str | None, state: str | Non
                 missing += 1
             for rec in recs:
                 w(report.json_line(rec) if fmt == "json" else _detail_text(rec))
-        if missing:
-            raise NotFoundError(f"{missing} of {len(ids)} ids not found")
-        return 0
+        return EX_NOTFOUND if missing else 0
     if listing:
         for rec in report.messages(spool, flt):
             w(report.json_line(rec) if fmt == "json" else report.message_line(rec))

@@ -50,7 +50,7 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 def _run(o: dict[str, Any]) -> int:
     from dropr import put
     from dropr.config import default_spool, load, parse_duration
-    from dropr.errors import UsageError
+    from dropr.errors import DataError, UsageError
     from dropr.spool import Spool
 
     if o.get("lines") and o.get("null"):
@@ -63,16 +63,21 @@ def _run(o: dict[str, Any]) -> int:
         priority = int(o.get("--priority", 5))
     except ValueError:
         raise UsageError(f"bad --priority {o['--priority']!r}: use 0 (most urgent) to 9") from None
+    try:
+        ttl = parse_duration(o["--ttl"]) if "--ttl" in o else 0
+        timeout = parse_duration(o["--timeout"]) if "--timeout" in o else 0
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
     opts = put.PutOptions(
         to=o["to"],
         channel=o.get("--channel", "default"),
         priority=priority,
-        ttl=parse_duration(o["--ttl"]) if "--ttl" in o else 0,
+        ttl=ttl,
         ident=o.get("--id"),
         file=o.get("--file"),
         split=b"\n" if o.get("lines") else b"\0" if o.get("null") else None,
         wait=bool(o.get("wait")),
-        timeout=parse_duration(o["--timeout"]) if "--timeout" in o else 0,
+        timeout=timeout,
     )
     if "--timeout" in o and not opts.wait:
         raise UsageError("--timeout goes with --wait")
@@ -80,7 +85,7 @@ def _run(o: dict[str, Any]) -> int:
     spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
     ids = put.run(spool, opts)
     if opts.wait:
-        return put.wait_for(spool, ids, opts.timeout)
+        return put.wait_for(spool, ids, opts.timeout, quiet=bool(o.get("quiet")))
     return 0
 
 
@@ -144,7 +149,7 @@ def command() -> Any:
         }
         for key in ("ttl", "timeout"):
             if kw[key] is not None:
-                o["--" + key] = f"{kw[key]}s"
+                o["--" + key] = f"{kw[key]:.6f}s"
         for key, name in (("ident", "--id"), ("file", "--file"), ("spool", "--spool"), ("config_file", "--config")):
             if kw[key] is not None:
                 o[name] = kw[key]

@@ -7,7 +7,7 @@ from typing import Any
 from dropr.consume import HandlerOptions, Handlers, RecvOptions, recv
 from dropr.errors import UsageError
 
-from ._common import CONTEXT, DURATION, click, common, main_for, obj
+from ._common import CONTEXT, DURATION, check_name, click, common, main_for, obj
 
 
 @click.command("dropr-recv", context_settings=CONTEXT)
@@ -50,6 +50,7 @@ def cmd(channel: str, n: int | None, take_all: bool, wait: bool, timeout: float 
       dropr-recv --exec 'psql -f -' --jobs 4 --timeout 2m
     """
     o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-recv")
+    check_name(channel, "channel")
     spool = o.spool()
     if command is not None:
         if n or take_all or wait or ack or fmt != "path":

@@ -35,17 +35,19 @@ def cmd(listen: tuple[str, ...], workers: int, threads: int, certfile: str | Non
       dropr-serve --listen 127.0.0.1:0 -v          # a free port, logged on stderr
     """
     o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-serve")
-    if bool(certfile) != bool(keyfile):
-        raise UsageError("--certfile and --keyfile go together")
     spool = o.spool()
+    certfile = certfile or spool.config.certfile
+    keyfile = keyfile or spool.config.keyfile
+    if bool(certfile) != bool(keyfile):
+        raise UsageError("--certfile and --keyfile (or serve.certfile and serve.keyfile) go together")
     if max_size is not None:
         spool.config.max_message_size = max_size
     opts = ServeOptions(
         listen=list(listen) or spool.config.listen or ["127.0.0.1:8080"],
         workers=workers,
         threads=threads,
-        certfile=certfile or spool.config.certfile,
-        keyfile=keyfile or spool.config.keyfile,
+        certfile=certfile,
+        keyfile=keyfile,
         insecure=insecure,
         verbose=o.verbose - o.quiet,
     )

@@ -108,7 +108,9 @@ class Config:
         try:
             self.node: str | None = data.get("node")
             if self.node is not None:
-                check_name(str(self.node), "node")
+                if not isinstance(self.node, str):
+                    raise ValueError("node must be a string, e.g. node = \"web1\"")
+                check_name(self.node, "node")
             self.peers: dict[str, Peer] = {}
             for name, p in (data.get("peers") or {}).items():
                 check_name(name, f"peer name {name!r}")
@@ -117,7 +119,8 @@ class Config:
                 token = p.get("token")
                 if token is None and p.get("token_file"):
                     token = _read_secret(str(p["token_file"]))
-                self.peers[name] = Peer(name, str(p["url"]), token, p.get("cafile"))
+                cafile = p.get("cafile") or (data.get("send") or {}).get("cafile")
+                self.peers[name] = Peer(name, str(p["url"]), token, cafile)
             serve = data.get("serve") or {}
             self.listen: list[str] = list(serve.get("listen") or [])
             self.tokens: dict[str, str] = {str(k): str(v) for k, v in (serve.get("tokens") or {}).items()}
@@ -188,10 +191,10 @@ def load(spool: str, explicit: str | None = None) -> Config:
     try:
         with open(path, "rb") as f:
             raw = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         if named:
             raise ConfigError(f"config file {path} does not exist; create it or drop --config") from None
-        return Config()
+        return Config()  # no config: the spool's own problems are reported when it is opened
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     import tomllib

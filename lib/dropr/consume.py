@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import IO, Any
 
-from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, NotFoundError, UsageError
+from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, UsageError
 from .spool import Claim, Spool
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: 
         for key in list(index):
             if index[key] == hits:
                 del index[key]
+    err.flush()
     if how == "ack":  # release and reject sync their own records; make acks durable once
         from .spool import fsync_dir
 
@@ -193,7 +194,7 @@ class Handlers:
         with open(c.path, "rb") as payload:
             proc = subprocess.Popen(
                 ["/bin/sh", "-c", self.opts.command], stdin=payload, stderr=subprocess.PIPE, env=env,
-                close_fds=True,
+                close_fds=True, start_new_session=True,  # its own group: a timeout kills it whole
             )  # fmt: skip
         job = _Job(c, proc)
         assert job.stderr is not None
@@ -220,8 +221,10 @@ class Handlers:
                 log.warning("lost id=%s reason=lease expired before the handler finished", c.ident)
             return
         elif rc == EX_TEMPFAIL:
-            c.spool.finish(c.channel, c.name, "release", reason="handler asked to retry (exit 75)")
-            log.info("released id=%s reason=exit 75", c.ident)
+            returns = int(self.spool.in_meta(c.channel, c.origin, c.ident).get("returns", 0))
+            delay = min(RETRY_MAX, RETRY_BASE * 2 ** min(returns, 16))
+            c.spool.finish(c.channel, c.name, "release", reason="handler asked to retry (exit 75)", delay=delay)
+            log.info("released id=%s reason=exit 75 retry_in=%.0fs", c.ident, delay)
             return
         elif rc < 0:
             why = f"killed by signal {-rc}"
@@ -254,7 +257,7 @@ class Handlers:
     def _tick(self) -> None:
         now = time.monotonic()
         for job in list(self.jobs.values()):
-            if now - job.renewed > self.opts.lease / 3:
+            if now - job.renewed > self.opts.lease / 4:
                 job.renewed = now
                 if not job.claim.renew(self.opts.lease):
                     log.warning("lost id=%s reason=lease taken back", job.claim.ident)
@@ -294,6 +297,8 @@ class Handlers:
                 fds: list[Any] = [waiter, *self.jobs.keys()]
                 fds += [j.stderr for j in self.jobs.values() if j.stderr is not None]
                 timeout = SWEEP_EVERY if (idle or not free) else 0
+                if self.jobs:  # wake often enough to renew leases and enforce --timeout
+                    timeout = min(timeout or SWEEP_EVERY, self.opts.lease / 4, 0.25 if self.opts.timeout else 1)
                 try:
                     ready, _, _ = select.select(fds, [], [], timeout)
                 except InterruptedError:
@@ -314,16 +319,14 @@ class Handlers:
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal a handler's whole process group (sh and whatever it started)."""
     try:
-        proc.send_signal(sig)
-    except ProcessLookupError:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
         pass
 
 
 def read_ids(stream: IO[str]) -> list[str]:
     """Read ids, one per line (dropr-recv's ID<TAB>PATH lines are fine too)."""
     ids = [line.split("\t", 1)[0].strip() for line in stream]
-    ids = [i for i in ids if i]
-    if not ids:
-        raise NotFoundError("no ids on stdin")
-    return ids
+    return [i for i in ids if i]  # none is fine: `dropr-recv -n 500 | dropr-ack -` on an empty inbox

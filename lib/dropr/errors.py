@@ -91,6 +91,6 @@ def from_oserror(exc: OSError, what: str) -> DroprError:
     why = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TempFailError(f"{what}: {why}; free space on the spool's filesystem and retry")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
         return CantCreateError(f"{what}: {why}; check the spool's permissions or use --spool")
     return SpoolIOError(f"{what}: {why}")

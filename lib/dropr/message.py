@@ -13,10 +13,11 @@ payload into its inbox, so a consumer's ``PATH`` is the payload alone.
 File names sort by priority, then arrival::
 
     outbox  {p}{arrival:013x},{id}
-    inbox   {p}{arrival:013x},{origin},{id}
+    inbox   {p}{created:013x},{origin},{id}
 
 Arrival is microseconds since the epoch on the local clock, 13 lowercase hex
-digits. A generated id starts with its creation time in the same form, so the
+digits; an inbox name carries the origin's creation time instead, so a
+receiver keeps each origin's order whatever order batches arrive in. A generated id starts with its creation time in the same form, so the
 outbox name of a generated id is known from the id and one of ten priorities;
 caller-chosen ids are found through a symlink index (see ``spool``).
 """
@@ -92,9 +93,9 @@ def out_name(priority: int, arrival: int, ident: str) -> str:
     return f"{priority}{arrival:013x},{ident}"
 
 
-def in_name(priority: int, arrival: int, origin: str, ident: str) -> str:
+def in_name(priority: int, created: int, origin: str, ident: str) -> str:
     """Return the inbox file name for a message."""
-    return f"{priority}{arrival:013x},{origin},{ident}"
+    return f"{priority}{created:013x},{origin},{ident}"
 
 
 def parse_out_name(name: str) -> tuple[int, int, str]:
@@ -106,7 +107,7 @@ def parse_out_name(name: str) -> tuple[int, int, str]:
 
 
 def parse_in_name(name: str) -> tuple[int, int, str, str]:
-    """Return (priority, arrival µs, origin, id) of an inbox name; ValueError otherwise."""
+    """Return (priority, created µs, origin, id) of an inbox name; ValueError otherwise."""
     parts = name.split(",")
     if len(parts) != 3 or len(parts[0]) != 14 or not parts[0][0].isdigit():
         raise ValueError(f"not an inbox name: {name!r}")
@@ -162,7 +163,12 @@ class Header:
             )
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"bad message header: {exc}") from None
-        if not 0 <= hdr.priority <= 9 or hdr.size < 0 or hdr.created < 0 or hdr.deadline < 0:
+        if (
+            not 0 <= hdr.priority <= 9
+            or hdr.size < 0
+            or not 0 <= hdr.created < 16**13
+            or hdr.deadline < 0
+        ):
             raise ValueError("bad message header: field out of range")
         return hdr
 

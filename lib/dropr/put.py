@@ -167,12 +167,14 @@ def _put_split(batch: object, sep: bytes, limit: int, out: IO[str]) -> list[str]
     return all_ids
 
 
-def wait_for(spool: Spool, ids: list[str], timeout: float, err: IO[str] | None = None) -> int:
+def wait_for(
+    spool: Spool, ids: list[str], timeout: float, err: IO[str] | None = None, quiet: bool = False
+) -> int:
     """Block until every destination of ids reports processed (0), dead (1) or timeout (75)."""
     from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL
 
     err = err or sys.stderr
-    if not sender_running(spool):
+    if not sender_running(spool) and not quiet:
         err.write("dropr-put: warning: no dropr-send is running for this spool; nothing will move\n")
         err.flush()
     deadline = time.monotonic() + timeout if timeout else None

@@ -186,6 +186,9 @@ def details(spool: Spool, ident: str) -> list[dict[str, Any]]:
         pst = spool.peer_state(peer)
         if state == "queued" and pst.get("until"):
             rec["next_attempt"] = pst["until"]
+        if state == "queued" and not rec.get("error") and pst.get("last_error"):
+            if float(pst.get("last_error_at") or 0) > float(pst.get("last_ok") or 0):
+                rec["error"] = f"peer: {pst['last_error']}"
         found.append(rec)
     origin, _, bare = ident.rpartition(",")
     origins = [origin] if origin else _sorted(spool.path("rcv"))

@@ -28,6 +28,7 @@ STATUS_BATCH = 1000
 POLL_MIN = 0.2
 POLL_MAX = 10.0
 PURGE_EVERY = 600.0
+PIPELINE = 2  # batches in flight per peer: the server's workers commit them in parallel
 RELIST_EVERY = 1.0  # a large queue is re-listed at most this often while puts keep arriving
 
 
@@ -67,7 +68,7 @@ class _PeerRun:
         self.listed = 0.0
         self.dirty = True
         self.inflight: set[str] = set()
-        self.sending = False
+        self.sending = 0
         self.polling = False
         self.poll_at = 0.0
         self.poll_gap = POLL_MIN
@@ -133,7 +134,10 @@ class Sender:
 
     # -- sending --------------------------------------------------------------
 
-    def _next_batch(self, run: _PeerRun) -> list[tuple[str, str, str]]:
+    def _inflight(self) -> int:
+        return sum(len(r.inflight) for r in self.runs.values())
+
+    def _next_batch(self, run: _PeerRun, room: int) -> list[tuple[str, str, str]]:
         now = time.monotonic()
         if not run.queue or (run.dirty and now - run.listed > (RELIST_EVERY if len(run.queue) > 10000 else 0)):
             run.queue = deque(n for n in self.spool.out_names(run.peer.name, "queued") if n not in run.inflight)
@@ -143,7 +147,7 @@ class Sender:
         size = 0
         wall = m.now_us()
         metas = self._metas(run) if self.cfg.max_attempts else set()
-        while run.queue and len(items) < self.opts.batch:
+        while run.queue and len(items) < room:
             name = run.queue[0]
             path = self.spool.path("out", run.peer.name, "queued", name)
             try:
@@ -188,21 +192,25 @@ class Sender:
         for run in self.runs.values():
             if len(self.pool) >= self.opts.concurrency or self.stopping:
                 return
-            if run.sending or self._backoff_until(run.peer.name) > wall:
+            if self._backoff_until(run.peer.name) > wall:
                 continue
-            if self.opts.max_messages and self.delivered >= self.opts.max_messages:
-                return
-            items = self._next_batch(run)
-            if not items:
-                continue
-            t = tp.upload(run.peer, [(i, p) for i, p, _ in items], self.spool.node, self.timeouts)
-            t.tag = [n for _, _, n in items]
-            run.sending = True
-            self.pool.add(t)
+            while run.sending < PIPELINE and len(self.pool) < self.opts.concurrency:
+                room = self.opts.batch
+                if self.opts.max_messages:
+                    room = min(room, self.opts.max_messages - self.delivered - self._inflight())
+                    if room <= 0:
+                        return
+                items = self._next_batch(run, room)
+                if not items:
+                    break
+                t = tp.upload(run.peer, [(i, p) for i, p, _ in items], self.spool.node, self.timeouts)
+                t.tag = [n for _, _, n in items]
+                run.sending += 1
+                self.pool.add(t)
 
     def _sent(self, t: tp.Transfer) -> None:
         run = self.runs[t.peer.name]
-        run.sending = False
+        run.sending -= 1
         names = {n.split(",", 1)[1]: n for n in t.tag}
         run.inflight.difference_update(t.tag)
         if t.error:
@@ -418,6 +426,7 @@ def run(spool: Spool, opts: SendOptions) -> int:
 
     def stop(signum: int, _frame: Any) -> None:
         sender.stopping = True
+        spool.wake("send.sock")  # select() resumes after a signal (PEP 475): wake it for real
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import message as m
 from .config import Config
-from .spool import Spool, free_bytes
+from .spool import Spool, free_bytes, write_all
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,8 @@ class Upload:
         p = self.cur
         assert p is not None
         if p.hname.lower() == b"content-disposition":
-            from python_multipart.multipart import parse_options_header
-
-            _, params = parse_options_header(p.hval)
-            p.filename = params.get(b"filename", b"").decode("utf-8", "replace")
+            # Parsed only when needed (a refusal names the part): the header id rules.
+            p.filename = p.hval.decode("utf-8", "replace")
         p.hname = b""
         p.hval = b""
 
@@ -123,9 +121,6 @@ class Upload:
             except ValueError as exc:
                 p.refused = str(exc)
                 return
-            if p.filename and p.filename != p.header.ident:
-                p.refused = f"part name {p.filename!r} does not match its header id"
-                return
             if p.header.size > self.max_size:
                 p.refused = f"too large: {p.header.size} bytes, limit {self.max_size}"
                 return
@@ -139,7 +134,7 @@ class Upload:
             self._drop(p)
             return
         p.crc = m.crc32(chunk, p.crc)
-        os.write(p.fd, chunk)
+        write_all(p.fd, chunk)
 
     def _end(self) -> None:
         p = self.cur
@@ -178,6 +173,13 @@ class Upload:
         """Remove every tmp file of this upload."""
         for p in self.parts:
             self._drop(p)
+
+
+def _filename(disposition: str) -> str:
+    from python_multipart.multipart import parse_options_header
+
+    _, params = parse_options_header(disposition)
+    return str(params.get(b"filename", b"").decode("utf-8", "replace"))
 
 
 def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
@@ -246,7 +248,7 @@ def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
         answers = iter(stored)
         results = []
         for p in up.parts:
-            ident = p.header.ident if p.header else p.filename
+            ident = p.header.ident if p.header else _filename(p.filename)
             if p.refused or p.header is None or not p.tmp:
                 results.append({"id": ident, "status": "refused", "reason": p.refused})
                 log.warning("refused id=%s origin=%s reason=%s", ident, origin, p.refused)
@@ -266,8 +268,8 @@ def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
             ids = data["ids"]
             if not isinstance(ids, list):
                 raise TypeError("ids must be a list")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise HTTPError("400 Bad Request", f"bad status request: {exc}") from None
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise HTTPError("400 Bad Request", f"bad status request: {type(exc).__name__}") from None
         results = {}
         for ident in ids:
             if not isinstance(ident, str):

@@ -62,12 +62,35 @@ def check_listen(spool: Spool, opts: ServeOptions) -> None:
             )
 
 
+def check_bind(opts: ServeOptions) -> None:
+    """Try each address before gunicorn does, to fail with one clear line (exit 69)."""
+    import socket
+
+    from .errors import UnavailableError
+
+    for addr in opts.listen:
+        host, port = addr.rsplit(":", 1)
+        host = host.strip("[]")
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, int(port)))
+            except OSError as exc:
+                raise UnavailableError(
+                    f"cannot listen on {addr}: {exc.strerror}; pick another --listen address"
+                ) from None
+
+
 def serve(spool: Spool, opts: ServeOptions) -> int:
     """Run gunicorn with the dropr app until TERM; return the exit code."""
     check_listen(spool, opts)
+    check_bind(opts)
     from gunicorn.app.base import BaseApplication
 
     app = make_app(spool)
+    # python-multipart logs each malformed upload; the client already gets the reason
+    logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
 
     def when_ready(server: Any) -> None:
         for lst in server.LISTENERS:
@@ -93,6 +116,8 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
                 "when_ready": when_ready,
                 "limit_request_line": 8190,
             }
+            if "control_socket_disable" in self.cfg.settings:
+                settings["control_socket_disable"] = True  # it would write outside the spool
             if opts.certfile:
                 settings["certfile"] = opts.certfile
                 settings["keyfile"] = opts.keyfile

@@ -13,11 +13,13 @@ rename and link could not be atomic)::
     out/<peer>/meta/<id>         attempts and last error of one message (written on failure)
     in/<channel>/<state>/<name>  state: ready wait claimed done dead
     in/<channel>/meta/<origin>,<id>  returns, failures, last error
-    rcv/<origin>/<id>            symlink -> "{channel}/{p}{arrival}/{created}": received ids
+    rcv/<origin>/<id>            symlink -> "{channel}/{p}{created}": received ids
     corrupt/                     unreadable files moved aside
     wake/                        datagram sockets of waiting senders and consumers
+    lock/                        send.lock (one sender), rcv-<origin>.lock (one committer)
 
-Names: outbox ``{p}{arrival:013x},{id}``, inbox ``{p}{arrival:013x},{origin},{id}``
+Names: outbox ``{p}{arrival:013x},{id}``, inbox ``{p}{created:013x},{origin},{id}``
+where created is the origin's put time, so the inbox keeps the origin's order
 (``message``). An outbox file is a 256-byte header and the payload; an inbox file
 is the payload alone. Nothing is modified after its final rename, except the
 mtime of ``claimed`` (the lease expiry) and ``wait`` (when due) entries.
@@ -36,7 +38,7 @@ put          write tmp/F (header+payload);       before sync 1: tmp leftover, sw
 sent         rename queued/N -> sent/N           before: sent again, the peer answers duplicate.
 processed    rename sent/N -> processed/N        before: the next status poll does it again.
 dead (out)   write meta/ID; rename -> dead/N     before rename: still queued, meta says why.
-store (in)   write tmp/F (payload); sync 1;      the receiver holds rcv/ORIGIN.lock over the
+store (in)   write tmp/F (payload); sync 1;      the receiver holds lock/rcv-O.lock over the
              lock origin; symlink rcv/O/ID;      symlink, rename and sync 2, so a duplicate is never
              rename F -> ready/N; sync 2;        answered before the first copy is durable. A
              unlock; answer "stored"             dangling rcv symlink (crash before the rename) is
@@ -107,6 +109,16 @@ def syncfs(fd: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte or raise: a nearly full disk may take only part of a write."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
+
 def fsync_dir(path: str) -> None:
     """fsync a directory so the names in it are durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -172,6 +184,7 @@ class Spool:
             raise NotFoundError(f"no spool at {self.root}; put a message first or pass --spool")
         self.node = self._node()
         self._tmpseq = 0
+        self._made: set[str] = set()  # folders known to exist
         self.ids = m.IdMaker()
 
     # -- layout -------------------------------------------------------------
@@ -393,26 +406,26 @@ class Spool:
 
     def channel_dir(self, channel: str) -> str:
         """Return (creating it the first time) the inbox folder of a channel."""
-        d = self.path("in", channel)
-        if not os.path.isdir(os.path.join(d, "meta")):
+        d = f"{self.root}/in/{channel}"
+        if d in self._made:
+            return d
+        if not os.path.isdir(f"{d}/meta"):
             for s in (*IN_STATES, "meta"):
                 _mkdirs(os.path.join(d, s))
+        self._made.add(d)
         return d
 
     def find_in(self, origin: str, ident: str) -> tuple[str, str, str, int] | None:
         """Return (channel, state, name, created) of a received message, or None."""
         try:
-            target = os.readlink(self.path("rcv", origin, ident))
+            target = os.readlink(f"{self.root}/rcv/{origin}/{ident}")
         except OSError:
             return None
-        try:
-            channel, prefix, created = target.split("/")
-            name = f"{prefix},{origin},{ident}"
-        except ValueError:
-            return None
+        channel, _, prefix = target.partition("/")
+        name = f"{prefix},{origin},{ident}"
         for state in IN_STATES:
-            if os.path.lexists(self.path("in", channel, state, name)):
-                return channel, state, name, int(created, 16)
+            if os.path.lexists(f"{self.root}/in/{channel}/{state}/{name}"):
+                return channel, state, name, int(prefix[1:], 16)
         return None
 
     def store(self, origin: str, items: list[tuple[str, m.Header]]) -> list[str]:
@@ -434,35 +447,54 @@ class Spool:
         finally:
             for fd in fds:
                 os.close(fd)
-        rcv = self.path("rcv", origin)
-        _mkdirs(rcv)
+        rcv = f"{self.root}/rcv/{origin}"
+        if rcv not in self._made:
+            _mkdirs(rcv)
+            self._made.add(rcv)
         results: list[str] = []
         touched: set[str] = {rcv}
         channels: set[str] = set()
         with FileLock(self.path("lock", f"rcv-{origin}.lock")):
-            now = m.now_us()
-            for i, (tmp, hdr) in enumerate(items):
-                if self.find_in(origin, hdr.ident) is not None:
-                    os.unlink(tmp)
-                    results.append("duplicate")
-                    continue
-                arrival = now + i
-                prefix = f"{hdr.priority}{arrival:013x}"
-                link = os.path.join(rcv, hdr.ident)
-                try:
-                    os.unlink(link)  # a dangling leftover: find_in saw no message
-                except FileNotFoundError:
-                    pass
-                os.symlink(f"{hdr.channel}/{prefix}/{hdr.created:x}", link)
-                cdir = self.channel_dir(hdr.channel)
-                os.rename(tmp, os.path.join(cdir, "ready", f"{prefix},{origin},{hdr.ident}"))
-                touched.add(os.path.join(cdir, "ready"))
-                channels.add(hdr.channel)
-                results.append("stored")
-            self.sync(dirs=touched, many=many)
+            try:
+                self._store_locked(origin, items, rcv, results, touched, channels)
+            finally:
+                # even after a failure midway: whatever is in ready/ must be durable
+                # before the lock lets a resend see it and answer "duplicate"
+                self.sync(dirs=touched, many=many)
         for ch in channels:
             self.wake(f"recv-{ch}-")
         return results
+
+    def _store_locked(
+        self,
+        origin: str,
+        items: list[tuple[str, m.Header]],
+        rcv: str,
+        results: list[str],
+        touched: set[str],
+        channels: set[str],
+    ) -> None:
+        for tmp, hdr in items:
+            if self.find_in(origin, hdr.ident) is not None:
+                os.unlink(tmp)
+                results.append("duplicate")
+                continue
+            # Inbox names sort by the origin's creation time, not by arrival here, so
+            # the order is the same whichever of several concurrent batches lands first.
+            name = m.in_name(hdr.priority, hdr.created, origin, hdr.ident)
+            prefix = name.split(",", 1)[0]
+            link = f"{rcv}/{hdr.ident}"
+            target = f"{hdr.channel}/{prefix}"
+            try:
+                os.symlink(target, link)
+            except FileExistsError:  # a dangling leftover: find_in saw no message
+                os.unlink(link)
+                os.symlink(target, link)
+            cdir = self.channel_dir(hdr.channel)
+            os.rename(tmp, f"{cdir}/ready/{name}")
+            touched.add(f"{cdir}/ready")
+            channels.add(hdr.channel)
+            results.append("stored")
 
     def in_names(self, channel: str, state: str) -> list[str]:
         """Return the sorted names in one inbox state of a channel."""
@@ -718,8 +750,6 @@ class Claim:
     def info(self) -> dict[str, Any]:
         """Return the fields dropr-recv prints for this message."""
         meta = self.spool.in_meta(self.channel, self.origin, self.ident)
-        found = self.spool.find_in(self.origin, self.ident)
-        created = found[3] if found else self.arrival
         try:
             size = os.stat(self.path).st_size
         except FileNotFoundError:
@@ -729,7 +759,7 @@ class Claim:
             "channel": self.channel,
             "origin": self.origin,
             "priority": self.priority,
-            "created": created / 1e6,
+            "created": self.arrival / 1e6,
             "size": size,
             "attempt": int(meta.get("returns", 0)) + 1,
             "path": self.path,
@@ -792,13 +822,16 @@ class PutBatch:
             raise DataError("no destination; give --to PEER")
         self.spool = spool
         self.peers = peers
-        self.channel = m.check_name(channel, "a channel") if channel else "default"
+        self.channel = m.check_name(channel, "a channel")
         self.priority = priority
         self.ttl_us = int(ttl * 1e6)
         self.pending: list[tuple[str, str, str | None, int]] = []  # tmp, name, caller id, fd
         self.ids: list[str] = []  # ids committed, in order, including no-op duplicates
         self._dup: list[str] = []
-        self._dirs = [spool.peer_dir(p) for p in peers]
+        try:
+            self._dirs = [spool.peer_dir(p) for p in peers]
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot create the outbox of a peer in {spool.root}") from None
 
     def _start(self, ident: str | None) -> tuple[str, int, str, int] | None:
         if ident is not None:
@@ -826,7 +859,7 @@ class PutBatch:
                 return
             ident, arrival, tmp, fd = started
             try:
-                os.write(fd, self._header(ident, arrival, len(payload), m.crc32(payload)) + payload)
+                write_all(fd, self._header(ident, arrival, len(payload), m.crc32(payload)) + payload)
             except BaseException:
                 os.close(fd)
                 _unlink_quiet(tmp)
@@ -863,8 +896,9 @@ class PutBatch:
                     if limit and size > limit:
                         raise DataError(f"message is larger than the limit of {limit} bytes")
                     crc = m.crc32(chunk, crc)
-                    os.write(fd, chunk)
-                os.pwrite(fd, self._header(ident, arrival, size, crc), 0)
+                    write_all(fd, chunk)
+                if os.pwrite(fd, self._header(ident, arrival, size, crc), 0) != m.HEADER_SIZE:
+                    raise OSError(errno.EIO, "short write of the message header")
             except BaseException:
                 os.close(fd)
                 _unlink_quiet(tmp)
@@ -886,7 +920,7 @@ class PutBatch:
         dups, self._dup = self._dup, []
         many = len(pending) > SYNC_EACH_MAX
         done: list[str] = []
-        linked: list[str] = []
+        linked: list[str] = []  # names made by this commit, undone if it fails
         try:
             sp.sync(fds=[p[3] for p in pending if p[3] >= 0], many=many)
             for p in pending:
@@ -900,6 +934,7 @@ class PutBatch:
                         _unlink_quiet(tmp)
                         dups.append(caller)
                         continue
+                    linked.append(sp.path("ids", caller))
                     index_dir = True
                 if len(self._dirs) == 1:
                     dst = os.path.join(self._dirs[0], "queued", name)

@@ -268,11 +268,6 @@ def test_unknown_id_is_1(world: World, capsys: pytest.CaptureFixture[str]) -> No
     assert "no-such-id" in err and "Traceback" not in err
 
 
-@pytest.mark.xfail(
-    reason="BUG: cli/dropr_cli/ls.py cmd prints 'no message ...' per missing id and then raises "
-    "NotFoundError, so guard prints a second error line ('1 of 1 ids not found')",
-    strict=True,
-)
 def test_unknown_id_is_one_error_line(cmd: Any, world: World) -> None:
     res = cmd.run("dropr-ls", "no-such-id", spool=world.root)
     assert res.returncode == 1

@@ -304,11 +304,6 @@ def test_bad_channel_is_65(put: Put, spool_dir: Path, channel: str) -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason='BUG: lib/dropr/spool.py PutBatch.__init__ (`... if channel else "default"`) turns '
-    "--channel '' into the default channel silently instead of refusing the bad name (65)",
-    strict=True,
-)
 def test_empty_channel_is_65(put: Put, spool_dir: Path) -> None:
     put.fail(put(spool_dir, "--to", NOWHERE, "--channel", "", input=b"x"), 65)
 
@@ -394,11 +389,6 @@ def test_read_only_spool_is_73(put: Put, ro_spool: Path) -> None:
     assert str(ro_spool) in line
 
 
-@pytest.mark.xfail(
-    reason="BUG: lib/dropr/spool.py Spool.peer_dir is called from PutBatch.__init__ without "
-    "mapping OSError: a read-only spool and a new peer give 'I/O error' 74, not 73",
-    strict=True,
-)
 def test_read_only_spool_new_peer_is_73(put: Put, ro_spool: Path) -> None:
     put.fail(put(ro_spool, "--to", "http://127.0.0.1:9/other/", input=b"x"), 73)
 
@@ -415,12 +405,6 @@ def test_unwritable_mode_spool_is_73(put: Put, tmp_path: Path) -> None:
         (spool / "tmp").chmod(0o755)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a --spool below a regular file exits 78 ('cannot read config .../dropr.toml: "
-    "Not a directory', config.load treats ENOTDIR as unreadable config) and, past that, "
-    "errors.from_oserror maps ENOTDIR/EEXIST to SpoolIOError 74; cannot create the spool is 73",
-    strict=True,
-)
 def test_spool_below_a_regular_file_is_73(put: Put, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     put.fail(put(tmp_path / "file" / "spool", "--to", NOWHERE, input=b"x"), 73)

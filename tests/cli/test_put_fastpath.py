@@ -199,11 +199,6 @@ def test_both_paths_exit_alike(
         assert err.count("\n") == 1 and err.startswith("dropr-put: error: "), err
 
 
-@pytest.mark.xfail(
-    reason="BUG: cli/dropr_cli/put.py _run: a bad --ttl/--timeout value raises DataError (65) "
-    "on the fast path while click's Duration type makes the same command line a usage error (64)",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "argv", [["--to", NOWHERE, "--ttl", "bogus"], ["--to", NOWHERE, "--wait", "--timeout", "soon"]]
 )

@@ -382,11 +382,6 @@ def test_handler_ignoring_term_is_killed(pair: Pair, tmp_path: Path) -> None:
     assert "timed out after 1s" in rec["error"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: --timeout signals only the sh -c process, not its process group: the "
-    "handler's children keep running after it was declared failed (and may overlap its retry)",
-    strict=True,
-)
 def test_handler_timeout_kills_the_whole_handler(pair: Pair, tmp_path: Path) -> None:
     pair.deliver([b"slow"])
     b = pair.b
@@ -421,12 +416,6 @@ def test_handler_timeout_kills_the_whole_handler(pair: Pair, tmp_path: Path) -> 
             kill_quiet(pid)
 
 
-@pytest.mark.xfail(
-    reason="BUG: Handlers.run ticks (and so renews leases) only every SWEEP_EVERY=1s while "
-    "handlers run, not every lease/3: a lease of 1s or less lapses mid-handler and another "
-    "consumer gets the message while its handler still runs",
-    strict=True,
-)
 def test_lease_is_renewed_while_the_handler_runs(pair: Pair, tmp_path: Path) -> None:
     (ident,) = pair.deliver([b"long job"])
     b = pair.b

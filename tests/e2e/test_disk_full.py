@@ -116,12 +116,6 @@ def test_disk_full_exits_75_and_recovers(cmd: Any, small_fs: Path) -> None:
     assert sp.read_header(p, state, name).size == len(data)
 
 
-@pytest.mark.xfail(
-    reason="BUG: lib/dropr/spool.py PutBatch.add_stream/add ignore os.write's return value; "
-    "on a nearly full filesystem the write is short, no error follows, and a truncated "
-    "message is committed under a full-size header with exit 0",
-    strict=True,
-)
 def test_file_larger_than_free_space_is_75_not_truncated(
     cmd: Any, small_fs: Path, tmp_path: Path
 ) -> None:

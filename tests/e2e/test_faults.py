@@ -310,12 +310,6 @@ def test_disk_full_at_receiver(nodes: Nodes, small_fs: Path) -> None:
         b.stop_all()
 
 
-@pytest.mark.xfail(
-    reason="BUG: server.py Upload._data ignores the count os.write returns; on a nearly full "
-    "filesystem write(2) stores part of a chunk without an error, the size and CRC checks "
-    "count the bytes received, and a truncated message is answered 'stored'",
-    strict=True,
-)
 def test_disk_full_mid_request_stores_nothing_truncated(nodes: Nodes, small_fs: Path) -> None:
     """A request larger than the free space: refused (503) or stored whole, never cut."""
     a, b = nodes("a"), nodes("b")

@@ -220,11 +220,6 @@ def test_dead_outcome_makes_put_wait_exit_1(net: tuple[Node, Node, str]) -> None
     assert "exit status 2" in rec["error"] and "cannot parse order" in rec["error"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: an idle dropr-send daemon ignores TERM until its sleep (up to 30 s) ends: "
-    "the handler only sets a flag and select() is resumed after EINTR (PEP 475)",
-    strict=True,
-)
 def test_idle_sender_stops_on_term(net: tuple[Node, Node, str]) -> None:
     a, b, url = net
     sender = start_sender(a)

@@ -635,11 +635,6 @@ def test_status_odd_ids(srv: Server) -> None:
     unchanged(srv)
 
 
-@pytest.mark.xfail(
-    reason="BUG: server.py status() catches ValueError/KeyError/TypeError around json.loads but "
-    "not RecursionError: a deeply nested JSON body is a 500 with a traceback in the log",
-    strict=True,
-)
 def test_status_deeply_nested_json_400(open_server: Server) -> None:
     srv = open_server
     status, answer = srv.request("POST", "/v1/status", b"[" * 100_000, {"X-Dropr-Origin": "a"})
@@ -647,13 +642,6 @@ def test_status_deeply_nested_json_400(open_server: Server) -> None:
     assert status == 400, answer
 
 
-@pytest.mark.xfail(
-    reason="BUG: serving.py leaves gunicorn (>= 25.1) creating its control socket at "
-    "$XDG_RUNTIME_DIR/gunicorn.ctl or $HOME/.gunicorn/gunicorn.ctl: dropr-serve writes outside "
-    "its spool, every instance of a user replaces the previous one's socket, and a stopping "
-    "one unlinks it; set control_socket_disable",
-    strict=True,
-)
 def test_serve_writes_nothing_outside_spool(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

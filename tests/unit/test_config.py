@@ -168,11 +168,6 @@ def test_bad_config_is_config_error_78(tmp_path: Path, text: str) -> None:
     assert str(tmp_path / "dropr.toml") in str(exc.value) or "config" in str(exc.value)
 
 
-@pytest.mark.xfail(
-    reason="BUG: config.py Config.__init__ accepts a non-string node (node = 5); "
-    "Spool._node then crashes with TypeError in check_name instead of ConfigError 78",
-    strict=True,
-)
 def test_non_string_node_is_config_error(tmp_path: Path) -> None:
     from dropr.spool import Spool
 

@@ -386,11 +386,6 @@ def test_tmp_create_fault(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
     assert_nothing_partial(sp)
 
 
-@pytest.mark.xfail(
-    reason="BUG: spool.py PutBatch.add/add_stream ignore the byte count os.write returns; "
-    "a short write (disk filling up) commits a truncated message under a full-size header",
-    strict=True,
-)
 def test_short_write_never_commits_a_truncated_message(
     sp: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -414,12 +409,6 @@ def test_short_write_never_commits_a_truncated_message(
             assert hdr.size == 1000
 
 
-@pytest.mark.xfail(
-    reason="BUG: spool.py PutBatch.commit leaves ids/<id> behind when the commit fails; a retry "
-    "of the same --id within DANGLING_AGE (60 s) is taken for a concurrent putter, reported "
-    "as done (exit 0) and the message is never stored",
-    strict=True,
-)
 def test_retry_of_caller_id_after_a_failed_commit_stores_it(
     sp: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
