@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-
 from dropr.config import Config, default_spool, load, parse_duration, parse_size
 from dropr.errors import EX_USAGE, DroprError, UsageError
 from dropr.spool import Spool
@@ -101,7 +100,7 @@ def obj(spool: str | None, config_file: str | None, verbose: int, quiet: int, pr
     return Obj(spool or default_spool(), config_file, verbose, quiet)
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]
     """A duration like 500ms, 30s, 5m, 2h, 7d."""
 
     name = "DUR"
@@ -115,7 +114,7 @@ class Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class Size(click.ParamType):
+class Size(click.ParamType):  # type: ignore[type-arg]
     """A size like 512, 64KiB, 10MB, 1GiB."""
 
     name = "SIZE"

@@ -15,7 +15,12 @@ from ._common import CONTEXT, DURATION, click, common, main_for, obj
 @click.option("--release", is_flag=True, help="Back to ready for another try instead of done.")
 @click.option("--delay", type=DURATION, default=None, help="With --release: ready again only after DUR.")
 @click.option("--reject", is_flag=True, help="To dead (not retried), with --reason.")
-@click.option("--reason", metavar="TEXT", default=None, help="With --reject: why (shown by dropr-ls, sent back as the receipt).")
+@click.option(
+    "--reason",
+    metavar="TEXT",
+    default=None,
+    help="With --reject: why (shown by dropr-ls, sent back as the receipt).",
+)
 @click.argument("ids", nargs=-1, metavar="ID... | -")
 @common
 def cmd(release: bool, delay: float | None, reject: bool, reason: str | None, ids: tuple[str, ...],

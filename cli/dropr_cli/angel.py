@@ -20,9 +20,7 @@ def _backoff(ctx: click.Context, param: click.Parameter, value: str) -> tuple[fl
 
 # interspersed args off: everything from CMD on belongs to CMD, even without --
 @click.command("dropr-angel", context_settings={**CONTEXT, "allow_interspersed_args": False})
-@click.option(
-    "--lock", metavar="FILE", help="Only one angel per lock file; a second exits 0 at once."
-)
+@click.option("--lock", metavar="FILE", help="Only one angel per lock file; a second exits 0 at once.")
 @click.option(
     "--backoff",
     metavar="MIN..MAX",

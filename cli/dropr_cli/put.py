@@ -111,15 +111,43 @@ def command() -> Any:
     from ._common import CONTEXT, DURATION, click, common
 
     @click.command(PROG, context_settings=CONTEXT)
-    @click.option("--to", "to", multiple=True, metavar="PEER", help="Destination: a peer name from the config or an http(s):// URL. Repeat to multicast.")
+    @click.option(
+        "--to",
+        "to",
+        multiple=True,
+        metavar="PEER",
+        help="Destination: a peer name from the config or an http(s):// URL. Repeat to multicast.",
+    )
     @click.option("--channel", default="default", show_default=True, help="Queue name at the receiver.")
-    @click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True, help="0 is most urgent, 9 least.")
-    @click.option("--ttl", type=DURATION, default=None, help="Give up (dead letter) if not delivered within DUR.")
-    @click.option("--id", "ident", metavar="ID", help="Caller-chosen id; putting an id already in the outbox is a no-op.")
-    @click.option("--file", "file", metavar="PATH", help="Read the payload from PATH (streamed, any size) instead of stdin.")
+    @click.option(
+        "--priority",
+        type=click.IntRange(0, 9),
+        default=5,
+        show_default=True,
+        help="0 is most urgent, 9 least.",
+    )
+    @click.option(
+        "--ttl", type=DURATION, default=None, help="Give up (dead letter) if not delivered within DUR."
+    )
+    @click.option(
+        "--id",
+        "ident",
+        metavar="ID",
+        help="Caller-chosen id; putting an id already in the outbox is a no-op.",
+    )
+    @click.option(
+        "--file",
+        "file",
+        metavar="PATH",
+        help="Read the payload from PATH (streamed, any size) instead of stdin.",
+    )
     @click.option("--lines", is_flag=True, help="Every line of stdin is one message (newline stripped).")
     @click.option("--null", is_flag=True, help="Every NUL-terminated record of stdin is one message.")
-    @click.option("--wait", is_flag=True, help="Block until every destination processed the message (0), it died (1) or --timeout (75).")
+    @click.option(
+        "--wait",
+        is_flag=True,
+        help="Block until every destination processed the message (0), it died (1) or --timeout (75).",
+    )
     @click.option("--timeout", type=DURATION, default=None, help="With --wait: give up after DUR.")
     @common
     def cmd(**kw: Any) -> int:
@@ -150,7 +178,12 @@ def command() -> Any:
         for key in ("ttl", "timeout"):
             if kw[key] is not None:
                 o["--" + key] = f"{kw[key]:.6f}s"
-        for key, name in (("ident", "--id"), ("file", "--file"), ("spool", "--spool"), ("config_file", "--config")):
+        for key, name in (
+            ("ident", "--id"),
+            ("file", "--file"),
+            ("spool", "--spool"),
+            ("config_file", "--config"),
+        ):
             if kw[key] is not None:
                 o[name] = kw[key]
         return _run(o)

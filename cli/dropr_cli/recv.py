@@ -15,13 +15,45 @@ from ._common import CONTEXT, DURATION, check_name, click, common, main_for, obj
 @click.option("-n", "n", type=click.IntRange(1), default=None, help="Claim up to N messages [1].")
 @click.option("--all", "take_all", is_flag=True, help="Claim every ready message.")
 @click.option("--wait", is_flag=True, help="Block until a message arrives (exit 75 on --timeout).")
-@click.option("--timeout", type=DURATION, default=None, help="With --wait: give up after DUR. With --exec: kill a handler running longer.")
-@click.option("--lease", type=DURATION, default="5m", show_default=True, help="How long a claim holds before the message is ready again.")
-@click.option("--format", "fmt", type=click.Choice(["path", "json", "raw"]), default="path", show_default=True, help="path: ID<TAB>PATH; json: one object per line; raw: the payload of one message.")
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default=None,
+    help="With --wait: give up after DUR. With --exec: kill a handler running longer.",
+)
+@click.option(
+    "--lease",
+    type=DURATION,
+    default="5m",
+    show_default=True,
+    help="How long a claim holds before the message is ready again.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["path", "json", "raw"]),
+    default="path",
+    show_default=True,
+    help="path: ID<TAB>PATH; json: one object per line; raw: the payload of one message.",
+)
 @click.option("--ack", is_flag=True, help="Acknowledge right after output (at-most-once).")
-@click.option("--exec", "command", metavar="CMD", help="Handler mode: run sh -c CMD per message, payload on stdin.")
-@click.option("--jobs", type=click.IntRange(1, 1024), default=1, show_default=True, help="With --exec: handlers at once.")
-@click.option("--max-attempts", type=click.IntRange(0), default=5, show_default=True, help="With --exec: failed attempts before dead (0: never).")
+@click.option(
+    "--exec", "command", metavar="CMD", help="Handler mode: run sh -c CMD per message, payload on stdin."
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 1024),
+    default=1,
+    show_default=True,
+    help="With --exec: handlers at once.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(0),
+    default=5,
+    show_default=True,
+    help="With --exec: failed attempts before dead (0: never).",
+)
 @click.option("--once", is_flag=True, help="With --exec: drain what is ready, then exit.")
 @common
 def cmd(channel: str, n: int | None, take_all: bool, wait: bool, timeout: float | None, lease: float,

@@ -11,13 +11,46 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
 
 
 @click.command("dropr-send", context_settings=CONTEXT)
-@click.option("--once", is_flag=True, help="One pass over everything due, poll receipts, exit (0 all sent, 75 some deferred).")
-@click.option("--peer", "peers", multiple=True, metavar="NAME", help="Only deliver to this peer (outbox folder name); repeatable.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="One pass over everything due, poll receipts, exit (0 all sent, 75 some deferred).",
+)
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="NAME",
+    help="Only deliver to this peer (outbox folder name); repeatable.",
+)
 @click.option("--now", is_flag=True, help="Ignore backoff: try failing peers at once.")
-@click.option("--batch", type=click.IntRange(1, 100000), default=500, show_default=True, help="Most messages per HTTP request.")
-@click.option("--batch-bytes", type=SIZE, default="16MiB", show_default=True, help="Most payload bytes per request (one larger message still goes alone).")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True, help="Requests in flight at once, over all peers.")
-@click.option("--max-messages", type=click.IntRange(0), default=0, help="Exit after delivering N messages (recycling under dropr-angel).")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 100000),
+    default=500,
+    show_default=True,
+    help="Most messages per HTTP request.",
+)
+@click.option(
+    "--batch-bytes",
+    type=SIZE,
+    default="16MiB",
+    show_default=True,
+    help="Most payload bytes per request (one larger message still goes alone).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=4,
+    show_default=True,
+    help="Requests in flight at once, over all peers.",
+)
+@click.option(
+    "--max-messages",
+    type=click.IntRange(0),
+    default=0,
+    help="Exit after delivering N messages (recycling under dropr-angel).",
+)
 @common
 def cmd(once: bool, peers: tuple[str, ...], now: bool, batch: int, batch_bytes: int, concurrency: int,
         max_messages: int, **kw: Any) -> int:  # fmt: skip

@@ -11,13 +11,32 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
 
 
 @click.command("dropr-serve", context_settings=CONTEXT)
-@click.option("--listen", multiple=True, metavar="HOST:PORT", help="Address to listen on; repeatable. Port 0 picks a free port (logged). [config serve.listen, else 127.0.0.1:8080]")
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Address to listen on; repeatable. Port 0 picks a free port (logged). "
+    "[config serve.listen, else 127.0.0.1:8080]",
+)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker processes.")
-@click.option("--threads", type=click.IntRange(1, 256), default=4, show_default=True, help="Threads per worker (concurrent uploads).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=4,
+    show_default=True,
+    help="Threads per worker (concurrent uploads).",
+)
 @click.option("--certfile", metavar="F", help="TLS certificate (PEM); with --keyfile serves HTTPS.")
 @click.option("--keyfile", metavar="F", help="TLS private key (PEM).")
-@click.option("--max-size", type=SIZE, default=None, help="Largest message accepted [config limits.max_message_size, 1GiB].")
-@click.option("--insecure", is_flag=True, help="Allow a non-loopback address without serve.tokens (anyone may deliver).")
+@click.option(
+    "--max-size",
+    type=SIZE,
+    default=None,
+    help="Largest message accepted [config limits.max_message_size, 1GiB].",
+)
+@click.option(
+    "--insecure", is_flag=True, help="Allow a non-loopback address without serve.tokens (anyone may deliver)."
+)
 @common
 def cmd(listen: tuple[str, ...], workers: int, threads: int, certfile: str | None, keyfile: str | None,
         max_size: int | None, insecure: bool, **kw: Any) -> int:  # fmt: skip

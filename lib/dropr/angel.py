@@ -85,9 +85,7 @@ class Options:
         rss_interval: float = 1.0,
     ) -> None:
         if not 0 < backoff_min <= backoff_max:
-            raise UsageError(
-                f"bad --backoff {backoff_min:g}s..{backoff_max:g}s: need 0 < MIN <= MAX"
-            )
+            raise UsageError(f"bad --backoff {backoff_min:g}s..{backoff_max:g}s: need 0 < MIN <= MAX")
         if (max_restarts is None) != (per is None):
             raise UsageError("--max-restarts and --per go together")
         if max_restarts is not None and max_restarts < 0:
@@ -313,9 +311,7 @@ class _Supervisor:
                     self.start()
                 continue
             if now >= self.kill_at:
-                log.info(
-                    "killing pgid=%d reason=grace grace=%.1fs", self.child.pid, self.opts.grace
-                )
+                log.info("killing pgid=%d reason=grace grace=%.1fs", self.child.pid, self.opts.grace)
                 self.signal_group(signal.SIGKILL)
                 self.kill_at = float("inf")
             if now >= self.next_rss:
@@ -349,15 +345,11 @@ class _Supervisor:
         """Start the child; a failed exec counts as a crash, except the first time."""
         self.started = time.monotonic()
         try:
-            self.child = subprocess.Popen(
-                self.cmd, process_group=0, preexec_fn=self.preexec, close_fds=True
-            )
+            self.child = subprocess.Popen(self.cmd, process_group=0, preexec_fn=self.preexec, close_fds=True)
         except OSError as exc:
             why = exc.strerror or str(exc)
             if first:
-                raise UsageError(
-                    f"cannot run {self.cmd[0]}: {why}; check the command after --"
-                ) from None
+                raise UsageError(f"cannot run {self.cmd[0]}: {why}; check the command after --") from None
             self.status = 126 if isinstance(exc, PermissionError) else 127
             what = f"status={self.status} error={shlex.quote(why)}"
             delay = self.schedule(self.started, 0.0)

@@ -109,13 +109,13 @@ class Config:
             self.node: str | None = data.get("node")
             if self.node is not None:
                 if not isinstance(self.node, str):
-                    raise ValueError("node must be a string, e.g. node = \"web1\"")
+                    raise ValueError('node must be a string, e.g. node = "web1"')
                 check_name(self.node, "node")
             self.peers: dict[str, Peer] = {}
             for name, p in (data.get("peers") or {}).items():
                 check_name(name, f"peer name {name!r}")
                 if not isinstance(p, dict) or not is_url(str(p.get("url", ""))):
-                    raise ValueError(f"peer {name!r} needs url = \"http(s)://...\"")
+                    raise ValueError(f'peer {name!r} needs url = "http(s)://..."')
                 token = p.get("token")
                 if token is None and p.get("token_file"):
                     token = _read_secret(str(p["token_file"]))

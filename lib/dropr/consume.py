@@ -105,7 +105,9 @@ def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: 
             continue
         hits = index.get(ident, [])
         if not hits:
-            err.write(f"dropr-ack: error: {ident} is not claimed (lease lost, already finished, or unknown)\n")
+            err.write(
+                f"dropr-ack: error: {ident} is not claimed (lease lost, already finished, or unknown)\n"
+            )
             failed += 1
             continue
         channel, name = hits[0]
@@ -223,7 +225,9 @@ class Handlers:
         elif rc == EX_TEMPFAIL:
             returns = int(self.spool.in_meta(c.channel, c.origin, c.ident).get("returns", 0))
             delay = min(RETRY_MAX, RETRY_BASE * 2 ** min(returns, 16))
-            c.spool.finish(c.channel, c.name, "release", reason="handler asked to retry (exit 75)", delay=delay)
+            c.spool.finish(
+                c.channel, c.name, "release", reason="handler asked to retry (exit 75)", delay=delay
+            )
             log.info("released id=%s reason=exit 75 retry_in=%.0fs", c.ident, delay)
             return
         elif rc < 0:
@@ -234,7 +238,12 @@ class Handlers:
         meta = self.spool.in_meta(c.channel, c.origin, c.ident)
         failures = int(meta.get("failures", 0)) + 1
         if self.opts.max_attempts and failures >= self.opts.max_attempts:
-            c.spool.finish(c.channel, c.name, "reject", reason=f"{reason} (attempt {failures} of {self.opts.max_attempts})")
+            c.spool.finish(
+                c.channel,
+                c.name,
+                "reject",
+                reason=f"{reason} (attempt {failures} of {self.opts.max_attempts})",
+            )
             log.warning("dead id=%s reason=%s", c.ident, reason)
         else:
             delay = min(RETRY_MAX, RETRY_BASE * 2 ** (failures - 1))
@@ -298,7 +307,9 @@ class Handlers:
                 fds += [j.stderr for j in self.jobs.values() if j.stderr is not None]
                 timeout = SWEEP_EVERY if (idle or not free) else 0
                 if self.jobs:  # wake often enough to renew leases and enforce --timeout
-                    timeout = min(timeout or SWEEP_EVERY, self.opts.lease / 4, 0.25 if self.opts.timeout else 1)
+                    timeout = min(
+                        timeout or SWEEP_EVERY, self.opts.lease / 4, 0.25 if self.opts.timeout else 1
+                    )
                 try:
                     ready, _, _ = select.select(fds, [], [], timeout)
                 except InterruptedError:

@@ -17,7 +17,8 @@ File names sort by priority, then arrival::
 
 Arrival is microseconds since the epoch on the local clock, 13 lowercase hex
 digits; an inbox name carries the origin's creation time instead, so a
-receiver keeps each origin's order whatever order batches arrive in. A generated id starts with its creation time in the same form, so the
+receiver keeps each origin's order whatever order batches arrive in. A
+generated id starts with its creation time in the same form, so the
 outbox name of a generated id is known from the id and one of ten priorities;
 caller-chosen ids are found through a symlink index (see ``spool``).
 """
@@ -163,12 +164,7 @@ class Header:
             )
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"bad message header: {exc}") from None
-        if (
-            not 0 <= hdr.priority <= 9
-            or hdr.size < 0
-            or not 0 <= hdr.created < 16**13
-            or hdr.deadline < 0
-        ):
+        if not 0 <= hdr.priority <= 9 or hdr.size < 0 or not 0 <= hdr.created < 16**13 or hdr.deadline < 0:
             raise ValueError("bad message header: field out of range")
         return hdr
 

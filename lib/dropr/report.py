@@ -96,7 +96,7 @@ def summary(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
 
 def peers(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
     """Return per-peer health: backlog, age of oldest queued, last success, last error."""
-    out = []
+    out: list[dict[str, Any]] = []
     if flt.box not in (None, "out") or flt.channel is not None:
         return out
     for peer in spool.out_peers():
@@ -186,9 +186,9 @@ def details(spool: Spool, ident: str) -> list[dict[str, Any]]:
         pst = spool.peer_state(peer)
         if state == "queued" and pst.get("until"):
             rec["next_attempt"] = pst["until"]
-        if state == "queued" and not rec.get("error") and pst.get("last_error"):
-            if float(pst.get("last_error_at") or 0) > float(pst.get("last_ok") or 0):
-                rec["error"] = f"peer: {pst['last_error']}"
+        failing = float(pst.get("last_error_at") or 0) > float(pst.get("last_ok") or 0)
+        if state == "queued" and not rec.get("error") and pst.get("last_error") and failing:
+            rec["error"] = f"peer: {pst['last_error']}"
         found.append(rec)
     origin, _, bare = ident.rpartition(",")
     origins = [origin] if origin else _sorted(spool.path("rcv"))
@@ -253,7 +253,9 @@ def table(rows: list[list[str]]) -> str:
     if not rows:
         return ""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
+    return (
+        "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
+    )
 
 
 def summary_text(rows: list[dict[str, Any]], prs: list[dict[str, Any]]) -> str:
@@ -304,7 +306,9 @@ def prom(rows: list[dict[str, Any]], prs: list[dict[str, Any]], now: float | Non
         "# TYPE dropr_messages gauge",
     ]
     for r in rows:
-        lines.append(f'dropr_messages{{box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"}} {r["count"]}')
+        lines.append(
+            f'dropr_messages{{box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"}} {r["count"]}'
+        )
     lines += ["# HELP dropr_bytes Payload bytes in a spool state.", "# TYPE dropr_bytes gauge"]
     for r in rows:
         lines.append(f'dropr_bytes{{box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"}} {r["bytes"]}')
@@ -314,7 +318,9 @@ def prom(rows: list[dict[str, Any]], prs: list[dict[str, Any]], now: float | Non
     ]
     for r in rows:
         a = now - r["oldest"] if r["oldest"] else 0
-        lines.append(f'dropr_oldest_age_seconds{{box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"}} {a:.3f}')
+        lines.append(
+            f'dropr_oldest_age_seconds{{box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"}} {a:.3f}'
+        )
     lines += [
         "# HELP dropr_peer_last_success_timestamp_seconds Last successful delivery to a peer.",
         "# TYPE dropr_peer_last_success_timestamp_seconds gauge",

@@ -139,8 +139,12 @@ class Sender:
 
     def _next_batch(self, run: _PeerRun, room: int) -> list[tuple[str, str, str]]:
         now = time.monotonic()
-        if not run.queue or (run.dirty and now - run.listed > (RELIST_EVERY if len(run.queue) > 10000 else 0)):
-            run.queue = deque(n for n in self.spool.out_names(run.peer.name, "queued") if n not in run.inflight)
+        if not run.queue or (
+            run.dirty and now - run.listed > (RELIST_EVERY if len(run.queue) > 10000 else 0)
+        ):
+            run.queue = deque(
+                n for n in self.spool.out_names(run.peer.name, "queued") if n not in run.inflight
+            )
             run.listed = now
             run.dirty = False
         items: list[tuple[str, str, str]] = []
@@ -226,7 +230,12 @@ class Sender:
             status, reason = t.results.get(ident, (tp.RETRY, "no answer for this message"))
             if status in (tp.STORED, tp.DUPLICATE):
                 ok.append(name)
-                log.info("sent id=%s peer=%s%s", ident, run.peer.name, " duplicate" if status == tp.DUPLICATE else "")
+                log.info(
+                    "sent id=%s peer=%s%s",
+                    ident,
+                    run.peer.name,
+                    " duplicate" if status == tp.DUPLICATE else "",
+                )
             elif status == tp.REFUSED:
                 self.spool.out_fail(run.peer.name, name, f"refused by peer: {reason}", dead=True)
                 log.warning("dead id=%s peer=%s reason=%s", ident, run.peer.name, reason)
@@ -330,7 +339,8 @@ class Sender:
     def _due(self) -> bool:
         wall = time.time()
         return any(
-            (run.queue or self.spool.out_names(run.peer.name, "queued")) and self._backoff_until(run.peer.name) <= wall
+            (run.queue or self.spool.out_names(run.peer.name, "queued"))
+            and self._backoff_until(run.peer.name) <= wall
             for run in self.runs.values()
         )
 

@@ -96,7 +96,9 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
         for lst in server.LISTENERS:
             host, port = lst.sock.getsockname()[:2]
             scheme = "https" if opts.certfile else "http"
-            sys.stderr.write(f"dropr-serve: listening addr={host}:{port} url={scheme}://{host}:{port}/ node={spool.node}\n")
+            sys.stderr.write(
+                f"dropr-serve: listening addr={host}:{port} url={scheme}://{host}:{port}/ node={spool.node}\n"
+            )
         sys.stderr.flush()
 
     class Embedded(BaseApplication):  # type: ignore[misc]

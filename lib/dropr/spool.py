@@ -815,9 +815,7 @@ class Waiter:
 class PutBatch:
     """Messages written to tmp/ and committed together: one durable commit for many."""
 
-    def __init__(
-        self, spool: Spool, peers: list[Peer], *, channel: str, priority: int, ttl: float
-    ) -> None:
+    def __init__(self, spool: Spool, peers: list[Peer], *, channel: str, priority: int, ttl: float) -> None:
         if not peers:
             raise DataError("no destination; give --to PEER")
         self.spool = spool

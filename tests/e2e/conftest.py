@@ -75,9 +75,8 @@ class Node:
 
     def serve(self, *args: str, listen: str = "127.0.0.1:0") -> str:
         """Start dropr-serve on a free loopback port; return its URL."""
-        log = open(self.serve_log, "wb")
-        self.serve_proc = self.start("dropr-serve", "--listen", listen, *args, stderr=log)
-        log.close()
+        with open(self.serve_log, "wb") as log:
+            self.serve_proc = self.start("dropr-serve", "--listen", listen, *args, stderr=log)
 
         def url() -> str | None:
             for line in self.serve_log.read_text().splitlines():
