@@ -150,7 +150,7 @@ headers = st.builds(
     ids,
     names,
     st.integers(0, 9),
-    st.integers(0, 2**53),
+    arrivals,  # created: 13 hex digits, as in inbox names
     st.integers(0, 2**53),
     st.integers(0, 2**62),
     st.integers(0, 2**32 - 1),
@@ -228,3 +228,9 @@ def test_header_parse_rejects_malformed(raw: bytes) -> None:
 
 def test_crc32_continues() -> None:
     assert m.crc32(b"world", m.crc32(b"hello ")) == m.crc32(b"hello world")
+
+
+def test_header_created_beyond_13_hex_digits_is_refused() -> None:
+    h = m.Header("a", "default", 5, 16**13, 0, 0, 0)
+    with pytest.raises(ValueError, match="out of range"):
+        m.Header.parse(h.pack())
