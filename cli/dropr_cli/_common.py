@@ -11,6 +11,7 @@ from dropr.config import Config, default_spool, load, parse_duration, parse_size
 from dropr.errors import EX_USAGE, DroprError, UsageError
 from dropr.spool import Spool
 
+from ._common_fast import check_name
 from ._guard import VERSION, guard, setup_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -128,20 +129,36 @@ class Size(click.ParamType):  # type: ignore[type-arg]
             self.fail(str(exc), param, ctx)
 
 
-def check_name(value: str | None, kind: str) -> None:
-    """Reject a channel or peer name that could leave the spool (exit 65)."""
-    if value is None:
-        return
-    from dropr.errors import DataError
-    from dropr.message import check_name as check
-
-    try:
-        check(value, kind)
-    except ValueError as exc:
-        raise DataError(f"bad {kind} {value!r}: {exc}") from None
+def options_to_fast(
+    kw: dict[str, Any], names: dict[str, str], durations: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Turn click's keyword arguments into the option dict the fast path's _run takes."""
+    o: dict[str, Any] = {"verbose": kw["verbose"], "quiet": kw["quiet"], "args": []}
+    for key, opt in names.items():
+        if kw.get(key) is not None:
+            o[opt] = str(kw[key])
+    for key in durations:
+        if kw.get(key) is not None:
+            o["--" + key] = f"{kw[key]:.6f}s"
+    if kw.get("spool") is not None:
+        o["--spool"] = kw["spool"]
+    if kw.get("config_file") is not None:
+        o["--config"] = kw["config_file"]
+    return o
 
 
 DURATION = Duration()
 SIZE = Size()
 
-__all__ = ["CONTEXT", "DURATION", "SIZE", "Obj", "check_name", "common", "main_for", "obj", "click"]
+__all__ = [
+    "CONTEXT",
+    "DURATION",
+    "SIZE",
+    "Obj",
+    "check_name",
+    "common",
+    "main_for",
+    "obj",
+    "click",
+    "options_to_fast",
+]

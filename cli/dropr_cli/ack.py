@@ -1,57 +1,109 @@
-"""dropr-ack: finish claimed messages: ack, release for retry, or reject."""
+"""dropr-ack: finish claimed messages: ack, release for retry, or reject.
+
+Called in pipelines as often as dropr-recv, so it has the same fast path.
+"""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-from dropr.consume import ack, read_ids
-from dropr.errors import UsageError
+PROG = "dropr-ack"
+_VALUED = frozenset({"--delay", "--reason"})
+_FLAGS = frozenset({"--release", "--reject"})
 
-from ._common import CONTEXT, DURATION, click, common, main_for, obj
+
+def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
+    from ._fast import parse
+
+    o = parse(argv, valued=_VALUED, flags=_FLAGS, positional=True)
+    if o is None:
+        return None
+    for flag in _FLAGS:
+        o[flag[2:]] = bool(o.pop(flag, False))
+    return o
 
 
-@click.command("dropr-ack", context_settings=CONTEXT)
-@click.option("--release", is_flag=True, help="Back to ready for another try instead of done.")
-@click.option("--delay", type=DURATION, default=None, help="With --release: ready again only after DUR.")
-@click.option("--reject", is_flag=True, help="To dead (not retried), with --reason.")
-@click.option(
-    "--reason",
-    metavar="TEXT",
-    default=None,
-    help="With --reject: why (shown by dropr-ls, sent back as the receipt).",
-)
-@click.argument("ids", nargs=-1, metavar="ID... | -")
-@common
-def cmd(release: bool, delay: float | None, reject: bool, reason: str | None, ids: tuple[str, ...],
-        **kw: Any) -> int:  # fmt: skip
-    """Finish claimed messages: acknowledge (done), --release or --reject.
+def _run(o: dict[str, Any]) -> int:
+    from dropr.config import default_spool, load, parse_duration
+    from dropr.consume import ack, read_ids
+    from dropr.errors import DataError, UsageError
+    from dropr.spool import Spool
 
-    Ids come as arguments, or one per line on stdin with "-" (dropr-recv's
-    ID<TAB>PATH lines are accepted as they are). An id that is not claimed is
-    an error for that id (exit 1); the others still succeed.
+    from ._common_fast import logging_for
 
-    \b
-    Examples:
-      dropr-ack 0190f3c2a1b4c5d6e7f8a9b0
-      dropr-recv -n 500 | dropr-ack -
-      dropr-ack --release --delay 10m ID
-      dropr-ack --reject --reason "bad customer number" ID
-    """
-    o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-ack")
-    if release and reject:
+    logging_for(PROG, o)
+    if o["release"] and o["reject"]:
         raise UsageError("--release and --reject exclude each other")
-    if delay is not None and not release:
+    if "--delay" in o and not o["release"]:
         raise UsageError("--delay goes with --release")
-    if reason is not None and not reject:
+    if "--reason" in o and not o["reject"]:
         raise UsageError("--reason goes with --reject")
+    try:
+        delay = parse_duration(o["--delay"]) if "--delay" in o else 0
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+    ids = o["args"]
     if not ids:
         raise UsageError("no ids; give ID... or - to read them from stdin")
-    todo = read_ids(sys.stdin) if ids == ("-",) else list(ids)
+    todo = read_ids(sys.stdin) if ids == ["-"] else list(ids)
     if not todo:
         return 0
-    how = "release" if release else "reject" if reject else "ack"
-    return ack(o.spool(), todo, how, reason=reason or "", delay=delay or 0)
+    how = "release" if o["release"] else "reject" if o["reject"] else "ack"
+    spool_dir = o.get("--spool") or default_spool()
+    spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
+    return ack(spool, todo, how, reason=o.get("--reason", ""), delay=delay)
 
 
-main = main_for(cmd)
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: fast path for plain use, click for everything else."""
+    args = sys.argv[1:] if argv is None else argv
+    o = _fast_parse(args)
+    if o is None:
+        from ._common import main_for
+
+        return main_for(command())(args)
+    from ._guard import guard
+
+    return guard(PROG, lambda: _run(o), bool(o["verbose"]))
+
+
+def command() -> Any:
+    """Build the click command (for --help, completion and unusual command lines)."""
+    from ._common import CONTEXT, DURATION, click, common, options_to_fast
+
+    @click.command(PROG, context_settings=CONTEXT)
+    @click.option("--release", is_flag=True, help="Back to ready for another try instead of done.")
+    @click.option("--delay", type=DURATION, default=None, help="With --release: ready again only after DUR.")
+    @click.option("--reject", is_flag=True, help="To dead (not retried), with --reason.")
+    @click.option(
+        "--reason",
+        metavar="TEXT",
+        default=None,
+        help="With --reject: why (shown by dropr-ls, sent back as the receipt).",
+    )
+    @click.argument("ids", nargs=-1, metavar="ID... | -")
+    @common
+    def cmd(**kw: Any) -> int:
+        """Finish claimed messages: acknowledge (done), --release or --reject.
+
+        Ids come as arguments, or one per line on stdin with "-" (dropr-recv's
+        ID<TAB>PATH lines are accepted as they are). An id that is not claimed is
+        an error for that id (exit 1); the others still succeed.
+
+        \b
+        Examples:
+          dropr-ack 0190f3c2a1b4c5d6e7f8a9b0
+          dropr-recv -n 500 | dropr-ack -
+          dropr-ack --release --delay 10m ID
+          dropr-ack --reject --reason "bad customer number" ID
+        """
+        o = options_to_fast(kw, {"reason": "--reason"}, durations=("delay",))
+        o.update(release=kw["release"], reject=kw["reject"], args=list(kw["ids"]))
+        return _run(o)
+
+    return cmd
+
+
+if __name__ == "__main__":
+    sys.exit(main())

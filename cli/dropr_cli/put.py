@@ -1,49 +1,31 @@
 """dropr-put: enqueue messages into the local outbox, durably; print their ids.
 
-Start-up time matters here (a shell loop may call it thousands of times), so
-``main`` parses the usual options by hand and imports click only for --help,
-completion or a command line it does not understand; ``tests/cli/test_put_fastpath``
-checks that both parsers agree.
+Start-up time matters here (a shell loop may call it thousands of times): ``main``
+parses the usual options with ``_fast`` and imports click only for --help,
+completion or a command line it does not understand.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 PROG = "dropr-put"
-_VALUED = {"--to", "--channel", "--priority", "--ttl", "--id", "--file", "--timeout", "--spool", "--config"}
-_FLAGS = {"--lines", "--null", "--wait", "-v", "--verbose", "-q", "--quiet"}
+_VALUED = frozenset({"--channel", "--priority", "--ttl", "--id", "--file", "--timeout"})
+_FLAGS = frozenset({"--lines", "--null", "--wait"})
 
 
 def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
     """Parse the common command lines; None sends anything unusual to click."""
-    if any(k.endswith("_COMPLETE") for k in os.environ):
+    from ._fast import parse
+
+    o = parse(argv, valued=_VALUED, flags=_FLAGS, multi={"--to"})
+    if o is None:
         return None
-    o: dict[str, Any] = {"to": [], "verbose": 0, "quiet": 0}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in _FLAGS:
-            key = {"-v": "verbose", "-q": "quiet"}.get(a, a[2:])
-            o[key] = o.get(key, 0) + 1 if key in ("verbose", "quiet") else True
-        elif a.split("=", 1)[0] in _VALUED:
-            name, eq, val = a.partition("=")
-            if not eq:
-                i += 1
-                if i >= len(argv):
-                    return None
-                val = argv[i]
-            if name == "--to":
-                o["to"].append(val)
-            elif name in o:
-                return None
-            else:
-                o[name] = val
-        else:
-            return None
-        i += 1
+    o["to"] = o.pop("--to")
+    for flag in _FLAGS:
+        if o.pop(flag, False):
+            o[flag[2:]] = True
     return o
 
 

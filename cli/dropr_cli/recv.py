@@ -1,104 +1,186 @@
-"""dropr-recv: claim messages from the local inbox, or run a handler per message."""
+"""dropr-recv: claim messages from the local inbox, or run a handler per message.
+
+Shell loops call this often, so ``main`` takes ``_fast`` for the usual command
+lines and builds the click command only for --help and anything unusual.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from dropr.consume import HandlerOptions, Handlers, RecvOptions, recv
-from dropr.errors import UsageError
-
-from ._common import CONTEXT, DURATION, check_name, click, common, main_for, obj
-
-
-@click.command("dropr-recv", context_settings=CONTEXT)
-@click.option("--channel", default="default", show_default=True, help="Inbox channel to consume.")
-@click.option("-n", "n", type=click.IntRange(1), default=None, help="Claim up to N messages [1].")
-@click.option("--all", "take_all", is_flag=True, help="Claim every ready message.")
-@click.option("--wait", is_flag=True, help="Block until a message arrives (exit 75 on --timeout).")
-@click.option(
-    "--timeout",
-    type=DURATION,
-    default=None,
-    help="With --wait: give up after DUR. With --exec: kill a handler running longer.",
+PROG = "dropr-recv"
+_VALUED = frozenset(
+    {"--channel", "-n", "--timeout", "--lease", "--format", "--exec", "--jobs", "--max-attempts"}
 )
-@click.option(
-    "--lease",
-    type=DURATION,
-    default="5m",
-    show_default=True,
-    help="How long a claim holds before the message is ready again.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["path", "json", "raw"]),
-    default="path",
-    show_default=True,
-    help="path: ID<TAB>PATH; json: one object per line; raw: the payload of one message.",
-)
-@click.option("--ack", is_flag=True, help="Acknowledge right after output (at-most-once).")
-@click.option(
-    "--exec", "command", metavar="CMD", help="Handler mode: run sh -c CMD per message, payload on stdin."
-)
-@click.option(
-    "--jobs",
-    type=click.IntRange(1, 1024),
-    default=1,
-    show_default=True,
-    help="With --exec: handlers at once.",
-)
-@click.option(
-    "--max-attempts",
-    type=click.IntRange(0),
-    default=5,
-    show_default=True,
-    help="With --exec: failed attempts before dead (0: never).",
-)
-@click.option("--once", is_flag=True, help="With --exec: drain what is ready, then exit.")
-@common
-def cmd(channel: str, n: int | None, take_all: bool, wait: bool, timeout: float | None, lease: float,
-        fmt: str, ack: bool, command: str | None, jobs: int, max_attempts: int, once: bool,
-        **kw: Any) -> int:  # fmt: skip
-    """Claim messages from the inbox, or run a handler for each.
+_FLAGS = frozenset({"--all", "--wait", "--ack", "--once"})
+FORMATS = ("path", "json", "raw")
 
-    A claim is a lease: not acknowledged (dropr-ack) in time, the message is
-    ready again. Concurrent consumers never get the same message while a
-    lease holds. Highest priority first, then arrival. Exit 1 if nothing is
-    ready.
 
-    With --exec, the handler gets the payload on stdin and DROPR_ID,
-    DROPR_CHANNEL, DROPR_ORIGIN, DROPR_PRIORITY, DROPR_ATTEMPT, DROPR_PATH in
-    its environment. Exit 0 acks; 75 releases for a later retry; anything else,
-    or running past --timeout, is a failed attempt retried with backoff, and
-    after --max-attempts the message is dead. The lease is renewed while the
-    handler runs.
+def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
+    from ._fast import parse
 
-    \b
-    Examples:
-      dropr-recv                                    # ID<TAB>PATH of one message
-      dropr-recv -n 100 | while IFS=$'\\t' read id path; do ...; done
-      dropr-recv -n 500 | cut -f1 | dropr-ack -
-      dropr-recv --wait --timeout 30s --format raw --ack
-      dropr-recv --exec 'psql -f -' --jobs 4 --timeout 2m
-    """
-    o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-recv")
+    o = parse(argv, valued=_VALUED, flags=_FLAGS)
+    if o is None:
+        return None
+    for flag in _FLAGS:
+        o[flag[2:]] = bool(o.pop(flag, False))
+    return o
+
+
+def _int(o: dict[str, Any], key: str, default: int, low: int, high: int = 10**9) -> int:
+    from dropr.errors import UsageError
+
+    try:
+        v = int(o.get(key, default))
+    except ValueError:
+        raise UsageError(f"bad {key} {o[key]!r}: give a whole number") from None
+    if not low <= v <= high:
+        raise UsageError(f"bad {key} {v}: must be {low} to {high}")
+    return v
+
+
+def _dur(o: dict[str, Any], key: str, default: float) -> float:
+    from dropr.config import parse_duration
+    from dropr.errors import DataError, UsageError
+
+    if key not in o or o[key] is None:
+        return default
+    try:
+        return parse_duration(o[key])
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _run(o: dict[str, Any]) -> int:
+    from dropr.config import default_spool, load
+    from dropr.consume import HandlerOptions, Handlers, RecvOptions, recv
+    from dropr.errors import UsageError
+    from dropr.spool import Spool
+
+    from ._common_fast import check_name, logging_for
+
+    logging_for(PROG, o)
+    fmt = o.get("--format", "path")
+    if fmt not in FORMATS:
+        raise UsageError(f"bad --format {fmt!r}: use path, json or raw")
+    channel = o.get("--channel", "default")
     check_name(channel, "channel")
-    spool = o.spool()
+    n = _int(o, "-n", 0, 1) if "-n" in o else 0
+    jobs = _int(o, "--jobs", 1, 1, 1024)
+    max_attempts = _int(o, "--max-attempts", 5, 0)
+    timeout = _dur(o, "--timeout", 0)
+    lease = _dur(o, "--lease", 300)
+    spool_dir = o.get("--spool") or default_spool()
+    command = o.get("--exec")
     if command is not None:
-        if n or take_all or wait or ack or fmt != "path":
+        if n or o["all"] or o["wait"] or o["ack"] or fmt != "path":
             raise UsageError("--exec runs handlers; -n, --all, --wait, --ack and --format do not apply")
-        opts = HandlerOptions(command=command, channel=channel, jobs=jobs, timeout=timeout or 0,
-                              max_attempts=max_attempts, once=once, lease=lease)  # fmt: skip
-        return Handlers(spool, opts).run()
-    if once or jobs != 1:
-        raise UsageError("--once and --jobs go with --exec")
-    if n and take_all:
+        spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
+        hopts = HandlerOptions(command=command, channel=channel, jobs=jobs, timeout=timeout,
+                               max_attempts=max_attempts, once=o["once"], lease=lease)  # fmt: skip
+        return Handlers(spool, hopts).run()
+    if o["once"] or "--jobs" in o or "--max-attempts" in o:
+        raise UsageError("--once, --jobs and --max-attempts go with --exec")
+    if n and o["all"]:
         raise UsageError("-n and --all exclude each other")
-    if timeout is not None and not wait:
+    if "--timeout" in o and not o["wait"]:
         raise UsageError("--timeout without --exec goes with --wait")
-    ropts = RecvOptions(channel=channel, n=10**9 if take_all else n or 1, wait=wait, timeout=timeout or 0,
-                        lease=lease, fmt=fmt, ack=ack)  # fmt: skip
+    spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
+    ropts = RecvOptions(channel=channel, n=10**9 if o["all"] else n or 1, wait=o["wait"], timeout=timeout,
+                        lease=lease, fmt=fmt, ack=o["ack"])  # fmt: skip
     return recv(spool, ropts)
 
 
-main = main_for(cmd)
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: fast path for plain use, click for everything else."""
+    args = sys.argv[1:] if argv is None else argv
+    o = _fast_parse(args)
+    if o is None:
+        from ._common import main_for
+
+        return main_for(command())(args)
+    from ._guard import guard
+
+    return guard(PROG, lambda: _run(o), bool(o["verbose"]))
+
+
+def command() -> Any:
+    """Build the click command (for --help, completion and unusual command lines)."""
+    from ._common import CONTEXT, DURATION, click, common, options_to_fast
+
+    @click.command(PROG, context_settings=CONTEXT)
+    @click.option("--channel", default="default", show_default=True, help="Inbox channel to consume.")
+    @click.option("-n", "n", type=click.IntRange(1), default=None, help="Claim up to N messages [1].")
+    @click.option("--all", "take_all", is_flag=True, help="Claim every ready message.")
+    @click.option("--wait", is_flag=True, help="Block until a message arrives (exit 75 on --timeout).")
+    @click.option(
+        "--timeout",
+        type=DURATION,
+        default=None,
+        help="With --wait: give up after DUR. With --exec: kill a handler running longer.",
+    )
+    @click.option(
+        "--lease",
+        type=DURATION,
+        default="5m",
+        show_default=True,
+        help="How long a claim holds before the message is ready again.",
+    )
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="path",
+        show_default=True,
+        help="path: ID<TAB>PATH; json: one object per line; raw: the payload of one message.",
+    )
+    @click.option("--ack", is_flag=True, help="Acknowledge right after output (at-most-once).")
+    @click.option(
+        "--exec", "command", metavar="CMD", help="Handler mode: run sh -c CMD per message, payload on stdin."
+    )
+    @click.option(
+        "--jobs", type=click.IntRange(1, 1024), default=None, help="With --exec: handlers at once [1]."
+    )
+    @click.option(
+        "--max-attempts",
+        type=click.IntRange(0),
+        default=None,
+        help="With --exec: failed attempts before dead (0: never) [5].",
+    )
+    @click.option("--once", is_flag=True, help="With --exec: drain what is ready, then exit.")
+    @common
+    def cmd(**kw: Any) -> int:
+        """Claim messages from the inbox, or run a handler for each.
+
+        A claim is a lease: not acknowledged (dropr-ack) in time, the message is
+        ready again. Concurrent consumers never get the same message while a
+        lease holds. Highest priority first, then arrival. Exit 1 if nothing is
+        ready.
+
+        With --exec, the handler gets the payload on stdin and DROPR_ID,
+        DROPR_CHANNEL, DROPR_ORIGIN, DROPR_PRIORITY, DROPR_ATTEMPT, DROPR_PATH in
+        its environment. Exit 0 acks; 75 releases for a later retry; anything else,
+        or running past --timeout, is a failed attempt retried with backoff, and
+        after --max-attempts the message is dead. The lease is renewed while the
+        handler runs.
+
+        \b
+        Examples:
+          dropr-recv                                    # ID<TAB>PATH of one message
+          dropr-recv -n 100 | while IFS=$'\\t' read id path; do ...; done
+          dropr-recv -n 500 | dropr-ack -
+          dropr-recv --wait --timeout 30s --format raw --ack
+          dropr-recv --exec 'psql -f -' --jobs 4 --timeout 2m
+        """
+        o = options_to_fast(kw, {"n": "-n", "fmt": "--format", "command": "--exec", "jobs": "--jobs",
+                                 "max_attempts": "--max-attempts", "channel": "--channel"},
+                            durations=("timeout", "lease"))  # fmt: skip
+        o.update(all=kw["take_all"], wait=kw["wait"], ack=kw["ack"], once=kw["once"])
+        return _run(o)
+
+    return cmd
+
+
+if __name__ == "__main__":
+    sys.exit(main())

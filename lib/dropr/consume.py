@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import select
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from . import log as _log
 from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, UsageError
 from .spool import Claim, Spool
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import subprocess
+
+# dropr-recv and dropr-ack start often (shell loops): json, subprocess, select and
+# logging are imported where they are used, not here.
+log = _log.get(__name__)
 
 SWEEP_EVERY = 1.0  # waiting consumers look for expired leases and due retries this often
 KILL_GRACE = 5.0  # seconds between TERM and KILL for a handler past its --timeout
@@ -82,6 +83,8 @@ def recv(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int:
                 while chunk := f.read(1 << 20):
                     out.write(chunk)
         elif opts.fmt == "json":
+            import json
+
             out.write(json.dumps(c.info()).encode() + b"\n")
         else:
             out.write(f"{c.ident}\t{c.path}\n".encode())
@@ -183,6 +186,8 @@ class Handlers:
         self.done = 0
 
     def _spawn(self, c: Claim) -> None:
+        import subprocess
+
         info = c.info()
         env = dict(os.environ)
         env.update(
@@ -264,6 +269,8 @@ class Handlers:
             pass
 
     def _tick(self) -> None:
+        import signal
+
         now = time.monotonic()
         for job in list(self.jobs.values()):
             if now - job.renewed > self.opts.lease / 4:
@@ -280,6 +287,9 @@ class Handlers:
 
     def run(self) -> int:
         """Run handlers until TERM (or, with --once, until nothing is ready)."""
+
+        import select
+        import signal
 
         def stop(signum: int, _frame: Any) -> None:
             self.stopping += 1
@@ -317,6 +327,7 @@ class Handlers:
                 for fd in ready:
                     if fd is waiter:
                         waiter.drain()
+                        self.spool.forget_ready(self.opts.channel)
                         idle = False
                     elif isinstance(fd, int):
                         self._finish(self.jobs[fd])

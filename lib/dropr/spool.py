@@ -67,7 +67,6 @@ caller hears "stored".
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -89,6 +88,7 @@ IN_STATES = ("ready", "wait", "claimed", "done", "dead")
 TMP_MAX_AGE = 36 * 3600  # no writer keeps a tmp file untouched this long: puts and
 # uploads write continuously, and a put whose tmp file was swept fails at its rename.
 DANGLING_AGE = 60  # an index symlink whose message is missing this long is a crash leftover
+SWEEP_EVERY = 1.0  # claimers look for expired leases and due retries at most this often
 SYNC_EACH_MAX = 4  # up to this many files: fsync each; more: one syncfs
 CHUNK = 1 << 20
 
@@ -147,6 +147,8 @@ def _mkdirs(path: str) -> bool:
 def _write_json(path: str, data: dict[str, Any]) -> None:
     # Records beside messages (attempts, last error, backoff) are advice, not data:
     # no fsync; a crash may lose the latest count or leave an empty file, read as {}.
+    import json
+
     tmp = f"{path}.{os.getpid()}.new"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)
@@ -156,10 +158,16 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 def _read_json(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (FileNotFoundError, ValueError):
+            raw = f.read()
+    except FileNotFoundError:
+        return {}  # the usual case: no record, and no json import for it
+    import json
+
+    try:
+        data = json.loads(raw)
+    except ValueError:
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _sorted_names(path: str) -> list[str]:
@@ -185,6 +193,7 @@ class Spool:
         self.node = self._node()
         self._tmpseq = 0
         self._made: set[str] = set()  # folders known to exist
+        self._ready: dict[str, tuple[float, list[str]]] = {}  # channel -> (listed at, names left)
         self.ids = m.IdMaker()
 
     # -- layout -------------------------------------------------------------
@@ -563,19 +572,25 @@ class Spool:
 
     def claim(self, channel: str, n: int, lease: float) -> list[Claim]:
         """Claim up to n ready messages for a lease of `lease` seconds, most urgent first."""
-        cdir = self.path("in", channel)
+        cdir = f"{self.root}/in/{channel}"
         if not os.path.isdir(cdir):
             return []
-        self.sweep_channel(channel, self.config.max_attempts)
-        out: list[Claim] = []
         now = m.now_us() / 1e6
-        ready = os.path.join(cdir, "ready")
-        claimed = os.path.join(cdir, "claimed")
-        for name in self.in_names(channel, "ready"):
-            if len(out) >= n:
-                break
-            src = os.path.join(ready, name)
-            dst = os.path.join(claimed, name)
+        # The listing is kept between calls (a handler loop claims one at a time from a
+        # large inbox); it is renewed when used up, after a second, or by forget_ready,
+        # and expired leases and due retries are swept before each new listing.
+        listed, names = self._ready.get(channel, (0.0, []))
+        if not names or now - listed > SWEEP_EVERY:
+            self.sweep_channel(channel, self.config.max_attempts)
+            listed, names = now, self.in_names(channel, "ready")
+        out: list[Claim] = []
+        ready = f"{cdir}/ready"
+        claimed = f"{cdir}/claimed"
+        names.reverse()  # pop() from the end takes the most urgent first
+        while names and len(out) < n:
+            name = names.pop()
+            src = f"{ready}/{name}"
+            dst = f"{claimed}/{name}"
             expiry = now + lease
             try:
                 os.utime(src, (now, expiry))
@@ -584,7 +599,13 @@ class Spool:
             except FileNotFoundError:
                 continue  # another consumer won this one
             out.append(Claim(self, channel, name, expiry))
+        names.reverse()
+        self._ready[channel] = (listed, names)
         return out
+
+    def forget_ready(self, channel: str) -> None:
+        """Drop the kept listing of ready messages (an arrival may be more urgent)."""
+        self._ready.pop(channel, None)
 
     def find_claimed(self, ident: str) -> list[tuple[str, str]]:
         """Return (channel, name) of claimed messages with this id ("id" or "origin,id")."""

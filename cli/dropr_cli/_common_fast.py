@@ -1,0 +1,26 @@
+"""Checks shared by the fast paths and the click commands, free of click."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def check_name(value: str | None, kind: str) -> None:
+    """Reject a channel or peer name that could leave the spool (exit 65)."""
+    if value is None:
+        return
+    from dropr.errors import DataError
+    from dropr.message import check_name as check
+
+    try:
+        check(value, kind)
+    except ValueError as exc:
+        raise DataError(f"bad {kind} {value!r}: {exc}") from None
+
+
+def logging_for(prog: str, o: dict[str, Any]) -> None:
+    """Configure logging from -v/-q counts (imports logging only when it matters)."""
+    if o.get("verbose") or o.get("quiet") or o.get("--exec"):
+        from ._guard import setup_logging
+
+        setup_logging(prog, int(o.get("verbose", 0)), int(o.get("quiet", 0)))

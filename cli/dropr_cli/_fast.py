@@ -1,0 +1,66 @@
+"""A small argv parser for the commands that shell loops call thousands of times.
+
+Importing click costs more than the whole of a plain ``dropr-put``, ``dropr-recv`` or
+``dropr-ack``, so their ``main`` parses the usual command lines here and builds the
+click command (same options, same checks in ``_run``) only for --help, --version,
+completion, or anything this parser does not know. ``tests/cli/test_put_fastpath``
+checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+COMMON_VALUED = frozenset({"--spool", "--config"})
+COMMON_FLAGS = {"-v": "verbose", "--verbose": "verbose", "-q": "quiet", "--quiet": "quiet"}
+
+
+def parse(
+    argv: list[str],
+    *,
+    valued: frozenset[str] | set[str],
+    flags: frozenset[str] | set[str] = frozenset(),
+    multi: frozenset[str] | set[str] = frozenset(),
+    positional: bool = False,
+) -> dict[str, Any] | None:
+    """Return {option: value, flag: True, "verbose"/"quiet": count, "args": [...]} or None."""
+    if any(k.endswith("_COMPLETE") for k in os.environ):
+        return None
+    valued = set(valued) | COMMON_VALUED
+    o: dict[str, Any] = {"verbose": 0, "quiet": 0, "args": []}
+    for m in multi:
+        o[m] = []
+    i = 0
+    only_args = False
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if only_args or (a == "-" or not a.startswith("-")):
+            if not positional:
+                return None
+            o["args"].append(a)
+            continue
+        if a == "--":
+            only_args = True
+            continue
+        if a in COMMON_FLAGS:
+            o[COMMON_FLAGS[a]] += 1
+        elif a in flags:
+            o[a] = True
+        else:
+            name, eq, val = a.partition("=")
+            if name not in valued and name not in multi:
+                return None  # --help, --version, -h, unknown: click says what to say
+            if not eq:
+                if i >= len(argv):
+                    return None
+                val = argv[i]
+                i += 1
+            if name in multi:
+                o[name].append(val)
+            elif name in o:
+                return None
+            else:
+                o[name] = val
+    return o

@@ -1,0 +1,30 @@
+"""A logger that imports ``logging`` on first use.
+
+``logging`` costs several milliseconds to import, and dropr-put, dropr-recv and
+dropr-ack usually log nothing; modules on their path take ``log = get(__name__)``
+instead of ``logging.getLogger(__name__)``. Handlers are configured in cli/ only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class _Lazy:
+    __slots__ = ("_name", "_log")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._log: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._log is None:
+            import logging
+
+            self._log = logging.getLogger(self._name)
+        return getattr(self._log, attr)
+
+
+def get(name: str) -> Any:
+    """Return a stand-in for logging.getLogger(name) that imports logging when first used."""
+    return _Lazy(name)
