@@ -10,6 +10,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import log as _log
 from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, UsageError
+from .message import parse_in_name
 from .spool import Claim, Spool
 
 if TYPE_CHECKING:
@@ -123,9 +124,9 @@ def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: 
             failed += 1
             continue
         touched.add(channel)
-        for key in list(index):
-            if index[key] == hits:
-                del index[key]
+        _, _, origin, bare = parse_in_name(name)
+        index.pop(bare, None)  # finished: the same id again is "not claimed"
+        index.pop(f"{origin},{bare}", None)
     err.flush()
     if how == "ack":  # release and reject sync their own records; make acks durable once
         from .spool import fsync_dir
