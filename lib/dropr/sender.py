@@ -73,6 +73,7 @@ class _PeerRun:
         self.poll_at = 0.0
         self.poll_gap = POLL_MIN
         self.deferred = False
+        self.until: float | None = None  # backoff end, cached from peer.json
 
 
 class Sender:
@@ -114,7 +115,12 @@ class Sender:
     def _backoff_until(self, name: str) -> float:
         if self.opts.now:
             return 0.0
-        return float(self.spool.peer_state(name).get("until", 0) or 0)
+        run = self.runs.get(name)
+        if run is None:
+            return float(self.spool.peer_state(name).get("until", 0) or 0)
+        if run.until is None:  # read once: this sender is the only writer of peer.json
+            run.until = float(self.spool.peer_state(name).get("until", 0) or 0)
+        return run.until
 
     def _peer_failed(self, run: _PeerRun, reason: str) -> None:
         st = self.spool.peer_state(run.peer.name)
@@ -123,6 +129,7 @@ class Sender:
         delay *= random.uniform(0.5, 1.0)
         st.update(failures=failures, until=time.time() + delay, last_error=reason, last_error_at=time.time())
         self.spool.set_peer_state(run.peer.name, st)
+        run.until = st["until"]
         run.deferred = True
         log.warning("deferred peer=%s reason=%s retry_in=%.1fs", run.peer.name, reason, delay)
 
@@ -131,6 +138,7 @@ class Sender:
         if st.get("failures") or st.get("until") or time.time() - float(st.get("last_ok", 0)) > 1:
             st.update(failures=0, until=0, last_ok=time.time())
             self.spool.set_peer_state(run.peer.name, st)
+        run.until = 0.0
 
     # -- sending --------------------------------------------------------------
 
@@ -151,11 +159,13 @@ class Sender:
         size = 0
         wall = m.now_us()
         metas = self._metas(run) if self.cfg.max_attempts else set()
+        base = self.spool.path("out", run.peer.name, "queued")
         while run.queue and len(items) < room:
             name = run.queue[0]
-            path = self.spool.path("out", run.peer.name, "queued", name)
+            path = f"{base}/{name}"
+            ident = name.split(",", 1)[1]
             try:
-                hdr = self.spool.read_header(run.peer.name, "queued", name)
+                deadline, hsize = self.spool.peek(run.peer.name, name)
             except FileNotFoundError:
                 run.queue.popleft()
                 continue
@@ -164,24 +174,24 @@ class Sender:
                 dest = self.spool.corrupt(path, str(exc))
                 log.error("corrupt path=%s moved=%s reason=%s", path, dest, exc)
                 continue
-            if hdr.deadline and hdr.deadline < wall:
+            if deadline and deadline < wall:
                 run.queue.popleft()
                 self.spool.out_fail(run.peer.name, name, "ttl expired before delivery", dead=True)
-                log.warning("dead id=%s peer=%s reason=ttl expired", hdr.ident, run.peer.name)
+                log.warning("dead id=%s peer=%s reason=ttl expired", ident, run.peer.name)
                 self._wake_waiters()
                 continue
-            if hdr.ident in metas:
-                tries = int(self.spool.out_meta(run.peer.name, hdr.ident).get("attempts", 0))
+            if ident in metas:
+                tries = int(self.spool.out_meta(run.peer.name, ident).get("attempts", 0))
                 if tries >= self.cfg.max_attempts:
                     run.queue.popleft()
                     self.spool.out_fail(run.peer.name, name, f"gave up after {tries} attempts", dead=True)
-                    log.warning("dead id=%s peer=%s reason=max attempts", hdr.ident, run.peer.name)
+                    log.warning("dead id=%s peer=%s reason=max attempts", ident, run.peer.name)
                     continue
-            if items and size + hdr.size > self.opts.batch_bytes:
+            if items and size + hsize > self.opts.batch_bytes:
                 break
             run.queue.popleft()
-            size += hdr.size
-            items.append((hdr.ident, path, name))
+            size += hsize
+            items.append((ident, path, name))
             run.inflight.add(name)
         return items
 
