@@ -604,7 +604,7 @@ class Spool:
         listed, names = self._ready.get(channel, (0.0, []))
         if not names or now - listed > SWEEP_EVERY:
             self.sweep_channel(channel, self.config.max_attempts)
-            listed, names = now, self.in_names(channel, "ready")
+            listed, names = now, self._most_urgent(f"{cdir}/ready", n)
         out: list[Claim] = []
         ready = f"{cdir}/ready"
         claimed = f"{cdir}/claimed"
@@ -624,6 +624,21 @@ class Spool:
         names.reverse()
         self._ready[channel] = (listed, names)
         return out
+
+    @staticmethod
+    def _most_urgent(folder: str, n: int) -> list[str]:
+        """Return the sorted ready names, or only the first few when the folder is huge."""
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        want = n + 256  # spares for names other consumers take first
+        if len(names) > 4 * want:
+            import heapq
+
+            return heapq.nsmallest(want, names)  # O(N), not a sort of a million names
+        names.sort()
+        return names
 
     def forget_ready(self, channel: str) -> None:
         """Drop the kept listing of ready messages (an arrival may be more urgent)."""
