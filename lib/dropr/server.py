@@ -186,6 +186,9 @@ def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
     """Return the WSGI application that stores deliveries into spool's inbox."""
     cfg = config or spool.config
     tokens = dict(cfg.tokens)
+    # Load now what the first upload needs, so that it does not pay for the imports.
+    import filelock  # noqa: F401
+    import python_multipart.multipart  # noqa: F401
 
     def origin_of(environ: dict[str, Any]) -> str:
         claimed = environ.get("HTTP_X_DROPR_ORIGIN", "")

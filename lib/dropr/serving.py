@@ -93,7 +93,13 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
     logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
 
     def when_ready(server: Any) -> None:
+        import socket
+
         for lst in server.LISTENERS:
+            # Accepted sockets inherit this: gunicorn writes the status line and the body
+            # separately, and Nagle plus a delayed ACK would hold the answer up to 40 ms.
+            if lst.sock.family in (socket.AF_INET, socket.AF_INET6):
+                lst.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             host, port = lst.sock.getsockname()[:2]
             scheme = "https" if opts.certfile else "http"
             sys.stderr.write(

@@ -1,0 +1,366 @@
+"""Benchmark sections for delivery (#3) and consumption (#4): real dropr-serve and dropr-send.
+
+Registered into the harness by ``run.py`` importing this module; the sections run after
+the spool sections so that the transfer rate can be compared with the raw group-commit
+rate measured on the same disk in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import Ctx, section, sync_fs
+
+KIB_LINE = b"z" * 1023 + b"\n"
+
+
+def _hwm_kib(pid: int) -> int:
+    """Return a process's peak resident set (VmHWM) in KiB, 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+class Server:
+    """A dropr-serve on 127.0.0.1, port 0, for one spool."""
+
+    def __init__(self, ctx: Ctx, spool: Path, node: str = "b") -> None:
+        self.log = spool.parent / f"{node}-serve.log"
+        spool.mkdir(parents=True, exist_ok=True)
+        env = dict(ctx.env(), DROPR_NODE=node)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [ctx.cmd("dropr-serve"), "--spool", str(spool), "--listen", "127.0.0.1:0", "-q"],
+                stderr=log,
+                env=env,
+            )
+        deadline = time.monotonic() + 30
+        self.url = ""
+        while not self.url:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"dropr-serve did not start: {self.log.read_text()}")
+            for line in self.log.read_text().splitlines():
+                if "url=" in line:
+                    self.url = line.split("url=")[1].split()[0]
+            time.sleep(0.02)
+
+    def peak_kib(self) -> int:
+        """Return the largest VmHWM of the master and its workers."""
+        return max([_hwm_kib(self.proc.pid)] + [_hwm_kib(c) for c in _children(self.proc.pid)])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _env(ctx: Ctx, node: str) -> dict[str, str]:
+    return dict(ctx.env(), DROPR_NODE=node)
+
+
+def _put_lines(ctx: Ctx, spool: Path, url: str, n: int, node: str = "a") -> None:
+    data = KIB_LINE * n
+    p = subprocess.run(
+        [ctx.cmd("dropr-put"), "--spool", str(spool), "--lines", "--to", url],
+        input=data,
+        capture_output=True,
+        env=_env(ctx, node),
+        timeout=600,
+    )
+    if p.returncode != 0:
+        raise RuntimeError(f"dropr-put failed: {p.stderr.decode()}")
+
+
+def _run_wait4(argv: list[str], env: dict[str, str], **kw: object) -> tuple[float, int, int]:
+    """Run a command; return (seconds, exit status, peak RSS in KiB) measured by wait4."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, env=env, **kw)  # type: ignore[call-overload]
+    _, status, usage = os.wait4(p.pid, 0)
+    el = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return el, p.returncode, int(usage.ru_maxrss)
+
+
+@section(
+    "transfer",
+    "(#3) 10,000 × 1 KiB from spool A to B: dropr-send --once to a running dropr-serve",
+    needs=("raw",),
+)
+def transfer(ctx: Ctx) -> None:
+    n = ctx.n(10_000)
+    raw = ctx.figures.get("raw.group")
+    for r in range(ctx.repeat):
+        root = ctx.fresh("transfer")
+        srv = Server(ctx, root / "B")
+        try:
+            _put_lines(ctx, root / "A", srv.url, n)
+            sync_fs(root)
+            el, rc, rss = _run_wait4(
+                [ctx.cmd("dropr-send"), "--spool", str(root / "A"), "--once", "-q"], _env(ctx, "a")
+            )
+            ready = len(os.listdir(root / "B" / "in" / "default" / "ready"))
+            print(f"  run {r + 1}: {n:,} messages in {el:.2f} s, exit {rc}, {ready:,} ready at B")
+            if ready != n:
+                ctx.errors.append(f"transfer: {ready} of {n} arrived")
+            rate = n / el
+            ctx.figure(
+                "transfer.rate",
+                "transfer 1 KiB msgs/s (send --once, durable both sides)",
+                rate,
+                "msgs/s",
+                target=(">=", 8000),
+            )
+            if raw and raw.value:
+                ctx.figure(
+                    "transfer.ratio",
+                    "transfer as a share of raw group commit (info)",
+                    rate / raw.value,
+                    percent=True,
+                )
+        finally:
+            srv.stop()
+        ctx.remove_at_end(f"transfer-{r}", root)
+
+
+@section("bigfile", "(#3) one 256 MiB message A to B: MB/s and peak RSS of each side", slow=True)
+def bigfile(ctx: Ctx) -> None:
+    size = max(1 << 20, int((256 << 20) * ctx.scale))
+    for r in range(ctx.repeat):
+        root = ctx.fresh("bigfile")
+        src = root / "big.bin"
+        with open(src, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(size >> 20):
+                f.write(chunk)
+        srv = Server(ctx, root / "B")
+        try:
+            subprocess.run(
+                [ctx.cmd("dropr-put"), "--spool", str(root / "A"), "--to", srv.url, "--file", str(src)],
+                check=True,
+                capture_output=True,
+                env=_env(ctx, "a"),
+            )
+            src.unlink()
+            sync_fs(root)
+            el, rc, rss = _run_wait4(
+                [ctx.cmd("dropr-send"), "--spool", str(root / "A"), "--once", "-q"], _env(ctx, "a")
+            )
+            srv_kib = srv.peak_kib()
+            print(
+                f"  run {r + 1}: {size >> 20} MiB in {el:.2f} s, exit {rc}; peak RSS sender "
+                f"{rss / 1024:.0f} MiB, server {srv_kib / 1024:.0f} MiB"
+            )
+            ctx.figure(
+                "big.rate",
+                "256 MiB message, MB/s (send --once, durable both sides)",
+                size / el / 1e6,
+                "MB/s",
+                target=(">=", 500),
+            )
+            ctx.figure("big.rss.send", "256 MiB: peak RSS of dropr-send", rss / 1024, "MiB", target=("<", 64))
+            ctx.figure(
+                "big.rss.serve",
+                "256 MiB: peak RSS of a dropr-serve process",
+                srv_kib / 1024,
+                "MiB",
+                target=("<", 64),
+            )
+        finally:
+            srv.stop()
+        ctx.remove_at_end(f"bigfile-{r}", root)
+
+
+@section("latency", "(#3) put to ready at B, daemon idle: p50 and p99 over 100 messages")
+def latency(ctx: Ctx) -> None:
+    """Put through the library in this process (no interpreter start in the figure), the
+    running dropr-send daemon is woken by the put, and the time ends when dropr-serve wakes
+    a consumer's socket in B's wake/ folder: the path dropr-recv --wait uses."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lib"))
+    from dropr.config import Config, Peer
+    from dropr.spool import Spool
+
+    n = ctx.n(100)
+    root = ctx.fresh("latency")
+    srv = Server(ctx, root / "B")
+    a_spool = root / "A"
+    a_spool.mkdir()
+    (a_spool / "node").write_text("a\n")
+    sender = subprocess.Popen([ctx.cmd("dropr-send"), "--spool", str(a_spool), "-q"], env=_env(ctx, "a"))
+    try:
+        time.sleep(0.5)  # let the daemon reach its idle wait (not part of any figure)
+        os.environ.pop("DROPR_NODE", None)
+        a = Spool(str(a_spool), Config())
+        peer = Peer("b", srv.url)
+        b = Spool(str(root / "B"), Config())
+        b.channel_dir("default")
+        lat: list[float] = []
+        puts: list[float] = []
+        with b.waiter("recv-default-bench.sock") as w:
+            for _ in range(n):
+                w.drain()
+                t0 = time.perf_counter()
+                batch = a.batch([peer])
+                batch.add(b"x" * 100)
+                batch.commit()
+                puts.append((time.perf_counter() - t0) * 1000)
+                if not w.wait(10):
+                    ctx.errors.append("latency: a message did not arrive within 10 s")
+                    break
+                lat.append((time.perf_counter() - t0) * 1000)
+                time.sleep(0.02)  # the daemon goes idle again between messages
+        lat.sort()
+        p50 = statistics.median(lat)
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        print(f"  {len(lat)} messages: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {lat[-1]:.2f} ms")
+        print("  slowest: " + " ".join(f"{x:.1f}" for x in lat[-8:]))
+        ctx.figure(
+            "lat.put",
+            "  of which the put itself (fsync file + dir), p50 (info)",
+            statistics.median(puts),
+            "ms",
+        )
+        ctx.figure("lat.p50", "put to ready at B, p50", p50, "ms", target=("<=", 3))
+        ctx.figure("lat.p99", "put to ready at B, p99", p99, "ms", target=("<=", 10))
+    finally:
+        sender.send_signal(signal.SIGTERM)
+        sender.wait(30)
+        srv.stop()
+    ctx.remove_at_end("latency", root)
+
+
+def _fill_inbox(ctx: Ctx, root: Path, n: int) -> Path:
+    """Deliver n × 1 KiB to B (real put, send and serve); return B's spool."""
+    srv = Server(ctx, root / "B")
+    try:
+        _put_lines(ctx, root / "A", srv.url, n)
+        subprocess.run(
+            [ctx.cmd("dropr-send"), "--spool", str(root / "A"), "--once", "-q"],
+            check=True,
+            env=_env(ctx, "a"),
+        )
+    finally:
+        srv.stop()
+    sync_fs(root)
+    return root / "B"
+
+
+@section("consume-pipe", "(#4 a) dropr-recv -n 500 --format path | dropr-ack -, 10,000 ready messages")
+def consume_pipe(ctx: Ctx) -> None:
+    n = ctx.n(10_000)
+    for r in range(ctx.repeat):
+        root = ctx.fresh("consume-pipe")
+        b = _fill_inbox(ctx, root, n)
+        env = _env(ctx, "b")
+        loop = (
+            f"while {ctx.cmd('dropr-recv')} --spool {b} -n 500 --format path "
+            f"| {ctx.cmd('dropr-ack')} --spool {b} -; do :; done"
+        )
+        t0 = time.perf_counter()
+        subprocess.run(["bash", "-o", "pipefail", "-c", loop], env=env, check=False)
+        el = time.perf_counter() - t0
+        done = len(os.listdir(b / "in" / "default" / "done"))
+        print(f"  run {r + 1}: {done:,} of {n:,} acked in {el:.2f} s")
+        if done != n:
+            ctx.errors.append(f"consume-pipe: {done} of {n} acked")
+        ctx.figure("consume.pipe", "recv -n 500 | ack -, msgs/s", n / el, "msgs/s", target=(">=", 8000))
+        ctx.remove_at_end(f"consume-pipe-{r}", root)
+
+
+@section("consume-exec", "(#4 b) dropr-recv --exec true --jobs 2 vs sh -c true × 10,000")
+def consume_exec(ctx: Ctx) -> None:
+    n = ctx.n(10_000)
+    for r in range(ctx.repeat):
+        root = ctx.fresh("consume-exec")
+        b = _fill_inbox(ctx, root, n)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            subprocess.run(["sh", "-c", "true"], check=False)
+        spawn = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        subprocess.run(
+            [ctx.cmd("dropr-recv"), "--spool", str(b), "--exec", "true", "--jobs", "2", "--once", "-q"],
+            env=_env(ctx, "b"),
+            check=False,
+        )
+        el = time.perf_counter() - t0
+        done = len(os.listdir(b / "in" / "default" / "done"))
+        print(f"  run {r + 1}: {done:,} handled in {el:.2f} s; {n:,} × sh -c true took {spawn:.2f} s")
+        if done != n:
+            ctx.errors.append(f"consume-exec: {done} of {n} done")
+        ctx.figure("consume.exec", "recv --exec true --jobs 2, msgs/s", n / el, "msgs/s")
+        ctx.figure(
+            "consume.exec.ratio", "--exec time / sh -c true spawn time", el / spawn, "×", target=("<=", 1.5)
+        )
+        ctx.remove_at_end(f"consume-exec-{r}", root)
+
+
+@section("pipeline", "(#4) end to end: 10,000 × 1 KiB put at A, sent, consumed at B, receipts at A")
+def pipeline(ctx: Ctx) -> None:
+    n = ctx.n(10_000)
+    for r in range(ctx.repeat):
+        root = ctx.fresh("pipeline")
+        srv = Server(ctx, root / "B")
+        a, b = root / "A", root / "B"
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            t0 = time.perf_counter()
+            procs.append(
+                subprocess.Popen([ctx.cmd("dropr-send"), "--spool", str(a), "-q"], env=_env(ctx, "a"))
+            )
+            consumer = (
+                f"while :; do {ctx.cmd('dropr-recv')} --spool {b} -n 500 --wait --timeout 1s "
+                f"| {ctx.cmd('dropr-ack')} --spool {b} -; done"
+            )
+            procs.append(
+                subprocess.Popen(["bash", "-c", consumer], env=_env(ctx, "b"), start_new_session=True)
+            )
+            _put_lines(ctx, a, srv.url, n)
+            out = root / "A" / "out"
+
+            deadline = time.monotonic() + 300
+            got = 0
+            while got < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+                got = sum(len(os.listdir(out / p / "processed")) for p in os.listdir(out))
+            el = time.perf_counter() - t0
+            print(f"  run {r + 1}: {got:,} of {n:,} processed receipts at A in {el:.2f} s")
+            if got != n:
+                ctx.errors.append(f"pipeline: {got} of {n} processed")
+            ctx.figure(
+                "pipeline.rate", "end to end with receipts, msgs/s", n / el, "msgs/s", target=(">=", 5000)
+            )
+        finally:
+            for p in procs:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM) if p.args[0] == "bash" else p.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                p.wait(30)
+            srv.stop()
+        ctx.remove_at_end(f"pipeline-{r}", root)
