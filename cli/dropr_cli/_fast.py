@@ -10,6 +10,8 @@ checks that the two agree.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 COMMON_VALUED = frozenset({"--spool", "--config"})
@@ -64,3 +66,22 @@ def parse(
             else:
                 o[name] = val
     return o
+
+
+def fast_main(
+    prog: str,
+    argv: list[str] | None,
+    fast_parse: Callable[[list[str]], dict[str, Any] | None],
+    run: Callable[[dict[str, Any]], int],
+    command: Callable[[], Any],
+) -> int:
+    """Run a command: the fast path for plain command lines, the click command otherwise."""
+    args = sys.argv[1:] if argv is None else argv
+    o = fast_parse(args)
+    if o is None:
+        from ._common import main_for
+
+        return main_for(command())(args)
+    from ._guard import guard
+
+    return guard(prog, lambda: run(o), bool(o.get("verbose")))

@@ -57,15 +57,9 @@ def _run(o: dict[str, Any]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: fast path for plain use, click for everything else."""
-    args = sys.argv[1:] if argv is None else argv
-    o = _fast_parse(args)
-    if o is None:
-        from ._common import main_for
+    from ._fast import fast_main
 
-        return main_for(command())(args)
-    from ._guard import guard
-
-    return guard(PROG, lambda: _run(o), bool(o["verbose"]))
+    return fast_main(PROG, argv, _fast_parse, _run, command)
 
 
 def command() -> Any:

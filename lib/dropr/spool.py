@@ -69,7 +69,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from . import message as m
@@ -906,8 +906,8 @@ class PutBatch:
         deadline = arrival + self.ttl_us if self.ttl_us else 0
         return m.Header(ident, self.channel, self.priority, arrival, deadline, size, crc).pack()
 
-    def add(self, payload: bytes, ident: str | None = None) -> None:
-        """Write one message with an in-memory payload to tmp/."""
+    def _write(self, ident: str | None, fill: Callable[[int, str, int], None]) -> None:
+        """Start a tmp file for one message and let fill(fd, id, arrival) write it."""
         caller = ident
         try:
             started = self._start(ident)
@@ -915,46 +915,7 @@ class PutBatch:
                 return
             ident, arrival, tmp, fd = started
             try:
-                write_all(fd, self._header(ident, arrival, len(payload), m.crc32(payload)) + payload)
-            except BaseException:
-                os.close(fd)
-                _unlink_quiet(tmp)
-                raise
-        except OSError as exc:
-            self.abort()
-            raise from_oserror(exc, f"cannot write to spool {self.spool.root}") from None
-        self._keep(tmp, arrival, ident, caller, fd)
-
-    def _keep(self, tmp: str, arrival: int, ident: str, caller: str | None, fd: int) -> None:
-        if len(self.pending) >= SYNC_EACH_MAX:
-            os.close(fd)
-            fd = -1
-        self.pending.append((tmp, m.out_name(self.priority, arrival, ident), caller, fd))
-
-    def add_stream(self, src: IO[bytes] | int, ident: str | None = None, limit: int = 0) -> None:
-        """Write one message streamed from a file or descriptor, in constant memory."""
-        fdin = src if isinstance(src, int) else src.fileno()
-        caller = ident
-        try:
-            started = self._start(ident)
-            if started is None:
-                return
-            ident, arrival, tmp, fd = started
-            try:
-                os.lseek(fd, m.HEADER_SIZE, os.SEEK_SET)
-                size = 0
-                crc = 0
-                while True:
-                    chunk = os.read(fdin, CHUNK)
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    if limit and size > limit:
-                        raise DataError(f"message is larger than the limit of {limit} bytes")
-                    crc = m.crc32(chunk, crc)
-                    write_all(fd, chunk)
-                if os.pwrite(fd, self._header(ident, arrival, size, crc), 0) != m.HEADER_SIZE:
-                    raise OSError(errno.EIO, "short write of the message header")
+                fill(fd, ident, arrival)
             except BaseException:
                 os.close(fd)
                 _unlink_quiet(tmp)
@@ -964,7 +925,37 @@ class PutBatch:
             if exc.errno in (errno.EISDIR, errno.EBADF):
                 raise NoInputError(f"cannot read input: {exc.strerror}") from None
             raise from_oserror(exc, f"cannot write to spool {self.spool.root}") from None
-        self._keep(tmp, arrival, ident, caller, fd)
+        if len(self.pending) >= SYNC_EACH_MAX:
+            os.close(fd)  # a batch this size is made durable by one syncfs, not per file
+            fd = -1
+        self.pending.append((tmp, m.out_name(self.priority, arrival, ident), caller, fd))
+
+    def add(self, payload: bytes, ident: str | None = None) -> None:
+        """Write one message with an in-memory payload to tmp/."""
+
+        def fill(fd: int, ident: str, arrival: int) -> None:
+            write_all(fd, self._header(ident, arrival, len(payload), m.crc32(payload)) + payload)
+
+        self._write(ident, fill)
+
+    def add_stream(self, src: IO[bytes] | int, ident: str | None = None, limit: int = 0) -> None:
+        """Write one message streamed from a file or descriptor, in constant memory."""
+        fdin = src if isinstance(src, int) else src.fileno()
+
+        def fill(fd: int, ident: str, arrival: int) -> None:
+            os.lseek(fd, m.HEADER_SIZE, os.SEEK_SET)
+            size = 0
+            crc = 0
+            while chunk := os.read(fdin, CHUNK):
+                size += len(chunk)
+                if limit and size > limit:
+                    raise DataError(f"message is larger than the limit of {limit} bytes")
+                crc = m.crc32(chunk, crc)
+                write_all(fd, chunk)
+            if os.pwrite(fd, self._header(ident, arrival, size, crc), 0) != m.HEADER_SIZE:
+                raise OSError(errno.EIO, "short write of the message header")
+
+        self._write(ident, fill)
 
     def __len__(self) -> int:
         return len(self.pending)

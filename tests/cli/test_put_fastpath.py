@@ -182,7 +182,9 @@ def _both(
     args = [*argv, "--spool", str(spool)]
     fast_code = put_cli.main(list(args))
     fast_err = capsys.readouterr().err
-    click_code = put_cli._click_main(list(args))
+    from dropr_cli._common import main_for
+
+    click_code = main_for(put_cli.command())(list(args))
     click_err = capsys.readouterr().err
     return (fast_code, fast_err), (click_code, click_err)
 
