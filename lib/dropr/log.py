@@ -7,7 +7,9 @@ instead of ``logging.getLogger(__name__)``. Handlers are configured in cli/ only
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _Lazy:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import IO
 
 from .config import Config, Peer, check_priority
 from .errors import DataError, NoInputError, TempFailError, UsageError
 from .spool import Spool
+
+TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
+if TYPE_CHECKING:
+    from typing import IO
 
 GROUP_WINDOW = 0.05  # a line waits at most this long before its commit starts
 GROUP_MAX = 20000  # and at most this many lines share one commit

@@ -53,29 +53,45 @@ class Filter:
                             yield "in", ch, st
 
 
+_SCANS: dict[str, tuple[int, int, str]] = {}  # folder -> scan, within one dropr-ls run
+
+
 def _scan(folder: str, header: int) -> tuple[int, int, str]:
-    """Return count, payload bytes and the smallest arrival prefix of a state folder."""
+    """Return count, payload bytes and the smallest arrival prefix of a state folder.
+
+    One lstat per file, relative to the folder's descriptor (no path lookups), and
+    each folder once per run even when the summary and the peer table both need it.
+    """
+    if folder in _SCANS:
+        return _SCANS[folder]
     count = 0
     size = 0
-    oldest = ""
+    oldest = "~"
     try:
-        with os.scandir(folder) as it:
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return 0, 0, ""
+    try:
+        with os.scandir(dfd) as it:
             for e in it:
                 try:
-                    size += e.stat(follow_symlinks=False).st_size - header
+                    size += e.stat(follow_symlinks=False).st_size
                 except FileNotFoundError:
                     continue
                 count += 1
                 arr = e.name[1:14]
-                if not oldest or arr < oldest:
+                if arr < oldest:
                     oldest = arr
-    except FileNotFoundError:
-        pass
-    return count, size, oldest
+    finally:
+        os.close(dfd)
+    result = count, size - header * count, oldest if count else ""
+    _SCANS[folder] = result
+    return result
 
 
 def summary(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
     """Return one row per (box, name, state) with count, bytes and oldest arrival (epoch s)."""
+    _SCANS.clear()
     rows = []
     for box, name, state in flt.places(spool):
         header = m.HEADER_SIZE if box == "out" else 0
@@ -121,6 +137,7 @@ def peers(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
                 "backoff_until": st.get("until"),
             }
         )
+    _SCANS.clear()  # reused from the summary just made; never kept past it
     return out
 
 

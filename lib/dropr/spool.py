@@ -69,8 +69,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
 
 from . import message as m
 from .config import Config, Peer
@@ -82,6 +80,11 @@ from .errors import (
     TempFailError,
     from_oserror,
 )
+
+TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import IO, Any
 
 OUT_STATES = ("queued", "sent", "processed", "dead")
 IN_STATES = ("ready", "wait", "claimed", "done", "dead")
@@ -699,15 +702,15 @@ class Spool:
 
     def wake(self, prefix: str) -> int:
         """Send a datagram to every waiter whose socket starts with prefix; return how many."""
-        import socket
-
         wake = self.path("wake")
         try:
             names = [n for n in os.listdir(wake) if n.startswith(prefix)]
         except FileNotFoundError:
             return 0
         if not names:
-            return 0
+            return 0  # nobody waits: no socket module to load
+        import socket
+
         woken = 0
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.setblocking(False)
