@@ -132,6 +132,8 @@ class Ctx:
         self.errors: list[str] = []
         self.bindir = _find_bindir()
         self._seq = 0
+        self._at_end: list[tuple[str, Path]] = []
+        self.keep = False  # keep the scratch directory: remove_at_end does nothing
 
     # commands and interpreter
 
@@ -173,6 +175,27 @@ class Ctx:
         d = self.work / f"{self._seq:03d}-{tag}"
         d.mkdir()
         return d
+
+    def remove_at_end(self, label: str, path: Path) -> None:
+        """Remove a tree after every section ran, timed: deleting between runs would skew
+        the next ones (see ``fs_notes``)."""
+        self._at_end.append((label, path))
+
+    def cleanup(self) -> None:
+        """Remove the trees handed to remove_at_end, timing and printing each."""
+        if self.keep:
+            return
+        for label, path in self._at_end:
+            el = rm_rf(path)
+            t0 = time.perf_counter()
+            sync_fs(path.parent)
+            fl = time.perf_counter() - t0
+            print(f"  cleanup: rm -rf {label}: {el:.1f} s, then syncfs {fl:.1f} s", flush=True)
+            f = self.figures.get(f"rm.{label}")
+            if f is None:
+                f = self.figures[f"rm.{label}"] = Figure(f"rm.{label}", f"rm -rf {label} (info)", "s")
+            f.samples.append(el)
+        self._at_end.clear()
 
     def n(self, count: int) -> int:
         """Scale a message count by --scale (at least 1)."""
@@ -290,6 +313,72 @@ def mount_of(path: Path | str) -> dict[str, str]:
     return best
 
 
+def fs_notes(path: Path | str) -> list[str]:
+    """Return what about this filesystem makes figures hard to compare, if anything."""
+    mi = mount_of(path)
+    notes = []
+    if mi["fstype"] == "ext4":
+        dev = os.path.basename(os.path.realpath(mi["source"]))
+        try:
+            with open(f"/sys/fs/ext4/{dev}/journal_task") as f:
+                nojournal = f.read().strip() == "<none>"
+        except OSError:
+            nojournal = False
+        if nojournal:
+            notes.append(
+                "ext4 WITHOUT a journal: creating a file skips every inode freed in the last "
+                "60-300 s (recently_deleted() in fs/ext4/ialloc.c), so file creation slows "
+                "down after any mass deletion on this filesystem, other processes' included; "
+                "this bench deletes nothing until the end, but concurrent work still adds noise"
+            )
+    return notes
+
+
+PROBE_FILES = 1000
+SETTLED_US = 150.0  # healthy here: 25-75 µs per file; after a mass deletion: 300-1000
+
+
+def create_probe(ctx: Ctx) -> float:
+    """Return the µs one open(O_CREAT) + write 1 KiB + close costs on the disk right now."""
+    d = ctx.fresh("probe")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    block = b"p" * 1024
+    t0 = time.perf_counter()
+    for i in range(PROBE_FILES):
+        fd = os.open(f"{d}/{i}", flags, 0o644)
+        os.write(fd, block)
+        os.close(fd)
+    return (time.perf_counter() - t0) / PROBE_FILES * 1e6
+
+
+def settle(ctx: Ctx, max_wait: float = 60.0) -> float:
+    """Wait (up to max_wait s) until creating a file is cheap again; record the last probe.
+
+    On ext4 without a journal a mass deletion slows every file creation for 60-300 s
+    (see fs_notes); measuring then would say more about that than about dropr. Other
+    processes deleting files all the time keep it high: then we measure anyway.
+    """
+    sync_fs(ctx.work)
+    t0 = time.monotonic()
+    us = create_probe(ctx)
+    while us > SETTLED_US and time.monotonic() - t0 < max_wait:
+        print(f"    disk busy: {us:.0f} µs per file created (> {SETTLED_US:.0f}); waiting 10 s")
+        time.sleep(10)
+        sync_fs(ctx.work)
+        us = create_probe(ctx)
+    ctx.figure("fs.probe", "fs probe: create+write+close, no sync (info)", us, "µs/file")
+    return us
+
+
+def load_text() -> str:
+    """Return the load averages, for judging how busy the machine was."""
+    try:
+        a, b, c = os.getloadavg()
+        return f"load {a:.2f} {b:.2f} {c:.2f}"
+    except OSError:
+        return "load ?"
+
+
 def work_parent(explicit: str | None) -> Path:
     """Pick where the scratch directory goes: on a real disk, the repo's one if possible."""
     if explicit:
@@ -354,6 +443,8 @@ def header(ctx: Ctx, parent: Path) -> None:
             "  WARNING    the scratch directory is in memory: sync figures mean nothing; "
             "pass --dir on a real disk"
         )
+    for note in fs_notes(ctx.work):
+        print(f"  WARNING    {note}")
     if os.stat(ctx.work).st_dev != os.stat(REPO).st_dev:
         print("  note       the scratch directory is not on the repo's filesystem")
     print(f"  sync       {sync_fs(ctx.work)}")
@@ -363,11 +454,10 @@ def header(ctx: Ctx, parent: Path) -> None:
             f"  env        unset for the commands: {', '.join(dropped)} (bytecode is cached as in "
             "a real install; __pycache__ may appear in lib/ and cli/)"
         )
+    print(f"  busy       {load_text()} (other work on the machine skews figures)")
     print(f"  repeat     {ctx.repeat}x per section (figures are medians; spread is min .. max)")
     if ctx.scale != 1:
-        print(
-            f"  SCALE      {ctx.scale}: counts differ from the issue's; targets are indicative only"
-        )
+        print(f"  SCALE      {ctx.scale}: counts differ from the issue's; targets are indicative only")
     print(flush=True)
 
 
@@ -376,7 +466,7 @@ def run_sections(ctx: Ctx, names: list[str]) -> None:
     for s in SECTIONS:
         if s.name not in names:
             continue
-        print(f"== {s.name}: {s.title}", flush=True)
+        print(f"== {s.name}: {s.title}   [{load_text()}]", flush=True)
         t0 = time.perf_counter()
         try:
             s.fn(ctx)
@@ -388,6 +478,13 @@ def run_sections(ctx: Ctx, names: list[str]) -> None:
             print(f"  ERROR {msg}")
             traceback.print_exc(limit=4, file=sys.stdout)
         print(f"  ({s.name}: {time.perf_counter() - t0:.1f} s)\n", flush=True)
+    print("== cleanup", flush=True)
+    try:
+        ctx.cleanup()
+    except Exception as exc:
+        ctx.errors.append(f"cleanup failed: {exc}")
+        print(f"  ERROR cleanup failed: {exc}")
+    print()
 
 
 def summary(ctx: Ctx) -> None:
@@ -409,8 +506,7 @@ def summary(ctx: Ctx) -> None:
     print("== summary")
     for i, r in enumerate(rows):
         line = "  ".join(
-            c.ljust(w) if j != 1 else c.rjust(w)
-            for j, (c, w) in enumerate(zip(r, widths, strict=True))
+            c.ljust(w) if j != 1 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))
         )
         print("  " + line.rstrip())
         if i == 0:

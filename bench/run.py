@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,6 +31,7 @@ from harness import (
     rm_rf,
     run_sections,
     section,
+    settle,
     summary,
     sync_fs,
     work_parent,
@@ -44,12 +47,6 @@ def _names(n: int, tag: str = "") -> list[str]:
     return [f"5{base + i:013x},{base + i:013x}{i:011x}{tag}" for i in range(n)]
 
 
-def _clean(d: Path) -> None:
-    """Remove a scratch tree and flush, untimed, so the next measurement starts clean."""
-    rm_rf(d)
-    sync_fs(d.parent)
-
-
 def _prepare_spool(root: Path) -> Path:
     """Create a spool with the outbox folder of URL; return the queued folder."""
     from dropr.config import Peer, url_peer_name
@@ -61,61 +58,72 @@ def _prepare_spool(root: Path) -> Path:
 
 # -- (a) the raw limit ----------------------------------------------------------
 
+RAW_LABELS = {
+    "group": "raw, one sync at the end (group commit)",
+    "twophase": "raw, sync after writes + after renames (info)",
+    "fsync": "raw, fsync per file + dir fsync",
+}
+
+
+def raw_run(ctx: Ctx, mode: str, n: int) -> float:
+    """Create + write 1 KiB + rename n files in a fresh directory; return files/s.
+
+    Nothing is deleted afterwards (see harness.fs_notes): the trees go at the end.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    d = ctx.fresh(f"raw-{mode}")
+    tmp, dst = d / "tmp", d / "dst"
+    tmp.mkdir()
+    dst.mkdir()
+    names = _names(n)
+    sync_fs(d)
+    t0 = time.perf_counter()
+    if mode == "fsync":
+        for name in names:
+            t = f"{tmp}/{name}"
+            fd = os.open(t, flags, 0o644)
+            os.write(fd, KIB)
+            os.fsync(fd)
+            os.close(fd)
+            os.rename(t, f"{dst}/{name}")
+        fsync_dir(dst)
+        fsync_dir(tmp)
+    elif mode == "twophase":
+        for name in names:
+            fd = os.open(f"{tmp}/{name}", flags, 0o644)
+            os.write(fd, KIB)
+            os.close(fd)
+        sync_fs(d)
+        for name in names:
+            os.rename(f"{tmp}/{name}", f"{dst}/{name}")
+        sync_fs(d)
+    else:
+        for name in names:
+            t = f"{tmp}/{name}"
+            fd = os.open(t, flags, 0o644)
+            os.write(fd, KIB)
+            os.close(fd)
+            os.rename(t, f"{dst}/{name}")
+        sync_fs(d)
+    el = time.perf_counter() - t0
+    got = len(os.listdir(dst))
+    if got != n:
+        raise RuntimeError(f"raw {mode}: {got} files, wanted {n}")
+    return n / el
+
 
 @section("raw", "(a) raw limit: create + write 1 KiB + rename, tight Python loop")
 def raw(ctx: Ctx) -> None:
     n = ctx.n(20_000)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     print(f"  {n:,} files of 1 KiB: open(O_CREAT|O_EXCL) in tmp/, write, close, rename into dst/")
     print("  group: one syncfs at the end | two-phase: syncfs after the writes and after the")
     print("  renames (the put protocol: data before names) | fsync: fsync per file, then both dirs")
+    print("  each run starts with a probe of the cost of creating a file, and waits while it is high")
     for r in range(ctx.repeat):
         print(f"  run {r + 1}/{ctx.repeat}")
+        settle(ctx)
         for mode in ("group", "twophase", "fsync"):
-            d = ctx.fresh(f"raw-{mode}")
-            tmp, dst = d / "tmp", d / "dst"
-            tmp.mkdir()
-            dst.mkdir()
-            names = _names(n)
-            sync_fs(d)
-            t0 = time.perf_counter()
-            if mode == "fsync":
-                for name in names:
-                    t = f"{tmp}/{name}"
-                    fd = os.open(t, flags, 0o644)
-                    os.write(fd, KIB)
-                    os.fsync(fd)
-                    os.close(fd)
-                    os.rename(t, f"{dst}/{name}")
-                fsync_dir(dst)
-                fsync_dir(tmp)
-            elif mode == "twophase":
-                for name in names:
-                    fd = os.open(f"{tmp}/{name}", flags, 0o644)
-                    os.write(fd, KIB)
-                    os.close(fd)
-                sync_fs(d)
-                for name in names:
-                    os.rename(f"{tmp}/{name}", f"{dst}/{name}")
-                sync_fs(d)
-            else:
-                for name in names:
-                    t = f"{tmp}/{name}"
-                    fd = os.open(t, flags, 0o644)
-                    os.write(fd, KIB)
-                    os.close(fd)
-                    os.rename(t, f"{dst}/{name}")
-                sync_fs(d)
-            el = time.perf_counter() - t0
-            if len(os.listdir(dst)) != n:
-                raise RuntimeError(f"raw {mode}: {len(os.listdir(dst))} files, wanted {n}")
-            label = {
-                "group": "raw, one sync at the end (group commit)",
-                "twophase": "raw, sync after writes + after renames (info)",
-                "fsync": "raw, fsync per file + dir fsync",
-            }[mode]
-            ctx.figure(f"raw.{mode}", label, n / el, "files/s")
-            _clean(d)
+            ctx.figure(f"raw.{mode}", RAW_LABELS[mode], raw_run(ctx, mode, n), "files/s")
 
 
 # -- (b) bulk put -------------------------------------------------------------------
@@ -132,11 +140,17 @@ def put_bulk(ctx: Ctx) -> None:
     sync_fs(ctx.work)
     cmd = [put, "--spool", "SPOOL", "--lines", "--to", URL]
     print(f"  {' '.join(cmd)} < lines.txt ({n:,} lines of 1023 chars + newline)")
-    print("  into an existing spool (folders made beforehand); wall time of the whole command")
+    print("  into an existing spool (folders made beforehand); wall time of the whole command.")
+    print("  Ratio: to the median of section raw, and to a raw group-commit run of the same")
+    print("  size made right before or after it (order alternates), which cancels the drift")
+    print("  of this disk and is the one to trust when the two disagree")
     for r in range(ctx.repeat):
+        print(f"  run {r + 1}/{ctx.repeat}")
+        settle(ctx)
         root = ctx.fresh("put-bulk")
         queued = _prepare_spool(root / "spool")
         cmd[2] = str(root / "spool")
+        ref = raw_run(ctx, "group", n) if r % 2 == 0 else 0.0
         sync_fs(root)
         with open(src, "rb") as stdin:
             t0 = time.perf_counter()
@@ -147,30 +161,63 @@ def put_bulk(ctx: Ctx) -> None:
         ids = p.stdout.split()
         files = len(os.listdir(queued))
         if len(ids) != n or files != n:
-            raise RuntimeError(
-                f"dropr-put printed {len(ids)} ids, {files} files queued; wanted {n}"
-            )
-        print(f"  run {r + 1}/{ctx.repeat}: {el:.2f} s")
+            raise RuntimeError(f"dropr-put printed {len(ids)} ids, {files} queued; wanted {n}")
+        if not ref:
+            ref = raw_run(ctx, "group", n)
         rate = n / el
+        print(f"    ({el:.2f} s; paired raw group commit {ref:,.0f} files/s)")
         ctx.figure("put.bulk", "dropr-put --lines", rate, "msgs/s")
         group = ctx.value("raw.group")  # the median of section raw, run before this one
         if group:
             ctx.figure(
                 "put.bulk.ratio",
-                "bulk put / raw group commit",
+                "bulk put / raw group commit (section raw)",
                 rate / group,
                 target=(">=", 0.60),
                 percent=True,
             )
-        _clean(root)
+        ctx.figure("put.bulk.paired", "bulk put / paired raw run", rate / ref,
+                   target=(">=", 0.60), percent=True)  # fmt: skip
+    if shutil.which("strace"):
+        _strace_counts(ctx, cmd, src, n)
+
+
+def _strace_counts(ctx: Ctx, cmd: list[str], src: Path, n: int) -> None:
+    """Count the put's sync calls in one extra, untimed run: how many commits it made.
+
+    ``--seccomp-bpf`` stops the put only at the traced calls, so its pace (and so the
+    number of messages per 50 ms commit window) stays close to an untraced run.
+    """
+    root = ctx.fresh("put-bulk-strace")
+    _prepare_spool(root / "spool")
+    out = root / "strace.txt"
+    argv = ["strace", "-f", "--seccomp-bpf", "-c", "-o", str(out), "-e",
+            "trace=syncfs,sync,fsync,fdatasync"]  # fmt: skip
+    with open(src, "rb") as stdin:
+        t0 = time.perf_counter()
+        p = subprocess.run([*argv, *cmd[:2], str(root / "spool"), *cmd[3:]], stdin=stdin,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ctx.env())  # fmt: skip
+        el = time.perf_counter() - t0
+    if p.returncode != 0 or not out.exists():
+        print(f"  (strace run failed: {p.stderr.decode()[-200:].strip()})")
+        return
+    calls = {}
+    for line in out.read_text().splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[-1].isidentifier() and f[-1] != "total" and f[3].isdigit():
+            calls[f[-1]] = (int(f[3]), float(f[1]))
+    shown = ", ".join(f"{k} {c:,} calls, {t:.2f} s" for k, (c, t) in sorted(calls.items()))
+    print(f"  one more put under strace -c --seccomp-bpf ({el:.2f} s): {shown or 'no sync calls'}")
+    syncs = calls.get("syncfs", (0, 0.0))[0]
+    if syncs:
+        print(f"  -> about {syncs // 2} commits of ~{n / max(1, syncs // 2):,.0f} messages, two "
+              "syncfs each (data, then names); raw group commit makes one")  # fmt: skip
 
 
 # -- (c) one put per process -----------------------------------------------------------
 
 
-def _time_calls(
-    argvs: list[list[str]], stdin: Path, env: dict[str, str], calls: int
-) -> list[list[float]]:
+def _time_calls(argvs: list[list[str]], stdin: Path, env: dict[str, str], calls: int) -> list[list[float]]:
     """Time calls of each argv, interleaved; return per-argv lists of milliseconds."""
     out: list[list[float]] = [[] for _ in argvs]
     for _ in range(calls):
@@ -205,6 +252,74 @@ def _importtime(argv: list[str], stdin: Path, env: dict[str, str]) -> list[tuple
     return rows
 
 
+def _regular_install(ctx: Ctx, py: str, put: str) -> tuple[str, str]:
+    """Install dropr as ``pip install .`` would (a copy in site-packages, compiled), in a
+    throwaway venv that reuses the project venv's dependencies; return (python, dropr-put).
+
+    The project venv is an editable install, whose .pth hook makes *every* interpreter
+    start import pathlib, re, importlib.util and more: that inflates the bare baseline.
+    """
+    import importlib.util
+
+    d = ctx.fresh("regular-install")
+    venv = d / "venv"
+    subprocess.run([py, "-m", "venv", "--without-pip", str(venv)], check=True, env=ctx.env())
+    (purelib,) = venv.glob("lib/python3*/site-packages")
+    for pkg in ("dropr", "dropr_cli"):
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(f"cannot find the {pkg} package")
+        src = list(spec.submodule_search_locations)[0]
+        shutil.copytree(src, purelib / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([py, "-m", "compileall", "-q", str(purelib)], check=True, env=ctx.env())
+    deps = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, env=ctx.env(),
+    ).stdout.strip()  # fmt: skip
+    # a plain path entry: the editable install's .pth files there are not processed
+    (purelib / "zz-dropr-bench-deps.pth").write_text(deps + "\n")
+    vpy = str(venv / "bin" / "python")
+    script = venv / "bin" / "dropr-put"
+    lines = Path(put).read_text().splitlines(keepends=True)
+    script.write_text(f"#!{vpy}\n" + "".join(lines[1:]))
+    script.chmod(0o755)
+    where = subprocess.run(
+        [vpy, "-c", "import dropr, sys; print(dropr.__file__); print(sys.modules.keys())"],
+        capture_output=True, text=True, check=True, env=ctx.env(),
+    ).stdout  # fmt: skip
+    if not where.startswith(str(purelib)) or "editable" in where:
+        raise RuntimeError(f"the regular install imports the wrong dropr: {where[:300]}")
+    return vpy, str(script)
+
+
+def _importtime_report(ctx: Ctx, py: str, put: str, spool: Path, stdin: Path, tag: str) -> None:
+    """Print where the put's start-up goes, from -X importtime of the real put path."""
+    env = ctx.env()
+    argv = [py, "-X", "importtime", put, "--spool", str(spool), "--to", URL]
+    put_rows = _importtime(argv, stdin, env)
+    bare_rows = _importtime([py, "-X", "importtime", "-c", "pass"], stdin, env)
+    bare = {name.strip() for _, _, name in bare_rows}
+    top_put = sum(c for _, c, name in put_rows if not name.startswith(" "))
+    top_bare = sum(c for _, c, name in bare_rows if not name.startswith(" "))
+    extra = [(s, c, name) for s, c, name in put_rows if name.strip() not in bare]
+    editable = sum(c for _, c, name in bare_rows if "__editable__" in name)
+    print(f"  -X importtime, {tag}: all imports of dropr-put {top_put / 1000:.1f} ms, of bare "
+          f"python {top_bare / 1000:.1f} ms (of which the editable-install hook "
+          f"{editable / 1000:.1f} ms); {len(extra)} modules beyond bare python's, "
+          f"{sum(s for s, _, _ in extra) / 1000:.1f} ms self time")  # fmt: skip
+    print("  top 10 cumulative importers on the put path (µs self | cumulative | module):")
+    for s, c, name in sorted(put_rows, key=lambda r: -r[1])[:10]:
+        mark = "" if name.strip() in bare else "   (not in bare python)"
+        print(f"    {s:>7} | {c:>7} | {name}{mark}")
+    print("  imported beyond bare python: " + ", ".join(sorted(name.strip() for _, _, name in extra)))
+    ctx.figure(
+        f"put.imports.{tag}",
+        f"put's imports beyond bare python, self time, {tag} (info)",
+        sum(s for s, _, _ in extra) / 1000,
+        "ms",
+    )
+
+
 @section("put-single", "(c) one dropr-put per process against bare interpreter start-up")
 def put_single(ctx: Ctx) -> None:
     calls = ctx.n(200)
@@ -213,83 +328,59 @@ def put_single(ctx: Ctx) -> None:
     env = ctx.env()
     stdin = ctx.work / "x.txt"
     stdin.write_bytes(b"x\n")
+    reg_py, reg_put = _regular_install(ctx, py, put)
     print(f"  {calls} x `{put} --spool SPOOL --to {URL}` (stdin: a file holding 'x\\n')")
     print(f"  {calls} x `{py} -c pass` (the interpreter of dropr-put's #! line)")
     print("  timing: perf_counter around each subprocess.run (fork+exec+wait), stdout to")
-    print("  /dev/null, the two kinds interleaved call by call so drift hits both alike")
-    shm = Path("/dev/shm")
+    print("  /dev/null, the two kinds interleaved call by call so drift hits both alike.")
+    print(f"  Also (same method): a regular install in {Path(reg_py).parent.parent}")
+    print("  with its own bare interpreter, and the put into a spool on tmpfs (no disk wait)")
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    q = statistics.quantiles
     for r in range(ctx.repeat):
-        root = ctx.fresh("put-single")
-        spool = root / "spool"
+        print(f"  run {r + 1}/{ctx.repeat}")
+        spool = ctx.fresh("put-single") / "spool"
         _prepare_spool(spool)
+        reg_spool = ctx.fresh("put-single-regular") / "spool"
+        _prepare_spool(reg_spool)
         argv_put = [put, "--spool", str(spool), "--to", URL]
         argv_py = [py, "-c", "pass"]
-        _time_calls([argv_put, argv_py], stdin, env, 3)  # warm caches and .pyc files
-        put_ms, py_ms = _time_calls([argv_put, argv_py], stdin, env, calls)
-        queued = len(os.listdir(next((spool / "out").iterdir()) / "queued"))
-        if queued != calls + 3:
-            raise RuntimeError(f"{queued} messages queued, wanted {calls + 3}")
+        argv_rput = [reg_put, "--spool", str(reg_spool), "--to", URL]
+        argv_rpy = [reg_py, "-c", "pass"]
+        mem = shm / f"dropr-bench-{os.getpid()}"  # a spool in memory: no fsync wait
+        _prepare_spool(mem)
+        argv_mem = [put, "--spool", str(mem), "--to", URL]
+        everything = [argv_put, argv_py, argv_rput, argv_rpy, argv_mem]
+        try:
+            _time_calls(everything, stdin, env, 3)  # warm caches and .pyc files
+            put_ms, py_ms, rput_ms, rpy_ms, mem_ms = _time_calls(everything, stdin, env, calls)
+        finally:
+            rm_rf(mem)
+        for sp in (spool, reg_spool):
+            queued = len(os.listdir(next((sp / "out").iterdir()) / "queued"))
+            if queued != calls + 3:
+                raise RuntimeError(f"{queued} messages queued in {sp}, wanted {calls + 3}")
+        for what, ms in (("put", put_ms), ("bare", py_ms), ("regular put", rput_ms),
+                         ("regular bare", rpy_ms), ("put on tmpfs", mem_ms)):  # fmt: skip
+            d = q(ms, n=10)
+            print(f"    {what:13} p10/p50/p90 {d[0]:.1f}/{statistics.median(ms):.1f}/{d[-1]:.1f} ms")
         pm, bm = statistics.median(put_ms), statistics.median(py_ms)
-        q = statistics.quantiles
-        print(
-            f"  run {r + 1}/{ctx.repeat}: put p10/p50/p90 {q(put_ms, n=10)[0]:.1f}/{pm:.1f}/"
-            f"{q(put_ms, n=10)[-1]:.1f} ms; bare {q(py_ms, n=10)[0]:.1f}/{bm:.1f}/"
-            f"{q(py_ms, n=10)[-1]:.1f} ms"
-        )
+        rpm, rbm = statistics.median(rput_ms), statistics.median(rpy_ms)
         ctx.figure("put.single", "single dropr-put, median", pm, "ms")
         ctx.figure("py.bare", "bare python -c pass, median", bm, "ms")
-        ctx.figure(
-            "put.single.ratio", "single put / bare interpreter", pm / bm, "x", target=("<=", 2.0)
-        )
-        if shm.is_dir():
-            # the same put into a spool in memory: no fsync wait, only CPU and imports
-            mem = shm / f"dropr-bench-{os.getpid()}"
-            try:
-                _prepare_spool(mem)
-                argv_mem = [put, "--spool", str(mem), "--to", URL]
-                _time_calls([argv_mem], stdin, env, 3)
-                (mem_ms,) = _time_calls([argv_mem], stdin, env, min(calls, 100))
-                ctx.figure(
-                    "put.single.tmpfs",
-                    "single put, spool on tmpfs (no disk wait, info)",
-                    statistics.median(mem_ms),
-                    "ms",
-                )
-            finally:
-                rm_rf(mem)
-        _clean(root)
+        ctx.figure("put.single.ratio", "single put / bare interpreter", pm / bm, "x",
+                   target=("<=", 2.0))  # fmt: skip
+        ctx.figure("put.single.regular", "single put, regular install (info)", rpm, "ms")
+        ctx.figure("py.bare.regular", "bare python, regular-install venv (info)", rbm, "ms")
+        ctx.figure("put.single.regular.ratio", "single put / bare, regular install", rpm / rbm,
+                   "x", target=("<=", 2.0))  # fmt: skip
+        ctx.figure("put.single.tmpfs", "single put, spool on tmpfs (info)",
+                   statistics.median(mem_ms), "ms")  # fmt: skip
     # where start-up time goes: the real put path, with -X importtime
-    root = ctx.fresh("importtime")
-    spool = root / "spool"
+    spool = ctx.fresh("importtime") / "spool"
     _prepare_spool(spool)
-    put_rows = _importtime(
-        [py, "-X", "importtime", put, "--spool", str(spool), "--to", URL], stdin, env
-    )
-    bare_rows = _importtime([py, "-X", "importtime", "-c", "pass"], stdin, env)
-    bare = {name.strip() for _, _, name in bare_rows}
-    top_put = sum(c for _, c, name in put_rows if not name.startswith(" "))
-    top_bare = sum(c for _, c, name in bare_rows if not name.startswith(" "))
-    extra = [(s, c, name) for s, c, name in put_rows if name.strip() not in bare]
-    print(
-        f"  -X importtime: all imports of dropr-put {top_put / 1000:.1f} ms, of bare python "
-        f"{top_bare / 1000:.1f} ms; {len(extra)} modules beyond the bare interpreter's, "
-        f"{sum(s for s, _, _ in extra) / 1000:.1f} ms self time"
-    )
-    print("  top 10 cumulative importers on the put path (µs self | cumulative | module):")
-    for s, c, name in sorted(put_rows, key=lambda r: -r[1])[:10]:
-        mark = "" if name.strip() in bare else "   (not in bare python)"
-        print(f"    {s:>7} | {c:>7} | {name}{mark}")
-    print(
-        "  modules the put imports beyond bare python: "
-        + ", ".join(sorted(name.strip() for _, _, name in extra))
-    )
-    ctx.figure(
-        "put.imports",
-        "put's imports beyond bare python, self time (info)",
-        sum(s for s, _, _ in extra) / 1000,
-        "ms",
-    )
-    _clean(root)
+    _importtime_report(ctx, py, put, spool, stdin, "project venv")
+    _importtime_report(ctx, reg_py, reg_put, spool, stdin, "regular install")
 
 
 # -- (d) dropr-ls on a million messages ------------------------------------------------------
@@ -318,7 +409,7 @@ def _fill(queued: str, start: int, stop: int, base: int) -> int:
     return stop - start
 
 
-def _timed(argv: list[str], env: dict[str, str], shell: bool = False) -> tuple[float, str]:
+def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
     t0 = time.perf_counter()
     p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
     el = time.perf_counter() - t0
@@ -335,9 +426,7 @@ def ls_million(ctx: Ctx) -> None:
     st = os.statvfs(ctx.work)
     need = n * 4096 + (1 << 30)
     if st.f_bavail * st.f_frsize < need or st.f_favail < n + 10_000:
-        raise RuntimeError(
-            f"not enough room for {n:,} files: need ~{need / 2**30:.1f} GiB and {n:,} inodes"
-        )
+        raise RuntimeError(f"not enough room for {n:,} files: need ~{need / 2**30:.1f} GiB and {n:,} inodes")
     root = ctx.fresh("ls-million")
     spool = root / "spool"
     queued = _prepare_spool(spool)
@@ -363,54 +452,51 @@ def ls_million(ctx: Ctx) -> None:
     t1 = time.perf_counter()
     sync_fs(spool)
     fl = time.perf_counter() - t1
-    print(
-        f"  built {made:,} files in {el:.1f} s ({made / el:,.0f} files/s), then syncfs {fl:.1f} s"
-    )
+    print(f"  built {made:,} files in {el:.1f} s ({made / el:,.0f} files/s), then syncfs {fl:.1f} s")
     ctx.figure("ls.build", f"build {n:,}-message spool (info)", el + fl, "s")
-    try:
+    ctx.remove_at_end(f"{n:,}-message spool", root)
+    for r in range(ctx.repeat):
+        el, out = _timed([ls, "--spool", str(spool)], env)
+        m = re.search(r"^out\s+\S+\s+queued\s+(\d+)", out, re.M)
+        if not m or int(m[1]) != n:
+            raise RuntimeError(f"dropr-ls summary does not show {n} queued:\n{out}")
+        print(f"  run {r + 1}/{ctx.repeat}: summary {el:.2f} s")
+        ctx.figure(
+            "ls.summary",
+            f"dropr-ls summary, {n:,} msgs (warm cache)",
+            el,
+            "s",
+            target=("<", 5.0),
+        )
+    print("  " + out.replace("\n", "\n  ").rstrip())
+    mid_i = n // 2
+    mid = f"{base + mid_i:013x}{mid_i:011x}"
+    for _ in range(ctx.repeat):
+        el, out = _timed([ls, "--spool", str(spool), mid], env)
+        if mid not in out:
+            raise RuntimeError(f"dropr-ls {mid} did not show it:\n{out}")
+        ctx.figure("ls.one", "dropr-ls ID (info)", el * 1000, "ms")
+    for _ in range(ctx.repeat):
+        pipe = f"'{ls}' --spool '{spool}' -l | tail -1"
+        el, out = _timed(["bash", "-o", "pipefail", "-c", pipe], env)
+        if not out.strip():
+            raise RuntimeError("dropr-ls -l printed nothing")
+        ctx.figure("ls.list", "dropr-ls -l | tail -1 (info)", el, "s")
+    print(f"  last line of -l: {out.strip()}")
+    if ctx.drop_caches:
         for r in range(ctx.repeat):
-            el, out = _timed([ls, "--spool", str(spool)], env)
-            m = re.search(r"^out\s+\S+\s+queued\s+(\d+)", out, re.M)
-            if not m or int(m[1]) != n:
-                raise RuntimeError(f"dropr-ls summary does not show {n} queued:\n{out}")
-            print(f"  run {r + 1}/{ctx.repeat}: summary {el:.2f} s")
-            ctx.figure(
-                "ls.summary",
-                f"dropr-ls summary, {n:,} msgs (warm cache)",
-                el,
-                "s",
-                target=("<", 5.0),
-            )
-        print("  " + out.replace("\n", "\n  ").rstrip())
-        mid_i = n // 2
-        mid = f"{base + mid_i:013x}{mid_i:011x}"
-        for _ in range(ctx.repeat):
-            el, out = _timed([ls, "--spool", str(spool), mid], env)
-            if mid not in out:
-                raise RuntimeError(f"dropr-ls {mid} did not show it:\n{out}")
-            ctx.figure("ls.one", "dropr-ls ID (info)", el * 1000, "ms")
-        for _ in range(ctx.repeat):
-            pipe = f"'{ls}' --spool '{spool}' -l | tail -1"
-            el, out = _timed(["bash", "-o", "pipefail", "-c", pipe], env)
-            if not out.strip():
-                raise RuntimeError("dropr-ls -l printed nothing")
-            ctx.figure("ls.list", "dropr-ls -l | tail -1 (info)", el, "s")
-        print(f"  last line of -l: {out.strip()}")
-        if ctx.drop_caches:
-            for r in range(ctx.repeat):
-                if not drop_caches(spool):
-                    print("  cannot drop caches (not root?): no cold-cache figure")
-                    break
-                el, _ = _timed([ls, "--spool", str(spool)], env)
-                print(f"  run {r + 1}/{ctx.repeat}: summary after dropping caches {el:.2f} s")
-                ctx.figure("ls.summary.cold", "dropr-ls summary, cold cache (info)", el, "s")
-    finally:
-        el = rm_rf(root)
-        t1 = time.perf_counter()
-        sync_fs(ctx.work)
-        print(f"  rm -rf of the spool: {el:.1f} s, then syncfs {time.perf_counter() - t1:.1f} s")
-        ctx.figure("ls.rm", f"rm -rf {n:,}-message spool (info)", el, "s")
+            if not drop_caches(spool):
+                print("  cannot drop caches (not root?): no cold-cache figure")
+                break
+            el, _ = _timed([ls, "--spool", str(spool)], env)
+            print(f"  run {r + 1}/{ctx.repeat}: summary after dropping caches {el:.2f} s")
+            ctx.figure("ls.summary.cold", "dropr-ls summary, cold cache (info)", el, "s")
+    print("  (the spool is removed, timed, after all sections: see cleanup)")
 
+
+# -- later issues' sections: they register on import and run after the ones above ------------
+
+import delivery  # noqa: E402, F401  (#3, #4: transfer, big file, latency, consume, pipeline)
 
 # -- main -----------------------------------------------------------------------------------
 
@@ -458,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     parent = work_parent(a.dir)
     work = make_work(parent)
     ctx = Ctx(work, max(1, a.repeat), a.scale, a.drop_caches)
+    ctx.keep = a.keep
     t0 = time.perf_counter()
     try:
         header(ctx, parent)
@@ -468,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.keep:
             print(f"scratch kept: {work}")
         else:
-            rm_rf(work)
+            print(f"removed the scratch directory in {rm_rf(work):.1f} s")
     summary(ctx)
     print(f"  total {time.perf_counter() - t0:.0f} s")
     return 1 if ctx.errors else 0
