@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from helpers import clean_env, command_path
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN = ROOT / "man"
@@ -30,25 +31,6 @@ COMMAND_SECTIONS = (
     "NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS",
     "FILES", "ENVIRONMENT", "EXAMPLES", "SEE ALSO",
 )  # fmt: skip
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """Return the environment without the user's DROPR_* and completion settings."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("DROPR_") and not k.endswith("_COMPLETE")
-    }
-    env.update(extra)
-    return env
-
-
-def command_path(name: str) -> str:
-    """Return the installed console script of the venv running the tests."""
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        pytest.skip(f"{name} is not installed next to {sys.executable}; run pip install -e .")
-    return str(path)
 
 
 def _scripts() -> dict[str, str]:
@@ -179,9 +161,7 @@ def test_overview_page() -> None:
         "pending",
         "unknown",
     ):
-        assert mentions(secs["WIRE PROTOCOL"], word), (
-            f"dropr.7: wire protocol does not explain {word}"
-        )
+        assert mentions(secs["WIRE PROTOCOL"], word), f"dropr.7: wire protocol does not explain {word}"
     for prog in SCRIPTS:
         assert prog in secs["DESCRIPTION"], f"dropr.7 does not list {prog}"
 
@@ -194,9 +174,7 @@ def test_see_also_targets_exist() -> None:
         ):
             if name in PENDING_PAGES and f"{name}.{sec}" not in pages:
                 continue
-            assert f"{name}.{sec}" in pages, (
-                f"{page.name} refers to {name}({sec}), which does not exist"
-            )
+            assert f"{name}.{sec}" in pages, f"{page.name} refers to {name}({sec}), which does not exist"
 
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
@@ -246,9 +224,7 @@ def test_completions_are_current(tmp_path: Path) -> None:
         f"stale {sorted(committed - fresh)}; run make completions"
     )
     _, mismatch, errors = filecmp.cmpfiles(tmp_path, COMPLETIONS, sorted(fresh), shallow=False)
-    assert not mismatch and not errors, (
-        f"stale completions {mismatch + errors}; run make completions"
-    )
+    assert not mismatch and not errors, f"stale completions {mismatch + errors}; run make completions"
 
 
 @pytest.mark.parametrize("prog", sorted(SCRIPTS))
@@ -262,18 +238,12 @@ def test_installed_command_emits_the_committed_completion(prog: str) -> None:
 
 
 def test_completion_completes_options() -> None:
-    env = clean_env(
-        _DROPR_PUT_COMPLETE="bash_complete", COMP_WORDS="dropr-put --prio", COMP_CWORD="1"
-    )
-    proc = subprocess.run(
-        [command_path("dropr-put")], env=env, capture_output=True, text=True, timeout=60
-    )
+    env = clean_env(_DROPR_PUT_COMPLETE="bash_complete", COMP_WORDS="dropr-put --prio", COMP_CWORD="1")
+    proc = subprocess.run([command_path("dropr-put")], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["plain,--priority"]
     env.update(_DROPR_LS_COMPLETE="bash_complete", COMP_WORDS="dropr-ls --state cl", COMP_CWORD="2")
-    proc = subprocess.run(
-        [command_path("dropr-ls")], env=env, capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([command_path("dropr-ls")], env=env, capture_output=True, text=True, timeout=60)
     assert proc.stdout.split() == ["plain,claimed"]
 
 

@@ -127,14 +127,41 @@ def _put_split(batch: object, sep: bytes, limit: int, out: IO[str]) -> list[str]
     first = 0.0  # when the oldest uncommitted record arrived
     all_ids: list[str] = []
 
+    # Commits run on a thread: while one syncs and renames, the next records are read
+    # and written to tmp/. One commit at a time, and the thread prints a commit's ids
+    # as soon as it is durable, so ids come out in order, each only after its commit.
+    import threading
+
+    worker: threading.Thread | None = None
+    failed: list[BaseException] = []
+
+    def finish() -> None:
+        nonlocal worker
+        if worker is None:
+            return
+        worker.join()
+        worker = None
+        if failed:
+            raise failed.pop()
+
     def commit() -> None:
-        nonlocal first
-        ids = batch.commit()
-        if ids:
-            out.write("\n".join(ids) + "\n")
-            out.flush()
-            all_ids.extend(ids)
+        nonlocal first, worker
+        taken = batch.take()
         first = 0.0
+        finish()
+
+        def job() -> None:
+            try:
+                done = batch.commit(taken)
+                if done:
+                    out.write("\n".join(done) + "\n")
+                    out.flush()
+                    all_ids.extend(done)
+            except BaseException as exc:  # handed to the main thread by finish()
+                failed.append(exc)
+
+        worker = threading.Thread(target=job, name="dropr-put-commit")
+        worker.start()
 
     try:
         while True:
@@ -164,8 +191,12 @@ def _put_split(batch: object, sep: bytes, limit: int, out: IO[str]) -> list[str]
                 first = time.monotonic()
             batch.add(rest)
         commit()
+        finish()
     except BaseException:
-        batch.abort()
+        try:
+            finish()  # what was committed is printed; the error after it
+        finally:
+            batch.abort()
         raise
     return all_ids
 

@@ -963,11 +963,18 @@ class PutBatch:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def commit(self) -> list[str]:
-        """Make every pending message durable and queued for each peer; return their ids."""
+    def take(self) -> tuple[list[tuple[str, str, str | None, int]], list[str]]:
+        """Hand over what is pending, for a commit that runs while new messages are written."""
+        taken = self.pending, self._dup
+        self.pending, self._dup = [], []
+        return taken
+
+    def commit(
+        self, taken: tuple[list[tuple[str, str, str | None, int]], list[str]] | None = None
+    ) -> list[str]:
+        """Make every pending (or taken) message durable and queued for each peer; return their ids."""
         sp = self.spool
-        pending, self.pending = self.pending, []
-        dups, self._dup = self._dup, []
+        pending, dups = taken if taken is not None else self.take()
         many = len(pending) > SYNC_EACH_MAX
         done: list[str] = []
         linked: list[str] = []  # names made by this commit, undone if it fails

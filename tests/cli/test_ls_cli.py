@@ -14,22 +14,10 @@ from dropr import message as m
 from dropr.config import Peer
 from dropr.spool import Spool
 from dropr_cli import ls as ls_cli
+from helpers import COMMON_OPTIONS, MSG_FIELDS, ROW_FIELDS
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
-ROW_FIELDS = ["box", "name", "state", "count", "bytes", "oldest"]
-MSG_FIELDS = [
-    "id",
-    "box",
-    "name",
-    "state",
-    "priority",
-    "size",
-    "attempts",
-    "created",
-    "path",
-    "error",
-]
 A = Peer("a", "http://127.0.0.1:9/a/")
 B = Peer("b", "http://127.0.0.1:9/b/")
 
@@ -94,12 +82,7 @@ def test_help_has_examples_and_every_option() -> None:
         "-l, --list",
         "--json",
         "--prom",
-        "--spool",
-        "--config",
-        "-v, --verbose",
-        "-q, --quiet",
-        "--version",
-        "-h, --help",
+        *COMMON_OPTIONS,
     ]:
         assert opt in res.output, opt
     assert CliRunner().invoke(ls_cli.cmd, ["-h"]).output == res.output
@@ -243,9 +226,7 @@ def test_details_of_a_multicast_message(world: World, capsys: pytest.CaptureFixt
 def test_details_text(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = ls(world, capsys, world.dead)
     assert code == 0
-    fields = dict(
-        re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines() if line.strip()
-    )
+    fields = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines() if line.strip())
     assert fields["state"] == "dead" and fields["error"] == "HTTP 413 too large"
     assert fields["attempts"] == "1" and fields["path"].endswith("," + world.dead)
 
@@ -262,9 +243,7 @@ def test_details_of_inbox_message(world: World, capsys: pytest.CaptureFixture[st
 def test_unknown_id_is_1(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = ls(world, capsys, "--json", world.multi, "no-such-id")
     assert code == 1
-    assert [r["id"] for r in json_lines(out)] == [world.multi] * 2, (
-        "the ids that exist are still shown"
-    )
+    assert [r["id"] for r in json_lines(out)] == [world.multi] * 2, "the ids that exist are still shown"
     assert "no-such-id" in err and "Traceback" not in err
 
 
@@ -294,9 +273,7 @@ def test_prom(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     assert samples['dropr_bytes{box="out",name="a",state="queued"}'] == 35
     assert samples['dropr_messages{box="in",name="work",state="claimed"}'] == 1
     assert 0 <= samples['dropr_oldest_age_seconds{box="out",name="a",state="queued"}'] < 60
-    assert samples['dropr_peer_last_success_timestamp_seconds{peer="a"}'] == pytest.approx(
-        world.t0 - 30
-    )
+    assert samples['dropr_peer_last_success_timestamp_seconds{peer="a"}'] == pytest.approx(world.t0 - 30)
     assert samples['dropr_peer_failing{peer="a"}'] == 0
     assert samples['dropr_peer_failing{peer="b"}'] == 1
     types = [line for line in out.splitlines() if line.startswith("# TYPE")]

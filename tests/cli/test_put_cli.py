@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from dropr import message as m
 from dropr.spool import Spool
 from dropr_cli import put as put_cli
+from helpers import COMMON_OPTIONS, NOWHERE
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
-NOWHERE = "http://127.0.0.1:9/"  # loopback discard port: nothing listens, puts never connect
 
 OPTIONS = [
     "--to",
@@ -30,12 +30,7 @@ OPTIONS = [
     "--null",
     "--wait",
     "--timeout",
-    "--spool",
-    "--config",
-    "-v, --verbose",
-    "-q, --quiet",
-    "--version",
-    "-h, --help",
+    *COMMON_OPTIONS,
 ]
 
 
@@ -184,12 +179,8 @@ def test_channel_priority_ttl(put: Put, spool_dir: Path) -> None:
 
 
 def test_idempotent_id(put: Put, spool_dir: Path) -> None:
-    assert ok_ids(put(spool_dir, "--to", NOWHERE, "--id", "order-4711", input=b"first")) == [
-        "order-4711"
-    ]
-    assert ok_ids(put(spool_dir, "--to", NOWHERE, "--id", "order-4711", input=b"second")) == [
-        "order-4711"
-    ]
+    assert ok_ids(put(spool_dir, "--to", NOWHERE, "--id", "order-4711", input=b"first")) == ["order-4711"]
+    assert ok_ids(put(spool_dir, "--to", NOWHERE, "--id", "order-4711", input=b"second")) == ["order-4711"]
     [(_, _, hdr, payload)] = stored(spool_dir, "order-4711")
     assert payload == b"first" and hdr.ident == "order-4711"
 
@@ -204,9 +195,7 @@ def test_file(put: Put, spool_dir: Path, tmp_path: Path) -> None:
 
 
 def test_lines(put: Put, spool_dir: Path) -> None:
-    ids = ok_ids(
-        put(spool_dir, "--to", NOWHERE, "--lines", input=b"one\ntwo\n\nlast without newline")
-    )
+    ids = ok_ids(put(spool_dir, "--to", NOWHERE, "--lines", input=b"one\ntwo\n\nlast without newline"))
     assert len(ids) == 4 and len(set(ids)) == 4
     assert [stored(spool_dir, i)[0][3] for i in ids] == [
         b"one",
@@ -253,9 +242,7 @@ def test_node_from_env_is_fixed(put: Put, spool_dir: Path) -> None:
 
 @pytest.mark.parametrize("value", ["12", "-1", "x", "", "1.5"])
 def test_bad_priority_is_64(put: Put, spool_dir: Path, value: str) -> None:
-    assert "priority" in put.fail(
-        put(spool_dir, "--to", NOWHERE, "--priority", value, input=b"x"), 64
-    )
+    assert "priority" in put.fail(put(spool_dir, "--to", NOWHERE, "--priority", value, input=b"x"), 64)
 
 
 def test_bad_priority_via_click_path_is_64(put: Put, spool_dir: Path) -> None:
@@ -299,9 +286,7 @@ def test_unknown_peer_is_69(put: Put, spool_dir: Path, peer: str) -> None:
 
 @pytest.mark.parametrize("channel", ["../x", ".hidden", "a/b", "x" * 41, "caf\u00e9"])
 def test_bad_channel_is_65(put: Put, spool_dir: Path, channel: str) -> None:
-    assert "channel" in put.fail(
-        put(spool_dir, "--to", NOWHERE, "--channel", channel, input=b"x"), 65
-    )
+    assert "channel" in put.fail(put(spool_dir, "--to", NOWHERE, "--channel", channel, input=b"x"), 65)
 
 
 def test_empty_channel_is_65(put: Put, spool_dir: Path) -> None:
@@ -352,9 +337,7 @@ def test_invalid_config_is_78(put: Put, spool_dir: Path, text: str) -> None:
 
 def test_missing_explicit_config_is_78(put: Put, spool_dir: Path, tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
-    assert str(missing) in put.fail(
-        put(spool_dir, "--config", str(missing), "--to", NOWHERE, input=b"x"), 78
-    )
+    assert str(missing) in put.fail(put(spool_dir, "--config", str(missing), "--to", NOWHERE, input=b"x"), 78)
     assert str(missing) in put.fail(
         put(spool_dir, "--to", NOWHERE, input=b"x", DROPR_CONFIG=str(missing)), 78
     )
@@ -374,9 +357,7 @@ def ro_spool(put: Put, tmp_path: Path) -> Iterator[Path]:
     if r.returncode != 0:
         pytest.skip(f"cannot bind-mount (need root): {r.stderr.decode().strip()}")
     try:
-        r = subprocess.run(
-            ["mount", "-o", "remount,bind,ro", str(mnt)], capture_output=True, check=False
-        )
+        r = subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], capture_output=True, check=False)
         if r.returncode != 0:
             pytest.skip(f"cannot remount read-only: {r.stderr.decode().strip()}")
         yield mnt

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from dropr.config import default_spool, parse_duration
 from dropr_cli import put as put_cli
+from helpers import NOWHERE
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
@@ -159,7 +160,6 @@ def test_fast_parse_does_not_modify_argv() -> None:
 
 # -- both paths end in the same exit code ------------------------------------------
 
-NOWHERE = "http://127.0.0.1:9/"
 
 ERRORS: list[tuple[list[str], int]] = [
     (["--to", NOWHERE, "--priority", "12"], 64),
@@ -189,9 +189,7 @@ def _both(
     return (fast_code, fast_err), (click_code, click_err)
 
 
-@pytest.mark.parametrize(
-    "argv, code", ERRORS, ids=lambda a: " ".join(a) if isinstance(a, list) else str(a)
-)
+@pytest.mark.parametrize("argv, code", ERRORS, ids=lambda a: " ".join(a) if isinstance(a, list) else str(a))
 def test_both_paths_exit_alike(
     argv: list[str], code: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

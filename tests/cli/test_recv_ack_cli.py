@@ -18,6 +18,7 @@ from dropr import message as m
 from dropr.spool import Spool
 from dropr_cli import ack as ack_cli
 from dropr_cli import recv as recv_cli
+from helpers import one_error_line
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
@@ -72,14 +73,6 @@ def state_of(spool: Path, channel: str = "default") -> dict[str, str]:
     return states
 
 
-def one_error_line(res: Result, prog: str) -> str:
-    lines = res.err.splitlines()
-    assert "Traceback" not in res.err, res.err
-    assert len(lines) == 1, f"expected one error line: {res.err!r}"
-    assert lines[0].startswith(f"{prog}: error: "), lines[0]
-    return lines[0]
-
-
 @pytest.fixture
 def inbox(tmp_path: Path) -> tuple[Path, list[str]]:
     spool = tmp_path / "spool"
@@ -126,13 +119,11 @@ RECV_USAGE = [
 
 
 @pytest.mark.parametrize("args", RECV_USAGE, ids=" ".join)
-def test_recv_usage_errors_exit_64_and_claim_nothing(
-    inbox: tuple[Path, list[str]], args: list[str]
-) -> None:
+def test_recv_usage_errors_exit_64_and_claim_nothing(inbox: tuple[Path, list[str]], args: list[str]) -> None:
     spool, ids = inbox
     res = recv(spool, *args)
     assert res.rc == 64, res.err
-    one_error_line(res, "dropr-recv")
+    one_error_line(res.err, "dropr-recv")
     assert res.out == b""
     assert state_of(spool) == {i: "ready" for i in ids}, "a usage error must not claim anything"
 
@@ -175,15 +166,13 @@ ACK_USAGE = [
 
 
 @pytest.mark.parametrize("args", ACK_USAGE, ids=lambda a: " ".join(a) or "no-ids")
-def test_ack_usage_errors_exit_64_and_touch_nothing(
-    inbox: tuple[Path, list[str]], args: list[str]
-) -> None:
+def test_ack_usage_errors_exit_64_and_touch_nothing(inbox: tuple[Path, list[str]], args: list[str]) -> None:
     spool, ids = inbox
     assert recv(spool, "--all").rc == 0
     args = [ids[0] if a == "ID" else a for a in args]
     res = ack(spool, *args)
     assert res.rc == 64, res.err
-    one_error_line(res, "dropr-ack")
+    one_error_line(res.err, "dropr-ack")
     assert state_of(spool) == {i: "claimed" for i in ids}
 
 
@@ -216,7 +205,7 @@ def test_ack_stdin_unknown_id_is_an_error_for_that_id_only(inbox: tuple[Path, li
     text = "\n".join([lines[0], unknown, *lines[1:]]) + "\n"
     res = ack(spool, "-", stdin=text.encode())
     assert res.rc == 1
-    line = one_error_line(res, "dropr-ack")
+    line = one_error_line(res.err, "dropr-ack")
     assert unknown in line
     assert state_of(spool) == {i: "done" for i in ids}
 

@@ -6,32 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-BIN = Path(sys.executable).parent
-
-
-def cmd(name: str) -> str:
-    """Return the path of an installed dropr command in this venv."""
-    return str(BIN / name)
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll cond until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+from helpers import command_path, wait_until
 
 
 class Node:
@@ -56,7 +36,7 @@ class Node:
             timeout: float = 60) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
         """Run a dropr command for this node and wait for it."""
         data = input.encode() if isinstance(input, str) else input
-        p = subprocess.run([cmd(name), *args], input=data, capture_output=True, env=self.env,
+        p = subprocess.run([command_path(name), *args], input=data, capture_output=True, env=self.env,
                            timeout=timeout)  # fmt: skip
         if check and p.returncode != 0:
             raise AssertionError(f"{name} {args} exited {p.returncode}: {p.stderr.decode()}")
@@ -69,7 +49,7 @@ class Node:
 
     def start(self, name: str, *args: str, **kw: Any) -> subprocess.Popen[bytes]:
         """Start a long-running dropr command for this node."""
-        p = subprocess.Popen([cmd(name), *args], env=self.env, **kw)
+        p = subprocess.Popen([command_path(name), *args], env=self.env, **kw)
         self.procs.append(p)
         return p
 

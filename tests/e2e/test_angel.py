@@ -10,29 +10,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import BIN, lines, wait_until
 
-ANGEL = str(Path(sys.executable).parent / "dropr-angel")
+ANGEL = str(BIN / "dropr-angel")
 PY = sys.executable
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def lines(path: Path) -> list[str]:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
 
 
 def child(body: str) -> list[str]:
@@ -110,9 +95,7 @@ def test_no_restart_after_usage_or_config_exit(tmp_path: Path, angels: Start, co
     assert f"giving up reason={'usage' if code == 64 else 'config'} status={code}" in a.err
 
 
-def test_term_is_forwarded_and_the_angel_exits_with_the_child(
-    tmp_path: Path, angels: Start
-) -> None:
+def test_term_is_forwarded_and_the_angel_exits_with_the_child(tmp_path: Path, angels: Start) -> None:
     marker = tmp_path / "events"
     body = """
 def on_term(s, f):
@@ -225,9 +208,7 @@ def test_options_after_cmd_belong_to_cmd() -> None:
 
 def test_spool_and_config_are_passed_to_the_child(tmp_path: Path) -> None:
     spool, config = tmp_path / "spool", tmp_path / "dropr.toml"
-    check = (
-        f'[ "$DROPR_SPOOL" = "{spool}" ] && [ "$DROPR_CONFIG" = "{config}" ] && exit 78; exit 64'
-    )
+    check = f'[ "$DROPR_SPOOL" = "{spool}" ] && [ "$DROPR_CONFIG" = "{config}" ] && exit 78; exit 64'
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPR_")}
     p = subprocess.run(
         [ANGEL, "--spool", str(spool), "--config", str(config), "--", "sh", "-c", check],

@@ -13,16 +13,15 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import CLAIM_FIELDS, alive, children, command_path, wait_until
 
 Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
-BIN = Path(sys.executable).parent
 
 HANDLER_ENV = (
     "DROPR_ID",
@@ -92,23 +91,6 @@ def recv_json(b: Node, *args: str) -> tuple[int, list[dict[str, Any]]]:
     return p.returncode, [json.loads(line) for line in p.stdout.decode().splitlines()]
 
 
-def cmd(name: str) -> str:
-    """Return the path of an installed dropr command."""
-    return str(BIN / name)
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll cond until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
 def run_bounded(node: Node, *args: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
     """Run a command that must end by itself within timeout (killed and failed if not)."""
     try:
@@ -121,19 +103,6 @@ def run_bounded(node: Node, *args: str, timeout: float) -> subprocess.CompletedP
         ) from None
 
 
-def children(pid: int) -> list[int]:
-    """Return the pids of the direct children of pid (from /proc)."""
-    kids: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return []
-    for t in tasks:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            kids += [int(x) for x in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
-    return kids
-
-
 def descendants(pid: int) -> list[int]:
     """Return every descendant of pid, children first."""
     out: list[int] = []
@@ -143,15 +112,6 @@ def descendants(pid: int) -> list[int]:
         out.append(p)
         todo += children(p)
     return out
-
-
-def alive(pid: int) -> bool:
-    """Tell whether pid exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def kill_quiet(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -197,7 +157,7 @@ def test_lease_expiry_redelivers_with_attempt_2(pair: Pair) -> None:
 def test_six_consumers_never_share_a_message(pair: Pair, tmp_path: Path) -> None:
     ids = pair.deliver_lines(300)
     b = pair.b
-    recv = shlex.quote(cmd("dropr-recv"))
+    recv = shlex.quote(command_path("dropr-recv"))
     loop = f"while :; do {recv} -n 5 --lease 5m || {{ rc=$?; break; }}; done; exit $rc"
     outs = [tmp_path / f"consumer{i}.out" for i in range(6)]
     procs = []
@@ -238,9 +198,7 @@ def test_handler_success_payload_and_environment(pair: Pair, tmp_path: Path) -> 
         f'printf \'%s\\n\' "$DROPR_ID" "$DROPR_CHANNEL" "$DROPR_ORIGIN" "$DROPR_PRIORITY" '
         f'"$DROPR_ATTEMPT" "$DROPR_PATH" > {q(out)}/$DROPR_ID.env'
     )
-    p = run_bounded(
-        pair.b, "dropr-recv", "--exec", handler, "--channel", "jobs", "--once", timeout=60
-    )
+    p = run_bounded(pair.b, "dropr-recv", "--exec", handler, "--channel", "jobs", "--once", timeout=60)
     assert p.returncode == 0, p.stderr.decode()
     for ident, payload in zip(ids, payloads, strict=True):
         assert (out / ident).read_bytes() == payload, f"stdin payload of {ident} differs"
@@ -259,16 +217,12 @@ def test_handler_success_payload_and_environment(pair: Pair, tmp_path: Path) -> 
 def test_handler_failure_retried_then_dead_with_reason(pair: Pair, tmp_path: Path) -> None:
     (ident,) = pair.deliver([b"poison"])
     runs = tmp_path / "runs"
-    handler = (
-        f"echo run >> {q(runs)}; echo 'first line' >&2; echo 'boom: cannot frobnicate' >&2; exit 3"
-    )
+    handler = f"echo run >> {q(runs)}; echo 'first line' >&2; echo 'boom: cannot frobnicate' >&2; exit 3"
     b = pair.b
     logs = []
 
     def attempt() -> bool:
-        p = run_bounded(
-            b, "dropr-recv", "--exec", handler, "--once", "--max-attempts", "2", timeout=30
-        )
+        p = run_bounded(b, "dropr-recv", "--exec", handler, "--once", "--max-attempts", "2", timeout=30)
         assert p.returncode == 0, p.stderr.decode()
         logs.append(p.stderr.decode())
         return in_state(b, ident) == "dead"
@@ -314,9 +268,7 @@ def test_handler_exit_75_is_not_a_failure(pair: Pair, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     b = pair.b
     handler = f"echo run >> {q(runs)}; exit 75"
-    proc = b.start(
-        "dropr-recv", "--exec", handler, "--max-attempts", "1", stderr=subprocess.DEVNULL
-    )
+    proc = b.start("dropr-recv", "--exec", handler, "--max-attempts", "1", stderr=subprocess.DEVNULL)
     wait_until(lambda: runs.exists(), 15, "the handler to run")
     proc.send_signal(signal.SIGTERM)
     proc.wait(15)
@@ -325,13 +277,11 @@ def test_handler_exit_75_is_not_a_failure(pair: Pair, tmp_path: Path) -> None:
     assert "75" in (rec["error"] or "")
 
 
-def test_handler_timeout_terminates_and_counts_as_failed(pair: Pair, tmp_path: Path) -> None:
-    (ident,) = pair.deliver([b"slow"])
-    b = pair.b
-    sh = tmp_path / "sh.pid"
-    handler = f"echo $$ > {q(sh)}; echo 'napping now' >&2; exec sleep 30"
-    t0 = time.monotonic()
-    p = run_bounded(
+def recv_with_1s_timeout(
+    b: Node, handler: str, *, max_attempts: int, timeout: float
+) -> subprocess.CompletedProcess[bytes]:
+    """Run dropr-recv --once --exec handler --timeout 1s; it must end within timeout."""
+    return run_bounded(
         b,
         "dropr-recv",
         "--exec",
@@ -339,10 +289,19 @@ def test_handler_timeout_terminates_and_counts_as_failed(pair: Pair, tmp_path: P
         "--timeout",
         "1s",
         "--max-attempts",
-        "1",
+        str(max_attempts),
         "--once",
-        timeout=30,
+        timeout=timeout,
     )
+
+
+def test_handler_timeout_terminates_and_counts_as_failed(pair: Pair, tmp_path: Path) -> None:
+    (ident,) = pair.deliver([b"slow"])
+    b = pair.b
+    sh = tmp_path / "sh.pid"
+    handler = f"echo $$ > {q(sh)}; echo 'napping now' >&2; exec sleep 30"
+    t0 = time.monotonic()
+    p = recv_with_1s_timeout(b, handler, max_attempts=1, timeout=30)
     took = time.monotonic() - t0
     assert p.returncode == 0, p.stderr.decode()
     assert 1.0 <= took < 5.0, f"TERM at --timeout ends a plain sleep at once; took {took:.1f}s"
@@ -356,23 +315,9 @@ def test_handler_ignoring_term_is_killed(pair: Pair, tmp_path: Path) -> None:
     (ident,) = pair.deliver([b"stubborn"])
     b = pair.b
     sh = tmp_path / "sh.pid"
-    handler = (
-        f"trap '' TERM; echo $$ > {q(sh)}; "
-        "i=0; while [ $i -lt 400 ]; do sleep 0.1; i=$((i+1)); done"
-    )
+    handler = f"trap '' TERM; echo $$ > {q(sh)}; i=0; while [ $i -lt 400 ]; do sleep 0.1; i=$((i+1)); done"
     t0 = time.monotonic()
-    p = run_bounded(
-        b,
-        "dropr-recv",
-        "--exec",
-        handler,
-        "--timeout",
-        "1s",
-        "--max-attempts",
-        "2",
-        "--once",
-        timeout=40,
-    )
+    p = recv_with_1s_timeout(b, handler, max_attempts=2, timeout=40)
     took = time.monotonic() - t0
     assert p.returncode == 0, p.stderr.decode()
     assert took < 20, f"KILL should follow TERM after a short grace; took {took:.1f}s"
@@ -390,18 +335,7 @@ def test_handler_timeout_kills_the_whole_handler(pair: Pair, tmp_path: Path) -> 
     # the child lets go of dropr-recv's stdout and stderr, so only its being alive tells
     handler = f"(sleep 20; echo late > {q(late)}) >/dev/null 2>&1 & echo $! > {q(kid)}; wait"
     try:
-        p = run_bounded(
-            b,
-            "dropr-recv",
-            "--exec",
-            handler,
-            "--timeout",
-            "1s",
-            "--max-attempts",
-            "1",
-            "--once",
-            timeout=30,
-        )
+        p = recv_with_1s_timeout(b, handler, max_attempts=1, timeout=30)
         assert p.returncode == 0, p.stderr.decode()
         pid = int(kid.read_text())
         deadline = time.monotonic() + 2
@@ -462,10 +396,7 @@ def test_jobs_run_concurrently(pair: Pair, tmp_path: Path) -> None:
     p = run_bounded(pair.b, "dropr-recv", "--exec", handler, "--jobs", "3", "--once", timeout=60)
     took = time.monotonic() - t0
     assert p.returncode == 0, p.stderr.decode()
-    spans = [
-        (float((out / f"{i}.start").read_text()), float((out / f"{i}.end").read_text()))
-        for i in ids
-    ]
+    spans = [(float((out / f"{i}.start").read_text()), float((out / f"{i}.end").read_text())) for i in ids]
     events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
     running = peak = 0
     for _, step in events:
@@ -539,16 +470,7 @@ def test_formats_json_and_raw(pair: Pair) -> None:
     assert rc == 0
     assert [r["id"] for r in recs] == b_ids + c_ids + a_ids, "priority first, then arrival"
     for r, payload, prio in zip(recs, [b"urgent", b"normal!", b"low"], [0, 5, 9], strict=True):
-        assert set(r) == {
-            "id",
-            "channel",
-            "origin",
-            "priority",
-            "created",
-            "size",
-            "attempt",
-            "path",
-        }
+        assert set(r) == CLAIM_FIELDS
         assert r["channel"] == "orders" and r["origin"] == "a"
         assert r["priority"] == prio and r["size"] == len(payload) and r["attempt"] == 1
         assert Path(r["path"]).read_bytes() == payload

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import children, free_port, listdir, vm_hwm, wait_until
 
 Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
 Nodes = Callable[[str], Node]
@@ -30,28 +31,7 @@ DEADLINE = 60.0  # the virtual disk here can be slow; a healthy run takes a frac
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll cond until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
-
-
-def free_port() -> int:
-    """Return a loopback port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def send_once(
-    node: Node, *args: str, timeout: float = DEADLINE
-) -> subprocess.CompletedProcess[bytes]:
+def send_once(node: Node, *args: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[bytes]:
     """Run one dropr-send --once pass for node."""
     return node.run("dropr-send", "--once", *args, timeout=timeout)
 
@@ -81,42 +61,6 @@ def peer_health(text: str, peer: str) -> str:
 
 def ready_dir(node: Node, channel: str = "default") -> Path:
     return node.spool / "in" / channel / "ready"
-
-
-def listdir(path: Path) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
-
-
-def children(pid: int) -> list[int]:
-    """Return the pids whose parent is pid (gunicorn workers of a dropr-serve master)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the command may contain spaces and parentheses: the ppid follows the last ")"
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            out.append(int(entry))
-    return out
-
-
-def vm_hwm(pid: int) -> int | None:
-    """Return the peak resident set size of pid in bytes, or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 class PeakRSS(threading.Thread):
@@ -166,9 +110,7 @@ def two_nodes(nodes: Nodes, b_config: str = "") -> tuple[Node, Node, str]:
 def _put_mixed(a: Node, url: str, first: bytes = b"high 0") -> tuple[list[str], str, list[str]]:
     """Put three p9, then three p0 messages, then one p5; return (p0 ids, p5 id, p9 ids)."""
     low = [a.put(f"low {i}", "--to", url, "--priority", "9") for i in range(3)]
-    high = [
-        a.put(first if i == 0 else f"high {i}", "--to", url, "--priority", "0") for i in range(3)
-    ]
+    high = [a.put(first if i == 0 else f"high {i}", "--to", url, "--priority", "0") for i in range(3)]
     mid = a.put("mid", "--to", url)
     return high, mid, low
 
@@ -297,9 +239,7 @@ def test_hung_peer_does_not_stall_others(nodes: Nodes) -> None:
         hung.bind(("127.0.0.1", 0))
         hung.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
         url_h = f"http://127.0.0.1:{hung.getsockname()[1]}/"
-        a.config(
-            f'[peers.b]\nurl = "{url_b}"\n[peers.hung]\nurl = "{url_h}"\n[send]\ntimeout = "3s"\n'
-        )
+        a.config(f'[peers.b]\nurl = "{url_b}"\n[peers.hung]\nurl = "{url_h}"\n[send]\ntimeout = "3s"\n')
         stuck = a.put(b"never answered", "--to", "hung")
         ident = a.put(b"goes through", "--to", "b")
         sender = a.start("dropr-send", "--once", stderr=subprocess.PIPE)
@@ -577,7 +517,7 @@ def test_daemon_delivers_fresh_put_fast(nodes: Nodes) -> None:
     for want in range(2, 7):
         a.put(f"fast {want}", "--to", url)
         returned = time.monotonic()
-        wait_until(lambda w=want: len(listdir(ready)) >= w, 10, f"message {want} at b")
+        wait_until(lambda w=want: len(listdir(ready)) >= w, 10, f"message {want} at b", interval=0.005)
         latencies.append(time.monotonic() - returned)
     # loose bound: a sender that polled instead of being woken would take seconds
     assert max(latencies) < 1.0, latencies
@@ -604,9 +544,7 @@ def test_max_messages(nodes: Nodes) -> None:
     ids = a.put("\n".join(f"m{i}" for i in range(10)), "--to", url, "--lines").split()
     assert len(ids) == 10
     # the daemon exits by itself after 3 (--concurrency 1: no second request in flight)
-    p = a.run(
-        "dropr-send", "--max-messages", "3", "--batch", "1", "--concurrency", "1", timeout=DEADLINE
-    )
+    p = a.run("dropr-send", "--max-messages", "3", "--batch", "1", "--concurrency", "1", timeout=DEADLINE)
     assert p.returncode == 0, p.stderr.decode()
     states = a.states("out")
     assert {i for i, s in states.items() if s == "sent"} == set(ids[:3])
@@ -682,14 +620,19 @@ def make_ca(d: Path) -> tuple[Path, Path, Path]:
     return d / "ca.pem", d / "srv.pem", d / "srv.key"
 
 
-def test_tls_private_ca(nodes: Nodes, tmp_path: Path) -> None:
+def serve_tls(nodes: Nodes, tmp_path: Path) -> tuple[Node, Node, Path, str]:
+    """Make nodes a and b, b serving https with a private CA's certificate: (a, b, CA, URL)."""
     if not subprocess.run(["which", "openssl"], capture_output=True).stdout:
         pytest.skip("the openssl command is not installed")
     certs = tmp_path / "certs"
     certs.mkdir()
     ca, cert, key = make_ca(certs)
     a, b = nodes("a"), nodes("b")
-    url = b.serve("--certfile", str(cert), "--keyfile", str(key))
+    return a, b, ca, b.serve("--certfile", str(cert), "--keyfile", str(key))
+
+
+def test_tls_private_ca(nodes: Nodes, tmp_path: Path) -> None:
+    a, b, ca, url = serve_tls(nodes, tmp_path)
     assert url.startswith("https://127.0.0.1:")
 
     # without the CA the certificate is not trusted: deferred, error shown, still queued
@@ -712,13 +655,7 @@ def test_tls_private_ca(nodes: Nodes, tmp_path: Path) -> None:
 
 def test_tls_url_peer_with_global_cafile(nodes: Nodes, tmp_path: Path) -> None:
     """A peer given as an https URL uses send.cafile from the config."""
-    if not subprocess.run(["which", "openssl"], capture_output=True).stdout:
-        pytest.skip("the openssl command is not installed")
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    ca, cert, key = make_ca(certs)
-    a, b = nodes("a"), nodes("b")
-    url = b.serve("--certfile", str(cert), "--keyfile", str(key))
+    a, b, ca, url = serve_tls(nodes, tmp_path)
     a.config(f'[send]\ncafile = "{ca}"\n')
     ident = a.put("by url", "--to", url)
     p = send_once(a)

@@ -6,7 +6,6 @@ The spool lives on a 2 MiB tmpfs mounted for the test (needs root; skipped other
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,28 +14,16 @@ from typing import Any
 import pytest
 from dropr import message as m
 from dropr.spool import OUT_STATES, Spool
+from helpers import NOWHERE, tmpfs
 
-NOWHERE = "http://127.0.0.1:9/"
 LINE = 3000  # header + line fit one 4 KiB page: a write either fits whole or fails
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs, unmounted at the end whatever happens."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a 2 MiB tmpfs (needs root): {res.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "size=2m,mode=0755") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def free_bytes(path: Path) -> int:
@@ -116,9 +103,7 @@ def test_disk_full_exits_75_and_recovers(cmd: Any, small_fs: Path) -> None:
     assert sp.read_header(p, state, name).size == len(data)
 
 
-def test_file_larger_than_free_space_is_75_not_truncated(
-    cmd: Any, small_fs: Path, tmp_path: Path
-) -> None:
+def test_file_larger_than_free_space_is_75_not_truncated(cmd: Any, small_fs: Path, tmp_path: Path) -> None:
     spool = small_fs / "spool"
     assert cmd.run("dropr-put", "--to", NOWHERE, input=b"first", spool=spool).returncode == 0
     filler = small_fs / "filler"

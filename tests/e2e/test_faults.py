@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import alive, children, free_port, listdir, tmpfs, wait_until
 
 Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
 Nodes = Callable[[str], Node]
@@ -29,56 +29,6 @@ DEADLINE = 120.0  # generous for the slow virtual disk; a healthy run needs a fe
 FAST_RETRY = '[send]\nbackoff_min = "50ms"\nbackoff_max = "300ms"\n'
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> Any:
-    """Poll cond until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
-
-
-def free_port() -> int:
-    """Return a loopback port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def listdir(path: Path) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
-
-
-def children(pid: int) -> list[int]:
-    """Return the pids whose parent is pid."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-def gone(pid: int) -> bool:
-    """Tell whether pid has exited (a zombie counts as gone: it holds no sockets or files)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def payloads() -> list[bytes]:
@@ -158,6 +108,7 @@ def test_kill_sender_at_random_moments(nodes: Nodes) -> None:
                 lambda t=target, s=sender: len(listdir(ready(b))) >= t or s.poll() is not None,
                 DEADLINE,
                 "the peer to store more",
+                interval=0.002,  # kill as soon as the count is reached
             )
         else:
             # at a random moment, possibly mid-upload
@@ -181,7 +132,7 @@ def kill_server(b: Node) -> None:
         os.kill(pid, signal.SIGKILL)
     master.wait(30)
     b.serve_proc = None
-    wait_until(lambda: all(gone(p) for p in pids), 30, "the killed server processes to exit")
+    wait_until(lambda: not any(alive(p) for p in pids), 30, "the killed server processes to exit")
 
 
 def test_kill_server_at_random_moments(nodes: Nodes) -> None:
@@ -203,7 +154,10 @@ def test_kill_server_at_random_moments(nodes: Nodes) -> None:
         if rnd % 2:
             target = min(N, stored + rng.randint(1, 400))
             wait_until(
-                lambda t=target: len(listdir(ready(b))) >= t, DEADLINE, "the peer to store more"
+                lambda t=target: len(listdir(ready(b))) >= t,
+                DEADLINE,
+                "the peer to store more",
+                interval=0.002,  # kill as soon as the count is reached
             )
         else:
             time.sleep(rng.uniform(0.05, 0.5))  # the fault's timing, not a synchronization
@@ -221,35 +175,11 @@ def test_kill_server_at_random_moments(nodes: Nodes) -> None:
     # tmp/ may hold files of killed workers: crash leftovers, swept by age, never in the inbox
 
 
-def mount_small(mnt: Path) -> None:
-    """Mount a 4 MiB tmpfs at mnt, or skip the test."""
-    mnt.mkdir(exist_ok=True)
-    p = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=30,
-    )
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {p.stderr.decode().strip()}")
-
-
-def umount(mnt: Path) -> None:
-    for _ in range(50):
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.1)  # a process that held a file there is still exiting
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs mounted at tmp_path/b (node b's spool); unmounted afterwards."""
-    mnt = tmp_path / "b"
-    mount_small(mnt)
-    try:
+    with tmpfs(tmp_path / "b", "size=4m") as mnt:
         yield mnt
-    finally:
-        umount(mnt)
 
 
 SIZE = 300 << 10

@@ -14,33 +14,19 @@ import json
 import os
 import secrets
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import command_path, listdir, wait_until
 
 Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
 Nodes = Callable[[str], Node]
-BIN = Path(sys.executable).parent
 TOKEN = "tok-of-a-" + secrets.token_hex(8)
 DEADLINE = 30.0
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> Any:
-    """Poll cond until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -92,13 +78,11 @@ class Link:
         for ns in (self.ns_a, self.ns_b):
             ip("netns", "del", ns, check=False)
 
-    def exec(
-        self, ns: str, node: Node, name: str, *args: str, log: Path
-    ) -> subprocess.Popen[bytes]:
+    def exec(self, ns: str, node: Node, name: str, *args: str, log: Path) -> subprocess.Popen[bytes]:
         """Start a dropr command of node inside namespace ns; node's teardown stops it."""
         with open(log, "wb") as f:
             p = subprocess.Popen(
-                ["ip", "netns", "exec", ns, str(BIN / name), *args],
+                ["ip", "netns", "exec", ns, command_path(name), *args],
                 env=node.env,
                 stderr=f,
                 stdin=subprocess.DEVNULL,
@@ -112,21 +96,12 @@ def link() -> Iterator[Link]:
     lk = Link()
     p = ip("netns", "add", lk.ns_a, check=False)
     if p.returncode != 0:
-        pytest.skip(
-            f"cannot create a network namespace (needs root and iproute2): {p.stderr.strip()}"
-        )
+        pytest.skip(f"cannot create a network namespace (needs root and iproute2): {p.stderr.strip()}")
     try:
         lk.up()
         yield lk
     finally:
         lk.delete()
-
-
-def listdir(path: Path) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
 
 
 def test_link_cut_and_healed(link: Link, nodes: Nodes, tmp_path: Path) -> None:
@@ -140,22 +115,20 @@ def test_link_cut_and_healed(link: Link, nodes: Nodes, tmp_path: Path) -> None:
     try:
         # not loopback, so the server needs tokens (it has them), not --insecure
         serve_log = tmp_path / "b-serve-netns.log"
-        serve = link.exec(
-            link.ns_b, b, "dropr-serve", "--listen", f"{link.addr_b}:8080", log=serve_log
-        )
+        serve = link.exec(link.ns_b, b, "dropr-serve", "--listen", f"{link.addr_b}:8080", log=serve_log)
 
         def listening() -> bool:
             if serve.poll() is not None:
                 raise AssertionError(f"dropr-serve died: {serve_log.read_text()}")
             return f"url=http://{link.addr_b}:8080/" in serve_log.read_text()
 
-        wait_until(listening, what="dropr-serve to listen inside namespace B")
+        wait_until(listening, DEADLINE, "dropr-serve to listen inside namespace B")
 
         first = a.put("before the cut", "--to", "b")
         send_log = tmp_path / "a-send-netns.log"
         sender = link.exec(link.ns_a, a, "dropr-send", log=send_log)
         ready = b.spool / "in" / "default" / "ready"
-        wait_until(lambda: len(listdir(ready)) == 1, what="delivery over the veth pair")
+        wait_until(lambda: len(listdir(ready)) == 1, DEADLINE, "delivery over the veth pair")
         assert sender.poll() is None
 
         link.cut()
@@ -169,7 +142,7 @@ def test_link_cut_and_healed(link: Link, nodes: Nodes, tmp_path: Path) -> None:
                 return 0
 
         # deferred, and retried by the backoff (a second failure) while the link is down
-        wait_until(lambda: failures() >= 2, what="the daemon to defer and retry")
+        wait_until(lambda: failures() >= 2, DEADLINE, "the daemon to defer and retry")
         states = a.states("out")
         assert states[first] == "sent"
         assert all(states[i] == "queued" for i in cut), states
@@ -180,8 +153,8 @@ def test_link_cut_and_healed(link: Link, nodes: Nodes, tmp_path: Path) -> None:
         assert len(listdir(ready)) == 1
 
         link.heal()
-        wait_until(lambda: len(listdir(ready)) == 6, what="delivery after the link healed")
-        wait_until(lambda: set(a.states("out").values()) == {"sent"}, what="all recorded as sent")
+        wait_until(lambda: len(listdir(ready)) == 6, DEADLINE, "delivery after the link healed")
+        wait_until(lambda: set(a.states("out").values()) == {"sent"}, DEADLINE, "all recorded as sent")
         ids = [n.split(",")[2] for n in listdir(ready)]
         assert sorted(ids) == sorted([first, *cut])  # each exactly once
         for n in listdir(ready):

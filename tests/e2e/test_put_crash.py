@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 from dropr import message as m
 from dropr.spool import OUT_STATES, Spool
+from helpers import NOWHERE
 
 pytestmark = pytest.mark.slow
 
-NOWHERE = "http://127.0.0.1:9/"
 ROUNDS = 10
 
 

@@ -14,21 +14,7 @@ from typing import Any
 import pytest
 from dropr import message as m
 from dropr.spool import Spool
-
-MSG_FIELDS = [
-    "id",
-    "box",
-    "name",
-    "state",
-    "priority",
-    "size",
-    "attempts",
-    "created",
-    "path",
-    "error",
-]
-NOWHERE = "http://127.0.0.1:9/"  # loopback discard port: nothing listens, puts never connect
-ROW_FIELDS = ["box", "name", "state", "count", "bytes", "oldest"]
+from helpers import MSG_FIELDS, NOWHERE, ROW_FIELDS
 
 
 def payload(spool: Path, ident: str) -> tuple[m.Header, bytes]:
@@ -95,9 +81,7 @@ def test_put_stdin_then_ls(cmd: Any, spool_dir: Path) -> None:
     assert rec["path"] in text
 
     res = cmd.run("dropr-ls", "--prom", spool=spool_dir)
-    assert (
-        f'dropr_messages{{box="out",name="{rec["name"]}",state="queued"}} 1' in res.stdout.decode()
-    )
+    assert f'dropr_messages{{box="out",name="{rec["name"]}",state="queued"}} 1' in res.stdout.decode()
 
 
 def test_put_many_peers_and_ls_counts(cmd: Any, spool_dir: Path) -> None:
@@ -140,9 +124,7 @@ def test_file_of_50mib_streams_in_flat_memory(cmd: Any, spool_dir: Path, tmp_pat
     )
     *ids, code, maxrss_kib = res.stdout.decode().split()
     assert int(code) == 0, res.stderr
-    assert int(maxrss_kib) < 64 * 1024 * 0.75, (
-        f"peak RSS {int(maxrss_kib) // 1024} MiB for a 50 MiB file"
-    )
+    assert int(maxrss_kib) < 64 * 1024 * 0.75, f"peak RSS {int(maxrss_kib) // 1024} MiB for a 50 MiB file"
     [ident] = ids
     sp = Spool(str(spool_dir), create=False)
     [(peer, state, name)] = sp.find_out(ident)
@@ -196,9 +178,7 @@ def test_lines_from_a_slow_pipe_commit_without_eof(cmd: Any, spool_dir: Path) ->
             proc.stdin.write(text + b"\n")
             proc.stdin.flush()
             ident = _read_line(proc, buf, time.monotonic() + limit)
-            assert ident is not None, (
-                f"no id for {text!r} within {limit}s: the commit waits for EOF"
-            )
+            assert ident is not None, f"no id for {text!r} within {limit}s: the commit waits for EOF"
             ids.append(ident)
             assert payload(spool_dir, ident)[1] == text, "the id is printed only once durable"
         proc.stdin.write(b"partial")  # no newline: not a record until EOF

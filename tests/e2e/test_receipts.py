@@ -13,33 +13,15 @@ import os
 import select
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import command_path, wait_until
 
 Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
-BIN = Path(sys.executable).parent
-
-
-def cmd(name: str) -> str:
-    """Return the path of an installed dropr command."""
-    return str(BIN / name)
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll cond until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def read_line(stream: Any, timeout: float) -> bytes:
@@ -100,7 +82,8 @@ def test_ack_at_receiver_becomes_processed_at_sender(net: tuple[Node, Node, str]
     ident = a.put("job", "--to", url)
     send_once(a)
     assert a.states("out") == {ident: "sent"}
-    pipeline = f"{shlex.quote(cmd('dropr-recv'))} | {shlex.quote(cmd('dropr-ack'))} -"
+    recv, ack = shlex.quote(command_path("dropr-recv")), shlex.quote(command_path("dropr-ack"))
+    pipeline = f"{recv} | {ack} -"
     p = subprocess.run(["/bin/sh", "-c", pipeline], env=b.env, capture_output=True, timeout=60)
     assert p.returncode == 0, p.stderr.decode()
     assert b.states("in") == {ident: "done"}

@@ -13,45 +13,17 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dropr import message as m
+from helpers import children, command_path, wait_until
 
-BIN = Path(sys.executable).parent
 BOUNDARY = "dropr-test-boundary-7f3a9c"
 TOKEN = "tok-of-a"
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll cond until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
-
-
-def children(pid: int) -> set[int]:
-    """Return the pids whose parent is pid (the gunicorn workers of a dropr-serve)."""
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.add(int(entry))
-    return out
 
 
 class Server:
@@ -75,7 +47,7 @@ class Server:
         self.before: dict[str, tuple[bool, int]] = {}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "dropr-serve"), "--listen", "127.0.0.1:0", *args],
+                [command_path("dropr-serve"), "--listen", "127.0.0.1:0", *args],
                 env=full_env,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -252,12 +224,12 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def _checked(server: Server) -> Iterator[Server]:
     """Yield the server; afterwards check it survived and left nothing behind."""
-    workers = children(server.proc.pid)
+    workers = set(children(server.proc.pid))
     server.before = server.tree()
     log_at = server.log.stat().st_size
     yield server
     assert server.alive(), server.log.read_text()
-    assert children(server.proc.pid) == workers, "a worker died and was replaced"
+    assert set(children(server.proc.pid)) == workers, "a worker died and was replaced"
     wait_until(lambda: not server.tmp(), 20, f"tmp/ to be empty, not {server.tmp()}")
     spool = os.path.relpath(server.spool, server.root)
 
@@ -327,9 +299,7 @@ def test_non_multipart_body(srv: Server, ctype: str) -> None:
 
 MALFORMED = {
     "no-boundary-in-body": b"just some bytes, no boundary anywhere",
-    "bad-part-header": (
-        f"--{BOUNDARY}\r\nthis is not a header\r\n\r\nxx\r\n--{BOUNDARY}--\r\n".encode()
-    ),
+    "bad-part-header": (f"--{BOUNDARY}\r\nthis is not a header\r\n\r\nxx\r\n--{BOUNDARY}--\r\n".encode()),
     "garbage-after-boundary": f"--{BOUNDARY}zzz\r\n".encode() + b"\x00" * 300,
     "empty": b"",
 }
@@ -548,9 +518,7 @@ def test_unknown_token_401(tsrv: Server, auth: str | None) -> None:
 
 def test_token_cannot_claim_another_origin_403(tsrv: Server) -> None:
     ident, content = message(b"i am c")
-    status, body = tsrv.post(
-        [(ident, content)], origin="c", headers={"Authorization": f"Bearer {TOKEN}"}
-    )
+    status, body = tsrv.post([(ident, content)], origin="c", headers={"Authorization": f"Bearer {TOKEN}"})
     assert status == 403, body
     unchanged(tsrv)
 

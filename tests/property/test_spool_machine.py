@@ -69,9 +69,7 @@ class SpoolMachine(RuleBasedStateMachine):
 
     # -- outbox ---------------------------------------------------------------
 
-    @rule(
-        dests=peer_sets, bodies=st.lists(payloads, min_size=1, max_size=6), prio=st.integers(0, 9)
-    )
+    @rule(dests=peer_sets, bodies=st.lists(payloads, min_size=1, max_size=6), prio=st.integers(0, 9))
     def put(self, dests: tuple[str, ...], bodies: list[bytes], prio: int) -> None:
         batch = self.sp.batch([PEERS[p] for p in dests], priority=prio)
         for b in bodies:
@@ -105,13 +103,9 @@ class SpoolMachine(RuleBasedStateMachine):
         batch.pending = []
         self.abandoned += 1
 
-    def _out_pick(
-        self, data: st.DataObject, state: str | tuple[str, ...]
-    ) -> tuple[str, str] | None:
+    def _out_pick(self, data: st.DataObject, state: str | tuple[str, ...]) -> tuple[str, str] | None:
         states = (state,) if isinstance(state, str) else state
-        choices = sorted(
-            (i, p) for i, msg in self.out.items() for p, s in msg.states.items() if s in states
-        )
+        choices = sorted((i, p) for i, msg in self.out.items() for p, s in msg.states.items() if s in states)
         return data.draw(st.sampled_from(choices)) if choices else None
 
     def _out_move(self, data: st.DataObject, src: str | tuple[str, ...], dst: str) -> None:
@@ -181,9 +175,7 @@ class SpoolMachine(RuleBasedStateMachine):
                     self.inbox[key] = InMsg(body, hdr.channel, "ready")
 
     def _in_keys(self, *states: str, channel: str | None = None) -> list[tuple[str, str]]:
-        return sorted(
-            k for k, v in self.inbox.items() if v.state in states and channel in (None, v.channel)
-        )
+        return sorted(k for k, v in self.inbox.items() if v.state in states and channel in (None, v.channel))
 
     def _sweep_model(self, channel: str) -> int:
         moved = 0
@@ -300,9 +292,7 @@ class SpoolMachine(RuleBasedStateMachine):
     @invariant()
     def find_out_agrees(self) -> None:
         for ident, msg in self.out.items():
-            assert sorted((p, s) for p, s, _ in self.sp.find_out(ident)) == sorted(
-                msg.states.items()
-            )
+            assert sorted((p, s) for p, s, _ in self.sp.find_out(ident)) == sorted(msg.states.items())
 
     @invariant()
     def inbox_matches_model(self) -> None:

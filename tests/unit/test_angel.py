@@ -22,24 +22,9 @@ from dropr import angel
 from dropr.angel import Backoff, Options, exit_status, fmt_size, parse_backoff, supervise
 from dropr.errors import EX_TEMPFAIL, CantCreateError, DroprError, UsageError
 from filelock import FileLock
+from helpers import lines, poll, wait_until
 
 PY = sys.executable
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def lines(path: Path) -> list[str]:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
 
 
 def sh(script: str, marker: Path) -> list[str]:
@@ -76,7 +61,7 @@ def signal_self_when(pred: Callable[[], bool], signum: int) -> threading.Thread:
     """Send signum to this process once pred holds (supervise is then listening)."""
 
     def run() -> None:
-        if wait_until(pred):
+        if poll(pred):
             os.kill(os.getpid(), signum)
 
     t = threading.Thread(target=run, daemon=True)
@@ -174,7 +159,7 @@ def test_group_rss_sums_the_whole_process_group(tmp_path: Path) -> None:
     # sh stays the group leader and parent; the hog is a grandchild of the test
     p = subprocess.Popen(["sh", "-c", f'"{PY}" -c "$1"; :', "sh", hog], process_group=0)
     try:
-        assert wait_until(ready.exists)
+        wait_until(ready.exists, what="the hog to allocate")
         leader = angel.process_rss(p.pid)
         total = angel.group_rss(p.pid)
         assert leader < 16 << 20

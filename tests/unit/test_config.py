@@ -191,9 +191,7 @@ def test_missing_explicit_config_is_config_error(tmp_path: Path) -> None:
     assert str(missing) in str(exc.value)
 
 
-def test_missing_config_from_env_is_config_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_config_from_env_is_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DROPR_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(ConfigError):
         c.load(str(tmp_path))
@@ -205,9 +203,7 @@ def test_unreadable_config_is_config_error(tmp_path: Path) -> None:
         c.load(str(tmp_path))
 
 
-def test_explicit_config_wins_over_env_and_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_explicit_config_wins_over_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write(tmp_path / "dropr.toml", "node = 'default-file'\n")
     _write(tmp_path / "env.toml", "node = 'env-file'\n")
     _write(tmp_path / "arg.toml", "node = 'arg-file'\n")

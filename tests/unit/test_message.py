@@ -135,9 +135,7 @@ def test_parse_out_name_rejects(bad: str) -> None:
         m.parse_out_name(bad)
 
 
-@pytest.mark.parametrize(
-    "bad", ["", "51234567890abc,id", "51234567890abc,o,i,x", "z1234567890abc,o,i"]
-)
+@pytest.mark.parametrize("bad", ["", "51234567890abc,id", "51234567890abc,o,i,x", "z1234567890abc,o,i"])
 def test_parse_in_name_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
         m.parse_in_name(bad)
@@ -170,10 +168,7 @@ def test_header_pack_and_parse_are_exact_inverses(h: m.Header) -> None:
 def test_header_has_the_documented_shape() -> None:
     h = m.Header("0190f3c2a1b4c5d6e7f8a9b0", "default", 5, 1000, 0, 3, 0xABC)
     raw = h.pack()
-    assert (
-        raw.rstrip()
-        == b"DROPR1 id=0190f3c2a1b4c5d6e7f8a9b0 ch=default p=5 c=1000 d=0 s=3 k=00000abc"
-    )
+    assert raw.rstrip() == b"DROPR1 id=0190f3c2a1b4c5d6e7f8a9b0 ch=default p=5 c=1000 d=0 s=3 k=00000abc"
 
 
 def _raw(**fields: str) -> bytes:

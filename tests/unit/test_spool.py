@@ -23,6 +23,7 @@ from dropr.errors import (
     TempFailError,
 )
 from dropr.spool import Spool
+from helpers import CLAIM_FIELDS
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
@@ -259,12 +260,8 @@ def test_node_is_fixed_at_first_use(spool_dir: Path, monkeypatch: pytest.MonkeyP
     assert Spool(str(spool_dir), Config({"node": "web1"})).node == "web1"
 
 
-def test_node_defaults_to_a_safe_host_name(
-    spool_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(
-        os, "uname", lambda: os.uname_result(("Linux", "my host.example.com", "", "", ""))
-    )
+def test_node_defaults_to_a_safe_host_name(spool_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Linux", "my host.example.com", "", "", "")))
     node = Spool(str(spool_dir)).node
     assert node == "my-host"
     m.check_name(node)
@@ -320,9 +317,7 @@ COMMIT_FAULTS: dict[str, tuple[str, int, list[Peer], Callable[..., bool]]] = {
 
 
 @pytest.mark.parametrize("fault", list(COMMIT_FAULTS))
-def test_commit_fault_leaves_nothing_partial(
-    sp: Spool, monkeypatch: pytest.MonkeyPatch, fault: str
-) -> None:
+def test_commit_fault_leaves_nothing_partial(sp: Spool, monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
     what, count, peers, fail_on = COMMIT_FAULTS[fault]
     put(sp, [b"already there"], peers=peers)  # earlier messages must survive untouched
     before = sorted(all_out_files(sp))
@@ -345,9 +340,7 @@ def test_commit_fault_leaves_nothing_partial(
 
 
 @pytest.mark.parametrize("fail_at", [1, 2])
-def test_write_fault_leaves_nothing(
-    sp: Spool, monkeypatch: pytest.MonkeyPatch, fail_at: int
-) -> None:
+def test_write_fault_leaves_nothing(sp: Spool, monkeypatch: pytest.MonkeyPatch, fail_at: int) -> None:
     batch = sp.batch([A])
     if fail_at == 2:
         batch.add(b"first")  # written fine, then the second add fails: the batch is dropped
@@ -377,18 +370,14 @@ def test_stream_write_fault_midway_leaves_nothing(
 def test_tmp_create_fault(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
     batch = sp.batch([A])
     real_open = os.open
-    monkeypatch.setattr(
-        os, "open", failing(real_open, lambda n, path, *a: str(path).startswith(sp.tmp))
-    )
+    monkeypatch.setattr(os, "open", failing(real_open, lambda n, path, *a: str(path).startswith(sp.tmp)))
     with pytest.raises(TempFailError):
         batch.add(b"x")
     monkeypatch.undo()
     assert_nothing_partial(sp)
 
 
-def test_short_write_never_commits_a_truncated_message(
-    sp: Spool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_short_write_never_commits_a_truncated_message(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
     real = os.write
 
     def short(fd: int, data: bytes) -> int:
@@ -616,16 +605,7 @@ def test_claim_sets_a_lease_and_ack_finishes(sp: Spool) -> None:
     assert c.expiry == pytest.approx(t0 + 120, abs=5)
     assert sp.find_in("web1", "a1")[1] == "claimed"  # type: ignore[index]
     info = c.info()
-    assert set(info) == {
-        "id",
-        "channel",
-        "origin",
-        "priority",
-        "created",
-        "size",
-        "attempt",
-        "path",
-    }
+    assert set(info) == CLAIM_FIELDS
     assert (info["id"], info["channel"], info["size"], info["attempt"]) == ("a1", "default", 2, 1)
     assert sp.finish("default", c.name, "ack") is True
     assert sp.find_in("web1", "a1")[1] == "done"  # type: ignore[index]
@@ -678,9 +658,7 @@ def test_expired_lease_returns_to_ready(sp: Spool) -> None:
     assert sp.in_meta("default", "web1", "e")["error"] == "lease expired"
     [c2] = sp.claim("default", 1, 300)
     assert c2.ident == "e" and c2.info()["attempt"] == 2
-    assert (
-        sp.finish("default", c.name, "ack") is True
-    )  # same name: the old holder's ack still lands
+    assert sp.finish("default", c.name, "ack") is True  # same name: the old holder's ack still lands
     assert sp.finish("default", c2.name, "ack") is False
 
 

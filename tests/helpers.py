@@ -1,0 +1,217 @@
+"""Plain helpers shared by the test files and the conftest.py fixtures: `from helpers import ...`.
+
+tests/ is on sys.path through `pythonpath` in pyproject.toml. Fixtures stay in the
+conftest.py files; never `from conftest import ...`: with one conftest per folder,
+that name means whichever conftest pytest imported last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# -- installed commands ------------------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+NOWHERE = "http://127.0.0.1:9/"  # loopback discard port: nothing listens, puts never connect
+
+
+def command_path(name: str) -> str:
+    """Return the installed console script `name` of the venv running the tests."""
+    path = BIN / name
+    if not path.exists():
+        pytest.skip(f"{name} is not installed in {BIN}; run pip install -e .")
+    return str(path)
+
+
+def clean_env(spool: str | os.PathLike[str] | None = None, **extra: str) -> dict[str, str]:
+    """Return os.environ without DROPR_* settings or completion triggers, plus a spool and extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPR_") and not k.endswith("_COMPLETE")}
+    if spool is not None:
+        env["DROPR_SPOOL"] = str(spool)
+    env.update(extra)
+    return env
+
+
+def run_cmd(
+    name: str,
+    *args: str,
+    input: bytes | str | None = b"",
+    env: Mapping[str, str] | None = None,
+    spool: str | os.PathLike[str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run an installed dropr command to completion; stdout and stderr are captured bytes.
+
+    `spool` becomes DROPR_SPOOL; `env` adds to (does not replace) a clean environment.
+    """
+    full_env = clean_env(spool, **(dict(env) if env else {}))
+    data = input.encode() if isinstance(input, str) else input
+    return subprocess.run(
+        [command_path(name), *args],
+        input=data,
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_error_line(stderr: bytes | str, prog: str) -> str:
+    """Assert stderr is exactly one `prog: error: ...` line and no traceback; return it."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    lines = text.splitlines()
+    assert "Traceback" not in text, text
+    assert len(lines) == 1, f"expected one error line, got {len(lines)}: {text!r}"
+    assert lines[0].startswith(f"{prog}: error: "), lines[0]
+    return lines[0]
+
+
+def expect_error(res: subprocess.CompletedProcess[bytes], code: int, prog: str) -> str:
+    """Assert a failure with code, nothing on stdout and one error line; return the line."""
+    assert res.returncode == code, (res.returncode, res.stderr.decode(errors="replace"))
+    assert res.stdout == b"", res.stdout
+    return one_error_line(res.stderr, prog)
+
+
+# -- what the commands print --------------------------------------------------------------
+
+# options every dropr command has, as its --help shows them
+COMMON_OPTIONS = ["--spool", "--config", "-v, --verbose", "-q, --quiet", "--version", "-h, --help"]
+# the keys of dropr-ls --json: summary rows, and records of messages (-l or an id)
+ROW_FIELDS = ["box", "name", "state", "count", "bytes", "oldest"]
+MSG_FIELDS = [
+    "id",
+    "box",
+    "name",
+    "state",
+    "priority",
+    "size",
+    "attempts",
+    "created",
+    "path",
+    "error",
+]
+# the keys of a claimed message: dropr-recv --format json, Claim.info()
+CLAIM_FIELDS = {"id", "channel", "origin", "priority", "created", "size", "attempt", "path"}
+
+
+# -- waiting -------------------------------------------------------------------------------
+
+
+def poll(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Call cond until it returns a truthy value or timeout passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(interval)
+
+
+def wait_until(
+    cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02
+) -> Any:
+    """Poll cond until it returns a truthy value (returned); fail at the deadline."""
+    v = poll(cond, timeout, interval)
+    if not v:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return v
+
+
+# -- files, ports, processes ---------------------------------------------------------------
+
+
+def lines(path: Path) -> list[str]:
+    """Return the lines of a file, none if it does not exist (yet)."""
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def listdir(path: Path) -> list[str]:
+    """Return the names in a directory, none if it does not exist (yet)."""
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def free_port() -> int:
+    """Return a loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def children(pid: int) -> list[int]:
+    """Return the pids whose parent is pid (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command may contain spaces and parentheses: the ppid follows the last ")"
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Tell whether pid exists and is not a zombie (a zombie holds no sockets or files)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def vm_hwm(pid: int) -> int | None:
+    """Return the peak resident set size of pid in bytes, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# -- a small file system -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(mnt: Path, options: str) -> Iterator[Path]:
+    """Mount a tmpfs with options (e.g. "size=4m") at mnt, or skip; unmount it afterwards."""
+    mnt.mkdir(exist_ok=True)
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=30,
+    )
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs {options} (needs root): {p.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        for _ in range(50):
+            if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)  # a process that held a file there is still exiting
+        else:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
