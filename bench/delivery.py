@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import Ctx, section, sync_fs
+from harness import Ctx, regular_install, section, sync_fs
 
 KIB_LINE = b"z" * 1023 + b"\n"
 
@@ -277,9 +277,10 @@ def consume_pipe(ctx: Ctx) -> None:
         root = ctx.fresh("consume-pipe")
         b = _fill_inbox(ctx, root, n)
         env = _env(ctx, "b")
+        reg = regular_install(ctx)  # what users run: no editable-install hook at start-up
         loop = (
-            f"while {ctx.cmd('dropr-recv')} --spool {b} -n 500 --format path "
-            f"| {ctx.cmd('dropr-ack')} --spool {b} -; do :; done"
+            f"while {reg / 'dropr-recv'} --spool {b} -n 500 --format path "
+            f"| {reg / 'dropr-ack'} --spool {b} -; do :; done"
         )
         t0 = time.perf_counter()
         subprocess.run(["bash", "-o", "pipefail", "-c", loop], env=env, check=False)
@@ -333,9 +334,10 @@ def pipeline(ctx: Ctx) -> None:
             procs.append(
                 subprocess.Popen([ctx.cmd("dropr-send"), "--spool", str(a), "-q"], env=_env(ctx, "a"))
             )
+            reg = regular_install(ctx)
             consumer = (
-                f"while :; do {ctx.cmd('dropr-recv')} --spool {b} -n 500 --wait --timeout 1s "
-                f"| {ctx.cmd('dropr-ack')} --spool {b} -; done"
+                f"while :; do {reg / 'dropr-recv'} --spool {b} -n 500 --wait --timeout 1s "
+                f"| {reg / 'dropr-ack'} --spool {b} -; done"
             )
             procs.append(
                 subprocess.Popen(["bash", "-c", consumer], env=_env(ctx, "b"), start_new_session=True)

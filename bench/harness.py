@@ -519,3 +519,53 @@ def summary(ctx: Ctx) -> None:
         f"  targets: {len(targets) - len(missed)} of {len(targets)} met"
         + (f"; missed or not measured: {', '.join(missed)}" if missed else "")
     )
+
+
+_REGULAR: dict[str, Path] = {}
+
+
+def regular_install(ctx: Ctx) -> Path:
+    """Install dropr as ``pip install .`` would (a copy in site-packages, compiled), in a
+    throwaway venv that reuses the project venv's dependencies; return its bin folder,
+    with every dropr-* console script of the project venv.
+
+    The project venv is an editable install, whose .pth hook makes *every* interpreter
+    start import pathlib, re, importlib.util and more: that inflates start-up figures.
+    Made once per run.
+    """
+    import importlib.util
+
+    if "bin" in _REGULAR:
+        return _REGULAR["bin"]
+    py = ctx.interpreter(ctx.cmd("dropr-put"))
+    d = ctx.fresh("regular-install")
+    venv = d / "venv"
+    subprocess.run([py, "-m", "venv", "--without-pip", str(venv)], check=True, env=ctx.env())
+    (purelib,) = venv.glob("lib/python3*/site-packages")
+    for pkg in ("dropr", "dropr_cli"):
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(f"cannot find the {pkg} package")
+        src = list(spec.submodule_search_locations)[0]
+        shutil.copytree(src, purelib / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([py, "-m", "compileall", "-q", str(purelib)], check=True, env=ctx.env())
+    deps = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, env=ctx.env(),
+    ).stdout.strip()  # fmt: skip
+    # a plain path entry: the editable install's .pth files there are not processed
+    (purelib / "zz-dropr-bench-deps.pth").write_text(deps + "\n")
+    vpy = str(venv / "bin" / "python")
+    for script in sorted(ctx.bindir.glob("dropr-*")):
+        lines = script.read_text().splitlines(keepends=True)
+        new = venv / "bin" / script.name
+        new.write_text(f"#!{vpy}\n" + "".join(lines[1:]))
+        new.chmod(0o755)
+    where = subprocess.run(
+        [vpy, "-c", "import dropr, sys; print(dropr.__file__); print(sys.modules.keys())"],
+        capture_output=True, text=True, check=True, env=ctx.env(),
+    ).stdout  # fmt: skip
+    if not where.startswith(str(purelib)) or "editable" in where:
+        raise RuntimeError(f"the regular install imports the wrong dropr: {where[:300]}")
+    _REGULAR["bin"] = venv / "bin"
+    return venv / "bin"

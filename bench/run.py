@@ -28,6 +28,7 @@ from harness import (
     fsync_dir,
     header,
     make_work,
+    regular_install,
     rm_rf,
     run_sections,
     section,
@@ -253,43 +254,9 @@ def _importtime(argv: list[str], stdin: Path, env: dict[str, str]) -> list[tuple
 
 
 def _regular_install(ctx: Ctx, py: str, put: str) -> tuple[str, str]:
-    """Install dropr as ``pip install .`` would (a copy in site-packages, compiled), in a
-    throwaway venv that reuses the project venv's dependencies; return (python, dropr-put).
-
-    The project venv is an editable install, whose .pth hook makes *every* interpreter
-    start import pathlib, re, importlib.util and more: that inflates the bare baseline.
-    """
-    import importlib.util
-
-    d = ctx.fresh("regular-install")
-    venv = d / "venv"
-    subprocess.run([py, "-m", "venv", "--without-pip", str(venv)], check=True, env=ctx.env())
-    (purelib,) = venv.glob("lib/python3*/site-packages")
-    for pkg in ("dropr", "dropr_cli"):
-        spec = importlib.util.find_spec(pkg)
-        if spec is None or not spec.submodule_search_locations:
-            raise RuntimeError(f"cannot find the {pkg} package")
-        src = list(spec.submodule_search_locations)[0]
-        shutil.copytree(src, purelib / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([py, "-m", "compileall", "-q", str(purelib)], check=True, env=ctx.env())
-    deps = subprocess.run(
-        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True, env=ctx.env(),
-    ).stdout.strip()  # fmt: skip
-    # a plain path entry: the editable install's .pth files there are not processed
-    (purelib / "zz-dropr-bench-deps.pth").write_text(deps + "\n")
-    vpy = str(venv / "bin" / "python")
-    script = venv / "bin" / "dropr-put"
-    lines = Path(put).read_text().splitlines(keepends=True)
-    script.write_text(f"#!{vpy}\n" + "".join(lines[1:]))
-    script.chmod(0o755)
-    where = subprocess.run(
-        [vpy, "-c", "import dropr, sys; print(dropr.__file__); print(sys.modules.keys())"],
-        capture_output=True, text=True, check=True, env=ctx.env(),
-    ).stdout  # fmt: skip
-    if not where.startswith(str(purelib)) or "editable" in where:
-        raise RuntimeError(f"the regular install imports the wrong dropr: {where[:300]}")
-    return vpy, str(script)
+    """Return (python, dropr-put) of a regular install (see harness.regular_install)."""
+    bindir = regular_install(ctx)
+    return str(bindir / "python"), str(bindir / "dropr-put")
 
 
 def _importtime_report(ctx: Ctx, py: str, put: str, spool: Path, stdin: Path, tag: str) -> None:
