@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 STATUS_BATCH = 1000
 POLL_MIN = 0.2
-POLL_MAX = 10.0
+POLL_MAX = 5.0  # receipts are polled at most this far apart while messages wait in sent/
 PURGE_EVERY = 600.0
 PIPELINE = 2  # batches in flight per peer: the server's workers commit them in parallel
 RELIST_EVERY = 1.0  # a large queue is re-listed at most this often while puts keep arriving
@@ -311,7 +311,7 @@ class Sender:
             self._wake_waiters()
             run.poll_gap = POLL_MIN
         else:
-            run.poll_gap = min(POLL_MAX, run.poll_gap * 2)
+            run.poll_gap = min(POLL_MAX, run.poll_gap * 1.5)
         more = len(t.tag) >= STATUS_BATCH and changed
         run.poll_at = time.monotonic() + (0 if more else run.poll_gap)
 
