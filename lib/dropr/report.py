@@ -318,37 +318,36 @@ def json_line(rec: dict[str, Any]) -> str:
 def prom(rows: list[dict[str, Any]], prs: list[dict[str, Any]], now: float | None = None) -> str:
     """Render Prometheus text exposition for node_exporter's textfile collector."""
     now = now or time.time()
-    lines = [
-        "# HELP dropr_messages Messages in a spool state.",
-        "# TYPE dropr_messages gauge",
-    ]
-    for r in rows:
-        lines.append(
-            f'dropr_messages{{box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"}} {r["count"]}'
-        )
-    lines += ["# HELP dropr_bytes Payload bytes in a spool state.", "# TYPE dropr_bytes gauge"]
-    for r in rows:
-        lines.append(f'dropr_bytes{{box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"}} {r["bytes"]}')
-    lines += [
-        "# HELP dropr_oldest_age_seconds Age of the oldest message in a spool state.",
-        "# TYPE dropr_oldest_age_seconds gauge",
-    ]
-    for r in rows:
-        a = now - r["oldest"] if r["oldest"] else 0
-        lines.append(
-            f'dropr_oldest_age_seconds{{box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"}} {a:.3f}'
-        )
-    lines += [
-        "# HELP dropr_peer_last_success_timestamp_seconds Last successful delivery to a peer.",
-        "# TYPE dropr_peer_last_success_timestamp_seconds gauge",
-    ]
-    for p in prs:
-        lines.append(f'dropr_peer_last_success_timestamp_seconds{{peer="{p["peer"]}"}} {p["last_ok"] or 0}')
-    lines += [
-        "# HELP dropr_peer_failing Whether the last attempt to a peer failed.",
-        "# TYPE dropr_peer_failing gauge",
-    ]
-    for p in prs:
-        failing = 1 if p["last_error"] and (p["last_error_at"] or 0) > (p["last_ok"] or 0) else 0
-        lines.append(f'dropr_peer_failing{{peer="{p["peer"]}"}} {failing}')
+    lines: list[str] = []
+
+    def metric(name: str, text: str, samples: list[tuple[str, float | int]]) -> None:
+        lines.extend((f"# HELP {name} {text}", f"# TYPE {name} gauge"))
+        lines.extend(f"{name}{{{labels}}} {value}" for labels, value in samples)
+
+    def where(r: dict[str, Any]) -> str:
+        return f'box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"'
+
+    metric("dropr_messages", "Messages in a spool state.", [(where(r), r["count"]) for r in rows])
+    metric("dropr_bytes", "Payload bytes in a spool state.", [(where(r), r["bytes"]) for r in rows])
+    metric(
+        "dropr_oldest_age_seconds",
+        "Age of the oldest message in a spool state.",
+        [(where(r), round(now - r["oldest"], 3) if r["oldest"] else 0) for r in rows],
+    )
+    metric(
+        "dropr_peer_last_success_timestamp_seconds",
+        "Last successful delivery to a peer.",
+        [(f'peer="{p["peer"]}"', p["last_ok"] or 0) for p in prs],
+    )
+    metric(
+        "dropr_peer_failing",
+        "Whether the last attempt to a peer failed.",
+        [
+            (
+                f'peer="{p["peer"]}"',
+                1 if p["last_error"] and (p["last_error_at"] or 0) > (p["last_ok"] or 0) else 0,
+            )
+            for p in prs
+        ],
+    )
     return "\n".join(lines) + "\n"
