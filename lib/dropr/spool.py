@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 
 from . import message as m
 from .config import Config, Peer
@@ -647,16 +646,6 @@ class Spool:
         """Drop the kept listing of ready messages (an arrival may be more urgent)."""
         self._ready.pop(channel, None)
 
-    def find_claimed(self, ident: str) -> list[tuple[str, str]]:
-        """Return (channel, name) of claimed messages with this id ("id" or "origin,id")."""
-        origin, _, bare = ident.rpartition(",")
-        found = []
-        for ch in self.channels():
-            for name in self.in_names(ch, "claimed"):
-                if name.endswith("," + bare) and (not origin or name.split(",")[1] == origin):
-                    found.append((ch, name))
-        return found
-
     def claimed_index(self) -> dict[str, list[tuple[str, str]]]:
         """Map every claimed id (and origin,id) to its (channel, name)s, in one scan."""
         index: dict[str, list[tuple[str, str]]] = {}
@@ -1041,14 +1030,6 @@ def _unlink_quiet(path: str) -> None:
 def _safe_hostname() -> str:
     host = os.uname().nodename.split(".")[0] or "localhost"
     return "".join(c if c.isalnum() or c in "_-" else "-" for c in host)[: m.MAX_NAME].lstrip("-.")
-
-
-def is_regular(path: str) -> bool:
-    """Tell whether path is a regular file (not a directory, FIFO or device)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def free_bytes(path: str) -> int:
