@@ -34,7 +34,7 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 
 def _run(o: dict[str, Any]) -> int:
     from dropr import put
-    from dropr.config import default_spool, load, parse_duration
+    from dropr.config import check_priority, default_spool, load, parse_duration
     from dropr.errors import DataError, UsageError
     from dropr.spool import Spool
 
@@ -66,6 +66,9 @@ def _run(o: dict[str, Any]) -> int:
     )
     if "--timeout" in o and not opts.wait:
         raise UsageError("--timeout goes with --wait")
+    if not opts.to:  # before the spool is created: a usage error leaves no trace
+        raise UsageError("no destination; give --to PEER (a configured peer name or a URL)")
+    check_priority(opts.priority)
     spool_dir = o.get("--spool") or default_spool()
     spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
     ids = put.run(spool, opts)
