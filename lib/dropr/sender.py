@@ -282,7 +282,8 @@ class Sender:
                 run.poll_at = 0
                 continue
             ids = [n.split(",", 1)[1] for n in names]
-            t = tp.status(run.peer, ids, self.spool.node, self.timeouts)
+            prefixes = [n.split(",", 1)[0] for n in names]
+            t = tp.status(run.peer, ids, self.spool.node, self.timeouts, prefixes)
             t.tag = names
             run.polling = True
             self.pool.add(t)

@@ -271,18 +271,24 @@ def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
             ids = data["ids"]
             if not isinstance(ids, list):
                 raise TypeError("ids must be a list")
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            # optional: the sender's "{p}{created}" name prefix of each id, a lookup hint
+            prefixes = data.get("prefixes")
+            if not isinstance(prefixes, list) or len(prefixes) != len(ids):
+                prefixes = [""] * len(ids)
+        except (ValueError, KeyError, TypeError, RecursionError, AttributeError) as exc:
             raise HTTPError("400 Bad Request", f"bad status request: {type(exc).__name__}") from None
         results = {}
-        for ident in ids:
+        for ident, prefix in zip(ids, prefixes, strict=True):
             if not isinstance(ident, str):
                 continue
+            if not isinstance(prefix, str) or len(prefix) != 14 or not prefix.isalnum():
+                prefix = ""
             try:
                 m.check_id(ident)
             except ValueError:
                 results[ident] = {"state": "unknown", "reason": "bad id"}
                 continue
-            state, reason = spool.in_status(origin, ident)
+            state, reason = spool.in_status(origin, ident, prefix)
             results[ident] = {"state": state, "reason": reason} if reason else {"state": state}
         return {"results": results}
 

@@ -13,7 +13,8 @@ rename and link could not be atomic)::
     out/<peer>/meta/<id>         attempts and last error of one message (written on failure)
     in/<channel>/<state>/<name>  state: ready wait claimed done dead
     in/<channel>/meta/<origin>,<id>  returns, failures, last error
-    rcv/<origin>/<id>            symlink -> "{channel}/{p}{created}": received ids
+    rcv/<origin>/<id>            symlink -> "{channel}/{p}{created}": received caller-chosen
+                                 ids (a generated id's inbox name follows from the id)
     corrupt/                     unreadable files moved aside
     wake/                        datagram sockets of waiting senders and consumers
     lock/                        send.lock (one sender), rcv-<origin>.lock (one committer)
@@ -39,7 +40,8 @@ sent         rename queued/N -> sent/N           before: sent again, the peer an
 processed    rename sent/N -> processed/N        before: the next status poll does it again.
 dead (out)   write meta/ID; rename -> dead/N     before rename: still queued, meta says why.
 store (in)   write tmp/F (payload); sync 1;      the receiver holds lock/rcv-O.lock over the
-             lock origin; symlink rcv/O/ID;      symlink, rename and sync 2, so a duplicate is never
+             lock origin; [symlink rcv/O/ID      symlink, rename and sync 2, so a duplicate is never
+             for a caller-chosen id];
              rename F -> ready/N; sync 2;        answered before the first copy is durable. A
              unlock; answer "stored"             dangling rcv symlink (crash before the rename) is
                                                  replaced under the lock; the sender resends.
@@ -448,17 +450,33 @@ class Spool:
         self._made.add(d)
         return d
 
-    def find_in(self, origin: str, ident: str) -> tuple[str, str, str, int] | None:
-        """Return (channel, state, name, created) of a received message, or None."""
+    def find_in(
+        self, origin: str, ident: str, *, prefix: str = "", channel: str = ""
+    ) -> tuple[str, str, str, int] | None:
+        """Return (channel, state, name, created) of a received message, or None.
+
+        A caller-chosen id is found through its rcv/ symlink. A generated id needs no
+        index: its name is "{p}{time in the id},{origin},{id}"; prefix and channel, when
+        known (the header at store time, the sender's name in a status poll), narrow the
+        search to one name per state. Two passes, because a message that moves back
+        (claimed to ready) between two stats of one pass would be missed.
+        """
         try:
             target = os.readlink(f"{self.root}/rcv/{origin}/{ident}")
+            channel, _, prefix = target.partition("/")
+            places = [(channel, prefix)]
         except OSError:
-            return None
-        channel, _, prefix = target.partition("/")
-        name = f"{prefix},{origin},{ident}"
-        for state in IN_STATES:
-            if os.path.lexists(f"{self.root}/in/{channel}/{state}/{name}"):
-                return channel, state, name, int(prefix[1:], 16)
+            t = m.generated_time(ident)
+            if t is None:
+                return None
+            prefixes = [prefix] if prefix.endswith(ident[:13]) else [f"{p}{t:013x}" for p in range(10)]
+            places = [(ch, pre) for ch in ([channel] if channel else self.channels()) for pre in prefixes]
+        for _ in range(2):
+            for ch, pre in places:
+                name = f"{pre},{origin},{ident}"
+                for state in IN_STATES:
+                    if os.path.lexists(f"{self.root}/in/{ch}/{state}/{name}"):
+                        return ch, state, name, int(pre[1:], 16)
         return None
 
     def store(self, origin: str, items: list[tuple[str, m.Header]]) -> list[str]:
@@ -508,21 +526,25 @@ class Spool:
         channels: set[str],
     ) -> None:
         for tmp, hdr in items:
-            if self.find_in(origin, hdr.ident) is not None:
-                os.unlink(tmp)
-                results.append("duplicate")
-                continue
             # Inbox names sort by the origin's creation time, not by arrival here, so
             # the order is the same whichever of several concurrent batches lands first.
             name = m.in_name(hdr.priority, hdr.created, origin, hdr.ident)
             prefix = name.split(",", 1)[0]
-            link = f"{rcv}/{hdr.ident}"
-            target = f"{hdr.channel}/{prefix}"
-            try:
-                os.symlink(target, link)
-            except FileExistsError:  # a dangling leftover: find_in saw no message
-                os.unlink(link)
-                os.symlink(target, link)
+            # every channel: a resend is a duplicate wherever the first copy went
+            if self.find_in(origin, hdr.ident, prefix=prefix) is not None:
+                os.unlink(tmp)
+                results.append("duplicate")
+                continue
+            if m.generated_time(hdr.ident) != hdr.created:
+                # Only an id whose name cannot be derived from it needs an index entry;
+                # dropr-put's own ids carry their creation time and skip this inode.
+                link = f"{rcv}/{hdr.ident}"
+                target = f"{hdr.channel}/{prefix}"
+                try:
+                    os.symlink(target, link)
+                except FileExistsError:  # a dangling leftover: find_in saw no message
+                    os.unlink(link)
+                    os.symlink(target, link)
             cdir = self.channel_dir(hdr.channel)
             os.rename(tmp, f"{cdir}/ready/{name}")
             touched.add(f"{cdir}/ready")
@@ -675,9 +697,9 @@ class Spool:
             failed=how == "fail", reason=reason, due=due,
         )  # fmt: skip
 
-    def in_status(self, origin: str, ident: str) -> tuple[str, str]:
+    def in_status(self, origin: str, ident: str, prefix: str = "") -> tuple[str, str]:
         """Return the receipt state of a received message: processed, dead, pending, unknown."""
-        found = self.find_in(origin, ident)
+        found = self.find_in(origin, ident, prefix=prefix)
         if found is None:
             return "unknown", ""
         channel, state, name, _ = found

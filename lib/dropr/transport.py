@@ -10,7 +10,8 @@ Wire protocol (documented in dropr.7):
                           headers: X-Dropr-Origin, Authorization: Bearer TOKEN
                           200 {"results": [{"id", "status", "reason"}]}
                           status: stored | duplicate | retry | refused
-  POST {url}v1/status     {"ids": [...]} -> {"results": {id: {"state", "reason"}}}
+  POST {url}v1/status     {"ids": [...], "prefixes": [...]} -> {"results": {id: {"state", "reason"}}}
+                          (prefixes, optional: each id's "{p}{created:013x}", a lookup hint)
                           state: processed | dead | pending | unknown
   GET  {url}v1/health     {"ok": true, "node": NAME}
 """
@@ -110,11 +111,16 @@ def upload(peer: Peer, items: list[tuple[str, str]], node: str, timeouts: Timeou
     return t
 
 
-def status(peer: Peer, ids: list[str], node: str, timeouts: Timeouts) -> Transfer:
-    """Prepare a status poll for ids at a peer."""
+def status(
+    peer: Peer, ids: list[str], node: str, timeouts: Timeouts, prefixes: list[str] | None = None
+) -> Transfer:
+    """Prepare a status poll for ids (with their "{p}{created}" name prefixes) at a peer."""
     t = Transfer(peer, "status", [], ids)
     c = _setup(t, node, timeouts, "v1/status")
-    c.setopt(pycurl.POSTFIELDS, json.dumps({"ids": ids}))
+    body: dict[str, list[str]] = {"ids": ids}
+    if prefixes is not None:
+        body["prefixes"] = prefixes
+    c.setopt(pycurl.POSTFIELDS, json.dumps(body))
     return t
 
 

@@ -794,3 +794,34 @@ def test_put_without_any_sender_costs_nothing(sp: Spool) -> None:
     t0 = time.monotonic()
     put(sp, [b"x"])
     assert time.monotonic() - t0 < 5
+
+
+def _store_with(sp: Spool, ident: str, created: int, channel: str = "default") -> str:
+    tmp = sp.tmp_name("rcv")
+    with open(tmp, "wb") as f:
+        f.write(b"p")
+    hdr = m.Header(ident, channel, 3, created, 0, 1, m.crc32(b"p"))
+    [result] = sp.store("web1", [(tmp, hdr)])
+    return result
+
+
+def test_generated_ids_need_no_index_entry(sp: Spool) -> None:
+    ident, t = m.IdMaker().new()
+    assert _store_with(sp, ident, t) == "stored"
+    assert not os.path.lexists(sp.path("rcv", "web1", ident)), "the name follows from the id"
+    found = sp.find_in("web1", ident)
+    assert found is not None and found[1] == "ready" and found[3] == t
+    prefix = found[2].split(",", 1)[0]
+    assert sp.find_in("web1", ident, prefix=prefix, channel="default") == found
+    assert sp.in_status("web1", ident, prefix) == ("pending", "")
+    assert _store_with(sp, ident, t) == "duplicate"
+    assert _store_with(sp, ident, t, channel="other") == "duplicate", "any channel, any state"
+    assert len(os.listdir(sp.path("in", "default", "ready"))) == 1
+
+
+def test_generated_looking_id_with_another_time_is_indexed(sp: Spool) -> None:
+    ident, t = m.IdMaker().new()
+    assert _store_with(sp, ident, t + 5_000_000) == "stored"  # a sender whose id lies about its time
+    assert os.path.islink(sp.path("rcv", "web1", ident))
+    assert sp.find_in("web1", ident) is not None
+    assert _store_with(sp, ident, t + 5_000_000) == "duplicate"
