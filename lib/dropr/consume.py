@@ -307,7 +307,7 @@ class Handlers:
             while True:
                 free = self.opts.jobs - len(self.jobs)
                 if free and not self.stopping and (not idle or time.monotonic() - last_claim > SWEEP_EVERY):
-                    claims = self.spool.claim(self.opts.channel, free, self.opts.lease)
+                    claims = self.spool.claim(self.opts.channel, free, self.opts.lease, keep=True)
                     last_claim = time.monotonic()
                     idle = not claims
                     for c in claims:

@@ -616,16 +616,19 @@ class Spool:
                 moved += 1
         return moved
 
-    def claim(self, channel: str, n: int, lease: float) -> list[Claim]:
-        """Claim up to n ready messages for a lease of `lease` seconds, most urgent first."""
+    def claim(self, channel: str, n: int, lease: float, *, keep: bool = False) -> list[Claim]:
+        """Claim up to n ready messages for a lease of `lease` seconds, most urgent first.
+
+        Each call sweeps expired leases and due retries, then lists ready/. With keep
+        (a handler loop claiming one at a time from a large inbox) the listing is kept
+        between calls and renewed when used up, after SWEEP_EVERY, or by forget_ready:
+        an expired lease or a more urgent arrival may then wait up to that long.
+        """
         cdir = f"{self.root}/in/{channel}"
         if not os.path.isdir(cdir):
             return []
         now = m.now_us() / 1e6
-        # The listing is kept between calls (a handler loop claims one at a time from a
-        # large inbox); it is renewed when used up, after a second, or by forget_ready,
-        # and expired leases and due retries are swept before each new listing.
-        listed, names = self._ready.get(channel, (0.0, []))
+        listed, names = self._ready.get(channel, (0.0, [])) if keep else (0.0, [])
         if not names or now - listed > SWEEP_EVERY:
             self.sweep_channel(channel, self.config.max_attempts)
             listed, names = now, self._most_urgent(f"{cdir}/ready", n)
@@ -645,8 +648,9 @@ class Spool:
             except FileNotFoundError:
                 continue  # another consumer won this one
             out.append(Claim(self, channel, name, expiry))
-        names.reverse()
-        self._ready[channel] = (listed, names)
+        if keep:
+            names.reverse()
+            self._ready[channel] = (listed, names)
         return out
 
     @staticmethod
