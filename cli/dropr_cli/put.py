@@ -34,7 +34,7 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 
 def _run(o: dict[str, Any]) -> int:
     from dropr import put
-    from dropr.config import check_priority, default_spool, load, parse_duration
+    from dropr.config import default_spool, load, parse_duration
     from dropr.errors import DataError, UsageError
     from dropr.spool import Spool
 
@@ -50,7 +50,7 @@ def _run(o: dict[str, Any]) -> int:
         raise UsageError(f"bad --priority {o['--priority']!r}: use 0 (most urgent) to 9") from None
     try:
         ttl = parse_duration(o["--ttl"]) if "--ttl" in o else 0
-        timeout = parse_duration(o["--timeout"]) if "--timeout" in o else 0
+        timeout = parse_duration(o["--timeout"]) if "--timeout" in o else None
     except DataError as exc:
         raise UsageError(str(exc)) from None
     opts = put.PutOptions(
@@ -64,16 +64,16 @@ def _run(o: dict[str, Any]) -> int:
         wait=bool(o.get("wait")),
         timeout=timeout,
     )
-    if "--timeout" in o and not opts.wait:
-        raise UsageError("--timeout goes with --wait")
-    if not opts.to:  # before the spool is created: a usage error leaves no trace
-        raise UsageError("no destination; give --to PEER (a configured peer name or a URL)")
-    check_priority(opts.priority)
+    # Everything that can be refused without a spool is, before it is created: a bad
+    # command line leaves no trace.
+    opts.check()
     spool_dir = o.get("--spool") or default_spool()
-    spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
-    ids = put.run(spool, opts)
+    config = load(spool_dir, o.get("--config"))
+    peers = put.resolve(config, opts.to)
+    spool = Spool(spool_dir, config)
+    ids = put.run(spool, opts, peers=peers)
     if opts.wait:
-        return put.wait_for(spool, ids, opts.timeout, quiet=bool(o.get("quiet")))
+        return put.wait_for(spool, ids, opts.timeout or 0, quiet=bool(o.get("quiet")))
     return 0
 
 

@@ -14,6 +14,8 @@ TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this 
 if TYPE_CHECKING:
     from typing import IO
 
+    from .spool import PutBatch
+
 GROUP_WINDOW = 0.05  # a line waits at most this long before its commit starts
 GROUP_MAX = 20000  # and at most this many lines share one commit
 READ_SIZE = 1 << 16
@@ -35,7 +37,7 @@ class PutOptions:
         file: str | None = None,
         split: bytes | None = None,
         wait: bool = False,
-        timeout: float = 0,
+        timeout: float | None = None,
     ) -> None:
         self.to = to
         self.channel = channel
@@ -46,6 +48,27 @@ class PutOptions:
         self.split = split
         self.wait = wait
         self.timeout = timeout
+
+    def check(self) -> None:
+        """Reject what is wrong with the options alone, before any spool is touched."""
+        from .message import check_id, check_name
+
+        check_priority(self.priority)
+        if self.ident is not None and self.split is not None:
+            raise UsageError("--id names one message; it cannot be used with --lines or --null")
+        if self.file is not None and self.split is not None:
+            raise UsageError("--file is one message; use --lines/--null with stdin instead")
+        if self.timeout is not None and not self.wait:
+            raise UsageError("--timeout goes with --wait")
+        try:
+            check_name(self.channel, "a channel")
+        except ValueError as exc:
+            raise DataError(f"bad channel {self.channel!r}: {exc}") from None
+        if self.ident is not None:
+            try:
+                check_id(self.ident)
+            except ValueError as exc:
+                raise DataError(f"bad id {self.ident!r}: {exc}") from None
 
 
 def resolve(config: Config, targets: list[str]) -> list[Peer]:
@@ -59,26 +82,15 @@ def resolve(config: Config, targets: list[str]) -> list[Peer]:
     return list(peers.values())
 
 
-def run(spool: Spool, opts: PutOptions, out: IO[str] | None = None) -> list[str]:
-    """Put messages as opts says, print each id once durable; return the ids."""
+def run(
+    spool: Spool, opts: PutOptions, out: IO[str] | None = None, peers: list[Peer] | None = None
+) -> list[str]:
+    """Put messages as opts says (to peers, if already resolved), print each id once durable."""
     out = out or sys.stdout
-    check_priority(opts.priority)
-    if opts.ident is not None and opts.split is not None:
-        raise UsageError("--id names one message; it cannot be used with --lines or --null")
-    if opts.file is not None and opts.split is not None:
-        raise UsageError("--file is one message; use --lines/--null with stdin instead")
-    peers = resolve(spool.config, opts.to)
-    try:
-        batch = spool.batch(peers, channel=opts.channel, priority=opts.priority, ttl=opts.ttl)
-    except ValueError as exc:
-        raise DataError(f"bad channel {opts.channel!r}: {exc}") from None
-    if opts.ident is not None:
-        try:
-            from .message import check_id
-
-            check_id(opts.ident)
-        except ValueError as exc:
-            raise DataError(f"bad id {opts.ident!r}: {exc}") from None
+    opts.check()
+    if peers is None:
+        peers = resolve(spool.config, opts.to)
+    batch = spool.batch(peers, channel=opts.channel, priority=opts.priority, ttl=opts.ttl)
     limit = spool.config.max_message_size
     _check_quota(spool)
     if opts.split is not None:
@@ -115,13 +127,10 @@ def _check_quota(spool: Spool) -> None:
         )
 
 
-def _put_split(batch: object, sep: bytes, limit: int, out: IO[str]) -> list[str]:
+def _put_split(batch: PutBatch, sep: bytes, limit: int, out: IO[str]) -> list[str]:
     """Put every sep-terminated record of stdin; commit at least every GROUP_WINDOW."""
     import select
 
-    from .spool import PutBatch
-
-    assert isinstance(batch, PutBatch)
     fd = sys.stdin.buffer.fileno()
     rest = b""
     first = 0.0  # when the oldest uncommitted record arrived
