@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import sys
 
+from dropr import __version__ as VERSION  # one version, in the library
 from dropr.errors import EX_IOERR, EX_USAGE, DroprError
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-VERSION = "0.1.0"
 
 
 def say_error(prog: str, text: str) -> None:

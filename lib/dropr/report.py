@@ -15,9 +15,6 @@ from typing import Any
 from . import message as m
 from .spool import IN_STATES, OUT_STATES, Spool
 
-ROW_FIELDS = ("box", "name", "state", "count", "bytes", "oldest")
-MSG_FIELDS = ("id", "box", "name", "state", "priority", "size", "attempts", "created", "path", "error")
-
 
 class Filter:
     """Which part of the spool to look at."""

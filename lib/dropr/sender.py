@@ -72,7 +72,6 @@ class _PeerRun:
         self.polling = False
         self.poll_at = 0.0
         self.poll_gap = POLL_MIN
-        self.deferred = False
         self.until: float | None = None  # backoff end, cached from peer.json
 
 
@@ -130,7 +129,6 @@ class Sender:
         st.update(failures=failures, until=time.time() + delay, last_error=reason, last_error_at=time.time())
         self.spool.set_peer_state(run.peer.name, st)
         run.until = st["until"]
-        run.deferred = True
         log.warning("deferred peer=%s reason=%s retry_in=%.1fs", run.peer.name, reason, delay)
 
     def _peer_ok(self, run: _PeerRun) -> None:
@@ -346,14 +344,6 @@ class Sender:
         if final:
             sys.stderr.write("\n")
         sys.stderr.flush()
-
-    def _due(self) -> bool:
-        wall = time.time()
-        return any(
-            (run.queue or self.spool.out_names(run.peer.name, "queued"))
-            and self._backoff_until(run.peer.name) <= wall
-            for run in self.runs.values()
-        )
 
     def run_once(self) -> int:
         """One pass over everything due, then status polling; 0 if nothing is left due, else 75."""

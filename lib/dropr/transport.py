@@ -60,8 +60,6 @@ class Transfer:
         self.error = ""
         self.code = 0
         self.results: dict[str, tuple[str, str]] = {}
-        self.sent_bytes = 0.0
-        self.seconds = 0.0
         self.tag: Any = None
 
     def close(self) -> None:
@@ -173,8 +171,6 @@ class Pool:
         t = self.running.pop(id(c))
         self.multi.remove_handle(c)
         t.code = int(c.getinfo(pycurl.RESPONSE_CODE) or 0)
-        t.seconds = float(c.getinfo(pycurl.TOTAL_TIME))
-        t.sent_bytes = float(c.getinfo(pycurl.SIZE_UPLOAD))
         t.error = error
         if not error:
             _parse(t)
