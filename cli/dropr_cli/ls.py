@@ -63,7 +63,7 @@ def cmd(box: str | None, peer: str | None, channel: str | None, state: str | Non
             w(report.json_line(rec) if fmt == "json" else report.message_line(rec))
         return 0
     rows = report.summary(spool, flt)
-    prs = report.peers(spool, flt)
+    prs = report.peers(spool, flt, rows)
     if fmt == "json":
         for r in rows:
             w(report.json_line(r))

@@ -50,17 +50,14 @@ class Filter:
                             yield "in", ch, st
 
 
-_SCANS: dict[str, tuple[int, int, str]] = {}  # folder -> scan, within one dropr-ls run
+LIVE = ("queued", "sent", "ready", "wait", "claimed")  # still to deliver or consume
 
 
 def _scan(folder: str, header: int) -> tuple[int, int, str]:
     """Return count, payload bytes and the smallest arrival prefix of a state folder.
 
-    One lstat per file, relative to the folder's descriptor (no path lookups), and
-    each folder once per run even when the summary and the peer table both need it.
+    One lstat per file, relative to the folder's descriptor (no path lookups).
     """
-    if folder in _SCANS:
-        return _SCANS[folder]
     count = 0
     size = 0
     oldest = "~"
@@ -81,14 +78,11 @@ def _scan(folder: str, header: int) -> tuple[int, int, str]:
                     oldest = arr
     finally:
         os.close(dfd)
-    result = count, size - header * count, oldest if count else ""
-    _SCANS[folder] = result
-    return result
+    return count, size - header * count, oldest if count else ""
 
 
 def summary(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
     """Return one row per (box, name, state) with count, bytes and oldest arrival (epoch s)."""
-    _SCANS.clear()
     rows = []
     for box, name, state in flt.places(spool):
         header = m.HEADER_SIZE if box == "out" else 0
@@ -107,15 +101,24 @@ def summary(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
     return rows
 
 
-def peers(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
-    """Return per-peer health: backlog, age of oldest queued, last success, last error."""
+def peers(spool: Spool, flt: Filter, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Return per-peer health: backlog, age of oldest queued, last success, last error.
+
+    Pass the summary's rows to reuse its scans of queued/ (each one a stat per file).
+    """
+    queued = {r["name"]: r for r in rows or () if r["box"] == "out" and r["state"] == "queued"}
     out: list[dict[str, Any]] = []
     if flt.box not in (None, "out") or flt.channel is not None:
         return out
     for peer in spool.out_peers():
         if flt.peer not in (None, peer):
             continue
-        count, size, oldest = _scan(spool.path("out", peer, "queued"), m.HEADER_SIZE)
+        if peer in queued:
+            row = queued[peer]
+            count, size, oldest_s = row["count"], row["bytes"], row["oldest"]
+        else:
+            count, size, oldest = _scan(spool.path("out", peer, "queued"), m.HEADER_SIZE)
+            oldest_s = int(oldest, 16) / 1e6 if oldest else None
         st = spool.peer_state(peer)
         try:
             url = spool.peer_url(peer)
@@ -127,14 +130,13 @@ def peers(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
                 "url": url,
                 "backlog": count,
                 "bytes": size,
-                "oldest": int(oldest, 16) / 1e6 if oldest else None,
+                "oldest": oldest_s,
                 "last_ok": st.get("last_ok"),
                 "last_error": st.get("last_error"),
                 "last_error_at": st.get("last_error_at"),
                 "backoff_until": st.get("until"),
             }
         )
-    _SCANS.clear()  # reused from the summary just made; never kept past it
     return out
 
 
@@ -205,7 +207,7 @@ def details(spool: Spool, ident: str) -> list[dict[str, Any]]:
             rec["error"] = f"peer: {pst['last_error']}"
         found.append(rec)
     origin, _, bare = ident.rpartition(",")
-    origins = [origin] if origin else _sorted(spool.path("rcv"))
+    origins = [origin] if origin else spool.origins()
     for o in origins:
         hit = spool.find_in(o, bare)
         if hit is None:
@@ -223,17 +225,17 @@ def details(spool: Spool, ident: str) -> list[dict[str, Any]]:
     return found
 
 
-def _sorted(path: str) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except FileNotFoundError:
-        return []
-
-
 def spool_bytes(spool: Spool) -> int:
-    """Return the bytes of every message still to deliver or consume (for the quota)."""
-    rows = summary(spool, Filter())
-    return sum(r["bytes"] for r in rows if r["state"] in ("queued", "sent", "ready", "wait", "claimed"))
+    """Return the bytes of every message still to deliver or consume (for the quota).
+
+    Only the live states are read: done, processed and dead, kept for the retention
+    period, can be most of a spool and do not count.
+    """
+    return sum(
+        _scan(spool.path(box, name, state), m.HEADER_SIZE if box == "out" else 0)[1]
+        for box, name, state in Filter().places(spool)
+        if state in LIVE
+    )
 
 
 # -- formatting ---------------------------------------------------------------

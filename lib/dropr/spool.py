@@ -551,6 +551,10 @@ class Spool:
             channels.add(hdr.channel)
             results.append("stored")
 
+    def origins(self) -> list[str]:
+        """Return the nodes this spool has received messages from."""
+        return _sorted_names(self.path("rcv"))
+
     def in_names(self, channel: str, state: str) -> list[str]:
         """Return the sorted names in one inbox state of a channel."""
         return _sorted_names(self.path("in", channel, state))
