@@ -88,3 +88,29 @@ def fast_main(
     from ._guard import guard
 
     return guard(prog, lambda: run(o), bool(o.get("verbose")))
+
+
+def int_option(o: dict[str, Any], key: str, default: int, low: int, high: int = 10**9) -> int:
+    """Return option key as a whole number in [low, high] (usage error otherwise)."""
+    from dropr.errors import UsageError
+
+    try:
+        v = int(o.get(key, default))
+    except ValueError:
+        raise UsageError(f"bad {key} {o[key]!r}: give a whole number") from None
+    if not low <= v <= high:
+        raise UsageError(f"bad {key} {v}: must be {low} to {high}")
+    return v
+
+
+def duration_option(o: dict[str, Any], key: str, default: float) -> float:
+    """Return option key as seconds, default when it was not given (usage error if bad)."""
+    from dropr.config import parse_duration
+    from dropr.errors import DataError, UsageError
+
+    if key not in o or o[key] is None:
+        return default
+    try:
+        return parse_duration(o[key])
+    except DataError as exc:
+        raise UsageError(str(exc)) from None

@@ -25,12 +25,13 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 
 
 def _run(o: dict[str, Any]) -> int:
-    from dropr.config import default_spool, load, parse_duration
+    from dropr.config import default_spool, load
     from dropr.consume import ack, read_ids
-    from dropr.errors import DataError, UsageError
+    from dropr.errors import UsageError
     from dropr.spool import Spool
 
     from ._common_fast import logging_for
+    from ._fast import duration_option
 
     logging_for(PROG, o)
     if o["release"] and o["reject"]:
@@ -39,10 +40,7 @@ def _run(o: dict[str, Any]) -> int:
         raise UsageError("--delay goes with --release")
     if "--reason" in o and not o["reject"]:
         raise UsageError("--reason goes with --reject")
-    try:
-        delay = parse_duration(o["--delay"]) if "--delay" in o else 0
-    except DataError as exc:
-        raise UsageError(str(exc)) from None
+    delay = duration_option(o, "--delay", 0)
     ids = o["args"]
     if not ids:
         raise UsageError("no ids; give ID... or - to read them from stdin")

@@ -34,9 +34,11 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 
 def _run(o: dict[str, Any]) -> int:
     from dropr import put
-    from dropr.config import default_spool, load, parse_duration
-    from dropr.errors import DataError, UsageError
+    from dropr.config import default_spool, load
+    from dropr.errors import UsageError
     from dropr.spool import Spool
+
+    from ._fast import duration_option
 
     if o.get("lines") and o.get("null"):
         raise UsageError("--lines and --null exclude each other")
@@ -48,11 +50,8 @@ def _run(o: dict[str, Any]) -> int:
         priority = int(o.get("--priority", 5))
     except ValueError:
         raise UsageError(f"bad --priority {o['--priority']!r}: use 0 (most urgent) to 9") from None
-    try:
-        ttl = parse_duration(o["--ttl"]) if "--ttl" in o else 0
-        timeout = parse_duration(o["--timeout"]) if "--timeout" in o else None
-    except DataError as exc:
-        raise UsageError(str(exc)) from None
+    ttl = duration_option(o, "--ttl", 0)
+    timeout = duration_option(o, "--timeout", 0) if "--timeout" in o else None
     opts = put.PutOptions(
         to=o["to"],
         channel=o.get("--channel", "default"),

@@ -28,30 +28,6 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
     return o
 
 
-def _int(o: dict[str, Any], key: str, default: int, low: int, high: int = 10**9) -> int:
-    from dropr.errors import UsageError
-
-    try:
-        v = int(o.get(key, default))
-    except ValueError:
-        raise UsageError(f"bad {key} {o[key]!r}: give a whole number") from None
-    if not low <= v <= high:
-        raise UsageError(f"bad {key} {v}: must be {low} to {high}")
-    return v
-
-
-def _dur(o: dict[str, Any], key: str, default: float) -> float:
-    from dropr.config import parse_duration
-    from dropr.errors import DataError, UsageError
-
-    if key not in o or o[key] is None:
-        return default
-    try:
-        return parse_duration(o[key])
-    except DataError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _run(o: dict[str, Any]) -> int:
     from dropr.config import default_spool, load
     from dropr.consume import HandlerOptions, Handlers, RecvOptions, recv
@@ -59,6 +35,7 @@ def _run(o: dict[str, Any]) -> int:
     from dropr.spool import Spool
 
     from ._common_fast import check_name, logging_for
+    from ._fast import duration_option, int_option
 
     logging_for(PROG, o)
     fmt = o.get("--format", "path")
@@ -66,11 +43,11 @@ def _run(o: dict[str, Any]) -> int:
         raise UsageError(f"bad --format {fmt!r}: use path, json or raw")
     channel = o.get("--channel", "default")
     check_name(channel, "channel")
-    n = _int(o, "-n", 0, 1) if "-n" in o else 0
-    jobs = _int(o, "--jobs", 1, 1, 1024)
-    max_attempts = _int(o, "--max-attempts", 5, 0)
-    timeout = _dur(o, "--timeout", 0)
-    lease = _dur(o, "--lease", 300)
+    n = int_option(o, "-n", 0, 1) if "-n" in o else 0
+    jobs = int_option(o, "--jobs", 1, 1, 1024)
+    max_attempts = int_option(o, "--max-attempts", 5, 0)
+    timeout = duration_option(o, "--timeout", 0)
+    lease = duration_option(o, "--lease", 300)
     spool_dir = o.get("--spool") or default_spool()
     command = o.get("--exec")
     if command is not None:
