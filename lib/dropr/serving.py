@@ -132,6 +132,15 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
             )
         sys.stderr.flush()
 
+    def post_fork(server: Any, worker: Any) -> None:
+        # A new worker inherits the master's handlers, which only queue a signal for the
+        # master's loop: a TERM in the moments before the worker sets its own would be
+        # lost, and the stop would wait out graceful_timeout. Until then, TERM ends it.
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+
     class Embedded(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             settings = {
@@ -147,6 +156,7 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
                 "loglevel": "info" if opts.verbose > 0 else "warning",
                 "proc_name": "dropr-serve",
                 "when_ready": when_ready,
+                "post_fork": post_fork,
                 "limit_request_line": 8190,
             }
             if "control_socket_disable" in self.cfg.settings:
