@@ -58,10 +58,11 @@ class _Part:
 class Upload:
     """One multipart upload being parsed into tmp files."""
 
-    def __init__(self, spool: Spool, max_size: int, boundary: bytes) -> None:
+    def __init__(self, spool: Spool, origin: str, max_size: int, boundary: bytes) -> None:
         from python_multipart.multipart import MultipartParser
 
         self.spool = spool
+        self.origin = origin
         self.max_size = max_size
         self.parts: list[_Part] = []
         self.cur: _Part | None = None
@@ -124,7 +125,7 @@ class Upload:
             if p.header.size > self.max_size:
                 p.refused = f"too large: {p.header.size} bytes, limit {self.max_size}"
                 return
-            p.tmp = self.spool.tmp_name("rcv")
+            p.tmp = self.spool.tmp_name(f"rcv,{self.origin},{p.header.ident}")
             p.fd = os.open(p.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         if not chunk:
             return
@@ -187,7 +188,8 @@ def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
     cfg = config or spool.config
     tokens = dict(cfg.tokens)
     # Load now what the first upload needs, so that it does not pay for the imports.
-    import filelock  # noqa: F401
+    import fcntl  # noqa: F401
+
     import python_multipart.multipart  # noqa: F401
 
     def origin_of(environ: dict[str, Any]) -> str:
@@ -220,7 +222,7 @@ def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
             raise HTTPError("400 Bad Request", "expected multipart/form-data with a boundary")
         if free_bytes(spool.root) < cfg.min_free:
             raise HTTPError("503 Service Unavailable", "low on disk space; try later")
-        up = Upload(spool, cfg.max_message_size, boundary)
+        up = Upload(spool, origin, cfg.max_message_size, boundary)
         stream = environ["wsgi.input"]
         length = environ.get("CONTENT_LENGTH")
         left = int(length) if length else -1

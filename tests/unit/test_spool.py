@@ -805,10 +805,12 @@ def _store_with(sp: Spool, ident: str, created: int, channel: str = "default") -
     return result
 
 
-def test_generated_ids_need_no_index_entry(sp: Spool) -> None:
+def test_generated_ids_are_indexed_by_a_hard_link(sp: Spool) -> None:
     ident, t = m.IdMaker().new()
     assert _store_with(sp, ident, t) == "stored"
-    assert not os.path.lexists(sp.path("rcv", "web1", ident)), "the name follows from the id"
+    entry = sp.path("rcv", "web1", ident)
+    assert not os.path.islink(entry), "the name follows from the id: no symlink, no new inode"
+    assert os.path.samefile(entry, sp.path("in", "default", "ready", m.in_name(3, t, "web1", ident)))
     found = sp.find_in("web1", ident)
     assert found is not None and found[1] == "ready" and found[3] == t
     prefix = found[2].split(",", 1)[0]
@@ -825,3 +827,38 @@ def test_generated_looking_id_with_another_time_is_indexed(sp: Spool) -> None:
     assert os.path.islink(sp.path("rcv", "web1", ident))
     assert sp.find_in("web1", ident) is not None
     assert _store_with(sp, ident, t + 5_000_000) == "duplicate"
+
+
+def test_no_index_entry_means_never_received(sp: Spool) -> None:
+    ident, t = m.IdMaker().new()
+    assert sp.find_in("web1", ident) is None
+    assert sp.in_status("web1", ident) == ("unknown", "")
+
+
+def test_store_leftover_hard_link_is_replaced(sp: Spool) -> None:
+    # a receiver killed between the link and the rename: the entry holds a stray inode
+    ident, t = m.IdMaker().new()
+    os.makedirs(sp.path("rcv", "web1"), exist_ok=True)
+    stray = sp.tmp_name(f"rcv,web1,{ident}")
+    with open(stray, "wb") as f:
+        f.write(b"p")
+    os.link(stray, sp.path("rcv", "web1", ident))
+    assert _store_with(sp, ident, t) == "stored"
+    found = sp.find_in("web1", ident)
+    assert found is not None and found[1] == "ready"
+    assert os.path.samefile(sp.path("rcv", "web1", ident), sp.path("in", "default", "ready", found[2]))
+    assert _store_with(sp, ident, t) == "duplicate"
+
+
+def test_tmp_sweep_removes_the_index_link_of_a_stray_upload(sp: Spool) -> None:
+    ident, _ = m.IdMaker().new()
+    os.makedirs(sp.path("rcv", "web1"), exist_ok=True)
+    stray = sp.tmp_name(f"rcv,web1,{ident}")
+    with open(stray, "wb") as f:
+        f.write(b"p")
+    os.link(stray, sp.path("rcv", "web1", ident))
+    other, _ = m.IdMaker().new()
+    assert _store_with(sp, other, m.generated_time(other) or 0) == "stored"
+    assert sp.purge(now=time.time() + 37 * 3600) == 1
+    assert not os.path.exists(stray) and not os.path.lexists(sp.path("rcv", "web1", ident))
+    assert os.path.exists(sp.path("rcv", "web1", other)), "a stored message keeps its entry"
