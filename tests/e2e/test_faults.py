@@ -23,7 +23,7 @@ from helpers import alive, children, free_port, listdir, tmpfs, wait_until
 
 Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
 Nodes = Callable[[str], Node]
-N = 2000
+N = 3000
 PAYLOAD = 1000  # bytes per message: a transfer of a few MB, long enough to be cut
 DEADLINE = 120.0  # generous for the slow virtual disk; a healthy run needs a few seconds
 FAST_RETRY = '[send]\nbackoff_min = "50ms"\nbackoff_max = "300ms"\n'
@@ -112,7 +112,7 @@ def test_kill_sender_at_random_moments(nodes: Nodes) -> None:
             )
         else:
             # at a random moment, possibly mid-upload
-            time.sleep(rng.uniform(0.05, 0.6))  # the fault's timing, not a synchronization
+            time.sleep(rng.uniform(0.05, 0.3))  # the fault's timing, not a synchronization
         if sender.poll() is None:
             sender.send_signal(signal.SIGKILL)
             kills += 1
