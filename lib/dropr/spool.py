@@ -13,8 +13,9 @@ rename and link could not be atomic)::
     out/<peer>/meta/<id>         attempts and last error of one message (written on failure)
     in/<channel>/<state>/<name>  state: ready wait claimed done dead
     in/<channel>/meta/<origin>,<id>  returns, failures, last error
-    rcv/<origin>/<id>            symlink -> "{channel}/{p}{created}": received caller-chosen
-                                 ids (a generated id's inbox name follows from the id)
+    rcv/<origin>/<id>            every received id: a hard link of the message for a generated
+                                 id (its inbox name follows from the id), a symlink ->
+                                 "{channel}/{p}{created}" for a caller-chosen one
     corrupt/                     unreadable files moved aside
     wake/                        datagram sockets of waiting senders and consumers
     lock/                        send.lock (one sender), rcv-<origin>.lock (one committer)
@@ -40,11 +41,12 @@ sent         rename queued/N -> sent/N           before: sent again, the peer an
 processed    rename sent/N -> processed/N        before: the next status poll does it again.
 dead (out)   write meta/ID; rename -> dead/N     before rename: still queued, meta says why.
 store (in)   write tmp/F (payload); sync 1;      the receiver holds lock/rcv-O.lock over the
-             lock origin; [symlink rcv/O/ID      symlink, rename and sync 2, so a duplicate is never
-             for a caller-chosen id];
-             rename F -> ready/N; sync 2;        answered before the first copy is durable. A
-             unlock; answer "stored"             dangling rcv symlink (crash before the rename) is
-                                                 replaced under the lock; the sender resends.
+             lock origin; link (or symlink)      link, rename and sync 2, so a duplicate is never
+             rcv/O/ID, EEXIST: duplicate;        answered before the first copy is durable. An
+             rename F -> ready/N; sync 2;        rcv entry whose message is nowhere (crash before
+             unlock; answer "stored"             the rename) is replaced under the lock; the
+                                                 sender resends. The tmp sweep drops the hard
+                                                 link of a stray tmp/F.
 claim        utime(ready/N, lease end);          between: the file sits in ready with a future
              rename -> claimed/N; utime again    mtime, which ready ignores; after: a lease that is
                                                  already set, so no sweeper can take it back early.
