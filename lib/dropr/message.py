@@ -169,6 +169,6 @@ class Header:
         return hdr
 
 
-def crc32(data: bytes, value: int = 0) -> int:
+def crc32(data: bytes | memoryview, value: int = 0) -> int:
     """Continue a CRC-32 over data (zlib's, as gzip and PNG use)."""
     return zlib.crc32(data, value)

@@ -97,6 +97,8 @@ DANGLING_AGE = 60  # an index symlink whose message is missing this long is a cr
 SWEEP_EVERY = 1.0  # claimers look for expired leases and due retries at most this often
 SYNC_EACH_MAX = 4  # up to this many files: fsync each; more: one syncfs
 CHUNK = 1 << 20
+DIRECT_BLOCK = 1 << 20  # DirectWriter's unit: a multiple of every device's block size
+DIRECT_MIN = 8 << 20  # messages at least this large are written past the page cache
 
 _libc: Any = None
 
@@ -115,7 +117,7 @@ def syncfs(fd: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """Write every byte or raise: a nearly full disk may take only part of a write."""
     view = memoryview(data)
     while view:
@@ -123,6 +125,85 @@ def write_all(fd: int, data: bytes) -> None:
         if n <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         view = view[n:]
+
+
+class DirectWriter:
+    """Write a large file past the page cache (O_DIRECT), in aligned blocks of DIRECT_BLOCK.
+
+    On this class of VM, filling fresh page-cache pages runs at 300 MB/s while the disk
+    takes direct writes at 1 GB/s; the page cache is no use to a file that is synced
+    at once and read later. Data is gathered in a page-aligned buffer; the last,
+    partial block goes through the page cache (O_DIRECT cleared), and fsync covers both.
+    Where the filesystem refuses O_DIRECT (tmpfs), every write is a plain one.
+    """
+
+    __slots__ = ("fd", "buf", "fill", "direct")
+
+    def __init__(self, path: str) -> None:
+        import mmap
+
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
+            self.direct = True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self.direct = False
+        self.buf = mmap.mmap(-1, DIRECT_BLOCK)  # anonymous memory: page-aligned
+        self.fill = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append data."""
+        view = memoryview(data)
+        while view:
+            n = min(len(view), DIRECT_BLOCK - self.fill)
+            self.buf[self.fill : self.fill + n] = view[:n]
+            self.fill += n
+            view = view[n:]
+            if self.fill == DIRECT_BLOCK:
+                self._flush(DIRECT_BLOCK)
+
+    def _flush(self, size: int) -> None:
+        view = memoryview(self.buf)[:size]
+        try:
+            if self.direct and size == DIRECT_BLOCK:
+                try:
+                    n = os.write(self.fd, view)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._plain()  # a filesystem that took the flag at open but not here
+                    n = 0
+                if n == size:
+                    return
+                if n:  # a short direct write (a disk filling up): the rest cannot be aligned
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            else:
+                self._plain()
+            write_all(self.fd, view)
+        finally:
+            view.release()
+            self.fill = 0
+
+    def _plain(self) -> None:
+        if self.direct:
+            import fcntl
+
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            self.direct = False
+
+    def close(self) -> None:
+        """Write what is left and close the file (not synced: the caller's sync does that)."""
+        if self.fd < 0:
+            return
+        try:
+            if self.fill:
+                self._flush(self.fill)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+            self.buf.close()
 
 
 def fsync_dir(path: str) -> None:

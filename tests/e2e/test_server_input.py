@@ -279,6 +279,61 @@ def test_same_id_twice_in_one_request_stored_once(srv: Server) -> None:
     assert srv.inbox()[f"a,{ident}"] == b"twice"
 
 
+def _request_bytes(srv: Server, parts: list[tuple[str, bytes]]) -> bytes:
+    body = multipart(parts)
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nHost: {srv.host}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nX-Dropr-Origin: a\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _read_answers(s: socket.socket, n: int) -> list[dict[str, Any]]:
+    """Read n HTTP answers with Content-Length from a socket; return their JSON bodies."""
+    buf = b""
+    out: list[dict[str, Any]] = []
+    while len(out) < n:
+        while b"\r\n\r\n" not in buf:
+            more = s.recv(65536)
+            assert more, f"the server closed the connection after {len(out)} answers"
+            buf += more
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(buf) < length:
+            buf += s.recv(65536)
+        out.append(json.loads(buf[:length]))
+        buf = buf[length:]
+    return out
+
+
+@pytest.mark.parametrize("sizes", [(10, 20, 30), (3 << 20, 10, 5 << 20)], ids=["small", "large"])
+def test_pipelined_requests_on_one_connection(srv: Server, sizes: tuple[int, ...]) -> None:
+    """Requests sent back to back, before any answer: the body reader must take only its own
+    request's bytes from what the server has already read, and leave the rest to the next."""
+    payloads = [os.urandom(min(size, 700)) for size in sizes]  # the server's limit is 1 KiB
+    reqs = []
+    idents = []
+    for size, payload in zip(sizes, payloads, strict=True):
+        ident, content = message(payload)
+        # a large request is many messages, so the body spans several socket reads
+        count = max(1, size // 1000)
+        parts = [(ident, content)] + [message(os.urandom(700)) for _ in range(count - 1)]
+        reqs.append(_request_bytes(srv, parts))
+        idents.append([name for name, _ in parts])
+    with socket.create_connection((srv.host, srv.port), timeout=60) as s:
+        s.sendall(b"".join(reqs))
+        answers = _read_answers(s, len(reqs))
+    box = srv.inbox()
+    for ids, answer in zip(idents, answers, strict=True):
+        assert [r["id"] for r in answer["results"]] == ids
+        assert {r["status"] for r in answer["results"]} == {"stored"}
+    for ids, payload in zip(idents, payloads, strict=True):
+        assert box[f"a,{ids[0]}"] == payload
+        assert all(f"a,{i}" in box for i in ids)
+
+
 # -- whole-request refusals -----------------------------------------------------------------------
 
 
