@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from . import log as _log
@@ -24,6 +24,7 @@ SWEEP_EVERY = 1.0  # waiting consumers look for expired leases and due retries t
 KILL_GRACE = 5.0  # seconds between TERM and KILL for a handler past its --timeout
 RETRY_BASE = 1.0
 RETRY_MAX = 300.0
+EMIT_EVERY = 64  # dropr-recv writes its lines in groups of this many
 
 
 class RecvOptions:
@@ -51,15 +52,23 @@ class RecvOptions:
         self.ack = ack
 
 
-def claim_wait(spool: Spool, channel: str, n: int, lease: float, wait: bool, timeout: float) -> list[Claim]:
+def claim_wait(
+    spool: Spool,
+    channel: str,
+    n: int,
+    lease: float,
+    wait: bool,
+    timeout: float,
+    each: Callable[[Claim], None] | None = None,
+) -> list[Claim]:
     """Claim up to n messages; with wait, block (woken by arrivals) until some come or timeout."""
-    got = spool.claim(channel, n, lease)
+    got = spool.claim(channel, n, lease, each=each)
     if got or not wait:
         return got
     deadline = time.monotonic() + timeout if timeout else None
     with spool.waiter(f"recv-{channel}-{os.getpid()}.sock") as w:
         while True:
-            got = spool.claim(channel, n, lease)  # again: an arrival may predate the socket
+            got = spool.claim(channel, n, lease, each=each)  # again: an arrival may predate the socket
             if got:
                 return got
             left = None if deadline is None else deadline - time.monotonic()
@@ -73,22 +82,36 @@ def recv(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int:
     out = out or sys.stdout.buffer
     if opts.fmt == "raw" and opts.n != 1:
         raise UsageError("--format raw prints one payload; drop -n/--all")
-    claims = claim_wait(spool, opts.channel, opts.n, opts.lease, opts.wait, opts.timeout)
+    lines: list[bytes] = []
+
+    def emit(c: Claim) -> None:
+        # Lines go out in groups as claims are made, so that a dropr-ack reading the
+        # pipe finishes the first ones while the rest are being claimed; groups, not
+        # single lines, even when stdout is unbuffered (PYTHONUNBUFFERED).
+        if opts.fmt == "json":
+            import json
+
+            lines.append(json.dumps(c.info()).encode() + b"\n")
+        else:
+            lines.append(f"{c.ident}\t{c.path}\n".encode())
+        if len(lines) >= EMIT_EVERY:
+            out.write(b"".join(lines))
+            out.flush()
+            lines.clear()
+
+    raw = opts.fmt == "raw"
+    claims = claim_wait(
+        spool, opts.channel, opts.n, opts.lease, opts.wait, opts.timeout, None if raw else emit
+    )
     if not claims:
         if opts.wait:
             return EX_TEMPFAIL
         return EX_NOTFOUND
-    for c in claims:
-        if opts.fmt == "raw":
-            with open(c.path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    out.write(chunk)
-        elif opts.fmt == "json":
-            import json
-
-            out.write(json.dumps(c.info()).encode() + b"\n")
-        else:
-            out.write(f"{c.ident}\t{c.path}\n".encode())
+    if raw:
+        with open(claims[0].path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                out.write(chunk)
+    out.write(b"".join(lines))
     out.flush()
     if opts.ack:
         for c in claims:
@@ -100,6 +123,7 @@ def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: 
         err: IO[str] | None = None) -> int:  # fmt: skip
     """Finish claimed messages by id; report each id that is not claimed; 0 or 1."""
     err = err or sys.stderr
+    stamp = _claimed_stamp(spool)
     index = spool.claimed_index()
     failed = 0
     touched: set[str] = set()
@@ -108,6 +132,11 @@ def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: 
         if not ident:
             continue
         hits = index.get(ident, [])
+        if not hits and _claimed_stamp(spool) != stamp:
+            # claimed since the listing (a dropr-recv still writing into our stdin)
+            stamp = _claimed_stamp(spool)
+            index = spool.claimed_index()
+            hits = index.get(ident, [])
         if not hits:
             err.write(
                 f"dropr-ack: error: {ident} is not claimed (lease lost, already finished, or unknown)\n"
@@ -349,7 +378,20 @@ def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
-def read_ids(stream: IO[str]) -> list[str]:
-    """Read ids, one per line (dropr-recv's ID<TAB>PATH lines are fine too)."""
-    ids = [line.split("\t", 1)[0].strip() for line in stream]
-    return [i for i in ids if i]  # none is fine: `dropr-recv -n 500 | dropr-ack -` on an empty inbox
+def read_ids(stream: IO[str]) -> Iterator[str]:
+    """Yield ids as they are read, one per line (dropr-recv's ID<TAB>PATH lines are fine too)."""
+    for line in stream:
+        ident = line.split("\t", 1)[0].strip()
+        if ident:
+            yield ident
+
+
+def _claimed_stamp(spool: Spool) -> list[tuple[str, int]]:
+    """Return the mtime of every channel's claimed/ folder: it changes with each claim."""
+    out = []
+    for ch in spool.channels():
+        try:
+            out.append((ch, os.stat(spool.path("in", ch, "claimed")).st_mtime_ns))
+        except FileNotFoundError:
+            pass
+    return out

@@ -357,6 +357,7 @@ def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
         except (ValueError, KeyError, TypeError, RecursionError, AttributeError) as exc:
             raise HTTPError("400 Bad Request", f"bad status request: {type(exc).__name__}") from None
         results = {}
+        channels = spool.channels()  # once per poll, not per id
         for ident, prefix in zip(ids, prefixes, strict=True):
             if not isinstance(ident, str):
                 continue
@@ -367,7 +368,7 @@ def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
             except ValueError:
                 results[ident] = {"state": "unknown", "reason": "bad id"}
                 continue
-            state, reason = spool.in_status(origin, ident, prefix)
+            state, reason = spool.in_status(origin, ident, prefix, channels)
             results[ident] = {"state": state, "reason": reason} if reason else {"state": state}
         return {"results": results}
 

@@ -91,6 +91,7 @@ if TYPE_CHECKING:
 
 OUT_STATES = ("queued", "sent", "processed", "dead")
 IN_STATES = ("ready", "wait", "claimed", "done", "dead")
+FIND_ORDER = ("done", "ready", "claimed", "wait", "dead")  # most receipt polls end in done
 TMP_MAX_AGE = 36 * 3600  # no writer keeps a tmp file untouched this long: puts and
 # uploads write continuously, and a put whose tmp file was swept fails at its rename.
 DANGLING_AGE = 60  # an index symlink whose message is missing this long is a crash leftover
@@ -534,7 +535,13 @@ class Spool:
         return d
 
     def find_in(
-        self, origin: str, ident: str, *, prefix: str = "", channel: str = ""
+        self,
+        origin: str,
+        ident: str,
+        *,
+        prefix: str = "",
+        channel: str = "",
+        channels: list[str] | None = None,
     ) -> tuple[str, str, str, int] | None:
         """Return (channel, state, name, created) of a received message, or None.
 
@@ -542,8 +549,9 @@ class Spool:
         for a caller-chosen id, a hard link of the message itself for a generated one,
         whose name is "{p}{time in the id},{origin},{id}". No entry: never received (or
         purged). Prefix and channel, when known (the sender's name in a status poll),
-        narrow the search to one name per state. Two passes, because a message that
-        moves back (claimed to ready) between two stats of one pass would be missed.
+        narrow the search to one name per state; channels, a listing of the inbox
+        channels that the caller keeps over many lookups. Two passes, because a message
+        that moves back (claimed to ready) between two stats of one pass would be missed.
         """
         try:
             target = os.readlink(f"{self.root}/rcv/{origin}/{ident}")
@@ -554,11 +562,12 @@ class Spool:
             if exc.errno != errno.EINVAL or t is None:
                 return None  # no entry (EINVAL: a hard link, so a generated id)
             prefixes = [prefix] if prefix.endswith(ident[:13]) else [f"{p}{t:013x}" for p in range(10)]
-            places = [(ch, pre) for ch in ([channel] if channel else self.channels()) for pre in prefixes]
+            chans = [channel] if channel else channels if channels is not None else self.channels()
+            places = [(ch, pre) for ch in chans for pre in prefixes]
         for _ in range(2):
             for ch, pre in places:
                 name = f"{pre},{origin},{ident}"
-                for state in IN_STATES:
+                for state in FIND_ORDER:
                     if os.path.lexists(f"{self.root}/in/{ch}/{state}/{name}"):
                         return ch, state, name, int(pre[1:], 16)
         return None
@@ -704,13 +713,22 @@ class Spool:
                 moved += 1
         return moved
 
-    def claim(self, channel: str, n: int, lease: float, *, keep: bool = False) -> list[Claim]:
+    def claim(
+        self,
+        channel: str,
+        n: int,
+        lease: float,
+        *,
+        keep: bool = False,
+        each: Callable[[Claim], None] | None = None,
+    ) -> list[Claim]:
         """Claim up to n ready messages for a lease of `lease` seconds, most urgent first.
 
         Each call sweeps expired leases and due retries, then lists ready/. With keep
         (a handler loop claiming one at a time from a large inbox) the listing is kept
         between calls and renewed when used up, after SWEEP_EVERY, or by forget_ready:
-        an expired lease or a more urgent arrival may then wait up to that long.
+        an expired lease or a more urgent arrival may then wait up to that long. each,
+        if given, is called with every claim as soon as it is made.
         """
         cdir = f"{self.root}/in/{channel}"
         if not os.path.isdir(cdir):
@@ -735,7 +753,10 @@ class Spool:
                 os.utime(dst, (now, expiry))
             except FileNotFoundError:
                 continue  # another consumer won this one
-            out.append(Claim(self, channel, name, expiry))
+            c = Claim(self, channel, name, expiry)
+            out.append(c)
+            if each is not None:
+                each(c)
         if keep:
             names.reverse()
             self._ready[channel] = (listed, names)
@@ -789,9 +810,11 @@ class Spool:
             failed=how == "fail", reason=reason, due=due,
         )  # fmt: skip
 
-    def in_status(self, origin: str, ident: str, prefix: str = "") -> tuple[str, str]:
+    def in_status(
+        self, origin: str, ident: str, prefix: str = "", channels: list[str] | None = None
+    ) -> tuple[str, str]:
         """Return the receipt state of a received message: processed, dead, pending, unknown."""
-        found = self.find_in(origin, ident, prefix=prefix)
+        found = self.find_in(origin, ident, prefix=prefix, channels=channels)
         if found is None:
             return "unknown", ""
         channel, state, name, _ = found
