@@ -5,7 +5,6 @@ Called in pipelines as often as dropr-recv, so it has the same fast path.
 
 from __future__ import annotations
 
-import itertools
 import sys
 from typing import Any
 
@@ -27,7 +26,7 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 
 def _run(o: dict[str, Any]) -> int:
     from dropr.config import default_spool, load
-    from dropr.consume import ack, read_ids
+    from dropr.consume import IdReader, ack
     from dropr.errors import UsageError
     from dropr.spool import Spool
 
@@ -45,14 +44,18 @@ def _run(o: dict[str, Any]) -> int:
     ids = o["args"]
     if not ids:
         raise UsageError("no ids; give ID... or - to read them from stdin")
-    todo = read_ids(sys.stdin) if ids == ["-"] else iter(ids)
-    first = next(todo, None)
-    if first is None:
-        return 0  # none is fine: `dropr-recv -n 500 | dropr-ack -` on an empty inbox
+    if ids == ["-"]:
+        todo: Any = IdReader(sys.stdin)
+        first = next(todo, None)
+        if first is None:
+            return 0  # none is fine: `dropr-recv -n 500 | dropr-ack -` on an empty inbox
+        todo.push_back(first)
+    else:
+        todo = ids
     how = "release" if o["release"] else "reject" if o["reject"] else "ack"
     spool_dir = o.get("--spool") or default_spool()
     spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
-    return ack(spool, itertools.chain([first], todo), how, reason=o.get("--reason", ""), delay=delay)
+    return ack(spool, todo, how, reason=o.get("--reason", ""), delay=delay)
 
 
 def main(argv: list[str] | None = None) -> int:

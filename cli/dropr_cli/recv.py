@@ -13,7 +13,8 @@ PROG = "dropr-recv"
 _VALUED = frozenset(
     {"--channel", "-n", "--timeout", "--lease", "--format", "--exec", "--jobs", "--max-attempts"}
 )
-_FLAGS = frozenset({"--all", "--wait", "--ack", "--once"})
+_FLAGS = frozenset({"--all", "--wait", "--ack", "--once", "--follow"})
+FOLLOW_N = 100  # --follow claims this many at a time unless -n says otherwise
 FORMATS = ("path", "json", "raw")
 
 
@@ -30,7 +31,7 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 
 def _run(o: dict[str, Any]) -> int:
     from dropr.config import default_spool, load
-    from dropr.consume import HandlerOptions, Handlers, RecvOptions, recv
+    from dropr.consume import HandlerOptions, Handlers, RecvOptions, follow, recv
     from dropr.errors import UsageError
     from dropr.spool import Spool
 
@@ -51,8 +52,10 @@ def _run(o: dict[str, Any]) -> int:
     spool_dir = o.get("--spool") or default_spool()
     command = o.get("--exec")
     if command is not None:
-        if n or o["all"] or o["wait"] or o["ack"] or fmt != "path":
-            raise UsageError("--exec runs handlers; -n, --all, --wait, --ack and --format do not apply")
+        if n or o["all"] or o["wait"] or o["ack"] or o["follow"] or fmt != "path":
+            raise UsageError(
+                "--exec runs handlers; -n, --all, --wait, --follow, --ack and --format do not apply"
+            )
         spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
         hopts = HandlerOptions(command=command, channel=channel, jobs=jobs, timeout=timeout,
                                max_attempts=max_attempts, once=o["once"], lease=lease)  # fmt: skip
@@ -61,6 +64,14 @@ def _run(o: dict[str, Any]) -> int:
         raise UsageError("--once, --jobs and --max-attempts go with --exec")
     if n and o["all"]:
         raise UsageError("-n and --all exclude each other")
+    if o["follow"]:
+        if o["all"] or o["wait"] or "--timeout" in o or fmt == "raw":
+            raise UsageError(
+                "--follow runs until stopped; --all, --wait, --timeout and --format raw do not apply"
+            )
+        spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
+        fopts = RecvOptions(channel=channel, n=n or FOLLOW_N, wait=True, lease=lease, fmt=fmt, ack=o["ack"])
+        return follow(spool, fopts)
     if "--timeout" in o and not o["wait"]:
         raise UsageError("--timeout without --exec goes with --wait")
     spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
@@ -85,6 +96,11 @@ def command() -> Any:
     @click.option("-n", "n", type=click.IntRange(1), default=None, help="Claim up to N messages [1].")
     @click.option("--all", "take_all", is_flag=True, help="Claim every ready message.")
     @click.option("--wait", is_flag=True, help="Block until a message arrives (exit 75 on --timeout).")
+    @click.option(
+        "--follow",
+        is_flag=True,
+        help=f"Keep claiming and printing as messages arrive, N at a time [{FOLLOW_N}], until TERM.",
+    )
     @click.option(
         "--timeout",
         type=DURATION,
@@ -141,13 +157,14 @@ def command() -> Any:
           dropr-recv                                    # ID<TAB>PATH of one message
           dropr-recv -n 100 | while IFS=$'\\t' read id path; do ...; done
           dropr-recv -n 500 | dropr-ack -
+          dropr-recv --follow | my-filter | dropr-ack -   # a long-running consumer
           dropr-recv --wait --timeout 30s --format raw --ack
           dropr-recv --exec 'psql -f -' --jobs 4 --timeout 2m
         """
         o = options_to_fast(kw, {"n": "-n", "fmt": "--format", "command": "--exec", "jobs": "--jobs",
                                  "max_attempts": "--max-attempts", "channel": "--channel"},
                             durations=("timeout", "lease"))  # fmt: skip
-        o.update(all=kw["take_all"], wait=kw["wait"], ack=kw["ack"], once=kw["once"])
+        o.update(all=kw["take_all"], wait=kw["wait"], ack=kw["ack"], once=kw["once"], follow=kw["follow"])
         return _run(o)
 
     return cmd

@@ -119,14 +119,124 @@ def recv(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int:
     return EX_OK
 
 
+def follow(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int:
+    """Claim and print messages as they arrive until TERM or INT (dropr-recv --follow).
+
+    Claims up to opts.n at a time and writes their lines at once; a reader that falls
+    behind blocks the writes, and with them the claiming (the pipe is the flow control).
+    Messages printed but not yet acknowledged when this stops stay claimed until their
+    lease ends, then they are ready again.
+    """
+    import signal
+
+    out = out or sys.stdout.buffer
+    stop: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    lines: list[bytes] = []
+
+    def emit(c: Claim) -> None:
+        if opts.fmt == "json":
+            import json
+
+            lines.append(json.dumps(c.info()).encode() + b"\n")
+        else:
+            lines.append(f"{c.ident}\t{c.path}\n".encode())
+        if len(lines) >= EMIT_EVERY:
+            flush()
+
+    def flush() -> None:
+        if lines:
+            out.write(b"".join(lines))
+            out.flush()
+            lines.clear()
+
+    with spool.waiter(f"recv-{opts.channel}-{os.getpid()}.sock") as w:
+        while not stop:
+            got = spool.claim(opts.channel, opts.n, opts.lease, keep=True, each=emit)
+            flush()
+            if opts.ack:
+                for c in got:
+                    spool.finish(c.channel, c.name, "ack")
+            if not got and w.wait(SWEEP_EVERY):
+                spool.forget_ready(opts.channel)  # an arrival: list again
+    return EX_OK
+
+
+class IdReader:
+    """Ids read from a descriptor as they come, one per line (ID<TAB>PATH lines too).
+
+    ``on_idle``, when set, runs before every read that would block: dropr-ack makes its
+    acks durable there, so a long pipeline commits in groups, never leaving one waiting.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        try:
+            self.fd = stream.fileno()
+        except (OSError, ValueError):  # not a real file (a test's stdin): lines as it gives them
+            self.fd = -1
+        self.on_idle: Callable[[], None] | None = None
+        self._ids = self._read()
+        self._back: list[str] = []
+
+    def __iter__(self) -> IdReader:
+        return self
+
+    def __next__(self) -> str:
+        return self._back.pop() if self._back else next(self._ids)
+
+    def push_back(self, ident: str) -> None:
+        """Make ident the next id again (after a look at the first)."""
+        self._back.append(ident)
+
+    def _read(self) -> Iterator[str]:
+        import select
+
+        if self.fd < 0:
+            for text in self.stream:
+                if name := text.split("\t", 1)[0].strip():
+                    yield name
+            return
+        rest = b""
+        while True:
+            if self.on_idle is not None and not select.select([self.fd], [], [], 0)[0]:
+                self.on_idle()
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                break
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                ident = line.split(b"\t", 1)[0].strip()
+                if ident:
+                    yield ident.decode("utf-8", "replace")
+        ident = rest.split(b"\t", 1)[0].strip()
+        if ident:
+            yield ident.decode("utf-8", "replace")
+
+
 def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: float = 0,
         err: IO[str] | None = None) -> int:  # fmt: skip
     """Finish claimed messages by id; report each id that is not claimed; 0 or 1."""
+    from .spool import fsync_dir
+
     err = err or sys.stderr
+    unsynced: set[str] = set()
+
+    def sync() -> None:  # release and reject sync their own records; acks are synced here
+        for ch in unsynced:
+            fsync_dir(spool.path("in", ch, "done"))
+        unsynced.clear()
+
+    if isinstance(ids, IdReader):
+        ids.on_idle = sync
     stamp = _claimed_stamp(spool)
     index = spool.claimed_index()
     failed = 0
-    touched: set[str] = set()
     for ident in ids:
         ident = ident.strip().split("\t", 1)[0]
         if not ident:
@@ -152,16 +262,13 @@ def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: 
             err.write(f"dropr-ack: error: {ident} is no longer claimed (its lease expired)\n")
             failed += 1
             continue
-        touched.add(channel)
+        if how == "ack":
+            unsynced.add(channel)
         _, _, origin, bare = parse_in_name(name)
         index.pop(bare, None)  # finished: the same id again is "not claimed"
         index.pop(f"{origin},{bare}", None)
     err.flush()
-    if how == "ack":  # release and reject sync their own records; make acks durable once
-        from .spool import fsync_dir
-
-        for ch in touched:
-            fsync_dir(spool.path("in", ch, "done"))
+    sync()
     return EX_NOTFOUND if failed else EX_OK
 
 
@@ -376,14 +483,6 @@ def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def read_ids(stream: IO[str]) -> Iterator[str]:
-    """Yield ids as they are read, one per line (dropr-recv's ID<TAB>PATH lines are fine too)."""
-    for line in stream:
-        ident = line.split("\t", 1)[0].strip()
-        if ident:
-            yield ident
 
 
 def _claimed_stamp(spool: Spool) -> list[tuple[str, int]]:

@@ -595,3 +595,63 @@ def test_sigterm_lets_the_running_handler_finish(pair: Pair, tmp_path: Path) -> 
     assert b.states("in") == {i: "done" for i in ids}
     for i, payload in payloads.items():
         assert (out / i).read_bytes() == payload
+
+
+# -- a long-running consumer: dropr-recv --follow | ... | dropr-ack - ------------------------------
+
+
+def test_follow_pipeline_consumes_arrivals_until_term(pair: Pair) -> None:
+    b = pair.b
+    recv, ack = shlex.quote(command_path("dropr-recv")), shlex.quote(command_path("dropr-ack"))
+    # the filter in the middle stands for the application: it passes on the ids it handled
+    # (a line-buffered filter: cut or grep would hold the ids in their stdio buffers)
+    handler = "while IFS=$(printf '\\t') read -r id path; do test -s \"$path\" && echo \"$id\"; done"
+    pipeline = f"{recv} --follow -n 50 | {handler} | {ack} -"
+    p = b.start("/bin/sh", "-c", pipeline, start_new_session=True)
+    try:
+        first = pair.deliver_lines(120)
+        wait_until(lambda: set(b.states("in").values()) == {"done"}, 60, "the first 120 to be acked")
+        time.sleep(0.3)  # the pipeline idles, waiting for arrivals
+        assert p.poll() is None, "--follow must keep running when the inbox is empty"
+        more = pair.deliver_lines(30)
+        wait_until(lambda: len(b.states("in")) == 150 and set(b.states("in").values()) == {"done"},
+                   60, "the 30 that came later to be acked")  # fmt: skip
+        assert set(b.states("in")) == set(first + more)
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+    p.wait(30)  # TERM to the group ends it (the shell by the signal; dropr-recv exits 0, below)
+
+
+def test_follow_stops_on_term_leaving_printed_messages_claimed(pair: Pair, tmp_path: Path) -> None:
+    ids = pair.deliver_lines(10)
+    b = pair.b
+    out = tmp_path / "follow.out"
+    with open(out, "wb") as f:
+        p = b.start("dropr-recv", "--follow", "-n", "4", stdout=f)
+    wait_until(lambda: len(out.read_bytes().splitlines()) == 10, 30, "all 10 to be printed")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(30) == 0
+    printed = [line.split("\t")[0] for line in out.read_text().splitlines()]
+    assert sorted(printed) == sorted(ids) and len(set(printed)) == 10
+    assert set(b.states("in").values()) == {"claimed"}, "printed, not acked: claimed until the lease ends"
+
+
+def test_ack_finishes_ids_as_they_arrive_on_stdin(pair: Pair) -> None:
+    ids = pair.deliver_lines(3)
+    b = pair.b
+    rc, recs = recv_json(b, "-n", "3")
+    assert rc == 0 and len(recs) == 3
+    p = b.start("dropr-ack", "-", stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdin is not None
+    try:
+        p.stdin.write(f"{ids[0]}\n".encode())
+        p.stdin.flush()
+        # the first id is done while stdin is still open: no waiting for the end of input
+        wait_until(lambda: in_state(b, ids[0]) == "done", 30, "the first id to be acked")
+        assert in_state(b, ids[1]) == "claimed"
+        p.stdin.write(f"{ids[1]}\nnot-claimed\n{ids[2]}".encode())  # the last line unterminated
+    finally:
+        p.stdin.close()
+    assert p.wait(30) == 1, "one id was not claimed: exit 1, the others done"
+    assert p.stderr is not None and b"not-claimed is not claimed" in p.stderr.read()
+    assert {in_state(b, i) for i in ids} == {"done"}
