@@ -30,6 +30,7 @@ POLL_MAX = 5.0  # receipts are polled at most this far apart while messages wait
 PURGE_EVERY = 600.0
 PIPELINE = 2  # batches in flight per peer: the server's workers commit them in parallel
 RELIST_EVERY = 1.0  # a large queue is re-listed at most this often while puts keep arriving
+RELIST_BUSY = 0.1  # any queue still being worked through: re-listed at most this often
 
 
 class SendOptions:
@@ -146,7 +147,9 @@ class Sender:
     def _next_batch(self, run: _PeerRun, room: int) -> list[tuple[str, str, str]]:
         now = time.monotonic()
         if not run.queue or (
-            run.dirty and now - run.listed > (RELIST_EVERY if len(run.queue) > 10000 else 0)
+            run.dirty
+            and now - run.listed
+            > (RELIST_EVERY if len(run.queue) > 10000 else RELIST_BUSY if run.queue else 0)
         ):
             run.queue = deque(
                 n for n in self.spool.out_names(run.peer.name, "queued") if n not in run.inflight
