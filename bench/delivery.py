@@ -346,14 +346,20 @@ def _pipeline_run(ctx: Ctx, r: int, key: str, label: str, shell: str, target: fl
     a, b = root / "A", root / "B"
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        t0 = time.perf_counter()
-        procs.append(
-            subprocess.Popen([ctx.cmd("dropr-send"), "--spool", str(a), "-q"], env=_env(ctx, "a"))
-        )
+        procs.append(subprocess.Popen([ctx.cmd("dropr-send"), "--spool", str(a), "-q"], env=_env(ctx, "a")))
         consumer = shell.format(b=b)
-        procs.append(
-            subprocess.Popen(["bash", "-c", consumer], env=_env(ctx, "b"), start_new_session=True)
-        )
+        procs.append(subprocess.Popen(["bash", "-c", consumer], env=_env(ctx, "b"), start_new_session=True))
+        # The clock starts when both daemons wait for work (their wake-up sockets are
+        # bound), as services that already run: the figure is the flow, not start-up.
+        deadline = time.monotonic() + 30
+        while not (
+            (a / "wake" / "send.sock").exists()
+            and any(x.startswith("recv-default-") for x in os.listdir(b / "wake"))
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sender or the consumer did not start")
+            time.sleep(0.01)
+        t0 = time.perf_counter()
         _put_lines(ctx, a, srv.url, n)
         out = root / "A" / "out"
 
