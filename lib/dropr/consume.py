@@ -131,9 +131,12 @@ def follow(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int
 
     out = out or sys.stdout.buffer
     stop: list[int] = []
+    idle = [False]  # True only while waiting for arrivals: a signal may end the wait at once
 
     def on_signal(signum: int, _frame: object) -> None:
         stop.append(signum)
+        if idle[0]:
+            raise _Stop
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
@@ -162,9 +165,22 @@ def follow(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int
             if opts.ack:
                 for c in got:
                     spool.finish(c.channel, c.name, "ack")
-            if not got and w.wait(SWEEP_EVERY):
+            if got or stop:
+                continue
+            idle[0] = True
+            try:
+                woken = w.wait(SWEEP_EVERY)
+            except _Stop:
+                break
+            finally:
+                idle[0] = False
+            if woken:
                 spool.forget_ready(opts.channel)  # an arrival: list again
     return EX_OK
+
+
+class _Stop(Exception):
+    """Raised by --follow's signal handler to end an idle wait."""
 
 
 class IdReader:
