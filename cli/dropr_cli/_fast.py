@@ -29,11 +29,16 @@ def parse(
     multi: frozenset[str] | set[str] = frozenset(),
     positional: bool = False,
 ) -> dict[str, Any] | None:
-    """Return {option: value, flag: True, "verbose"/"quiet": count, "args": [...]} or None."""
+    """Return {"--option": value, "flag": bool, "verbose"/"quiet": count, "args": [...]} or None.
+
+    Flags are keyed by their bare name ("--lines" -> "lines"), True or False, as the
+    click commands pass them on.
+    """
     if any(k.endswith("_COMPLETE") for k in os.environ):
         return None
     valued = set(valued) | COMMON_VALUED
     o: dict[str, Any] = {"verbose": 0, "quiet": 0, "args": []}
+    o.update((f[2:], False) for f in flags)
     for m in multi:
         o[m] = []
     i = 0
@@ -52,7 +57,7 @@ def parse(
         if a in COMMON_FLAGS:
             o[COMMON_FLAGS[a]] += 1
         elif a in flags:
-            o[a] = True
+            o[a[2:]] = True
         else:
             name, eq, val = a.partition("=")
             if name not in valued and name not in multi:

@@ -26,9 +26,6 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
     if o is None:
         return None
     o["to"] = o.pop("--to")
-    for flag in _FLAGS:
-        if o.pop(flag, False):
-            o[flag[2:]] = True
     return o
 
 

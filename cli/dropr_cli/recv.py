@@ -21,12 +21,7 @@ FORMATS = ("path", "json", "raw")
 def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
     from ._fast import parse
 
-    o = parse(argv, valued=_VALUED, flags=_FLAGS)
-    if o is None:
-        return None
-    for flag in _FLAGS:
-        o[flag[2:]] = bool(o.pop(flag, False))
-    return o
+    return parse(argv, valued=_VALUED, flags=_FLAGS)
 
 
 def _run(o: dict[str, Any]) -> int:

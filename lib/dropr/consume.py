@@ -82,26 +82,10 @@ def recv(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int:
     out = out or sys.stdout.buffer
     if opts.fmt == "raw" and opts.n != 1:
         raise UsageError("--format raw prints one payload; drop -n/--all")
-    lines: list[bytes] = []
-
-    def emit(c: Claim) -> None:
-        # Lines go out in groups as claims are made, so that a dropr-ack reading the
-        # pipe finishes the first ones while the rest are being claimed; groups, not
-        # single lines, even when stdout is unbuffered (PYTHONUNBUFFERED).
-        if opts.fmt == "json":
-            import json
-
-            lines.append(json.dumps(c.info()).encode() + b"\n")
-        else:
-            lines.append(f"{c.ident}\t{c.path}\n".encode())
-        if len(lines) >= EMIT_EVERY:
-            out.write(b"".join(lines))
-            out.flush()
-            lines.clear()
-
+    lines = _Lines(out, opts.fmt)
     raw = opts.fmt == "raw"
     claims = claim_wait(
-        spool, opts.channel, opts.n, opts.lease, opts.wait, opts.timeout, None if raw else emit
+        spool, opts.channel, opts.n, opts.lease, opts.wait, opts.timeout, None if raw else lines.add
     )
     if not claims:
         if opts.wait:
@@ -111,12 +95,43 @@ def recv(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int:
         with open(claims[0].path, "rb") as f:
             while chunk := f.read(1 << 20):
                 out.write(chunk)
-    out.write(b"".join(lines))
-    out.flush()
+        out.flush()
+    lines.flush()
     if opts.ack:
         for c in claims:
             spool.finish(c.channel, c.name, "ack")
     return EX_OK
+
+
+class _Lines:
+    """dropr-recv's output lines, written in groups as claims are made.
+
+    A dropr-ack reading the pipe finishes the first ones while the rest are being
+    claimed; groups, not single lines, even when stdout is unbuffered (PYTHONUNBUFFERED).
+    """
+
+    def __init__(self, out: IO[bytes], fmt: str) -> None:
+        self.out = out
+        self.json = fmt == "json"
+        self.pending: list[bytes] = []
+
+    def add(self, c: Claim) -> None:
+        """Queue the line of one claim; write the group when it is full."""
+        if self.json:
+            import json
+
+            self.pending.append(json.dumps(c.info()).encode() + b"\n")
+        else:
+            self.pending.append(f"{c.ident}\t{c.path}\n".encode())
+        if len(self.pending) >= EMIT_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is queued."""
+        if self.pending:
+            self.out.write(b"".join(self.pending))
+            self.out.flush()
+            self.pending.clear()
 
 
 def follow(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int:
@@ -140,28 +155,12 @@ def follow(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    lines: list[bytes] = []
-
-    def emit(c: Claim) -> None:
-        if opts.fmt == "json":
-            import json
-
-            lines.append(json.dumps(c.info()).encode() + b"\n")
-        else:
-            lines.append(f"{c.ident}\t{c.path}\n".encode())
-        if len(lines) >= EMIT_EVERY:
-            flush()
-
-    def flush() -> None:
-        if lines:
-            out.write(b"".join(lines))
-            out.flush()
-            lines.clear()
+    lines = _Lines(out, opts.fmt)
 
     with spool.waiter(f"recv-{opts.channel}-{os.getpid()}.sock") as w:
         while not stop:
-            got = spool.claim(opts.channel, opts.n, opts.lease, keep=True, each=emit)
-            flush()
+            got = spool.claim(opts.channel, opts.n, opts.lease, keep=True, each=lines.add)
+            lines.flush()
             if opts.ack:
                 for c in got:
                     spool.finish(c.channel, c.name, "ack")
