@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def check_name(value: str | None, kind: str) -> None:

@@ -6,7 +6,10 @@ Called in pipelines as often as dropr-recv, so it has the same fast path.
 from __future__ import annotations
 
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
+if TYPE_CHECKING:
+    from typing import Any
 
 PROG = "dropr-ack"
 _VALUED = frozenset({"--delay", "--reason"})

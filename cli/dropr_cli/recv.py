@@ -7,7 +7,10 @@ lines and builds the click command only for --help and anything unusual.
 from __future__ import annotations
 
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
+if TYPE_CHECKING:
+    from typing import Any
 
 PROG = "dropr-recv"
 _VALUED = frozenset(

@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import IO, TYPE_CHECKING, Any
 
 from . import log as _log
 from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, UsageError
 from .message import parse_in_name
 from .spool import Claim, Spool
 
+TYPE_CHECKING = False  # typing and collections cost milliseconds per start; mypy reads True
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import IO, Any
 
 # dropr-recv and dropr-ack start often (shell loops): json, subprocess, select and
 # logging are imported where they are used, not here.
