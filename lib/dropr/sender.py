@@ -278,7 +278,7 @@ class Sender:
                 continue
             if self._backoff_until(run.peer.name) > wall:
                 continue
-            names = self.spool.out_names(run.peer.name, "sent")[:STATUS_BATCH]
+            names = self.spool.out_names(run.peer.name, "sent", STATUS_BATCH)[:STATUS_BATCH]
             if not names:
                 run.poll_at = 0
                 continue
@@ -366,7 +366,7 @@ class Sender:
         while len(self.pool):
             self._drive(0.5)
         self.spool.purge()
-        left = [r.peer.name for r in self.runs.values() if self.spool.out_names(r.peer.name, "queued")]
+        left = [r.peer.name for r in self.runs.values() if self.spool.out_any(r.peer.name, "queued")]
         if left and not (self.opts.max_messages and self.delivered >= self.opts.max_messages):
             log.info("deferred peers=%s", ",".join(left))
             return EX_TEMPFAIL
@@ -412,7 +412,7 @@ class Sender:
             if run.poll_at:
                 sleep = min(sleep, run.poll_at - now)
             until = self._backoff_until(run.peer.name)
-            if until > wall and (run.queue or self.spool.out_names(run.peer.name, "queued")):
+            if until > wall and (run.queue or self.spool.out_any(run.peer.name, "queued")):
                 sleep = min(sleep, until - wall)
             elif run.queue:
                 sleep = 0

@@ -258,13 +258,27 @@ def _read_json(path: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _sorted_names(path: str) -> list[str]:
+def _sorted_names(path: str, first: int = 0) -> list[str]:
+    """Return the names in a folder, sorted; with first, at least the first that many."""
     try:
         names = os.listdir(path)
     except FileNotFoundError:
         return []
+    if first and len(names) > 4 * first:
+        import heapq
+
+        return heapq.nsmallest(first, names)  # O(N), not a sort of a million names
     names.sort()
     return names
+
+
+def _any_name(path: str) -> bool:
+    """Return whether a folder has any entry, reading no more than the first."""
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is not None
+    except FileNotFoundError:
+        return False
 
 
 class Spool:
@@ -431,9 +445,13 @@ class Spool:
         """Return the names of all outbox peers."""
         return _sorted_names(self.path("out"))
 
-    def out_names(self, peer: str, state: str) -> list[str]:
-        """Return the sorted names in one outbox state of a peer."""
-        return _sorted_names(self.path("out", peer, state))
+    def out_names(self, peer: str, state: str, first: int = 0) -> list[str]:
+        """Return the sorted names in one outbox state of a peer (with first: at least those)."""
+        return _sorted_names(self.path("out", peer, state), first)
+
+    def out_any(self, peer: str, state: str) -> bool:
+        """Return whether one outbox state of a peer holds anything (no listing)."""
+        return _any_name(self.path("out", peer, state))
 
     def peer_url(self, peer: str) -> str:
         """Return the URL recorded for an outbox peer."""
@@ -743,7 +761,7 @@ class Spool:
         listed, names = self._ready.get(channel, (0.0, [])) if keep else (0.0, [])
         if not names or now - listed > SWEEP_EVERY:
             self.sweep_channel(channel, self.config.max_attempts)
-            listed, names = now, self._most_urgent(f"{cdir}/ready", n)
+            listed, names = now, _sorted_names(f"{cdir}/ready", n + 256)  # spares for other consumers
         out: list[Claim] = []
         ready = f"{cdir}/ready"
         claimed = f"{cdir}/claimed"
@@ -767,21 +785,6 @@ class Spool:
             names.reverse()
             self._ready[channel] = (listed, names)
         return out
-
-    @staticmethod
-    def _most_urgent(folder: str, n: int) -> list[str]:
-        """Return the sorted ready names, or only the first few when the folder is huge."""
-        try:
-            names = os.listdir(folder)
-        except FileNotFoundError:
-            return []
-        want = n + 256  # spares for names other consumers take first
-        if len(names) > 4 * want:
-            import heapq
-
-            return heapq.nsmallest(want, names)  # O(N), not a sort of a million names
-        names.sort()
-        return names
 
     def forget_ready(self, channel: str) -> None:
         """Drop the kept listing of ready messages (an arrival may be more urgent)."""
