@@ -40,13 +40,14 @@ put          write tmp/F (header+payload);       before sync 1: tmp leftover, sw
 sent         rename queued/N -> sent/N           before: sent again, the peer answers duplicate.
 processed    rename sent/N -> processed/N        before: the next status poll does it again.
 dead (out)   write meta/ID; rename -> dead/N     before rename: still queued, meta says why.
-store (in)   write tmp/F (payload); sync 1;      the receiver holds lock/rcv-O.lock over the
-             lock origin; link (or symlink)      link, rename and sync 2, so a duplicate is never
-             rcv/O/ID, EEXIST: duplicate;        answered before the first copy is durable. An
-             rename F -> ready/N; sync 2;        rcv entry whose message is nowhere (crash before
-             unlock; answer "stored"             the rename) is replaced under the lock; the
-                                                 sender resends. The tmp sweep drops the hard
-                                                 link of a stray tmp/F.
+store (in)   write tmp/F (payload); lock         the receiver holds lock/rcv-O.lock from the
+             origin; link (or symlink) rcv/O/ID, link to sync 2, so a duplicate is never
+             EEXIST: duplicate; sync 1 (F and    answered before the first copy is durable, and
+             rcv/O); rename F -> ready/N;        no message is on disk without its index entry.
+             sync 2; unlock; answer "stored"     An rcv entry whose message is nowhere (crash
+                                                 before the rename) is replaced under the lock;
+                                                 the sender resends. The tmp sweep drops the
+                                                 hard link of a stray tmp/F.
 claim        utime(ready/N, lease end);          between: the file sits in ready with a future
              rename -> claimed/N; utime again    mtime, which ready ignores; after: a lease that is
                                                  already set, so no sweeper can take it back early.
@@ -594,11 +595,11 @@ class Spool:
         """Commit received tmp files into the inbox; return "stored" or "duplicate" for each.
 
         ``items`` are (tmp path, header) with the payload already written and checked.
-        A few messages (the latency case): under the origin's lock, index them, fsync
-        their data and the index folder, rename them into ready, fsync ready, so no
-        message is on disk before its index entry (a syncfs here would flush every other
-        writer's data too, and made the tail latency worse). A batch: one syncfs for the
-        data outside the lock, then index and rename, one syncfs.
+        Under the origin's lock: index the new ones, sync their data and index entries,
+        rename them into ready, sync ready. So no message is on disk before its index
+        entry, and no duplicate is answered before the first copy is durable. "sync" is
+        fsync of each file and folder for a few messages (a syncfs would flush every
+        other writer's data too: a worse tail latency), one syncfs for a batch.
         """
         if not items:
             return []
@@ -607,18 +608,16 @@ class Spool:
             _mkdirs(rcv)
             self._made.add(rcv)
         many = len(items) > SYNC_EACH_MAX
-        if many:
-            self.sync(many=True)  # the data of every file before any of their names
         results: list[str] = []
-        touched: set[str] = set() if not many else {rcv}
+        touched: set[str] = set()
         channels: set[str] = set()
         with _Flock(self.path("lock", f"rcv-{origin}.lock")):
             try:
                 new = self._index(origin, items, rcv, results)
-                if new and not many:  # their data and their index entries, before any name
-                    fds = [os.open(tmp, os.O_RDONLY) for tmp, _, _ in new]
+                if new:  # sync 1: their data and their index entries, before any name
+                    fds = [] if many else [os.open(tmp, os.O_RDONLY) for tmp, _, _ in new]
                     try:
-                        self.sync(fds=fds, dirs=[rcv])
+                        self.sync(fds=fds, dirs=[rcv], many=many)
                     finally:
                         for fd in fds:
                             os.close(fd)
@@ -627,9 +626,10 @@ class Spool:
                     touched.add(f"{cdir}/ready")
                     channels.add(cdir.rsplit("/", 1)[1])
             finally:
-                # even after a failure midway: whatever is in ready/ must be durable
-                # before the lock lets a resend see it and answer "duplicate"
-                self.sync(dirs=touched, many=many)
+                # sync 2, even after a failure midway: whatever is in ready/ must be
+                # durable before the lock lets a resend see it and answer "duplicate"
+                if touched:
+                    self.sync(dirs=touched, many=many)
         for ch in channels:
             self.wake(f"recv-{ch}-")
         return results
