@@ -836,14 +836,21 @@ def test_no_index_entry_means_never_received(sp: Spool) -> None:
     assert sp.in_status("web1", ident) == ("unknown", "")
 
 
-def test_store_leftover_hard_link_is_replaced(sp: Spool) -> None:
-    # a receiver killed between the link and the rename: the entry holds a stray inode
-    ident, t = m.IdMaker().new()
+def _stray_upload(sp: Spool, ident: str) -> str:
+    """Leave what a receiver killed between the index link and the rename leaves: a tmp
+    file of origin web1 and its hard link in rcv/; return the tmp path."""
     os.makedirs(sp.path("rcv", "web1"), exist_ok=True)
     stray = sp.tmp_name(f"rcv,web1,{ident}")
     with open(stray, "wb") as f:
         f.write(b"p")
     os.link(stray, sp.path("rcv", "web1", ident))
+    return stray
+
+
+def test_store_leftover_hard_link_is_replaced(sp: Spool) -> None:
+    # a receiver killed between the link and the rename: the entry holds a stray inode
+    ident, t = m.IdMaker().new()
+    _stray_upload(sp, ident)
     assert _store_with(sp, ident, t) == "stored"
     found = sp.find_in("web1", ident)
     assert found is not None and found[1] == "ready"
@@ -853,11 +860,7 @@ def test_store_leftover_hard_link_is_replaced(sp: Spool) -> None:
 
 def test_tmp_sweep_removes_the_index_link_of_a_stray_upload(sp: Spool) -> None:
     ident, _ = m.IdMaker().new()
-    os.makedirs(sp.path("rcv", "web1"), exist_ok=True)
-    stray = sp.tmp_name(f"rcv,web1,{ident}")
-    with open(stray, "wb") as f:
-        f.write(b"p")
-    os.link(stray, sp.path("rcv", "web1", ident))
+    stray = _stray_upload(sp, ident)
     other, _ = m.IdMaker().new()
     assert _store_with(sp, other, m.generated_time(other) or 0) == "stored"
     assert sp.purge(now=time.time() + 37 * 3600) == 1
