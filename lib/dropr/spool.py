@@ -26,28 +26,32 @@ where created is the origin's put time, so the inbox keeps the origin's order
 is the payload alone. Nothing is modified after its final rename, except the
 mtime of ``claimed`` (the lease expiry) and ``wait`` (when due) entries.
 
-State table. Each transition is one rename or link; "crash" says what a kill -9
-or power loss between the steps leaves, and what recovery makes of it.
+State table. Each transition is one rename, or a link then an unlink ("move", see
+_move) where only one process moves the file; "crash" says what a kill -9 or power
+loss between the steps leaves, and what recovery makes of it.
 
 ===========  ==================================  ==================================================
 transition   steps                               crash windows
 ===========  ==================================  ==================================================
 put          write tmp/F (header+payload);       before sync 1: tmp leftover, swept by age; nothing
              sync 1; [symlink ids/ID];           was printed. After link to some peers only: those
-             link F to out/P/queued/N per peer   peers get it, id never printed (retry with --id to
-             (rename for one peer); sync 2;      be exact). A dangling ids/ symlink (crash before
-             print ids                           the link) is older than 60 s and replaced.
-sent         rename queued/N -> sent/N           before: sent again, the peer answers duplicate.
-processed    rename sent/N -> processed/N        before: the next status poll does it again.
-dead (out)   write meta/ID; rename -> dead/N     before rename: still queued, meta says why.
+             link F to out/P/queued/N per peer;  peers get it, id never printed (retry with --id to
+             unlink F; sync 2; print ids         be exact). A dangling ids/ symlink (crash before
+                                                 the link) is older than 60 s and replaced.
+sent         move queued/N -> sent/N             before: sent again, the peer answers duplicate.
+                                                 Between link and unlink: in both; sent again
+                                                 (duplicate), and the next move drops queued/N.
+processed    move sent/N -> processed/N          before: the next status poll does it again.
+dead (out)   write meta/ID; move -> dead/N       before the move: still queued, meta says why.
 store (in)   write tmp/F (payload); lock         the receiver holds lock/rcv-O.lock from the
              origin; link (or symlink) rcv/O/ID, link to sync 2, so a duplicate is never
              EEXIST: duplicate; sync 1 (F and    answered before the first copy is durable, and
-             rcv/O); rename F -> ready/N;        no message is on disk without its index entry.
+             rcv/O); link F -> ready/N; unlink F; no message is on disk without its index entry.
              sync 2; unlock; answer "stored"     An rcv entry whose message is nowhere (crash
-                                                 before the rename) is replaced under the lock;
-                                                 the sender resends. The tmp sweep drops the
-                                                 hard link of a stray tmp/F.
+                                                 before the link) is replaced under the lock;
+                                                 the sender resends. The tmp sweep drops a
+                                                 stray tmp/F, and its rcv/ hard link when only
+                                                 the two hold it (it never reached ready/).
 claim        utime(ready/N, lease end);          between: the file sits in ready with a future
              rename -> claimed/N; utime again    mtime, which ready ignores; after: a lease that is
                                                  already set, so no sweeper can take it back early.
@@ -64,9 +68,10 @@ purge        unlink done|processed|dead after    leftovers of a purge are purged
 ===========  ==================================  ==================================================
 
 Syncing: "sync" is fsync of each written file and each touched directory for a
-few messages, and one syncfs(2) of the spool's filesystem for a batch (group
-commit): the data of every file before any of its names, every name before the
-caller hears "stored".
+few messages, and one syncfs(2) of the spool's filesystem for the files of a batch
+(group commit): the data of every file before any of its names, every name before
+the caller hears "stored". A sync of names alone (sync 2) fsyncs the few folders
+they are in, even for a batch: a syncfs would wait for every other writer's data.
 """
 
 from __future__ import annotations
@@ -94,7 +99,7 @@ OUT_STATES = ("queued", "sent", "processed", "dead")
 IN_STATES = ("ready", "wait", "claimed", "done", "dead")
 FIND_ORDER = ("done", "ready", "claimed", "wait", "dead")  # most receipt polls end in done
 TMP_MAX_AGE = 36 * 3600  # no writer keeps a tmp file untouched this long: puts and
-# uploads write continuously, and a put whose tmp file was swept fails at its rename.
+# uploads write continuously, and a put whose tmp file was swept fails at its link.
 DANGLING_AGE = 60  # an index symlink whose message is missing this long is a crash leftover
 SWEEP_EVERY = 1.0  # claimers look for expired leases and due retries at most this often
 SYNC_EACH_MAX = 4  # up to this many files: fsync each; more: one syncfs
@@ -504,7 +509,7 @@ class Spool:
         base = f"{self.root}/out/{peer}"
         for name in names:
             try:
-                os.rename(f"{base}/{src}/{name}", f"{base}/{dst}/{name}")
+                _move(f"{base}/{src}/{name}", f"{base}/{dst}/{name}")
                 moved += 1
             except FileNotFoundError:
                 pass
@@ -596,7 +601,7 @@ class Spool:
 
         ``items`` are (tmp path, header) with the payload already written and checked.
         Under the origin's lock: index the new ones, sync their data and index entries,
-        rename them into ready, sync ready. So no message is on disk before its index
+        move them into ready, sync ready. So no message is on disk before its index
         entry, and no duplicate is answered before the first copy is durable. "sync" is
         fsync of each file and folder for a few messages (a syncfs would flush every
         other writer's data too: a worse tail latency), one syncfs for a batch.
@@ -622,14 +627,14 @@ class Spool:
                         for fd in fds:
                             os.close(fd)
                 for tmp, cdir, name in new:
-                    os.rename(tmp, f"{cdir}/ready/{name}")
+                    _move(tmp, f"{cdir}/ready/{name}")
                     touched.add(f"{cdir}/ready")
                     channels.add(cdir.rsplit("/", 1)[1])
             finally:
                 # sync 2, even after a failure midway: whatever is in ready/ must be
                 # durable before the lock lets a resend see it and answer "duplicate"
                 if touched:
-                    self.sync(dirs=touched, many=many)
+                    self.sync(dirs=touched)
         for ch in channels:
             self.wake(f"recv-{ch}-")
         return results
@@ -655,12 +660,12 @@ class Spool:
             try:
                 _index(tmp, link, target)
             except FileExistsError:
-                # indexed earlier in this request (not yet renamed), or received before
+                # indexed earlier in this request (not yet in ready), or received before
                 if hdr.ident in made or self.find_in(origin, hdr.ident, prefix=prefix) is not None:
                     os.unlink(tmp)
                     results.append("duplicate")
                     continue
-                # a leftover of a crash between link and rename: nothing holds the message
+                # a leftover of a crash before the link into ready: nothing holds the message
                 os.unlink(link)
                 _index(tmp, link, target)
             made.add(hdr.ident)
@@ -877,7 +882,7 @@ class Spool:
             try:
                 st = os.lstat(p)
                 if now - st.st_mtime > TMP_MAX_AGE:
-                    if st.st_nlink > 1 and ".rcv," in name:
+                    if st.st_nlink == 2 and ".rcv," in name:  # only tmp/ and rcv/ hold it
                         self._unindex_tmp(name, st.st_ino)
                     os.unlink(p)
                     removed += 1
@@ -906,7 +911,7 @@ class Spool:
         return removed
 
     def _unindex_tmp(self, name: str, ino: int) -> None:
-        """Remove the rcv/ hard link of a received tmp file a crash left before its rename."""
+        """Remove the rcv/ hard link of a received tmp file a crash left out of the inbox."""
         _, origin, ident = name.split(",", 2)  # tmp names of uploads: "{pid}.{seq}.rcv,{origin},{id}"
         link = self.path("rcv", origin, ident)
         try:
@@ -1141,21 +1146,17 @@ class PutBatch:
                         continue
                     linked.append(sp.path("ids", caller))
                     index_dir = True
-                if len(self._dirs) == 1:
-                    dst = os.path.join(self._dirs[0], "queued", name)
-                    os.rename(tmp, dst)
+                # link + unlink, not rename: see _move
+                for d in self._dirs:
+                    dst = os.path.join(d, "queued", name)
+                    os.link(tmp, dst)
                     linked.append(dst)
-                else:
-                    for d in self._dirs:
-                        dst = os.path.join(d, "queued", name)
-                        os.link(tmp, dst)
-                        linked.append(dst)
-                    os.unlink(tmp)
+                os.unlink(tmp)
                 done.append(name.split(",", 1)[1])
             dirs = [os.path.join(d, "queued") for d in self._dirs]
             if index_dir:
                 dirs.append(sp.path("ids"))
-            sp.sync(dirs=dirs, many=many)
+            sp.sync(dirs=dirs)
         except OSError as exc:
             for p in pending:
                 if p[3] >= 0:
@@ -1213,6 +1214,26 @@ def _index(tmp: str, link: str, target: str) -> None:
         os.symlink(target, link)
     else:
         os.link(tmp, link)
+
+
+def _move(src: str, dst: str) -> None:
+    """Move a file that only one process moves: link(2) then unlink(2).
+
+    Every rename(2) between two folders takes one lock of the whole filesystem
+    (s_vfs_rename_mutex), so the spool's writers, the sender and the consumers
+    all queued on it: a quarter of the CPU of an end-to-end run went to renames,
+    much of it spinning on that lock. A link takes only the folder's own lock.
+    A crash between the two calls leaves the file under both names: the old name
+    of a tmp file is swept, an outbox entry found in two states is moved again
+    (the link finds the new name there and the old one goes). Not for the inbox
+    states consumers race on: their claims need the atomic rename.
+    """
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        if not os.path.samefile(src, dst):
+            raise
+    os.unlink(src)
 
 
 def _unlink_quiet(path: str) -> None:

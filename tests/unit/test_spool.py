@@ -305,15 +305,16 @@ def is_dir_fd(fd: int) -> bool:
 
 # (what to break, how many messages, peers, predicate on (call number, *args))
 COMMIT_FAULTS: dict[str, tuple[str, int, list[Peer], Callable[..., bool]]] = {
-    "rename of the 3rd message": ("rename", 3, [A], lambda n, *a: n == 3),
-    "rename of the 1st message": ("rename", 2, [A], lambda n, *a: n == 1),
+    "link of the 3rd message": ("link", 3, [A], lambda n, *a: n == 3),
+    "link of the 1st message": ("link", 2, [A], lambda n, *a: n == 1),
+    "unlink of the tmp file": ("unlink", 2, [A], lambda n, *a: n == 2),
     "link to the 2nd peer": ("link", 1, [A, B], lambda n, *a: n == 2),
     "link of the 2nd message": ("link", 2, [A, B], lambda n, *a: n == 3),
     "fsync of a file": ("fsync", 3, [A], lambda n, fd: not is_dir_fd(fd) and n == 2),
     "fsync of the queued dir": ("fsync", 2, [A], lambda n, fd: is_dir_fd(fd)),
     "fsync of a dir after multicast": ("fsync", 1, [A, B], lambda n, fd: is_dir_fd(fd) and n > 2),
     "syncfs of the data": ("syncfs", 8, [A], lambda n, fd: n == 1),
-    "syncfs of the names": ("syncfs", 8, [A, B], lambda n, fd: n == 2),
+    "fsync of the names of a batch": ("fsync", 8, [A, B], lambda n, fd: is_dir_fd(fd) and n == 2),
 }
 
 
@@ -404,7 +405,7 @@ def test_retry_of_caller_id_after_a_failed_commit_stores_it(
 ) -> None:
     batch = sp.batch([A])
     batch.add(b"x", "order-1")
-    monkeypatch.setattr(os, "rename", failing(os.rename, lambda n, *a: True))
+    monkeypatch.setattr(os, "link", failing(os.link, lambda n, *a: True))
     with pytest.raises(TempFailError):
         batch.commit()
     monkeypatch.undo()
@@ -837,8 +838,8 @@ def test_no_index_entry_means_never_received(sp: Spool) -> None:
 
 
 def _stray_upload(sp: Spool, ident: str) -> str:
-    """Leave what a receiver killed between the index link and the rename leaves: a tmp
-    file of origin web1 and its hard link in rcv/; return the tmp path."""
+    """Leave what a receiver killed between the index link and the link into ready leaves:
+    a tmp file of origin web1 and its hard link in rcv/; return the tmp path."""
     os.makedirs(sp.path("rcv", "web1"), exist_ok=True)
     stray = sp.tmp_name(f"rcv,web1,{ident}")
     with open(stray, "wb") as f:
@@ -848,7 +849,7 @@ def _stray_upload(sp: Spool, ident: str) -> str:
 
 
 def test_store_leftover_hard_link_is_replaced(sp: Spool) -> None:
-    # a receiver killed between the link and the rename: the entry holds a stray inode
+    # a receiver killed between the two links: the entry holds a stray inode
     ident, t = m.IdMaker().new()
     _stray_upload(sp, ident)
     assert _store_with(sp, ident, t) == "stored"
@@ -866,6 +867,29 @@ def test_tmp_sweep_removes_the_index_link_of_a_stray_upload(sp: Spool) -> None:
     assert sp.purge(now=time.time() + 37 * 3600) == 1
     assert not os.path.exists(stray) and not os.path.lexists(sp.path("rcv", "web1", ident))
     assert os.path.exists(sp.path("rcv", "web1", other)), "a stored message keeps its entry"
+
+
+def test_tmp_sweep_keeps_the_index_of_a_message_that_reached_ready(sp: Spool) -> None:
+    # a receiver killed between the link into ready and the unlink of its tmp name
+    ident, t = m.IdMaker().new()
+    assert _store_with(sp, ident, t) == "stored"
+    ready = sp.path("in", "default", "ready", m.in_name(3, t, "web1", ident))
+    stray = sp.tmp_name(f"rcv,web1,{ident}")
+    os.link(ready, stray)
+    assert sp.purge(now=time.time() + 37 * 3600) == 1
+    assert not os.path.exists(stray)
+    assert os.path.samefile(sp.path("rcv", "web1", ident), ready), "the index entry stays"
+    assert _store_with(sp, ident, t) == "duplicate"
+
+
+def test_out_move_finishes_a_move_a_crash_left_half_done(sp: Spool) -> None:
+    [ident] = put(sp, [b"twice"])
+    [(peer, _, name)] = sp.find_out(ident)
+    queued, sent = sp.path("out", peer, "queued", name), sp.path("out", peer, "sent", name)
+    os.link(queued, sent)  # killed between the link and the unlink
+    assert sp.out_move(peer, [name], "queued", "sent") == 1
+    assert sp.find_out(ident) == [(peer, "sent", name)]
+    assert open(sent, "rb").read().endswith(b"twice")
 
 
 # -- DirectWriter: large payloads past the page cache ---------------------------------------------
