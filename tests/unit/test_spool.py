@@ -837,6 +837,29 @@ def test_no_index_entry_means_never_received(sp: Spool) -> None:
     assert sp.in_status("web1", ident) == ("unknown", "")
 
 
+def test_status_of_generated_ids_through_their_states(sp: Spool) -> None:
+    ids = [m.IdMaker().new() for _ in range(3)]
+    for ident, t in ids:
+        assert _store_with(sp, ident, t, channel="other") == "stored"
+    sp.channel_dir("default")  # a second, empty channel to look through
+    hints = {i: m.in_name(3, t, "web1", i).split(",", 1)[0] for i, t in ids}
+    (a, _), (b, _), (c, _) = ids
+
+    def states(ident: str) -> set[tuple[str, str]]:
+        return {sp.in_status("web1", ident, hints[ident]), sp.in_status("web1", ident)}
+
+    assert states(a) == {("pending", "")}
+    claims = {cl.ident: cl for cl in sp.claim("other", 3, 60)}
+    assert states(a) == {("pending", "")}, "claimed is pending too"
+    assert sp.finish("other", claims[a].name, "ack")
+    assert sp.finish("other", claims[b].name, "reject", reason="bad input")
+    assert states(a) == {("processed", "")}
+    assert states(b) == {("dead", "bad input")}
+    assert states(c) == {("pending", "")}
+    os.unlink(sp.path("in", "other", "claimed", claims[c].name))  # only rcv/ holds it now
+    assert states(c) == {("unknown", "")}
+
+
 def _stray_upload(sp: Spool, ident: str) -> str:
     """Leave what a receiver killed between the index link and the link into ready leaves:
     a tmp file of origin web1 and its hard link in rcv/; return the tmp path."""
