@@ -912,7 +912,7 @@ def test_out_move_finishes_a_move_a_crash_left_half_done(sp: Spool) -> None:
     os.link(queued, sent)  # killed between the link and the unlink
     assert sp.out_move(peer, [name], "queued", "sent") == 1
     assert sp.find_out(ident) == [(peer, "sent", name)]
-    assert open(sent, "rb").read().endswith(b"twice")
+    assert Path(sent).read_bytes().endswith(b"twice")
 
 
 # -- DirectWriter: large payloads past the page cache ---------------------------------------------
