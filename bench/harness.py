@@ -335,7 +335,7 @@ def fs_notes(path: Path | str) -> list[str]:
 
 
 PROBE_FILES = 1000
-SETTLED_US = 150.0  # healthy here: 25-75 µs per file; after a mass deletion: 300-1000
+SETTLED_US = 100.0  # healthy here: 25-75 µs per file; after a mass deletion: 300-1000
 
 
 def create_probe(ctx: Ctx) -> float:
