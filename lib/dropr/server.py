@@ -151,12 +151,7 @@ class Upload:
     def _end(self) -> None:
         p = self.cur
         assert p is not None
-        if p.fd >= 0:
-            os.close(p.fd)
-            p.fd = -1
-        if p.big is not None:
-            big, p.big = p.big, None
-            big.close()
+        self._close(p)
         if p.refused:
             self._drop(p)
         elif p.header is None:
@@ -173,16 +168,21 @@ class Upload:
         self.ended = True
 
     @staticmethod
-    def _drop(p: _Part) -> None:
+    def _close(p: _Part) -> None:
+        """Close a part's tmp file: written out, not synced (the store syncs)."""
         if p.fd >= 0:
-            os.close(p.fd)
-            p.fd = -1
+            fd, p.fd = p.fd, -1
+            os.close(fd)
         if p.big is not None:
             big, p.big = p.big, None
-            try:
-                big.close()
-            except OSError:
-                pass  # the file goes anyway
+            big.close()
+
+    @classmethod
+    def _drop(cls, p: _Part) -> None:
+        try:
+            cls._close(p)
+        except OSError:
+            pass  # the file goes anyway
         if p.tmp:
             try:
                 os.unlink(p.tmp)
