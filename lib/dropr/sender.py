@@ -147,9 +147,7 @@ class Sender:
     def _next_batch(self, run: _PeerRun, room: int) -> list[tuple[str, str, str]]:
         now = time.monotonic()
         if not run.queue or (
-            run.dirty
-            and now - run.listed
-            > (RELIST_EVERY if len(run.queue) > 10000 else RELIST_BUSY if run.queue else 0)
+            run.dirty and now - run.listed > (RELIST_EVERY if len(run.queue) > 10000 else RELIST_BUSY)
         ):
             run.queue = deque(
                 n for n in self.spool.out_names(run.peer.name, "queued") if n not in run.inflight
