@@ -612,14 +612,13 @@ class Spool:
         if rcv not in self._made:
             _mkdirs(rcv)
             self._made.add(rcv)
-        many = len(items) > SYNC_EACH_MAX
         results: list[str] = []
-        touched: set[str] = set()
-        channels: set[str] = set()
+        touched: set[str] = set()  # in/<channel>/ready folders
         with _Flock(self.path("lock", f"rcv-{origin}.lock")):
             try:
                 new = self._index(origin, items, rcv, results)
                 if new:  # sync 1: their data and their index entries, before any name
+                    many = len(new) > SYNC_EACH_MAX
                     fds = [] if many else [os.open(tmp, os.O_RDONLY) for tmp, _, _ in new]
                     try:
                         self.sync(fds=fds, dirs=[rcv], many=many)
@@ -629,14 +628,13 @@ class Spool:
                 for tmp, cdir, name in new:
                     _move(tmp, f"{cdir}/ready/{name}")
                     touched.add(f"{cdir}/ready")
-                    channels.add(cdir.rsplit("/", 1)[1])
             finally:
                 # sync 2, even after a failure midway: whatever is in ready/ must be
                 # durable before the lock lets a resend see it and answer "duplicate"
                 if touched:
                     self.sync(dirs=touched)
-        for ch in channels:
-            self.wake(f"recv-{ch}-")
+        for ready in touched:
+            self.wake(f"recv-{ready.rsplit('/', 2)[1]}-")
         return results
 
     def _index(
