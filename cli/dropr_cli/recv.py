@@ -54,25 +54,25 @@ def _run(o: dict[str, Any]) -> int:
             raise UsageError(
                 "--exec runs handlers; -n, --all, --wait, --follow, --ack and --format do not apply"
             )
-        spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
-        hopts = HandlerOptions(command=command, channel=channel, jobs=jobs, timeout=timeout,
-                               max_attempts=max_attempts, once=o["once"], lease=lease)  # fmt: skip
-        return Handlers(spool, hopts).run()
-    if o["once"] or "--jobs" in o or "--max-attempts" in o:
-        raise UsageError("--once, --jobs and --max-attempts go with --exec")
-    if n and o["all"]:
-        raise UsageError("-n and --all exclude each other")
-    if o["follow"]:
-        if o["all"] or o["wait"] or "--timeout" in o or fmt == "raw":
+    else:
+        if o["once"] or "--jobs" in o or "--max-attempts" in o:
+            raise UsageError("--once, --jobs and --max-attempts go with --exec")
+        if n and o["all"]:
+            raise UsageError("-n and --all exclude each other")
+        if o["follow"] and (o["all"] or o["wait"] or "--timeout" in o or fmt == "raw"):
             raise UsageError(
                 "--follow runs until stopped; --all, --wait, --timeout and --format raw do not apply"
             )
-        spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
+        if "--timeout" in o and not o["wait"]:
+            raise UsageError("--timeout without --exec goes with --wait")
+    spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
+    if command is not None:
+        hopts = HandlerOptions(command=command, channel=channel, jobs=jobs, timeout=timeout,
+                               max_attempts=max_attempts, once=o["once"], lease=lease)  # fmt: skip
+        return Handlers(spool, hopts).run()
+    if o["follow"]:
         fopts = RecvOptions(channel=channel, n=n or FOLLOW_N, wait=True, lease=lease, fmt=fmt, ack=o["ack"])
         return follow(spool, fopts)
-    if "--timeout" in o and not o["wait"]:
-        raise UsageError("--timeout without --exec goes with --wait")
-    spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
     ropts = RecvOptions(channel=channel, n=10**9 if o["all"] else n or 1, wait=o["wait"], timeout=timeout,
                         lease=lease, fmt=fmt, ack=o["ack"])  # fmt: skip
     return recv(spool, ropts)
