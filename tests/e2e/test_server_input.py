@@ -279,14 +279,17 @@ def test_same_id_twice_in_one_request_stored_once(srv: Server) -> None:
     assert srv.inbox()[f"a,{ident}"] == b"twice"
 
 
-def _request_bytes(srv: Server, parts: list[tuple[str, bytes]]) -> bytes:
-    body = multipart(parts)
-    head = (
+def _upload_head(srv: Server) -> str:
+    """The request line and headers of an upload from origin a, without its length."""
+    return (
         f"POST /v1/messages HTTP/1.1\r\nHost: {srv.host}\r\n"
         f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nX-Dropr-Origin: a\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
     )
-    return head.encode() + body
+
+
+def _request_bytes(srv: Server, parts: list[tuple[str, bytes]]) -> bytes:
+    body = multipart(parts)
+    return f"{_upload_head(srv)}Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
 def _read_answers(s: socket.socket, n: int) -> list[dict[str, Any]]:
@@ -516,10 +519,7 @@ def test_mixed_batch_refusals_are_per_message(srv: Server) -> None:
 
 def _open_upload(srv: Server, body: bytes, length: int, chunked: bool = False) -> socket.socket:
     s = socket.create_connection((srv.host, srv.port), timeout=30)
-    head = (
-        f"POST /v1/messages HTTP/1.1\r\nHost: {srv.host}\r\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nX-Dropr-Origin: a\r\n"
-    )
+    head = _upload_head(srv)
     if chunked:
         head += "Transfer-Encoding: chunked\r\n\r\n"
         s.sendall(head.encode() + f"{len(body):x}\r\n".encode() + body + b"\r\n")
