@@ -327,7 +327,7 @@ def fs_notes(path: Path | str) -> list[str]:
         if nojournal:
             notes.append(
                 "ext4 WITHOUT a journal: creating a file skips every inode freed in the last "
-                "60-300 s (recently_deleted() in fs/ext4/ialloc.c), so file creation slows "
+                "60-360 s (recently_deleted() in fs/ext4/ialloc.c), so file creation slows "
                 "down after any mass deletion on this filesystem, other processes' included; "
                 "this bench deletes nothing until the end, but concurrent work still adds noise"
             )
@@ -354,7 +354,7 @@ def create_probe(ctx: Ctx) -> float:
 def settle(ctx: Ctx, max_wait: float = 60.0) -> float:
     """Wait (up to max_wait s) until creating a file is cheap again; record the last probe.
 
-    On ext4 without a journal a mass deletion slows every file creation for 60-300 s
+    On ext4 without a journal a mass deletion slows every file creation for 60-360 s
     (see fs_notes); measuring then would say more about that than about dropr. Other
     processes deleting files all the time keep it high: then we measure anyway.
     """
