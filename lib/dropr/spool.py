@@ -142,9 +142,14 @@ class DirectWriter:
     at once and read later. Data is gathered in a page-aligned buffer; the last,
     partial block goes through the page cache (O_DIRECT cleared), and fsync covers both.
     Where the filesystem refuses O_DIRECT (tmpfs), every write is a plain one.
+
+    A direct write returns only when the disk has the block, so full blocks are written
+    by a helper thread while the caller fills the other buffer: the disk's time overlaps
+    with receiving and checksumming the next block. At most one block is in flight; its
+    error (a full disk) is raised by the next write or by close.
     """
 
-    __slots__ = ("fd", "buf", "fill", "direct")
+    __slots__ = ("fd", "buf", "spare", "fill", "direct", "_pool", "_pending")
 
     def __init__(self, path: str) -> None:
         import mmap
@@ -158,7 +163,10 @@ class DirectWriter:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             self.direct = False
         self.buf = mmap.mmap(-1, DIRECT_BLOCK)  # anonymous memory: page-aligned
+        self.spare = mmap.mmap(-1, DIRECT_BLOCK)
         self.fill = 0
+        self._pool: Any = None
+        self._pending: Any = None
 
     def write(self, data: bytes | memoryview) -> None:
         """Append data."""
@@ -169,10 +177,28 @@ class DirectWriter:
             self.fill += n
             view = view[n:]
             if self.fill == DIRECT_BLOCK:
-                self._flush(DIRECT_BLOCK)
+                self._hand_off()
 
-    def _flush(self, size: int) -> None:
-        view = memoryview(self.buf)[:size]
+    def _hand_off(self) -> None:
+        """Start writing the full buffer in the helper thread; go on in the other one."""
+        self._wait()
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dropr-write")
+        full = self.buf
+        self.buf, self.spare = self.spare, full
+        self.fill = 0
+        self._pending = self._pool.submit(self._flush, full, DIRECT_BLOCK)
+
+    def _wait(self) -> None:
+        """Wait for the block in flight; raise its error."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _flush(self, buf: Any, size: int) -> None:
+        view = memoryview(buf)[:size]
         try:
             if self.direct and size == DIRECT_BLOCK:
                 try:
@@ -191,7 +217,6 @@ class DirectWriter:
             write_all(self.fd, view)
         finally:
             view.release()
-            self.fill = 0
 
     def _plain(self) -> None:
         if self.direct:
@@ -205,12 +230,18 @@ class DirectWriter:
         if self.fd < 0:
             return
         try:
+            self._wait()
             if self.fill:
-                self._flush(self.fill)
+                self._flush(self.buf, self.fill)
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)  # a block still in flight after an error
+                self._pool = None
             os.close(self.fd)
             self.fd = -1
+            self.fill = 0
             self.buf.close()
+            self.spare.close()
 
 
 def fsync_dir(path: str) -> None:
