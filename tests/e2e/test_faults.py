@@ -254,3 +254,35 @@ def test_disk_full_mid_request_stores_nothing_truncated(nodes: Nodes, small_fs: 
         wait_until(lambda: not listdir(b.spool / "tmp"), 30, "b's tmp/ to be clean")
     finally:
         b.stop_all()
+
+
+def test_disk_full_during_a_large_message(nodes: Nodes, small_fs: Path, tmp_path: Path) -> None:
+    """A message large enough for the server's direct writer (its blocks are written on a
+    helper thread) fills the disk midway: 503, nothing stored, tmp/ clean; with room, once."""
+    from dropr.spool import DIRECT_MIN
+
+    a, b = nodes("a"), nodes("b")
+    b.config('[serve]\nmin_free = "64KiB"\n')
+    src = tmp_path / "big.bin"
+    payload = os.urandom(1 << 20) * ((DIRECT_MIN >> 20) + 4)  # larger than the 4 MiB disk
+    src.write_bytes(payload)
+    try:
+        url = b.serve()
+        ident = a.run("dropr-put", "--to", url, "--file", str(src), check=True).stdout.decode().strip()
+        p = a.run("dropr-send", "--once", timeout=DEADLINE)
+        assert p.returncode == 75, p.stderr.decode()
+        text = a.run("dropr-ls", "--out", check=True).stdout.decode()
+        assert "503" in text and "disk full" in text, text
+        assert listdir(ready(b)) == []
+        wait_until(lambda: not listdir(b.spool / "tmp"), 30, "b's tmp/ to be clean")
+        assert b.serve_proc is not None and b.serve_proc.poll() is None
+
+        r = subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], capture_output=True)
+        assert r.returncode == 0, r.stderr.decode()
+        p = a.run("dropr-send", "--once", "--now", timeout=DEADLINE)
+        assert p.returncode == 0, p.stderr.decode()
+        names = listdir(ready(b))
+        assert [n.split(",")[2] for n in names] == [ident]
+        assert (ready(b) / names[0]).read_bytes() == payload
+    finally:
+        b.stop_all()
