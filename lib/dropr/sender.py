@@ -349,7 +349,8 @@ class Sender:
     def run_once(self) -> int:
         """One pass over everything due, then status polling; 0 if nothing is left due, else 75."""
         self._refresh_peers()
-        self.total = sum(len(os.listdir(self.spool.path("out", n, "queued"))) for n in self.runs)
+        if self.opts.progress:  # the bar's total: a listing of every queue, only for the bar
+            self.total = sum(len(os.listdir(self.spool.path("out", n, "queued"))) for n in self.runs)
         while not self.stopping:
             self._start_sends()
             if not len(self.pool):

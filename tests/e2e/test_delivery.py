@@ -154,6 +154,48 @@ def test_priority_order_default_concurrency(nodes: Nodes) -> None:
     assert _recv_order(b) == high + [mid] + low
 
 
+def test_progress_bar_on_a_terminal(nodes: Nodes) -> None:
+    """--once with stderr on a terminal draws a bar that ends at every queued message sent."""
+    import pty
+
+    from helpers import command_path
+
+    a, b, url = two_nodes(nodes)
+    for i in range(7):
+        a.put(f"m{i}", "--to", url)
+    main, tty = pty.openpty()
+    try:
+        p = subprocess.run(
+            [command_path("dropr-send"), "--once"],
+            env=a.env,
+            stderr=tty,
+            stdout=subprocess.DEVNULL,
+            timeout=DEADLINE,
+        )
+        os.close(tty)
+        tty = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(main)
+        if tty >= 0:
+            os.close(tty)
+    assert p.returncode == 0
+    assert b"] 7/7 sent" in shown, shown
+    assert len(inbox(b)) == 7
+    # not on a terminal: no bar
+    a.put("m7", "--to", url)
+    q = send_once(a)
+    assert q.returncode == 0 and b"1/1 sent" not in q.stderr and b"[" not in q.stderr, q.stderr
+
+
 def test_peer_down_then_up(nodes: Nodes) -> None:
     a, b = nodes("a"), nodes("b")
     port = free_port()
