@@ -11,7 +11,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -95,13 +94,6 @@ def _put_lines(ctx: Ctx, spool: Path, url: str, n: int, node: str = "a") -> None
     )
     if p.returncode != 0:
         raise RuntimeError(f"dropr-put failed: {p.stderr.decode()}")
-
-
-def _use_lib() -> None:
-    """Make this checkout's dropr importable here (the bench's own interpreter)."""
-    lib = str(Path(__file__).resolve().parent.parent / "lib")
-    if lib not in sys.path:
-        sys.path.insert(0, lib)
 
 
 def _run_wait4(argv: list[str], env: dict[str, str], **kw: object) -> tuple[float, int, int]:
@@ -208,7 +200,6 @@ def latency(ctx: Ctx) -> None:
     """Put through the library in this process (no interpreter start in the figure), the
     running dropr-send daemon is woken by the put, and the time ends when dropr-serve wakes
     a consumer's socket in B's wake/ folder: the path dropr-recv --wait uses."""
-    _use_lib()
     from dropr.config import Config, Peer
     from dropr.spool import Spool
 
@@ -369,7 +360,6 @@ def _pipeline_run(ctx: Ctx, r: int, key: str, label: str, shell: str, target: fl
         # Counting 10,000 names every 50 ms took ~4% of this 2-core machine from the
         # processes measured: count when the sender says receipts came in (the wake-up
         # dropr-put --wait sleeps on), and at least every 0.5 s.
-        _use_lib()
         from dropr.spool import Waiter
 
         receipts = Waiter(str(a / "wake" / "put-bench.sock"))
