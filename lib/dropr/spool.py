@@ -153,6 +153,7 @@ class DirectWriter:
 
     def __init__(self, path: str) -> None:
         import mmap
+        from concurrent.futures import ThreadPoolExecutor
 
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
@@ -165,7 +166,7 @@ class DirectWriter:
         self.buf = mmap.mmap(-1, DIRECT_BLOCK)  # anonymous memory: page-aligned
         self.spare = mmap.mmap(-1, DIRECT_BLOCK)
         self.fill = 0
-        self._pool: Any = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="dropr-write")  # starts at the 1st block
         self._pending: Any = None
 
     def write(self, data: bytes | memoryview) -> None:
@@ -182,10 +183,6 @@ class DirectWriter:
     def _hand_off(self) -> None:
         """Start writing the full buffer in the helper thread; go on in the other one."""
         self._wait()
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dropr-write")
         full = self.buf
         self.buf, self.spare = self.spare, full
         self.fill = 0
@@ -234,9 +231,7 @@ class DirectWriter:
             if self.fill:
                 self._flush(self.buf, self.fill)
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)  # a block still in flight after an error
-                self._pool = None
+            self._pool.shutdown(wait=True)  # a block still in flight after an error
             os.close(self.fd)
             self.fd = -1
             self.fill = 0
