@@ -110,7 +110,7 @@ HOLD_MAX = 0.010
 HOLD_STALE = 0.002  # woken later than this after its hold, a worker holds again
 
 
-def _spreading_worker() -> Any:
+def _spreading_worker(workers: int) -> Any:
     """Return gunicorn's gthread worker, changed to spread connections over the workers.
 
     Every worker polls the one listening socket, and the worker that has just accepted
@@ -120,9 +120,11 @@ def _spreading_worker() -> Any:
     (5,375-6,677 msgs/s, against 6,381-7,903 when split). Here a worker that already
     holds N connections, woken by a new one, first leaves it to the others for
     N x HOLD seconds (at most HOLD_MAX), then takes it if it is still there: an idle
-    worker takes it at once, a less busy one sooner. With one worker nothing waits.
-    Where gunicorn's gthread worker has another layout (before 27), it is used as it is.
+    worker takes it at once, a less busy one sooner. With one worker, or where
+    gunicorn's gthread worker has another layout (before 27), it is used as it is.
     """
+    if workers < 2:
+        return "gthread"
     import time
 
     from gunicorn.workers.gthread import ThreadWorker
@@ -139,7 +141,7 @@ def _spreading_worker() -> Any:
         held_until = 0.0
 
         def accept(self, listener: Any) -> None:
-            if self.nr_conns > 0 and self.cfg.workers > 1:
+            if self.nr_conns > 0:
                 now = time.monotonic()
                 if now > self.held_until + HOLD_STALE:  # not yet held for this one
                     self.held_until = now + min(HOLD * self.nr_conns, HOLD_MAX)
@@ -202,7 +204,7 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
             settings = {
                 "bind": opts.listen,
                 "workers": opts.workers,
-                "worker_class": _spreading_worker(),
+                "worker_class": _spreading_worker(opts.workers),
                 "threads": opts.threads,
                 "timeout": 600,
                 "graceful_timeout": 30,

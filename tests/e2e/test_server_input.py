@@ -719,7 +719,7 @@ def test_two_connections_at_once_go_to_two_workers(srv: Server, gap: float) -> N
     so that they do not share one process (and its interpreter lock) while the other idles."""
     from dropr.serving import _spreading_worker
 
-    if _spreading_worker() == "gthread":
+    if _spreading_worker(2) == "gthread":
         pytest.skip("this gunicorn's gthread worker has the layout before 27: connections are not spread")
     split = 0
     for _ in range(20):
