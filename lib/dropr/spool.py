@@ -628,9 +628,10 @@ class Spool:
         ``items`` are (tmp path, header) with the payload already written and checked.
         Under the origin's lock: index the new ones, sync their data and index entries,
         move them into ready, sync ready. So no message is on disk before its index
-        entry, and no duplicate is answered before the first copy is durable. "sync" is
-        fsync of each file and folder for a few messages (a syncfs would flush every
-        other writer's data too: a worse tail latency), one syncfs for a batch.
+        entry, and no duplicate is answered before the first copy is durable. Sync 1 is
+        fsync of each file and of rcv/ for a few new messages (a syncfs would flush every
+        other writer's data too: a worse tail latency), one syncfs for a batch; sync 2
+        fsyncs the ready/ folders touched.
         """
         if not items:
             return []
