@@ -147,6 +147,20 @@ def listdir(path: Path) -> list[str]:
         return []
 
 
+def unstored(spool: Path) -> list[str]:
+    """The files of uploads a receiver has not stored: tmp/ files, and rcv/ entries that
+    no inbox state links (a generated id's payload is written straight into its entry)."""
+    out = [f"tmp/{n}" for n in listdir(spool / "tmp")]
+    for origin in listdir(spool / "rcv"):
+        for e in os.scandir(spool / "rcv" / origin):
+            try:
+                if e.is_file(follow_symlinks=False) and e.stat().st_nlink == 1:
+                    out.append(f"rcv/{origin}/{e.name}")
+            except FileNotFoundError:
+                pass  # stored and purged, or dropped, while we looked
+    return out
+
+
 def free_port() -> int:
     """Return a loopback port that was free a moment ago."""
     with socket.socket() as s:

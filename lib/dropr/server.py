@@ -1,10 +1,11 @@
 """The WSGI app peers deliver to: ``make_app(spool, config)``.
 
 Uploads are parsed as they stream in (python-multipart) and each part is
-written straight into the spool's tmp/ while its CRC is computed, so memory
+written straight into the spool while its CRC is computed (``Spool.receive_file``:
+a generated id's file is its rcv/ index entry, other files go to tmp/), so memory
 stays flat for any size. Only when the whole request has arrived and every
-part checked are the good ones committed, through the same ``Spool.store``
-every writer uses; a truncated or malformed request stores nothing.
+part checked are the good ones committed, through ``Spool.store``; a truncated
+or malformed request stores nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 READ = 1 << 20
 MAX_PARTS = 100_000
 MAX_STATUS_BODY = 4 << 20
+ENTRIES_MAX = 1024  # most parts of one upload whose descriptors stay open until the store
 
 
 class HTTPError(Exception):
@@ -43,7 +45,7 @@ class HTTPError(Exception):
 
 class _Part:
     __slots__ = (
-        "filename", "hbuf", "header", "fd", "big", "tmp", "size", "crc", "refused", "hname", "hval",
+        "filename", "hbuf", "header", "fd", "big", "tmp", "entry", "size", "crc", "refused", "hname", "hval",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -53,6 +55,7 @@ class _Part:
         self.fd = -1
         self.big: DirectWriter | None = None
         self.tmp = ""
+        self.entry = False  # written as its rcv/ entry: fd stays open (Spool.receive_file)
         self.size = 0
         self.crc = 0
         self.refused = ""
@@ -63,12 +66,13 @@ class _Part:
 class Upload:
     """One multipart upload being parsed into tmp files."""
 
-    def __init__(self, spool: Spool, origin: str, max_size: int, boundary: bytes) -> None:
+    def __init__(self, spool: Spool, origin: str, max_size: int, boundary: bytes, entries: int = 0) -> None:
         from python_multipart.multipart import MultipartParser
 
         self.spool = spool
         self.origin = origin
         self.max_size = max_size
+        self.entries = entries  # how many more parts may be written as their rcv/ entry
         self.parts: list[_Part] = []
         self.cur: _Part | None = None
         self.ended = False
@@ -130,11 +134,12 @@ class Upload:
             if p.header.size > self.max_size:
                 p.refused = f"too large: {p.header.size} bytes, limit {self.max_size}"
                 return
-            p.tmp = self.spool.tmp_name(f"rcv,{self.origin},{p.header.ident}")
             if p.header.size >= DIRECT_MIN:
+                p.tmp = self.spool.tmp_name(f"rcv,{self.origin},{p.header.ident}")
                 p.big = DirectWriter(p.tmp)
             else:
-                p.fd = os.open(p.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                p.tmp, p.fd, p.entry = self.spool.receive_file(self.origin, p.header, entry=self.entries > 0)
+                self.entries -= p.entry
         if not chunk:
             return
         p.size += len(chunk)
@@ -169,31 +174,42 @@ class Upload:
 
     @staticmethod
     def _close(p: _Part) -> None:
-        """Close a part's tmp file: written out, not synced (the store syncs)."""
-        if p.fd >= 0:
+        """Close a part's tmp file: written out, not synced (the store syncs). An entry's
+        descriptor stays open for the store (release closes it)."""
+        if p.fd >= 0 and not p.entry:
             fd, p.fd = p.fd, -1
             os.close(fd)
         if p.big is not None:
             big, p.big = p.big, None
             big.close()
 
-    @classmethod
-    def _drop(cls, p: _Part) -> None:
+    def _drop(self, p: _Part) -> None:
         try:
-            cls._close(p)
+            self._close(p)
         except OSError:
             pass  # the file goes anyway
         if p.tmp:
             try:
-                os.unlink(p.tmp)
-            except FileNotFoundError:
-                pass
-            p.tmp = ""
+                self.spool.unreceive(self.origin, p.tmp, p.fd if p.entry else -1)
+            finally:
+                p.tmp = ""
+                self._release(p)
+
+    @staticmethod
+    def _release(p: _Part) -> None:
+        if p.fd >= 0:
+            fd, p.fd = p.fd, -1
+            os.close(fd)
 
     def discard(self) -> None:
-        """Remove every tmp file of this upload."""
+        """Remove every file of this upload that is not in the inbox."""
         for p in self.parts:
             self._drop(p)
+
+    def release(self) -> None:
+        """Close the descriptors kept open for the store."""
+        for p in self.parts:
+            self._release(p)
 
 
 def _read_body(environ: dict[str, Any], up: Upload) -> None:
@@ -269,10 +285,21 @@ def _filename(disposition: str) -> str:
     return str(params.get(b"filename", b"").decode("utf-8", "replace"))
 
 
+def _entry_budget() -> int:
+    """How many parts of one upload may keep a descriptor open until the store: a
+    64th of the open-file limit (several threads upload at once), at most ENTRIES_MAX.
+    The parts beyond go to tmp files, which are closed as soon as they are written."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return ENTRIES_MAX if soft == resource.RLIM_INFINITY else min(ENTRIES_MAX, soft // 64)
+
+
 def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
     """Return the WSGI application that stores deliveries into spool's inbox."""
     cfg = config or spool.config
     tokens = dict(cfg.tokens)
+    entries = _entry_budget()
     # Load now what the first upload needs, so that it does not pay for the imports.
     import fcntl  # noqa: F401
 
@@ -308,13 +335,19 @@ def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
             raise HTTPError("400 Bad Request", "expected multipart/form-data with a boundary")
         if free_bytes(spool.root) < cfg.min_free:
             raise HTTPError("503 Service Unavailable", "low on disk space; try later")
-        up = Upload(spool, origin, cfg.max_message_size, boundary)
+        up = Upload(spool, origin, cfg.max_message_size, boundary, entries)
         try:
             _read_body(environ, up)
             if not up.ended:
                 raise HTTPError("400 Bad Request", "truncated upload; nothing stored")
-            good = [(p.tmp, p.header) for p in up.parts if not p.refused and p.header and p.tmp]
-            stored = spool.store(origin, [(t, h) for t, h in good if h is not None])
+            stored = spool.store(
+                origin,
+                [
+                    (p.tmp, p.header, p.fd if p.entry else -1)
+                    for p in up.parts
+                    if not p.refused and p.header and p.tmp
+                ],
+            )
         except HTTPError:
             up.discard()
             raise
@@ -327,6 +360,8 @@ def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
         except Exception as exc:
             up.discard()
             raise HTTPError("400 Bad Request", f"malformed upload: {exc}") from None
+        finally:
+            up.release()
         answers = iter(stored)
         results = []
         for p in up.parts:

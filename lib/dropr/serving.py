@@ -82,6 +82,24 @@ def check_bind(opts: ServeOptions) -> None:
                 ) from None
 
 
+def _more_open_files(want: int = 1 << 16) -> None:
+    """Raise the soft limit of open files toward the hard one (as far as want).
+
+    The receiver keeps each message's file open from its upload to its store (see
+    Spool.receive_file), as many as a request holds, in every thread: 1,024 is the
+    usual soft limit, while the hard one is higher. make_app sizes that use to the limit.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # keep the limit we have: make_app keeps fewer descriptors open
+
+
 def _bigger_reads(size: int = 1 << 20) -> None:
     """Let gunicorn read request bodies from the socket in 1 MiB pieces instead of 8 KiB.
 
@@ -170,6 +188,7 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
     from gunicorn.app.base import BaseApplication
 
     _bigger_reads()
+    _more_open_files()
 
     app = make_app(spool)
     # python-multipart logs each malformed upload; the client already gets the reason

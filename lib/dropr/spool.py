@@ -14,8 +14,8 @@ rename and link could not be atomic)::
     in/<channel>/<state>/<name>  state: ready wait claimed done dead
     in/<channel>/meta/<origin>,<id>  returns, failures, last error
     rcv/<origin>/<id>            every received id: a hard link of the message for a generated
-                                 id (its inbox name follows from the id), a symlink ->
-                                 "{channel}/{p}{created}" for a caller-chosen one
+                                 id (its inbox name follows from the id; the upload is written
+                                 there), a symlink -> "{channel}/{p}{created}" for a chosen one
     corrupt/                     unreadable files moved aside
     wake/                        datagram sockets of waiting senders and consumers
     lock/                        send.lock (one sender), rcv-<origin>.lock (one committer)
@@ -43,15 +43,17 @@ sent         move queued/N -> sent/N             before: sent again, the peer an
                                                  (duplicate), and the next move drops queued/N.
 processed    move sent/N -> processed/N          before: the next status poll does it again.
 dead (out)   write meta/ID; move -> dead/N       before the move: still queued, meta says why.
-store (in)   write tmp/F (payload); lock         the receiver holds lock/rcv-O.lock from the
-             origin; link (or symlink) rcv/O/ID, link to sync 2, so a duplicate is never
-             EEXIST: duplicate; sync 1 (F and    answered before the first copy is durable, and
-             rcv/O); link F -> ready/N; unlink F; no message is on disk without its index entry.
-             sync 2; unlock; answer "stored"     An rcv entry whose message is nowhere (crash
-                                                 before the link) is replaced under the lock;
-                                                 the sender resends. The tmp sweep drops a
-                                                 stray tmp/F, and its rcv/ hard link when only
-                                                 the two hold it (it never reached ready/).
+store (in)   write rcv/O/ID (generated id: made  the receiver holds lock/rcv-O.lock from the
+             O_EXCL, and still this upload's     index check to sync 2, so a duplicate is never
+             at the lock) or tmp/F; lock origin; answered before the first copy is durable, and
+             for tmp/F, link (or symlink)        no message is in the inbox before its index
+             rcv/O/ID, EEXIST: duplicate; sync 1 entry. An rcv entry whose message is nowhere
+             (F and rcv/O); link F -> ready/N;   (a crash before the link into ready) is
+             unlink tmp/F; sync 2; unlock;       replaced under the lock; the sender resends.
+             answer "stored"                     The tmp sweep drops a stray tmp/F, and its rcv/
+                                                 hard link when only the two hold it; purge
+                                                 drops rcv/ files no inbox state links,
+                                                 untouched 36 h (an upload cut by a crash).
 claim        utime(ready/N, lease end);          between: the file sits in ready with a future
              rename -> claimed/N; utime again    mtime, which ready ignores; after: a lease that is
                                                  already set, so no sweeper can take it back early.
@@ -101,6 +103,7 @@ FIND_ORDER = ("done", "ready", "claimed", "wait", "dead")  # most receipt polls 
 TMP_MAX_AGE = 36 * 3600  # no writer keeps a tmp file untouched this long: puts and
 # uploads write continuously, and a put whose tmp file was swept fails at its link.
 DANGLING_AGE = 60  # an index symlink whose message is missing this long is a crash leftover
+RCV_SWEEP_EVERY = 12 * 3600  # purge looks for rcv/ leftovers of crashed uploads this often
 SWEEP_EVERY = 1.0  # claimers look for expired leases and due retries at most this often
 SYNC_EACH_MAX = 4  # up to this many files: fsync each; more: one syncfs
 CHUNK = 1 << 20
@@ -622,23 +625,75 @@ class Spool:
                         return ch, state, name, int(pre[1:], 16)
         return None
 
-    def store(self, origin: str, items: list[tuple[str, m.Header]]) -> list[str]:
-        """Commit received tmp files into the inbox; return "stored" or "duplicate" for each.
+    def receive_file(self, origin: str, hdr: m.Header, *, entry: bool = True) -> tuple[str, int, bool]:
+        """Create the file an upload's payload goes into; return (path, fd, written as entry).
 
-        ``items`` are (tmp path, header) with the payload already written and checked.
-        Under the origin's lock: index the new ones, sync their data and index entries,
-        move them into ready, sync ready. So no message is on disk before its index
-        entry, and no duplicate is answered before the first copy is durable. Sync 1 is
-        fsync of each file and of rcv/ for a few new messages (a syncfs would flush every
-        other writer's data too: a worse tail latency), one syncfs for a batch; sync 2
-        fsyncs the ready/ folders touched.
+        With entry, a generated id's payload is written straight into its rcv/ index
+        entry, the name store() would otherwise link it to: two names fewer to make and
+        unlink per message. The entry is created with O_EXCL, so an id received before,
+        or being received by another request, gets a tmp file instead, which store()
+        sorts out under the lock as it does every tmp file. The caller keeps the
+        descriptor of an entry open until store() or unreceive() is done with it: it
+        pins the inode, which is how they tell whether the entry is still this upload's
+        (a resend that finds an entry unstored takes it over).
         """
-        if not items:
-            return []
+        if entry and m.generated_time(hdr.ident) == hdr.created:
+            path = f"{self._rcv_dir(origin)}/{hdr.ident}"
+            try:
+                return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                pass
+        path = self.tmp_name(f"rcv,{origin},{hdr.ident}")
+        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), False
+
+    def unreceive(self, origin: str, path: str, fd: int = -1) -> bool:
+        """Remove the file of a refused or failed upload part; fd: an entry's, still open.
+
+        An rcv/ entry is removed under the origin's lock, and only while it is still
+        this part's file and in no inbox state: if a resend took the entry over, or a
+        failed store got it into ready/ first, it is not ours to drop.
+        """
+        if fd < 0:
+            _unlink_quiet(path)
+            return True
+        return self._drop_entry(origin, path, os.fstat(fd).st_ino)
+
+    def _drop_entry(self, origin: str, path: str, ino: int, untouched_since: float | None = None) -> bool:
+        with _Flock(self.path("lock", f"rcv-{origin}.lock")):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return False
+            if st.st_ino != ino or st.st_nlink != 1:
+                return False
+            if untouched_since is not None and st.st_mtime >= untouched_since:
+                return False
+            os.unlink(path)
+            return True
+
+    def _rcv_dir(self, origin: str) -> str:
         rcv = f"{self.root}/rcv/{origin}"
         if rcv not in self._made:
             _mkdirs(rcv)
             self._made.add(rcv)
+        return rcv
+
+    def store(self, origin: str, items: list[tuple[str, m.Header, int]]) -> list[str]:
+        """Commit received files into the inbox; return "stored" or "duplicate" for each.
+
+        ``items`` are (path, header, fd) made by receive_file, with the payload already
+        written and checked; fd is the open descriptor of a file written as its rcv/
+        entry, -1 for a tmp file (closed); the caller closes them after. Under the
+        origin's lock: index the new ones, sync their data and index entries, link them
+        into ready, sync ready. So no message is in the inbox before its index entry is
+        durable, and no duplicate is answered before the first copy is durable. Sync 1
+        is fsync of each file and of rcv/ for a few new messages (a syncfs would flush
+        every other writer's data too: a worse tail latency), one syncfs for a batch;
+        sync 2 fsyncs the ready/ folders touched.
+        """
+        if not items:
+            return []
+        rcv = self._rcv_dir(origin)
         results: list[str] = []
         touched: set[str] = set()  # in/<channel>/ready folders
         with _Flock(self.path("lock", f"rcv-{origin}.lock")):
@@ -646,14 +701,17 @@ class Spool:
                 new = self._index(origin, items, rcv, results)
                 if new:  # sync 1: their data and their index entries, before any name
                     many = len(new) > SYNC_EACH_MAX
-                    fds = [] if many else [os.open(tmp, os.O_RDONLY) for tmp, _, _ in new]
+                    opened = [] if many else [os.open(f, os.O_RDONLY) for f, _, _, fd in new if fd < 0]
                     try:
-                        self.sync(fds=fds, dirs=[rcv], many=many)
+                        self.sync(fds=opened + [fd for _, _, _, fd in new if fd >= 0], dirs=[rcv], many=many)
                     finally:
-                        for fd in fds:
+                        for fd in opened:
                             os.close(fd)
-                for tmp, cdir, name in new:
-                    _move(tmp, f"{cdir}/ready/{name}")
+                for f, cdir, name, fd in new:
+                    if fd >= 0:  # written as its index entry, which stays
+                        os.link(f, f"{cdir}/ready/{name}")
+                    else:
+                        _move(f, f"{cdir}/ready/{name}")
                     touched.add(f"{cdir}/ready")
             finally:
                 # sync 2, even after a failure midway: whatever is in ready/ must be
@@ -665,16 +723,32 @@ class Spool:
         return results
 
     def _index(
-        self, origin: str, items: list[tuple[str, m.Header]], rcv: str, results: list[str]
-    ) -> list[tuple[str, str, str]]:
-        """Make the rcv/ entry of each new message; return (tmp, channel dir, name) of those."""
-        new: list[tuple[str, str, str]] = []
+        self, origin: str, items: list[tuple[str, m.Header, int]], rcv: str, results: list[str]
+    ) -> list[tuple[str, str, str, int]]:
+        """Make the rcv/ entry of each new message; return (file, channel dir, name, fd) of those."""
+        new: list[tuple[str, str, str, int]] = []
         made: set[str] = set()
-        for tmp, hdr in items:
+        for tmp, hdr, fd in items:
             # Inbox names sort by the origin's creation time, not by arrival here, so
             # the order is the same whichever of several concurrent batches lands first.
             name = m.in_name(hdr.priority, hdr.created, origin, hdr.ident)
             prefix = name.split(",", 1)[0]
+            if fd >= 0:  # written as its own rcv/ entry (receive_file): is the entry still it?
+                try:
+                    ours = os.lstat(tmp).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    ours = False
+                if not ours:
+                    # A resend found the entry unstored and took it over, so this file
+                    # has no name left. That resend's store ran under this lock first.
+                    if self.find_in(origin, hdr.ident, prefix=prefix) is None:
+                        raise OSError(errno.EAGAIN, "another upload of this id failed midway")
+                    results.append("duplicate")
+                    continue
+                made.add(hdr.ident)
+                new.append((tmp, self.channel_dir(hdr.channel), name, fd))
+                results.append("stored")
+                continue
             # The index entry is the duplicate check: one link(2) that fails if the id
             # was received before, in any channel and state (no stat of every state).
             # dropr-put's own ids carry their creation time, so their entry is a hard
@@ -694,7 +768,7 @@ class Spool:
                 os.unlink(link)
                 _index(tmp, link, target)
             made.add(hdr.ident)
-            new.append((tmp, self.channel_dir(hdr.channel), name))
+            new.append((tmp, self.channel_dir(hdr.channel), name, -1))
             results.append("stored")
         return new
 
@@ -913,6 +987,7 @@ class Spool:
                     removed += 1
             except FileNotFoundError:
                 pass
+        removed += self._sweep_rcv(now)
         gone_out: set[str] = set()
         for peer in self.out_peers():
             for state in ("processed", "dead"):
@@ -933,6 +1008,38 @@ class Spool:
                     _unlink_quiet(self.path("in", ch, "meta", f"{origin},{ident}"))
                     _unlink_quiet(self.path("rcv", origin, ident))
                     removed += 1
+        return removed
+
+    def _sweep_rcv(self, now: float) -> int:
+        """Remove rcv/ entries that a crash left mid-upload; return how many.
+
+        Such an entry is a file that no inbox state links (one link) and that nobody
+        wrote for TMP_MAX_AGE, as the tmp sweep judges tmp/. Looking costs a stat per
+        received id, so it runs at most every RCV_SWEEP_EVERY (a stamp in lock/).
+        """
+        stamp = self.path("lock", "rcv-swept")
+        try:
+            if now - os.stat(stamp).st_mtime < RCV_SWEEP_EVERY:
+                return 0
+        except FileNotFoundError:
+            pass
+        removed = 0
+        for origin in _sorted_names(self.path("rcv")):
+            stale: list[tuple[str, int]] = []
+            try:
+                with os.scandir(self.path("rcv", origin)) as it:
+                    for e in it:
+                        if e.is_file(follow_symlinks=False):
+                            st = e.stat(follow_symlinks=False)
+                            if st.st_nlink == 1 and now - st.st_mtime > TMP_MAX_AGE:
+                                stale.append((e.path, st.st_ino))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            before = now - TMP_MAX_AGE
+            removed += sum(self._drop_entry(origin, path, ino, before) for path, ino in stale)
+        with open(stamp, "ab"):
+            pass
+        os.utime(stamp)  # its mtime says when the sweep last ran
         return removed
 
     def _unindex_tmp(self, name: str, ino: int) -> None:

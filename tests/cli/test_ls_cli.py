@@ -46,7 +46,7 @@ class World:
         for ident, ch in (("r1", "default"), ("r2", "default"), ("c1", "work")):
             tmp = sp.tmp_name("rcv")
             Path(tmp).write_bytes(ident.encode() * 3)
-            sp.store("web9", [(tmp, m.Header(ident, ch, 5, m.now_us(), 0, 6, 0))])
+            sp.store("web9", [(tmp, m.Header(ident, ch, 5, m.now_us(), 0, 6, 0), -1)])
         [self.claim] = sp.claim("work", 1, 600)
 
 

@@ -8,6 +8,7 @@ holding the payload alone, committed with Spool.store and a message Header.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,11 +57,19 @@ def fill(spool: Path, payloads: list[bytes], *, origin: str = "web1", channel: s
     items = []
     for p in payloads:
         ident, created = sp.ids.new()
-        tmp = sp.tmp_name(ident)
-        Path(tmp).write_bytes(p)
-        items.append((tmp, m.Header(ident, channel, priority, created, 0, len(p), m.crc32(p))))
-    assert sp.store(origin, items) == ["stored"] * len(items)
-    return [h.ident for _, h in items]
+        hdr = m.Header(ident, channel, priority, created, 0, len(p), m.crc32(p))
+        path, fd, entry = sp.receive_file(origin, hdr)  # as dropr-serve writes an upload
+        os.write(fd, p)
+        items.append((path, hdr, fd if entry else -1))
+        if not entry:
+            os.close(fd)
+    try:
+        assert sp.store(origin, items) == ["stored"] * len(items)
+    finally:
+        for _, _, fd in items:
+            if fd >= 0:
+                os.close(fd)
+    return [h.ident for _, h, _ in items]
 
 
 def state_of(spool: Path, channel: str = "default") -> dict[str, str]:

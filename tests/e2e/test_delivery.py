@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import children, free_port, listdir, vm_hwm, wait_until
+from helpers import children, free_port, listdir, unstored, vm_hwm, wait_until
 
 Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
 Nodes = Callable[[str], Node]
@@ -363,7 +363,7 @@ def test_large_file_flat_memory(nodes: Nodes, tmp_path: Path) -> None:
         while chunk := f.read(1 << 20):
             got.update(chunk)
     assert got.hexdigest() == h.hexdigest()
-    assert listdir(b.spool / "tmp") == []
+    assert unstored(b.spool) == []
 
 
 BOUNDARYISH = (
@@ -437,7 +437,7 @@ def test_redelivery_after_lost_answer_stored_once(nodes: Nodes) -> None:
     assert [r["id"] for r in recs] == [ident]
     assert Path(recs[0]["path"]).read_bytes() == b"only once"
     assert a.states("out") == {ident: "sent"}
-    assert listdir(b.spool / "tmp") == []
+    assert unstored(b.spool) == []
 
 
 def test_redelivery_of_consumed_message_is_duplicate(nodes: Nodes) -> None:
@@ -503,7 +503,7 @@ def test_token_binds_identity_403(nodes: Nodes) -> None:
     assert "403" in ls_text(evil, "--out")
     assert inbox(b) == []
     assert listdir(b.spool / "rcv") == []
-    assert listdir(b.spool / "tmp") == []
+    assert unstored(b.spool) == []
 
 
 def test_open_listen_refused_without_tokens(nodes: Nodes) -> None:

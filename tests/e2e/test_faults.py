@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import alive, children, free_port, listdir, tmpfs, wait_until
+from helpers import alive, children, free_port, listdir, tmpfs, unstored, wait_until
 
 Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
 Nodes = Callable[[str], Node]
@@ -120,7 +120,7 @@ def test_kill_sender_at_random_moments(nodes: Nodes) -> None:
     assert kills >= 3, f"only {kills} kills landed (seed {seed}); the transfer was too quick"
     finish(a)
     check_exactly_once(a, b, expected)
-    wait_until(lambda: not listdir(b.spool / "tmp"), 30, "b's tmp/ to be clean")
+    wait_until(lambda: not unstored(b.spool), 30, "b's unstored files to be removed")
 
 
 def kill_server(b: Node) -> None:
@@ -222,7 +222,7 @@ def test_disk_full_at_receiver(nodes: Nodes, small_fs: Path) -> None:
         stored = check_inbox_intact(b, data)
         assert 0 < len(stored) < len(data)
         assert set(stored) == {i for i, s in states.items() if s == "sent"}
-        wait_until(lambda: not listdir(b.spool / "tmp"), 30, "b's tmp/ to be clean")
+        wait_until(lambda: not unstored(b.spool), 30, "b's unstored files to be removed")
         assert b.serve_proc is not None and b.serve_proc.poll() is None
         # the backoff holds: a plain pass does not hammer the full peer
         p = a.run("dropr-send", "--once", timeout=DEADLINE)
@@ -251,7 +251,7 @@ def test_disk_full_mid_request_stores_nothing_truncated(nodes: Nodes, small_fs: 
         assert p.returncode == 75, p.stderr.decode()
         stored = check_inbox_intact(b, data)
         assert set(stored) == {i for i, s in a.states("out").items() if s == "sent"}
-        wait_until(lambda: not listdir(b.spool / "tmp"), 30, "b's tmp/ to be clean")
+        wait_until(lambda: not unstored(b.spool), 30, "b's unstored files to be removed")
     finally:
         b.stop_all()
 
@@ -274,7 +274,7 @@ def test_disk_full_during_a_large_message(nodes: Nodes, small_fs: Path, tmp_path
         text = a.run("dropr-ls", "--out", check=True).stdout.decode()
         assert "503" in text and "disk full" in text, text
         assert listdir(ready(b)) == []
-        wait_until(lambda: not listdir(b.spool / "tmp"), 30, "b's tmp/ to be clean")
+        wait_until(lambda: not unstored(b.spool), 30, "b's unstored files to be removed")
         assert b.serve_proc is not None and b.serve_proc.poll() is None
 
         r = subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], capture_output=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from dropr import message as m
-from helpers import children, command_path, wait_until
+from helpers import children, command_path, unstored, wait_until
 
 BOUNDARY = "dropr-test-boundary-7f3a9c"
 TOKEN = "tok-of-a"
@@ -36,6 +36,7 @@ class Server:
         config: str = "",
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        max_files: int = 0,
     ) -> None:
         self.root = root
         self.spool = root / name
@@ -51,6 +52,7 @@ class Server:
                 env=full_env,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=(lambda: _limit_files(max_files)) if max_files else None,
             )
 
         def url() -> str | None:
@@ -120,6 +122,9 @@ class Server:
     def tmp(self) -> list[str]:
         return os.listdir(self.spool / "tmp")
 
+    def unstored(self) -> list[str]:
+        return unstored(self.spool)
+
     def inbox(self) -> dict[str, bytes]:
         """Map "origin,id" -> payload of every inbox file (any channel, any state)."""
         out = {}
@@ -143,10 +148,18 @@ class Server:
                 self.proc.wait()
 
 
+def _limit_files(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
 _seq = [0]
+_ids = m.IdMaker()
 
 
 def new_id() -> str:
+    """A caller-chosen id (dropr-put --id): the receiver indexes it with a symlink."""
     _seq[0] += 1
     return f"t{os.getpid():x}x{time.time_ns():x}x{_seq[0]}"
 
@@ -155,18 +168,24 @@ def message(
     payload: bytes,
     *,
     ident: str | None = None,
+    chosen: bool = False,
     channel: str = "default",
     priority: int = 5,
     size: int | None = None,
     crc: int | None = None,
 ) -> tuple[str, bytes]:
-    """Return (part filename, header + payload) as dropr-send uploads it; fields may lie."""
-    ident = ident or new_id()
+    """Return (part filename, header + payload) as dropr-send uploads it; fields may lie.
+
+    The id is a generated one, as dropr-put makes (the receiver writes the payload
+    straight into its rcv/ entry), or with chosen, a caller's (written to tmp/ first)."""
+    created = m.now_us()
+    if ident is None:
+        ident, created = (new_id(), created) if chosen else _ids.new()
     hdr = m.Header(
         ident,
         channel,
         priority,
-        m.now_us(),
+        created,
         0,
         len(payload) if size is None else size,
         m.crc32(payload) if crc is None else crc,
@@ -230,7 +249,7 @@ def _checked(server: Server) -> Iterator[Server]:
     yield server
     assert server.alive(), server.log.read_text()
     assert set(children(server.proc.pid)) == workers, "a worker died and was replaced"
-    wait_until(lambda: not server.tmp(), 20, f"tmp/ to be empty, not {server.tmp()}")
+    wait_until(lambda: not server.unstored(), 20, f"no files of unstored uploads, not {server.unstored()}")
     spool = os.path.relpath(server.spool, server.root)
 
     def outside(tree: dict[str, tuple[bool, int]]) -> set[str]:
@@ -254,15 +273,23 @@ def tsrv(token_server: Server) -> Iterator[Server]:
 
 
 def unchanged(server: Server) -> None:
-    """Assert the spool holds exactly what it held before this test."""
-    assert server.tree() == server.before
+    """Assert the spool holds exactly what it held before this test (or an empty folder
+    more: the first upload from an origin makes its rcv/ folder)."""
+    now = server.tree()
+    assert {
+        p: v for p, v in now.items() if p in server.before or not v[0] or os.listdir(server.root / p)
+    } == server.before
 
 
 # -- the baseline ---------------------------------------------------------------------------------
 
 
-def test_good_message_then_duplicate(srv: Server) -> None:
-    ident, content = message(b"hello")
+CHOSEN = pytest.mark.parametrize("chosen", [False, True], ids=["generated-id", "chosen-id"])
+
+
+@CHOSEN
+def test_good_message_then_duplicate(srv: Server, chosen: bool) -> None:
+    ident, content = message(b"hello", chosen=chosen)
     status, body = srv.post([(ident, content)])
     assert status == 200 and results(body) == {ident: ("stored", "")}
     assert srv.inbox()[f"a,{ident}"] == b"hello"
@@ -271,8 +298,9 @@ def test_good_message_then_duplicate(srv: Server) -> None:
     assert list(srv.inbox()).count(f"a,{ident}") == 1
 
 
-def test_same_id_twice_in_one_request_stored_once(srv: Server) -> None:
-    ident, content = message(b"twice")
+@CHOSEN
+def test_same_id_twice_in_one_request_stored_once(srv: Server, chosen: bool) -> None:
+    ident, content = message(b"twice", chosen=chosen)
     status, body = srv.post([(ident, content), (ident, content)])
     assert status == 200
     assert [r["status"] for r in body["results"]] == ["stored", "duplicate"]
@@ -465,9 +493,10 @@ def test_hostile_part_filename(srv: Server) -> None:
         assert srv.inbox()[f"a,{ident}"] == b"named by its header"
 
 
-def test_wrong_checksum(srv: Server) -> None:
+@CHOSEN
+def test_wrong_checksum(srv: Server, chosen: bool) -> None:
     payload = b"checked"
-    ident, content = message(payload, crc=m.crc32(payload) ^ 1)
+    ident, content = message(payload, crc=m.crc32(payload) ^ 1, chosen=chosen)
     status, body = srv.post([(ident, content)])
     assert status == 200
     assert results(body)[ident][0] == "refused"
@@ -500,10 +529,11 @@ def test_oversize_refused_good_one_stored(srv: Server) -> None:
     assert f"a,{big_id}" not in box
 
 
-def test_mixed_batch_refusals_are_per_message(srv: Server) -> None:
-    ok1, c1 = message(b"one")
-    bad, cb = message(b"two", crc=0)
-    ok2, c2 = message(b"three")
+@CHOSEN
+def test_mixed_batch_refusals_are_per_message(srv: Server, chosen: bool) -> None:
+    ok1, c1 = message(b"one", chosen=chosen)
+    bad, cb = message(b"two", crc=0, chosen=chosen)
+    ok2, c2 = message(b"three", chosen=chosen)
     hostile = ("h", message(b"four", ident="../h")[1])
     status, body = srv.post([(ok1, c1), (bad, cb), hostile, (ok2, c2)])
     assert status == 200
@@ -529,29 +559,70 @@ def _open_upload(srv: Server, body: bytes, length: int, chunked: bool = False) -
     return s
 
 
+@CHOSEN
 @pytest.mark.parametrize("how", ["close", "half-close", "chunked-close"])
-def test_truncated_upload(srv: Server, how: str) -> None:
+def test_truncated_upload(srv: Server, how: str, chosen: bool) -> None:
     """Content-Length larger than the body, then the client goes away: nothing stored.
 
     The server reads the body a MiB at a time, so the upload is made of enough
-    good messages that the first MiB is parsed (their tmp files exist) before the cut.
+    good messages that the first MiB is parsed (their files exist) before the cut.
     """
-    parts = [message(os.urandom(700)) for _ in range(2000)]
+    parts = [message(os.urandom(700), chosen=chosen) for _ in range(2000)]
     body = multipart(parts)
     assert len(body) > 2 << 20
     cut = body[: (3 << 20) // 2 + 77]  # in the middle of some message
     s = _open_upload(srv, cut, len(body), chunked=how.startswith("chunked"))
     try:
-        wait_until(lambda: len(srv.tmp()) >= 1, 20, "the upload to reach tmp/")
+        wait_until(lambda: len(srv.unstored()) >= 1, 20, "the upload to reach the spool")
         if how == "half-close":
             s.shutdown(socket.SHUT_WR)
             answer = s.recv(65536)
             assert not answer or b" 400 " in answer.split(b"\r\n")[0], answer
     finally:
         s.close()
-    wait_until(lambda: not srv.tmp(), 20, "the tmp files of the cut upload to be removed")
+    wait_until(lambda: not srv.unstored(), 20, "the files of the cut upload to be removed")
     unchanged(srv)
     assert srv.alive()
+
+
+def test_resend_while_the_first_upload_is_in_flight_is_stored_once(srv: Server) -> None:
+    """A sender that timed out resends while its first upload still streams: the resend
+    finds the id's rcv/ entry unstored and takes it over; the first then answers duplicate."""
+    payload = os.urandom(700)
+    ident, content = message(payload)
+    body = multipart([(ident, content)])
+    cut = body.index(content) + m.HEADER_SIZE + 100  # the entry exists, the payload is not all there
+    s = _open_upload(srv, body[:cut], len(body))
+    try:
+        entry = srv.spool / "rcv" / "a" / ident
+        wait_until(entry.exists, 20, "the first upload to make its rcv/ entry")
+        first_inode = entry.stat().st_ino
+        status, answer = srv.post([(ident, content)])
+        assert status == 200 and results(answer) == {ident: ("stored", "")}
+        assert entry.stat().st_ino != first_inode, "the resend's file is the entry now"
+        s.sendall(body[cut:])
+        [late] = _read_answers(s, 1)
+    finally:
+        s.close()
+    assert results(late) == {ident: ("duplicate", "")}
+    assert srv.inbox()[f"a,{ident}"] == payload, "stored once, byte for byte"
+
+
+def test_low_open_file_limit_many_parts(tmp_path: Path) -> None:
+    """With 256 open files, a worker keeps 4 parts of a request open until the store
+    (a 64th of the limit): the other 296 of these 300 go through tmp/, all stored."""
+    s = Server(tmp_path, "b", "[serve]\nmin_free = 0\n", max_files=256)
+    try:
+        parts = [message(os.urandom(100)) for _ in range(300)]
+        status, body = s.post(parts)
+        assert status == 200, body
+        assert {r["status"] for r in body["results"]} == {"stored"}
+        box = s.inbox()
+        assert all(box[f"a,{ident}"] == content[m.HEADER_SIZE :] for ident, content in parts)
+        assert unstored(s.spool) == []
+        assert "Too many open files" not in s.log.read_text()
+    finally:
+        s.stop()
 
 
 # -- authentication -------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ class SpoolMachine(RuleBasedStateMachine):
             hdr = m.Header(ident, channel, prio, m.now_us(), 0, len(body), m.crc32(body))
             by_origin.setdefault(origin, []).append((tmp, hdr, body))
         for origin, group in by_origin.items():
-            results = self.sp.store(origin, [(t, h) for t, h, _ in group])
+            results = self.sp.store(origin, [(t, h, -1) for t, h, _ in group])
             for (_, hdr, body), result in zip(group, results, strict=True):
                 key = (origin, hdr.ident)
                 if key in self.inbox:

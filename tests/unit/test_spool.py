@@ -462,14 +462,32 @@ def test_put_whose_tmp_was_swept_fails_cleanly(sp: Spool) -> None:
     assert_nothing_partial(sp)
 
 
+@pytest.fixture(autouse=True)
+def _close_entries() -> Iterator[None]:
+    yield
+    while _OPEN:
+        os.close(_OPEN.pop())
+
+
+_OPEN: list[int] = []  # descriptors of files written as their rcv/ entry, as dropr-serve keeps them
+
+
+def _receive(sp: Spool, origin: str, hdr: m.Header, payload: bytes) -> tuple[str, m.Header, int]:
+    """Write a payload as dropr-serve does; return the item for Spool.store."""
+    path, fd, entry = sp.receive_file(origin, hdr)
+    os.write(fd, payload)
+    if not entry:
+        os.close(fd)
+        return path, hdr, -1
+    _OPEN.append(fd)
+    return path, hdr, fd
+
+
 def _inbox_message(
     sp: Spool, origin: str, ident: str, payload: bytes, channel: str = "default", priority: int = 5
 ) -> str:
-    tmp = sp.tmp_name("rcv")
-    with open(tmp, "wb") as f:
-        f.write(payload)
     hdr = m.Header(ident, channel, priority, m.now_us(), 0, len(payload), m.crc32(payload))
-    [result] = sp.store(origin, [(tmp, hdr)])
+    [result] = sp.store(origin, [_receive(sp, origin, hdr, payload)])
     return result
 
 
@@ -527,7 +545,7 @@ def test_store_and_find_in(sp: Spool) -> None:
     tmp = sp.tmp_name("rcv")
     Path(tmp).write_bytes(b"payload")
     hdr = m.Header("abc", "jobs", 2, created, 0, 7, m.crc32(b"payload"))
-    assert sp.store("web1", [(tmp, hdr)]) == ["stored"]
+    assert sp.store("web1", [(tmp, hdr, -1)]) == ["stored"]
     found = sp.find_in("web1", "abc")
     assert found is not None
     channel, state, name, got_created = found
@@ -555,7 +573,7 @@ def test_store_duplicate_in_any_state_and_in_one_batch(sp: Spool) -> None:
     for ident in ["d1", "d2", "d1", "d3", "d4", "d5", "d2"]:  # > SYNC_EACH_MAX: syncfs path
         tmp = sp.tmp_name("rcv")
         Path(tmp).write_bytes(ident.encode())
-        items.append((tmp, m.Header(ident, "default", 5, m.now_us(), 0, 2, 0)))
+        items.append((tmp, m.Header(ident, "default", 5, m.now_us(), 0, 2, 0), -1))
     assert sp.store("web1", items) == [
         "stored",
         "stored",
@@ -799,11 +817,8 @@ def test_put_without_any_sender_costs_nothing(sp: Spool) -> None:
 
 
 def _store_with(sp: Spool, ident: str, created: int, channel: str = "default") -> str:
-    tmp = sp.tmp_name("rcv")
-    with open(tmp, "wb") as f:
-        f.write(b"p")
     hdr = m.Header(ident, channel, 3, created, 0, 1, m.crc32(b"p"))
-    [result] = sp.store("web1", [(tmp, hdr)])
+    [result] = sp.store("web1", [_receive(sp, "web1", hdr, b"p")])
     return result
 
 
@@ -903,6 +918,99 @@ def test_tmp_sweep_keeps_the_index_of_a_message_that_reached_ready(sp: Spool) ->
     assert not os.path.exists(stray)
     assert os.path.samefile(sp.path("rcv", "web1", ident), ready), "the index entry stays"
     assert _store_with(sp, ident, t) == "duplicate"
+
+
+def _gen_header(payload: bytes = b"p") -> m.Header:
+    ident, t = m.IdMaker().new()
+    return m.Header(ident, "default", 3, t, 0, len(payload), m.crc32(payload))
+
+
+def test_generated_id_is_written_as_its_index_entry(sp: Spool) -> None:
+    hdr = _gen_header()
+    item = _receive(sp, "web1", hdr, b"p")
+    entry = sp.path("rcv", "web1", hdr.ident)
+    assert item[0] == entry and os.fstat(item[2]).st_ino == os.stat(entry).st_ino
+    assert sp.find_in("web1", hdr.ident) is None, "written but not stored: not received"
+    assert sp.store("web1", [item]) == ["stored"]
+    ready = sp.path("in", "default", "ready", m.in_name(3, hdr.created, "web1", hdr.ident))
+    assert os.path.samefile(entry, ready) and Path(ready).read_bytes() == b"p"
+    assert os.listdir(sp.tmp) == []
+    assert not sp.unreceive("web1", entry, item[2]), "a stored message keeps its entry"
+    assert os.path.exists(entry)
+
+
+def test_other_ids_and_a_second_upload_of_an_id_are_written_to_tmp(sp: Spool) -> None:
+    path, fd, entry = sp.receive_file("web1", m.Header("mine", "default", 3, m.now_us(), 0, 1, 0))
+    os.close(fd)
+    assert os.path.dirname(path) == sp.tmp and not entry
+    assert sp.unreceive("web1", path) and os.listdir(sp.tmp) == []
+    hdr = _gen_header()
+    first = _receive(sp, "web1", hdr, b"p")
+    second = _receive(sp, "web1", hdr, b"p")
+    assert os.path.dirname(second[0]) == sp.tmp and second[2] == -1
+    assert sp.store("web1", [first, second]) == ["stored", "duplicate"]
+    assert os.listdir(sp.tmp) == []
+
+
+def test_resend_takes_over_an_unstored_entry_and_the_first_upload_answers_duplicate(sp: Spool) -> None:
+    # the first upload is still streaming (or its sender gave up on it) when a resend arrives
+    hdr = _gen_header(b"one")
+    first = _receive(sp, "web1", hdr, b"one")
+    resend = _receive(sp, "web1", hdr, b"one")
+    assert sp.store("web1", [resend]) == ["stored"]
+    assert sp.store("web1", [first]) == ["duplicate"]
+    assert not sp.unreceive("web1", first[0], first[2]), "the entry is the resend's now"
+    found = sp.find_in("web1", hdr.ident)
+    assert found is not None and found[1] == "ready"
+    assert os.path.samefile(sp.path("rcv", "web1", hdr.ident), sp.path("in", "default", "ready", found[2]))
+    assert len(sp.in_names("default", "ready")) == 1 and os.listdir(sp.tmp) == []
+
+
+def test_first_upload_whose_entry_was_taken_by_a_failed_store_asks_for_a_retry(sp: Spool) -> None:
+    hdr = _gen_header()
+    first = _receive(sp, "web1", hdr, b"p")
+    os.unlink(first[0])  # a resend took the entry over, then its store failed
+    assert _receive(sp, "web1", hdr, b"p")[0] == first[0]
+    with pytest.raises(OSError) as exc:
+        sp.store("web1", [first])
+    assert exc.value.errno == errno.EAGAIN
+    assert sp.in_names("default", "ready") == []
+
+
+def test_refused_part_written_as_its_entry_is_removed(sp: Spool) -> None:
+    hdr = _gen_header()
+    path, _, fd = _receive(sp, "web1", hdr, b"bad")
+    assert sp.unreceive("web1", path, fd)
+    assert not os.path.lexists(path)
+    assert _store_with(sp, hdr.ident, hdr.created) == "stored", "the id is free again"
+
+
+def test_store_replaces_an_entry_a_crash_left_mid_upload(sp: Spool) -> None:
+    hdr = _gen_header()
+    _receive(sp, "web1", hdr, b"partial")  # dropr-serve killed mid-upload: the entry alone
+    assert sp.in_status("web1", hdr.ident) == ("unknown", ""), "so the sender sends again"
+    assert _store_with(sp, hdr.ident, hdr.created) == "stored"
+    found = sp.find_in("web1", hdr.ident)
+    assert found is not None
+    assert Path(sp.path("in", "default", "ready", found[2])).read_bytes() == b"p"
+
+
+def test_purge_sweeps_entries_a_crash_left_mid_upload_twice_a_day(sp: Spool) -> None:
+    stale = _gen_header()
+    _receive(sp, "web1", stale, b"partial")
+    stored = _gen_header()
+    assert _store_with(sp, stored.ident, stored.created) == "stored"
+    assert sp.purge() == 0, "too young: it may be an upload in flight"
+    assert os.path.exists(sp.path("rcv", "web1", stale.ident))
+    later = time.time() + spool_mod.TMP_MAX_AGE + 60
+    os.utime(sp.path("lock", "rcv-swept"), (0, 0))  # as if the last sweep was long ago
+    assert sp.purge(now=later) == 1
+    assert not os.path.lexists(sp.path("rcv", "web1", stale.ident))
+    assert os.path.exists(sp.path("rcv", "web1", stored.ident)), "a stored message keeps its entry"
+    old = _receive(sp, "web1", _gen_header(), b"partial")[0]
+    os.utime(old, (0, 0))
+    assert sp.purge() == 0, "the stamp holds the next sweep off for RCV_SWEEP_EVERY"
+    assert os.path.exists(old)
 
 
 def test_out_move_finishes_a_move_a_crash_left_half_done(sp: Spool) -> None:
