@@ -31,6 +31,8 @@ PURGE_EVERY = 600.0
 PIPELINE = 2  # batches in flight per peer: the server's workers commit them in parallel
 RELIST_EVERY = 1.0  # a large queue is re-listed at most this often while puts keep arriving
 RELIST_BUSY = 0.1  # any queue still being worked through: re-listed at most this often
+RELIST_IDLE = 30.0  # an empty queue is listed again without a wake-up this often (a put
+# that died between its link and its wake-up)
 
 
 class SendOptions:
@@ -146,9 +148,12 @@ class Sender:
 
     def _next_batch(self, run: _PeerRun, room: int) -> list[tuple[str, str, str]]:
         now = time.monotonic()
-        if not run.queue or (
-            run.dirty and now - run.listed > (RELIST_EVERY if len(run.queue) > 10000 else RELIST_BUSY)
-        ):
+        age = now - run.listed
+        if run.queue:
+            relist = run.dirty and age > (RELIST_EVERY if len(run.queue) > 10000 else RELIST_BUSY)
+        else:  # all listed were taken: only a wake-up or a failure says there is more
+            relist = run.dirty or age > RELIST_IDLE
+        if relist:
             run.queue = deque(
                 n for n in self.spool.out_names(run.peer.name, "queued") if n not in run.inflight
             )
