@@ -64,7 +64,7 @@ class _Part:
 
 
 class Upload:
-    """One multipart upload being parsed into tmp files."""
+    """One multipart upload being parsed into files in the spool (Spool.receive_file)."""
 
     def __init__(self, spool: Spool, origin: str, max_size: int, boundary: bytes, entries: int = 0) -> None:
         from python_multipart.multipart import MultipartParser
