@@ -123,8 +123,8 @@ def _bigger_reads(size: int = 1 << 20) -> None:
     cls.__init__ = bigger
 
 
-HOLD = 0.002  # per connection it holds, a worker leaves a new one this long to the others
-HOLD_MAX = 0.010
+HOLD = 0.005  # per connection it holds, a worker leaves a new one this long to the others
+HOLD_MAX = 0.020
 HOLD_STALE = 0.002  # woken later than this after its hold, a worker holds again
 
 
@@ -138,8 +138,10 @@ def _spreading_worker(workers: int) -> Any:
     (5,375-6,677 msgs/s, against 6,381-7,903 when split). Here a worker that already
     holds N connections, woken by a new one, first leaves it to the others for
     N x HOLD seconds (at most HOLD_MAX), then takes it if it is still there: an idle
-    worker takes it at once, a less busy one sooner. With one worker, or where
-    gunicorn's gthread worker has another layout (before 27), it is used as it is.
+    worker takes it at once, a less busy one sooner. A hold of 2 ms was too short while
+    both CPUs were busy: the idle worker was not scheduled in time in 3 of 7 transfers.
+    With one worker, or where gunicorn's gthread worker has another layout (before 27),
+    it is used as it is.
     """
     if workers < 2:
         return "gthread"

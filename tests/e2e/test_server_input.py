@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -784,8 +785,25 @@ def _connections_per_worker(server: Server) -> list[int]:
     return sorted(counts)
 
 
+@pytest.fixture
+def busy_cpus(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With param True, keep every CPU busy, as a sender and the server's threads do
+    during a transfer: a woken worker then waits for a CPU before it can accept."""
+    hogs = []
+    if request.param:
+        code = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end: pass\n"
+        hogs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+
+
+@pytest.mark.parametrize("busy_cpus", [False, True], ids=["idle", "busy"], indirect=True)
 @pytest.mark.parametrize("gap", [0.0002, 0.005], ids=["0.2ms", "5ms"])
-def test_two_connections_at_once_go_to_two_workers(srv: Server, gap: float) -> None:
+def test_two_connections_at_once_go_to_two_workers(srv: Server, gap: float, busy_cpus: None) -> None:
     """A sender opens its two kept-alive connections one after the other: one per worker,
     so that they do not share one process (and its interpreter lock) while the other idles."""
     from dropr.serving import _spreading_worker
