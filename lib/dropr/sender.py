@@ -75,6 +75,7 @@ class _PeerRun:
         self.polling = False
         self.poll_at = 0.0
         self.poll_gap = POLL_MIN
+        self.poll_after = ""  # the last sent name of a full status poll: the next one goes on from it
         self.until: float | None = None  # backoff end, cached from peer.json
 
 
@@ -281,10 +282,17 @@ class Sender:
                 continue
             if self._backoff_until(run.peer.name) > wall:
                 continue
-            names = self.spool.out_names(run.peer.name, "sent", STATUS_BATCH)[:STATUS_BATCH]
+            # Each poll asks for the next STATUS_BATCH names after the last poll's, then
+            # starts again from the oldest: messages nobody consumes at the peer (or that
+            # it purged) must not hold the receipts of every later message up for good.
+            names = self.spool.out_names(run.peer.name, "sent", STATUS_BATCH, run.poll_after)[:STATUS_BATCH]
+            if not names and run.poll_after:
+                names = self.spool.out_names(run.peer.name, "sent", STATUS_BATCH)[:STATUS_BATCH]
             if not names:
                 run.poll_at = 0
+                run.poll_after = ""
                 continue
+            run.poll_after = names[-1] if len(names) >= STATUS_BATCH else ""
             ids = [n.split(",", 1)[1] for n in names]
             prefixes = [n.split(",", 1)[0] for n in names]
             t = tp.status(run.peer, ids, self.spool.node, self.timeouts, prefixes)
@@ -317,7 +325,7 @@ class Sender:
             run.poll_gap = POLL_MIN
         else:
             run.poll_gap = min(POLL_MAX, run.poll_gap * 1.5)
-        more = len(t.tag) >= STATUS_BATCH and changed
+        more = bool(run.poll_after)  # a full poll: the names after it are asked next, at once
         run.poll_at = time.monotonic() + (0 if more else run.poll_gap)
 
     def _wake_waiters(self) -> None:
@@ -369,6 +377,7 @@ class Sender:
         self._start_polls(force=True)
         while len(self.pool):
             self._drive(0.5)
+            self._start_polls()  # after a full poll, the sent names that come after it
         self.spool.purge()
         left = [r.peer.name for r in self.runs.values() if self.spool.out_any(r.peer.name, "queued")]
         if left and not (self.opts.max_messages and self.delivered >= self.opts.max_messages):

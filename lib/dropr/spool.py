@@ -293,12 +293,15 @@ def _read_json(path: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _sorted_names(path: str, first: int = 0) -> list[str]:
-    """Return the names in a folder, sorted; with first, at least the first that many."""
+def _sorted_names(path: str, first: int = 0, after: str = "") -> list[str]:
+    """Return the names in a folder, sorted; with first, at least the first that many;
+    with after, only those that sort after it."""
     try:
         names = os.listdir(path)
     except FileNotFoundError:
         return []
+    if after:
+        names = [n for n in names if n > after]
     if first and len(names) > 4 * first:
         import heapq
 
@@ -480,9 +483,10 @@ class Spool:
         """Return the names of all outbox peers."""
         return _sorted_names(self.path("out"))
 
-    def out_names(self, peer: str, state: str, first: int = 0) -> list[str]:
-        """Return the sorted names in one outbox state of a peer (with first: at least those)."""
-        return _sorted_names(self.path("out", peer, state), first)
+    def out_names(self, peer: str, state: str, first: int = 0, after: str = "") -> list[str]:
+        """Return the sorted names in one outbox state of a peer (with first: at least those;
+        with after: only the names that sort after it)."""
+        return _sorted_names(self.path("out", peer, state), first, after)
 
     def out_any(self, peer: str, state: str) -> bool:
         """Return whether one outbox state of a peer holds anything (no listing)."""
