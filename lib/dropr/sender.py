@@ -286,10 +286,8 @@ class Sender:
             # starts again from the oldest: messages nobody consumes at the peer (or that
             # it purged) must not hold the receipts of every later message up for good.
             names = self.spool.out_names(run.peer.name, "sent", STATUS_BATCH, run.poll_after)[:STATUS_BATCH]
-            if not names and run.poll_after:
-                names = self.spool.out_names(run.peer.name, "sent", STATUS_BATCH)[:STATUS_BATCH]
-            if not names:
-                run.poll_at = 0
+            if not names:  # nothing sent, or nothing after the last full poll: a round is over
+                run.poll_at = time.monotonic() + run.poll_gap if run.poll_after else 0
                 run.poll_after = ""
                 continue
             run.poll_after = names[-1] if len(names) >= STATUS_BATCH else ""
