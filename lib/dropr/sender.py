@@ -286,6 +286,8 @@ class Sender:
             # starts again from the oldest: messages nobody consumes at the peer (or that
             # it purged) must not hold the receipts of every later message up for good.
             names = self.spool.out_names(run.peer.name, "sent", STATUS_BATCH, run.poll_after)[:STATUS_BATCH]
+            if not names and run.poll_after and force:  # --once polls once: from the oldest
+                names = self.spool.out_names(run.peer.name, "sent", STATUS_BATCH)[:STATUS_BATCH]
             if not names:  # nothing sent, or nothing after the last full poll: a round is over
                 run.poll_at = time.monotonic() + run.poll_gap if run.poll_after else 0
                 run.poll_after = ""
@@ -372,10 +374,18 @@ class Sender:
         while len(self.pool):
             self._drive(0.5)
         self._show_progress(final=True)
+        # One status poll per peer, going on from where the last pass's poll stopped
+        # (kept in peer.json): a pass costs one poll however many messages wait.
+        for run in self.runs.values():
+            run.poll_after = str(self.spool.peer_state(run.peer.name).get("poll_after", ""))
         self._start_polls(force=True)
         while len(self.pool):
             self._drive(0.5)
-            self._start_polls()  # after a full poll, the sent names that come after it
+        for run in self.runs.values():
+            st = self.spool.peer_state(run.peer.name)
+            if st.get("poll_after", "") != run.poll_after:
+                st["poll_after"] = run.poll_after
+                self.spool.set_peer_state(run.peer.name, st)
         self.spool.purge()
         left = [r.peer.name for r in self.runs.values() if self.spool.out_any(r.peer.name, "queued")]
         if left and not (self.opts.max_messages and self.delivered >= self.opts.max_messages):

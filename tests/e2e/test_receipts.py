@@ -101,8 +101,10 @@ def test_ack_at_receiver_becomes_processed_at_sender(net: tuple[Node, Node, str]
 @pytest.mark.parametrize("waiting", [999, 1001])
 def test_unconsumed_messages_do_not_hold_up_later_receipts(net: tuple[Node, Node, str], waiting: int) -> None:
     """A status poll's worth (1,000) of older messages wait unconsumed at the peer: the
-    receipt of a newer one, consumed, still comes back in one --once pass. With 1,000 sent
-    in all, the second poll finds nothing after the first, and the pass ends."""
+    receipt of a newer one, consumed, still comes back. A --once pass polls once (1,000
+    names), going on from where the last pass's poll stopped: with 1,001 waiting, the
+    second pass asks for the 2 names after the first 1,000; with 999, nothing comes
+    after them, and it starts again from the oldest."""
     a, b, url = net
     a.run("dropr-put", "--lines", "--channel", "slow", "--to", url, input=b"x\n" * waiting, check=True)
     ident = a.put("job", "--to", url)
@@ -115,6 +117,19 @@ def test_unconsumed_messages_do_not_hold_up_later_receipts(net: tuple[Node, Node
     states = a.states("out")
     assert states.pop(ident) == "processed"
     assert len(states) == waiting and set(states.values()) == {"sent"}
+
+
+def test_daemon_polls_past_unconsumed_messages(net: tuple[Node, Node, str]) -> None:
+    """The daemon's polls go through every sent name, 1,000 at a time, in rounds."""
+    a, b, url = net
+    a.run("dropr-put", "--lines", "--channel", "slow", "--to", url, input=b"x\n" * 1001, check=True)
+    ident = a.put("job", "--to", url)
+    start_sender(a)
+    wait_until(lambda: a.states("out").get(ident) == "sent", 60, "the daemon to deliver")
+    recv, ack = shlex.quote(command_path("dropr-recv")), shlex.quote(command_path("dropr-ack"))
+    p = subprocess.run(["/bin/sh", "-c", f"{recv} | {ack} -"], env=b.env, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    wait_until(lambda: a.states("out")[ident] == "processed", 60, "the receipt of the consumed message")
 
 
 def test_reject_at_receiver_is_dead_with_reason_at_sender(net: tuple[Node, Node, str]) -> None:
