@@ -749,30 +749,28 @@ class Spool:
                         raise OSError(errno.EAGAIN, "another upload of this id failed midway")
                     results.append("duplicate")
                     continue
-                made.add(hdr.ident)
-                new.append((tmp, self.channel_dir(hdr.channel), name, fd))
-                results.append("stored")
-                continue
-            # The index entry is the duplicate check: one link(2) that fails if the id
-            # was received before, in any channel and state (no stat of every state).
-            # dropr-put's own ids carry their creation time, so their entry is a hard
-            # link of the message (no inode to allocate); other ids need a symlink that
-            # says where the message went.
-            link = f"{rcv}/{hdr.ident}"
-            target = "" if m.generated_time(hdr.ident) == hdr.created else f"{hdr.channel}/{prefix}"
-            try:
-                _index(tmp, link, target)
-            except FileExistsError:
-                # indexed earlier in this request (not yet in ready), or received before
-                if hdr.ident in made or self.find_in(origin, hdr.ident, prefix=prefix) is not None:
-                    os.unlink(tmp)
-                    results.append("duplicate")
-                    continue
-                # a leftover of a crash before the link into ready: nothing holds the message
-                os.unlink(link)
-                _index(tmp, link, target)
+            else:
+                # The index entry is the duplicate check: one link(2) that fails if the id
+                # was received before, in any channel and state (no stat of every state).
+                # dropr-put's own ids carry their creation time, so their entry is a hard
+                # link of the message (no inode to allocate); other ids need a symlink
+                # that says where the message went.
+                link = f"{rcv}/{hdr.ident}"
+                target = "" if m.generated_time(hdr.ident) == hdr.created else f"{hdr.channel}/{prefix}"
+                try:
+                    _index(tmp, link, target)
+                except FileExistsError:
+                    # indexed earlier in this request (not yet in ready), or received before
+                    if hdr.ident in made or self.find_in(origin, hdr.ident, prefix=prefix) is not None:
+                        os.unlink(tmp)
+                        results.append("duplicate")
+                        continue
+                    # a leftover of a crash before the link into ready, or an upload of
+                    # this id written as its entry that is still unstored: take it over
+                    os.unlink(link)
+                    _index(tmp, link, target)
             made.add(hdr.ident)
-            new.append((tmp, self.channel_dir(hdr.channel), name, -1))
+            new.append((tmp, self.channel_dir(hdr.channel), name, fd))
             results.append("stored")
         return new
 
