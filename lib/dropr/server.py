@@ -135,7 +135,7 @@ class Upload:
                 p.refused = f"too large: {p.header.size} bytes, limit {self.max_size}"
                 return
             if p.header.size >= DIRECT_MIN:
-                p.tmp = self.spool.tmp_name(f"rcv,{self.origin},{p.header.ident}")
+                p.tmp = self.spool.rcv_tmp_name(self.origin, p.header.ident)
                 p.big = DirectWriter(p.tmp)
             else:
                 p.tmp, p.fd, p.entry = self.spool.receive_file(self.origin, p.header, entry=self.entries > 0)

@@ -647,7 +647,7 @@ class Spool:
                 return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), True
             except FileExistsError:
                 pass
-        path = self.tmp_name(f"rcv,{origin},{hdr.ident}")
+        path = self.rcv_tmp_name(origin, hdr.ident)
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), False
 
     def unreceive(self, origin: str, path: str, fd: int = -1) -> bool:
@@ -663,7 +663,9 @@ class Spool:
         return self._drop_entry(origin, path, os.fstat(fd).st_ino)
 
     def _drop_entry(self, origin: str, path: str, ino: int, untouched_since: float | None = None) -> bool:
-        with _Flock(self.path("lock", f"rcv-{origin}.lock")):
+        """Unlink an rcv/ entry under the origin's lock if it is still inode ino, in no inbox
+        state (one link) and, with untouched_since, not written since; return whether it went."""
+        with self._rcv_lock(origin):
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
@@ -674,6 +676,14 @@ class Spool:
                 return False
             os.unlink(path)
             return True
+
+    def _rcv_lock(self, origin: str) -> _Flock:
+        """The lock of one origin's received ids: stores, and removals of their entries."""
+        return _Flock(self.path("lock", f"rcv-{origin}.lock"))
+
+    def rcv_tmp_name(self, origin: str, ident: str) -> str:
+        """Return a fresh tmp/ path for a received message (the tmp sweep reads the name)."""
+        return self.tmp_name(f"rcv,{origin},{ident}")
 
     def _rcv_dir(self, origin: str) -> str:
         rcv = f"{self.root}/rcv/{origin}"
@@ -700,7 +710,7 @@ class Spool:
         rcv = self._rcv_dir(origin)
         results: list[str] = []
         touched: set[str] = set()  # in/<channel>/ready folders
-        with _Flock(self.path("lock", f"rcv-{origin}.lock")):
+        with self._rcv_lock(origin):
             try:
                 new = self._index(origin, items, rcv, results)
                 if new:  # sync 1: their data and their index entries, before any name
@@ -983,10 +993,11 @@ class Spool:
             try:
                 st = os.lstat(p)
                 if now - st.st_mtime > TMP_MAX_AGE:
-                    if st.st_nlink == 2 and ".rcv," in name:  # only tmp/ and rcv/ hold it
-                        self._unindex_tmp(name, st.st_ino)
                     os.unlink(p)
                     removed += 1
+                    if st.st_nlink == 2 and ".rcv," in name:  # only tmp/ and rcv/ held it
+                        _, origin, ident = name.split(",", 2)  # see rcv_tmp_name
+                        self._drop_entry(origin, self.path("rcv", origin, ident), st.st_ino)
             except FileNotFoundError:
                 pass
         removed += self._sweep_rcv(now)
@@ -1026,6 +1037,7 @@ class Spool:
         except FileNotFoundError:
             pass
         removed = 0
+        before = now - TMP_MAX_AGE
         for origin in _sorted_names(self.path("rcv")):
             stale: list[tuple[str, int]] = []
             try:
@@ -1033,26 +1045,15 @@ class Spool:
                     for e in it:
                         if e.is_file(follow_symlinks=False):
                             st = e.stat(follow_symlinks=False)
-                            if st.st_nlink == 1 and now - st.st_mtime > TMP_MAX_AGE:
+                            if st.st_nlink == 1 and st.st_mtime < before:
                                 stale.append((e.path, st.st_ino))
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            before = now - TMP_MAX_AGE
             removed += sum(self._drop_entry(origin, path, ino, before) for path, ino in stale)
         with open(stamp, "ab"):
             pass
         os.utime(stamp)  # its mtime says when the sweep last ran
         return removed
-
-    def _unindex_tmp(self, name: str, ino: int) -> None:
-        """Remove the rcv/ hard link of a received tmp file a crash left out of the inbox."""
-        _, origin, ident = name.split(",", 2)  # tmp names of uploads: "{pid}.{seq}.rcv,{origin},{id}"
-        link = self.path("rcv", origin, ident)
-        try:
-            if os.lstat(link).st_ino == ino:
-                os.unlink(link)
-        except FileNotFoundError:
-            pass
 
     @staticmethod
     def _old(folder: str, before: float) -> Iterator[tuple[str, float]]:
