@@ -190,7 +190,7 @@ class Upload:
             pass  # the file goes anyway
         if p.tmp:
             try:
-                self.spool.unreceive(self.origin, p.tmp, p.fd if p.entry else -1)
+                self.spool.unreceive(self.origin, p.tmp, p.fd)  # closed but for an entry's
             finally:
                 p.tmp = ""
                 self._release(p)
@@ -340,13 +340,9 @@ def make_app(spool: Spool, config: Config | None = None) -> WSGIApp:
             _read_body(environ, up)
             if not up.ended:
                 raise HTTPError("400 Bad Request", "truncated upload; nothing stored")
+            # every part has ended (_end closed it): only an entry's descriptor is open
             stored = spool.store(
-                origin,
-                [
-                    (p.tmp, p.header, p.fd if p.entry else -1)
-                    for p in up.parts
-                    if not p.refused and p.header and p.tmp
-                ],
+                origin, [(p.tmp, p.header, p.fd) for p in up.parts if not p.refused and p.header and p.tmp]
             )
         except HTTPError:
             up.discard()
