@@ -147,6 +147,19 @@ def listdir(path: Path) -> list[str]:
         return []
 
 
+def receive(sp: Any, origin: str, hdr: Any, payload: bytes) -> tuple[str, Any, int]:
+    """Write a payload into spool sp as dropr-serve does; return the item for Spool.store.
+
+    The descriptor of a file written as its rcv/ entry stays open, as the server keeps
+    it until the store (the caller closes it after); a tmp file's is closed (-1)."""
+    path, fd, entry = sp.receive_file(origin, hdr)
+    os.write(fd, payload)
+    if entry:
+        return path, hdr, fd
+    os.close(fd)
+    return path, hdr, -1
+
+
 def unstored(spool: Path) -> list[str]:
     """The files of uploads a receiver has not stored: tmp/ files, and rcv/ entries that
     no inbox state links (a generated id's payload is written straight into its entry)."""

@@ -19,7 +19,7 @@ from dropr import message as m
 from dropr.spool import Spool
 from dropr_cli import ack as ack_cli
 from dropr_cli import recv as recv_cli
-from helpers import one_error_line
+from helpers import one_error_line, receive
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
@@ -58,11 +58,7 @@ def fill(spool: Path, payloads: list[bytes], *, origin: str = "web1", channel: s
     for p in payloads:
         ident, created = sp.ids.new()
         hdr = m.Header(ident, channel, priority, created, 0, len(p), m.crc32(p))
-        path, fd, entry = sp.receive_file(origin, hdr)  # as dropr-serve writes an upload
-        os.write(fd, p)
-        items.append((path, hdr, fd if entry else -1))
-        if not entry:
-            os.close(fd)
+        items.append(receive(sp, origin, hdr, p))
     try:
         assert sp.store(origin, items) == ["stored"] * len(items)
     finally:

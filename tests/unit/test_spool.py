@@ -24,7 +24,7 @@ from dropr.errors import (
     TempFailError,
 )
 from dropr.spool import Spool
-from helpers import CLAIM_FIELDS
+from helpers import CLAIM_FIELDS, receive
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
@@ -474,13 +474,10 @@ _OPEN: list[int] = []  # descriptors of files written as their rcv/ entry, as dr
 
 def _receive(sp: Spool, origin: str, hdr: m.Header, payload: bytes) -> tuple[str, m.Header, int]:
     """Write a payload as dropr-serve does; return the item for Spool.store."""
-    path, fd, entry = sp.receive_file(origin, hdr)
-    os.write(fd, payload)
-    if not entry:
-        os.close(fd)
-        return path, hdr, -1
-    _OPEN.append(fd)
-    return path, hdr, fd
+    item = receive(sp, origin, hdr, payload)
+    if item[2] >= 0:
+        _OPEN.append(item[2])
+    return item
 
 
 def _inbox_message(
