@@ -105,6 +105,7 @@ TMP_MAX_AGE = 36 * 3600  # no writer keeps a tmp file untouched this long: puts 
 DANGLING_AGE = 60  # an index symlink whose message is missing this long is a crash leftover
 RCV_SWEEP_EVERY = 12 * 3600  # purge looks for rcv/ leftovers of crashed uploads this often
 SWEEP_EVERY = 1.0  # claimers look for expired leases and due retries at most this often
+WAKE_SETTLE = 0.1  # wake/ unchanged this long (seconds) has a listing worth keeping: see _waiting
 SYNC_EACH_MAX = 4  # up to this many files: fsync each; more: one syncfs
 CHUNK = 1 << 20
 DIRECT_BLOCK = 1 << 20  # DirectWriter's unit: a multiple of every device's block size
@@ -334,6 +335,7 @@ class Spool:
         self._tmpseq = 0
         self._made: set[str] = set()  # folders known to exist
         self._ready: dict[str, tuple[float, list[str]]] = {}  # channel -> (listed at, names left)
+        self._wake_list: tuple[tuple[int, int], list[str]] | None = None  # see _waiting
         self.ids = m.IdMaker()
 
     # -- layout -------------------------------------------------------------
@@ -952,30 +954,48 @@ class Spool:
     # -- wake-ups -----------------------------------------------------------
 
     def wake(self, prefix: str) -> int:
-        """Send a datagram to every waiter whose socket starts with prefix; return how many."""
+        """Send a datagram to every waiter whose socket starts with prefix, or to the one
+        named prefix if it ends in ".sock"; return how many."""
         wake = self.path("wake")
-        try:
-            names = [n for n in os.listdir(wake) if n.startswith(prefix)]
-        except FileNotFoundError:
-            return 0
-        if not names:
-            return 0  # nobody waits: no socket module to load
-        import socket
-
+        if prefix.endswith(".sock"):
+            names = [prefix]  # one known name (the sender's): no listing
+        else:
+            names = [n for n in self._waiting(wake) if n.startswith(prefix)]
+            if not names:
+                return 0
+        s = _wake_socket()
         woken = 0
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.setblocking(False)
-            for n in names:
-                try:
-                    s.sendto(b"!", os.path.join(wake, n))
-                    woken += 1
-                except BlockingIOError:
-                    woken += 1  # its queue is full: it has wake-ups pending anyway
-                except ConnectionRefusedError:
-                    _unlink_quiet(os.path.join(wake, n))  # its owner is gone
-                except OSError:
-                    pass
+        for n in names:
+            try:
+                s.sendto(b"!", os.path.join(wake, n))
+                woken += 1
+            except BlockingIOError:
+                woken += 1  # its queue is full: it has wake-ups pending anyway
+            except ConnectionRefusedError:
+                _unlink_quiet(os.path.join(wake, n))  # its owner is gone
+            except OSError:
+                pass  # nobody waits under that name
         return woken
+
+    def _waiting(self, wake: str) -> list[str]:
+        """The sockets in wake/, listed again only when the folder has changed.
+
+        A stat instead of a listing on every store (0.06 against 0.11 ms on an idle
+        CPU). A folder changed within the last WAKE_SETTLE seconds is not cached: its
+        timestamp has a clock tick's granularity, and a socket bound in the same tick
+        as the listing would not change it. Past that, any change moves the mtime.
+        """
+        try:
+            st = os.stat(wake)
+        except FileNotFoundError:
+            return []
+        key = (st.st_ino, st.st_mtime_ns)
+        if self._wake_list is not None and self._wake_list[0] == key:
+            return self._wake_list[1]
+        names = os.listdir(wake)
+        settled = m.now_us() * 1000 - st.st_mtime_ns > WAKE_SETTLE * 1e9
+        self._wake_list = (key, names) if settled else None
+        return names
 
     def waiter(self, name: str) -> Waiter:
         """Bind a wake-up socket named name in wake/ (e.g. "send.sock")."""
@@ -1303,7 +1323,7 @@ class PutBatch:
         self.ids.extend(done)
         self.ids.extend(dups)
         if done:
-            sp.wake("send")
+            sp.wake("send.sock")
         return done + dups
 
     def abort(self) -> None:
@@ -1369,6 +1389,22 @@ def _move(src: str, dst: str) -> None:
         if not os.path.samefile(src, dst):
             raise
     os.unlink(src)
+
+
+_wake_sock: tuple[int, Any] | None = None  # (pid, socket): see _wake_socket
+
+
+def _wake_socket() -> Any:
+    """This process's socket for sending wake-ups, made once (a socket per wake-up cost
+    0.1 ms on an idle CPU, on the path from a store to its consumer)."""
+    global _wake_sock
+    if _wake_sock is None or _wake_sock[0] != os.getpid():  # not the one of a parent
+        import socket
+
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        _wake_sock = (os.getpid(), s)
+    return _wake_sock[1]
 
 
 def _unlink_quiet(path: str) -> None:

@@ -813,6 +813,44 @@ def test_put_without_any_sender_costs_nothing(sp: Spool) -> None:
     assert time.monotonic() - t0 < 5
 
 
+def test_wake_by_name_needs_no_listing(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_listing(path: str) -> list[str]:
+        raise AssertionError(f"listed {path}")
+
+    monkeypatch.setattr(spool_mod.os, "listdir", no_listing)
+    assert sp.wake("send.sock") == 0, "nobody waits"
+    with sp.waiter("send.sock") as w:
+        assert sp.wake("send.sock") == 1
+        assert w.wait(5) is True
+
+
+def _age(folder: str, seconds: float) -> int:
+    mtime = time.time_ns() - int(seconds * 1e9)
+    os.utime(folder, ns=(mtime, mtime))
+    return mtime
+
+
+def test_wake_reaches_a_waiter_that_came_after_a_kept_listing(sp: Spool) -> None:
+    wake = sp.path("wake")
+    _age(wake, 10)  # settled: the listing is kept
+    assert sp.wake("recv-x-") == 0
+    with sp.waiter("recv-x-1.sock") as w:
+        assert sp.wake("recv-x-") == 1, "the bind changed the folder: listed again"
+        assert w.wait(5) is True
+
+
+def test_wake_keeps_no_listing_of_a_folder_changed_just_now(sp: Spool) -> None:
+    # A bind in the same clock tick as the listing leaves the folder's mtime as it was:
+    # a listing of a folder that changed a moment ago must not be kept.
+    wake = sp.path("wake")
+    mtime = _age(wake, 0.01)
+    assert sp.wake("recv-x-") == 0
+    with sp.waiter("recv-x-1.sock") as w:
+        os.utime(wake, ns=(mtime, mtime))  # the same mtime as at the listing
+        assert sp.wake("recv-x-") == 1
+        assert w.wait(5) is True
+
+
 def _store_with(sp: Spool, ident: str, created: int, channel: str = "default") -> str:
     hdr = m.Header(ident, channel, 3, created, 0, 1, m.crc32(b"p"))
     [result] = sp.store("web1", [_receive(sp, "web1", hdr, b"p")])
