@@ -106,6 +106,10 @@ def _bigger_reads(size: int = 1 << 20) -> None:
     Its socket reader's chunk is a constructor default; at 8 KiB a 256 MiB upload
     is 32,768 reads each copied through Python, which caps a transfer near 200 MB/s.
     Only the embedded server is changed; without the attribute, nothing happens.
+    Since gunicorn 27 the reader takes up to 1 MiB where it knows a body's length
+    (max_body_chunk), and the upload's body is read from the socket here anyway
+    (server._read_socket): then nothing is changed, for a 1 MiB recv of every request's
+    headers cost 0.03 ms more than an 8 KiB one on an idle CPU.
     """
     try:
         from gunicorn.http import unreader
@@ -113,7 +117,7 @@ def _bigger_reads(size: int = 1 << 20) -> None:
         return
     cls = unreader.SocketUnreader
     init = cls.__init__
-    if getattr(init, "_dropr", False):
+    if getattr(init, "_dropr", False) or hasattr(cls, "max_body_chunk"):
         return
 
     def bigger(self: Any, sock: Any, max_chunk: int = size) -> None:
@@ -126,42 +130,147 @@ def _bigger_reads(size: int = 1 << 20) -> None:
 HOLD = 0.005  # per connection it holds, a worker leaves a new one this long to the others
 HOLD_MAX = 0.020
 HOLD_STALE = 0.002  # woken later than this after its hold, a worker holds again
+LINGER = 5.0  # a thread that has answered waits this long for the connection's next request
 
 
-def _spreading_worker(workers: int) -> Any:
-    """Return gunicorn's gthread worker, changed to spread connections over the workers.
+def _worker_class(workers: int) -> Any:
+    """Return gunicorn's gthread worker, changed in two ways (or as it is, where its
+    layout is not the one this was written against: gunicorn before 27).
 
-    Every worker polls the one listening socket, and the worker that has just accepted
-    a connection is awake while the others still sleep, so it takes the next one too:
-    a sender's two kept-alive connections landed in one process in 5 of 8 transfers,
-    whose threads then shared one interpreter lock while the other worker sat idle
-    (5,375-6,677 msgs/s, against 6,381-7,903 when split). Here a worker that already
-    holds N connections, woken by a new one, first leaves it to the others for
-    N x HOLD seconds (at most HOLD_MAX), then takes it if it is still there: an idle
-    worker takes it at once, a less busy one sooner. A hold of 2 ms was too short while
-    both CPUs were busy: the idle worker was not scheduled in time in 3 of 7 transfers.
-    With one worker, or where gunicorn's gthread worker has another layout (before 27),
-    it is used as it is.
+    Lingering. gthread hands a kept-alive connection back to the worker's poller after
+    each answer; its next request wakes the poller, which wakes a pool thread: two
+    thread wake-ups on the way to the application, 0.2 ms on an idle CPU here (a tiny
+    request's round trip 0.91-1.03 ms, against 0.78-0.79 ms without the hand-offs). So
+    the thread that answered waits on the connection itself for up to LINGER seconds, as
+    a thread-per-connection server does for its keep-alive, while at least one other
+    thread of the worker is free. A request that finds no free thread sends a lingering
+    one back (a byte on a pipe), and TERM sends them all back.
+
+    Spreading (two or more workers). Every worker polls the one listening socket, and
+    the worker that has just accepted a connection is awake while the others still
+    sleep, so it takes the next one too: a sender's two kept-alive connections landed
+    in one process in 5 of 8 transfers, whose threads then shared one interpreter lock
+    while the other worker sat idle (5,375-6,677 msgs/s, against 6,381-7,903 when
+    split). Here a worker that already holds N connections, woken by a new one, first
+    leaves it to the others for N x HOLD seconds (at most HOLD_MAX), then takes it if
+    it is still there: an idle worker takes it at once, a less busy one sooner. A hold
+    of 2 ms was too short while both CPUs were busy: the idle worker was not scheduled
+    in time in 3 of 7 transfers.
     """
-    if workers < 2:
-        return "gthread"
+    import inspect
+    import os
+    import select
+    import threading
     import time
 
     from gunicorn.workers.gthread import ThreadWorker
 
     base: Any = ThreadWorker
-    if not all(hasattr(base, a) for a in ("set_accept_enabled", "wait_for_and_dispatch_events")):
+    needed = ("set_accept_enabled", "wait_for_and_dispatch_events", "enqueue_req", "handle_quit")
+    if not all(hasattr(base, a) for a in needed):
         return "gthread"
-    import inspect
+    for method, params in (("accept", ["self", "listener"]), ("enqueue_req", ["self", "conn"])):
+        if list(inspect.signature(getattr(base, method)).parameters) != params:
+            return "gthread"
+    spread = workers > 1
 
-    if list(inspect.signature(base.accept).parameters) != ["self", "listener"]:
-        return "gthread"
-
-    class SpreadingWorker(base):  # type: ignore[misc]
+    class DroprWorker(base):  # type: ignore[misc]
         held_until = 0.0
 
+        def init_process(self) -> None:
+            self.linger_pipe = os.pipe()
+            for fd in self.linger_pipe:
+                os.set_blocking(fd, False)
+            self.counts = threading.Lock()
+            self.queued = 0  # connections handed to the pool, not yet taken by a thread
+            self.occupied = 0  # threads serving or lingering
+            self.lingering = 0
+            self.recalled = 0  # lingering threads sent back, not yet gone
+            super().init_process()  # runs the worker's loop
+
+        # -- lingering --
+
+        def enqueue_req(self, conn: Any) -> None:
+            with self.counts:
+                self.queued += 1
+                free = self.cfg.threads - self.occupied + self.recalled
+                recall = min(self.queued - free, self.lingering - self.recalled)
+                if recall > 0:
+                    self.recalled += recall
+            super().enqueue_req(conn)
+            if recall > 0:
+                self._send_back(recall)
+
+        def _send_back(self, n: int) -> None:
+            try:
+                os.write(self.linger_pipe[1], b"!" * n)
+            except BlockingIOError:
+                pass  # a full pipe: every lingering thread is sent back already
+
+        def handle_exit(self, sig: Any, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self._send_back(self.cfg.threads)
+
+        def handle_quit(self, sig: Any, frame: Any) -> None:
+            self.alive = False  # the pool's threads are joined at exit: none may linger
+            self._send_back(self.cfg.threads)
+            super().handle_quit(sig, frame)
+
+        def handle_abort(self, sig: Any, frame: Any) -> None:
+            self.alive = False
+            self._send_back(self.cfg.threads)
+            super().handle_abort(sig, frame)
+
+        def handle(self, conn: Any) -> Any:
+            with self.counts:
+                self.queued -= 1
+                self.occupied += 1
+            try:
+                while True:
+                    keep = super().handle(conn)
+                    if keep is not True or not self.alive or not self._linger(conn):
+                        return keep
+            finally:
+                with self.counts:
+                    self.occupied -= 1
+
+        def _linger(self, conn: Any) -> bool:
+            """Wait here for the connection's next request; True if it came."""
+            buf = getattr(getattr(getattr(conn, "parser", None), "unreader", None), "buf", None)
+            if buf is None or not hasattr(buf, "getvalue"):
+                return False
+            if buf.getvalue() or getattr(conn.sock, "pending", lambda: 0)():
+                return True  # read already (pipelined, or held by TLS)
+            with self.counts:
+                if self.occupied + self.queued >= self.cfg.threads:
+                    return False  # keep a thread free for the others
+                self.lingering += 1
+            try:
+                deadline = time.monotonic() + LINGER
+                while self.alive:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    ready = select.select([conn.sock, self.linger_pipe[0]], [], [], left)[0]
+                    if conn.sock in ready:
+                        return True
+                    if ready:
+                        try:
+                            os.read(self.linger_pipe[0], 1)
+                        except BlockingIOError:
+                            continue  # another lingering thread answered that call
+                        with self.counts:
+                            self.recalled = max(0, self.recalled - 1)  # TERM's calls are not counted
+                        return False  # a request wants this thread
+                return False
+            finally:
+                with self.counts:
+                    self.lingering -= 1
+
+        # -- spreading --
+
         def accept(self, listener: Any) -> None:
-            if self.nr_conns > 0:
+            if spread and self.nr_conns > 0:
                 now = time.monotonic()
                 if now > self.held_until + HOLD_STALE:  # not yet held for this one
                     self.held_until = now + min(HOLD * self.nr_conns, HOLD_MAX)
@@ -180,7 +289,7 @@ def _spreading_worker(workers: int) -> Any:
                 timeout = min(timeout, left)
             super().wait_for_and_dispatch_events(timeout)
 
-    return SpreadingWorker
+    return DroprWorker
 
 
 def serve(spool: Spool, opts: ServeOptions) -> int:
@@ -225,7 +334,7 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
             settings = {
                 "bind": opts.listen,
                 "workers": opts.workers,
-                "worker_class": _spreading_worker(opts.workers),
+                "worker_class": _worker_class(opts.workers),
                 "threads": opts.threads,
                 "timeout": 600,
                 "graceful_timeout": 30,

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from dropr import message as m
+from dropr.serving import _worker_class
 from helpers import children, command_path, unstored, wait_until
 
 BOUNDARY = "dropr-test-boundary-7f3a9c"
@@ -38,6 +39,7 @@ class Server:
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         max_files: int = 0,
+        workers: int = 2,  # dropr-serve's default
     ) -> None:
         self.root = root
         self.spool = root / name
@@ -68,7 +70,6 @@ class Server:
         hostport = self.url.split("//")[1].strip("/")
         self.host, port = hostport.rsplit(":", 1)
         self.port = int(port)
-        workers = 2  # dropr-serve's default
         wait_until(lambda: len(children(self.proc.pid)) >= workers, 30, "the workers")
 
     def request(
@@ -806,9 +807,7 @@ def busy_cpus(request: pytest.FixtureRequest) -> Iterator[None]:
 def test_two_connections_at_once_go_to_two_workers(srv: Server, gap: float, busy_cpus: None) -> None:
     """A sender opens its two kept-alive connections one after the other: one per worker,
     so that they do not share one process (and its interpreter lock) while the other idles."""
-    from dropr.serving import _spreading_worker
-
-    if _spreading_worker(2) == "gthread":
+    if _worker_class(2) == "gthread":
         pytest.skip("this gunicorn's gthread worker has the layout before 27: connections are not spread")
     split = 0
     for _ in range(20):
@@ -833,3 +832,97 @@ def test_two_connections_at_once_go_to_two_workers(srv: Server, gap: float, busy
     # just accepted is awake and takes the next one too; a hold of 2 ms after each accept
     # split 5-13 at 5 ms. Slack for a loaded machine.
     assert split >= 17, f"{split} of 20 pairs were split over the two workers"
+
+
+# -- threads and kept-alive connections -----------------------------------------------------------
+
+
+HEALTH = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.fixture
+def lone_server(tmp_path: Path) -> Iterator[Server]:
+    """One worker with three threads, so that which thread does what is known."""
+    if _worker_class(1) == "gthread":
+        pytest.skip("this gunicorn's gthread worker has the layout before 27: threads do not linger")
+    s = Server(tmp_path, "b", "[serve]\nmin_free = 0\n", ("--workers", "1", "--threads", "3"), workers=1)
+    yield s
+    s.stop()
+
+
+def _answer(s: socket.socket) -> bytes:
+    """Read one whole answer (headers and a Content-Length body) from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += s.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _served_once(server: Server) -> socket.socket:
+    s = socket.create_connection((server.host, server.port), timeout=30)
+    s.sendall(HEALTH)
+    assert b"200 OK" in _answer(s)
+    return s
+
+
+def test_a_kept_alive_connection_is_served_request_after_request(lone_server: Server) -> None:
+    s = _served_once(lone_server)
+    try:
+        for _ in range(20):
+            s.sendall(HEALTH)
+            assert b"200 OK" in _answer(s)
+        s.sendall(HEALTH + HEALTH)  # two at once: the second is read with the first
+        assert b"200 OK" in _answer(s) and b"200 OK" in _answer(s)
+    finally:
+        s.close()
+
+
+def test_threads_waiting_on_idle_connections_make_room_for_new_requests(lone_server: Server) -> None:
+    from dropr.serving import LINGER
+
+    # Two connections served once: their threads wait on them (two of three, one kept free).
+    idle = [_served_once(lone_server) for _ in range(2)]
+    # The free thread is held by a request whose body never comes.
+    stuck = socket.create_connection((lone_server.host, lone_server.port), timeout=30)
+    stuck.sendall(b"POST /v1/status HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    time.sleep(0.3)
+    new = [socket.create_connection((lone_server.host, lone_server.port), timeout=30) for _ in range(2)]
+    try:
+        t0 = time.monotonic()
+        for s in new:
+            s.sendall(HEALTH)
+        for s in new:
+            assert b"200 OK" in _answer(s)
+        took = time.monotonic() - t0
+        # Only threads sent back by the new requests can answer them: otherwise they would
+        # wait until one of the idle connections' threads gave up, LINGER seconds.
+        assert took < LINGER / 2, f"answered after {took:.1f} s"
+        for s in idle:  # and the idle ones are served again, by whichever thread
+            s.sendall(HEALTH)
+            assert b"200 OK" in _answer(s)
+    finally:
+        for s in [*idle, stuck, *new]:
+            s.close()
+
+
+def test_term_does_not_wait_for_threads_waiting_on_idle_connections(lone_server: Server) -> None:
+    from dropr.serving import LINGER
+
+    idle = [_served_once(lone_server) for _ in range(2)]
+    try:
+        t0 = time.monotonic()
+        lone_server.proc.terminate()
+        lone_server.proc.wait(30)
+        took = time.monotonic() - t0
+        # gunicorn itself keeps idle kept-alive connections up to 2 s when it stops
+        assert took < LINGER - 1, f"stopped after {took:.1f} s"
+        assert lone_server.proc.returncode == 0
+    finally:
+        for s in idle:
+            s.close()
