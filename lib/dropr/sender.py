@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 STATUS_BATCH = 1000
 POLL_MIN = 0.2
 POLL_MAX = 5.0  # receipts are polled at most this far apart while messages wait in sent/
-PURGE_EVERY = 600.0
+PURGE_CHECK = 60.0  # how often the daemon looks whether a purge is due (Spool.purge_if_due)
 PIPELINE = 2  # batches in flight per peer: the server's workers commit them in parallel
 RELIST_EVERY = 1.0  # a large queue is re-listed at most this often while puts keep arriving
 RELIST_BUSY = 0.1  # any queue still being worked through: re-listed at most this often
@@ -402,8 +402,8 @@ class Sender:
                 self._refresh_peers()
                 self._start_sends()
                 self._start_polls()
-                if time.monotonic() - last_purge > PURGE_EVERY:
-                    self.spool.purge()
+                if time.monotonic() - last_purge > PURGE_CHECK:
+                    self.spool.purge_if_due()
                     last_purge = time.monotonic()
                 if self.opts.max_messages and self.delivered >= self.opts.max_messages and not len(self.pool):
                     log.info("exiting after max_messages=%d", self.opts.max_messages)

@@ -292,6 +292,31 @@ def _worker_class(workers: int) -> Any:
     return DroprWorker
 
 
+PURGE_FIRST = 1.0  # a worker first looks whether a purge is due this long after it starts
+PURGE_CHECK = 60.0  # and then this often
+
+
+def _purge_in_background(spool: Spool) -> None:
+    """Purge the spool on a thread of this worker whenever it is due (Spool.purge_if_due:
+    one process at a time, at most every 10 minutes): a node that only receives runs no
+    dropr-send, and its inbox's done and dead entries must go after the retention too."""
+    import threading
+    import time
+
+    def loop() -> None:
+        time.sleep(PURGE_FIRST)
+        while True:
+            try:
+                removed = spool.purge_if_due()
+                if removed:
+                    log.info("purged entries=%d", removed)
+            except OSError as exc:
+                log.error("error purge reason=%s", exc)
+            time.sleep(PURGE_CHECK)
+
+    threading.Thread(target=loop, name="dropr-purge", daemon=True).start()
+
+
 def serve(spool: Spool, opts: ServeOptions) -> int:
     """Run gunicorn with the dropr app until TERM; return the exit code."""
     check_listen(spool, opts)
@@ -329,6 +354,9 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
 
+    def post_worker_init(worker: Any) -> None:
+        _purge_in_background(spool)
+
     class Embedded(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             settings = {
@@ -345,6 +373,7 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
                 "proc_name": "dropr-serve",
                 "when_ready": when_ready,
                 "post_fork": post_fork,
+                "post_worker_init": post_worker_init,
                 "limit_request_line": 8190,
             }
             if "control_socket_disable" in self.cfg.settings:

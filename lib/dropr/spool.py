@@ -104,6 +104,7 @@ TMP_MAX_AGE = 36 * 3600  # no writer keeps a tmp file untouched this long: puts 
 # uploads write continuously, and a put whose tmp file was swept fails at its link.
 DANGLING_AGE = 60  # an index symlink whose message is missing this long is a crash leftover
 RCV_SWEEP_EVERY = 12 * 3600  # purge looks for rcv/ leftovers of crashed uploads this often
+PURGE_EVERY = 600.0  # the daemons purge a spool at most this often (seconds), one at a time
 SWEEP_EVERY = 1.0  # claimers look for expired leases and due retries at most this often
 WAKE_SETTLE = 0.1  # wake/ unchanged this long (seconds) has a listing worth keeping: see _waiting
 SYNC_EACH_MAX = 4  # up to this many files: fsync each; more: one syncfs
@@ -1003,8 +1004,33 @@ class Spool:
 
     # -- retention ----------------------------------------------------------
 
+    def purge_if_due(self, every: float = PURGE_EVERY) -> int:
+        """Purge unless another process of this spool is purging, or did in the last
+        ``every`` seconds (the stamp lock/purged); return how many entries went. For the
+        daemons: dropr-send, and every dropr-serve worker, so that a node that only
+        receives purges too."""
+        stamp = self.path("lock", "purged")
+        try:
+            with _Flock(self.path("lock", "purge.lock"), wait=False):
+                try:
+                    if m.now_us() / 1e6 - os.stat(stamp).st_mtime < every:
+                        return 0
+                except FileNotFoundError:
+                    pass
+                removed = self._purge(None)
+                with open(stamp, "ab"):
+                    pass
+                os.utime(stamp)  # its mtime says when the last purge ran
+                return removed
+        except BlockingIOError:
+            return 0  # the other purge does the work
+
     def purge(self, now: float | None = None) -> int:
         """Remove done, processed and dead entries older than the retention, and old tmp files."""
+        with _Flock(self.path("lock", "purge.lock")):
+            return self._purge(now)
+
+    def _purge(self, now: float | None) -> int:
         now = now if now is not None else m.now_us() / 1e6
         keep = self.config.retention
         removed = 0
@@ -1343,18 +1369,19 @@ class _Flock:
     (its path canonicalisation and registries), this about 10 µs.
     """
 
-    __slots__ = ("path", "fd")
+    __slots__ = ("path", "fd", "wait")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, wait: bool = True) -> None:
         self.path = path
         self.fd = -1
+        self.wait = wait  # False: BlockingIOError if another holds it
 
     def __enter__(self) -> None:
         import fcntl
 
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            fcntl.flock(self.fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BaseException:
             os.close(self.fd)
             raise

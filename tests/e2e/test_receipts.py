@@ -254,3 +254,28 @@ def test_idle_sender_stops_on_term(net: tuple[Node, Node, str]) -> None:
         sender.wait(5)
     took = time.monotonic() - t0
     assert sender.returncode == 0, f"dropr-send still running {took:.1f}s after TERM"
+
+
+def test_a_node_that_only_receives_purges_after_the_retention(nodes: Callable[[str], Node]) -> None:
+    """Only dropr-send purged: a node running just dropr-serve and consumers kept its
+    done entries (and their rcv/ index entries) for good."""
+    a, b = nodes("a"), nodes("b")
+    b.config('[limits]\nretention = "1s"\n')
+    url = b.serve()
+    ids = [a.put(f"m{i}", "--to", url) for i in range(3)]
+    send_once(a)
+    p = b.run("dropr-recv", "-n", "2", "--ack")
+    assert p.returncode == 0, p.stderr.decode()
+    done = b.spool / "in" / "default" / "done"
+    rcv = b.spool / "rcv" / "a"
+    assert len(os.listdir(done)) == 2 and len(os.listdir(rcv)) == 3
+    stamp = b.spool / "lock" / "purged"
+    wait_until(stamp.exists, 20, "dropr-serve to look whether a purge is due (nothing old yet)")
+    b.stop_serve()
+    time.sleep(1.5)  # past the retention
+    stamp.unlink()  # as if the last purge was long ago
+    b.serve()
+    wait_until(lambda: not os.listdir(done), 20, "dropr-serve to purge done/")
+    assert len(os.listdir(rcv)) == 1, "the unconsumed message keeps its index entry"
+    assert len(os.listdir(b.spool / "in" / "default" / "ready")) == 1
+    assert set(ids) >= {r["id"] for r in b.ls("-l", "--in")}

@@ -525,6 +525,40 @@ def test_purge_after_retention(sp: Spool) -> None:
     assert _inbox_message(sp, "web1", "r1", b"again") == "stored"
 
 
+def _dead_entry(sp: Spool) -> None:
+    [ident] = put(sp, [b"x"])
+    sp.out_move("a", [sp.find_out(ident)[0][2]], "queued", "dead")
+
+
+def test_purge_if_due_runs_at_most_every_so_often(spool_dir: Path) -> None:
+    sp = Spool(str(spool_dir), Config({"limits": {"retention": "0s"}}))
+    _dead_entry(sp)
+    time.sleep(0.05)  # older than a retention of 0 (ctime)
+    assert sp.purge_if_due(600) == 1
+    stamp = sp.path("lock", "purged")
+    _dead_entry(sp)
+    time.sleep(0.05)
+    assert sp.purge_if_due(600) == 0, "purged a moment ago: not due"
+    os.utime(stamp, (0, 0))  # as if the last purge was long ago
+    assert sp.purge_if_due(600) == 1
+    assert time.time() - os.stat(stamp).st_mtime < 60, "the stamp moved"
+
+
+def test_purge_if_due_leaves_it_to_a_purge_already_running(spool_dir: Path) -> None:
+    sp = Spool(str(spool_dir), Config({"limits": {"retention": "0s"}}))
+    _dead_entry(sp)
+    time.sleep(0.05)
+    fd = os.open(sp.path("lock", "purge.lock"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process purging
+        t0 = time.monotonic()
+        assert sp.purge_if_due(0) == 0
+        assert time.monotonic() - t0 < 1, "it did not wait for the lock"
+    finally:
+        os.close(fd)
+    assert sp.purge_if_due(0) == 1
+
+
 def test_purge_respects_configured_retention(spool_dir: Path) -> None:
     sp = Spool(str(spool_dir), Config({"limits": {"retention": "1h"}}))
     [ident] = put(sp, [b"x"])
