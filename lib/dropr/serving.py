@@ -326,7 +326,7 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
     _bigger_reads()
     _more_open_files()
 
-    app = make_app(spool)
+    app = make_app(spool, threads=opts.threads)
     # python-multipart logs each malformed upload; the client already gets the reason
     logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
 

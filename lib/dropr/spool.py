@@ -751,11 +751,9 @@ class Spool:
             name = m.in_name(hdr.priority, hdr.created, origin, hdr.ident)
             prefix = name.split(",", 1)[0]
             if fd >= 0:  # written as its own rcv/ entry (receive_file): is the entry still it?
-                try:
-                    ours = os.lstat(tmp).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    ours = False
-                if not ours:
+                # Its only name until this store links it into ready/ is the entry; a resend
+                # that took the entry over unlinked it. So one link left means still ours.
+                if os.fstat(fd).st_nlink != 1:
                     # A resend found the entry unstored and took it over, so this file
                     # has no name left. That resend's store ran under this lock first.
                     if self.find_in(origin, hdr.ident, prefix=prefix) is None:
