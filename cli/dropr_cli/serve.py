@@ -7,7 +7,7 @@ from typing import Any
 from dropr.errors import UsageError
 from dropr.serving import ServeOptions, serve
 
-from ._common import CONTEXT, SIZE, click, common, main_for, obj
+from ._common import CONTEXT, DURATION, SIZE, click, common, main_for, obj
 
 
 @click.command("dropr-serve", context_settings=CONTEXT)
@@ -35,11 +35,18 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
     help="Largest message accepted [config limits.max_message_size, 1GiB].",
 )
 @click.option(
+    "--read-timeout",
+    type=DURATION,
+    default="60s",
+    show_default=True,
+    help="Drop a request whose body sends nothing this long (408; nothing stored); 0: never.",
+)
+@click.option(
     "--insecure", is_flag=True, help="Allow a non-loopback address without serve.tokens (anyone may deliver)."
 )
 @common
 def cmd(listen: tuple[str, ...], workers: int, threads: int, certfile: str | None, keyfile: str | None,
-        max_size: int | None, insecure: bool, **kw: Any) -> int:  # fmt: skip
+        max_size: int | None, read_timeout: float, insecure: bool, **kw: Any) -> int:  # fmt: skip
     """Receive messages from peers over HTTP(S) and store them in the inbox.
 
     Runs an embedded gunicorn in the foreground; TERM stops it gracefully.
@@ -69,6 +76,7 @@ def cmd(listen: tuple[str, ...], workers: int, threads: int, certfile: str | Non
         keyfile=keyfile,
         insecure=insecure,
         verbose=o.verbose - o.quiet,
+        read_timeout=read_timeout,
     )
     return serve(spool, opts)
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,6 +32,7 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 READ = 1 << 20
 MAX_PARTS = 100_000
 MAX_STATUS_BODY = 4 << 20
+READ_TIMEOUT = 60.0  # default: a request body that sends nothing this long (seconds) is dropped
 ENTRIES_MAX = 1024  # most parts of one upload whose descriptors stay open until the store
 
 
@@ -212,6 +214,45 @@ class Upload:
             self._release(p)
 
 
+class _ReadTimeout:
+    """Make a blocking socket's reads give up after ``seconds`` without data (SO_RCVTIMEO:
+    a recv then fails with EAGAIN), for as long as the with block lasts.
+
+    A client that stops sending in the middle of a request (a cut link, a host that
+    died) held its thread for good: the reads wait for data that never comes, and a
+    worker whose threads all wait serves nobody. gunicorn gives the socket no timeout.
+    """
+
+    __slots__ = ("environ", "sock", "seconds")
+
+    def __init__(self, environ: dict[str, Any], seconds: float) -> None:
+        sock = environ.get("gunicorn.socket")
+        self.environ = environ
+        self.sock = sock if isinstance(sock, socket.socket) and seconds > 0 else None
+        self.seconds = seconds
+
+    def _set(self, seconds: float) -> None:
+        if self.sock is not None:
+            whole = int(seconds)
+            tv = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+
+    def __enter__(self) -> None:
+        self._set(self.seconds)
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        try:
+            self._set(0)
+        except OSError:
+            pass  # the connection is gone
+        if isinstance(exc, BlockingIOError | TimeoutError):
+            body: Any = self.environ.get("wsgi.input")
+            if getattr(body, "failed", None) is False:
+                body.failed = True  # gunicorn then closes the connection instead of draining it
+            why = f"no data for {self.seconds:g} s; nothing stored"
+            raise HTTPError("408 Request Timeout", why) from None
+
+
 def _read_body(environ: dict[str, Any], up: Upload) -> None:
     """Feed the request body to the upload parser, straight from gunicorn's socket if we can."""
     direct = _gunicorn_body(environ)
@@ -297,11 +338,14 @@ def _entry_budget(threads: int) -> int:
     return ENTRIES_MAX if soft == resource.RLIM_INFINITY else min(ENTRIES_MAX, soft // (2 * threads))
 
 
-def make_app(spool: Spool, config: Config | None = None, *, threads: int = 32) -> WSGIApp:
+def make_app(
+    spool: Spool, config: Config | None = None, *, threads: int = 32, read_timeout: float = READ_TIMEOUT
+) -> WSGIApp:
     """Return the WSGI application that stores deliveries into spool's inbox.
 
     threads: how many requests the process serves at once (sizes the open files one
-    upload may keep; see _entry_budget)."""
+    upload may keep; see _entry_budget). read_timeout: seconds without data after which
+    a request body is given up (408, nothing stored), on gunicorn; 0: wait for ever."""
     cfg = config or spool.config
     tokens = dict(cfg.tokens)
     entries = _entry_budget(max(1, threads))
@@ -342,7 +386,8 @@ def make_app(spool: Spool, config: Config | None = None, *, threads: int = 32) -
             raise HTTPError("503 Service Unavailable", "low on disk space; try later")
         up = Upload(spool, origin, cfg.max_message_size, boundary, entries)
         try:
-            _read_body(environ, up)
+            with _ReadTimeout(environ, read_timeout):
+                _read_body(environ, up)
             if not up.ended:
                 raise HTTPError("400 Bad Request", "truncated upload; nothing stored")
             # every part has ended (_end closed it): only an entry's descriptor is open
@@ -381,8 +426,10 @@ def make_app(spool: Spool, config: Config | None = None, *, threads: int = 32) -
         length = int(environ.get("CONTENT_LENGTH") or 0)
         if length > MAX_STATUS_BODY:
             raise HTTPError("413 Content Too Large", "status request too large")
+        with _ReadTimeout(environ, read_timeout):
+            raw = environ["wsgi.input"].read(length)
         try:
-            data = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            data = json.loads(raw or b"{}")
             ids = data["ids"]
             if not isinstance(ids, list):
                 raise TypeError("ids must be a list")

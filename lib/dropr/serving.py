@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from .errors import UsageError
-from .server import make_app
+from .server import READ_TIMEOUT, make_app
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 class ServeOptions:
     """How dropr-serve runs."""
 
-    __slots__ = ("listen", "workers", "threads", "certfile", "keyfile", "insecure", "verbose")
+    __slots__ = ("listen", "workers", "threads", "certfile", "keyfile", "insecure", "verbose", "read_timeout")
 
     def __init__(
         self,
@@ -29,7 +29,9 @@ class ServeOptions:
         keyfile: str | None = None,
         insecure: bool = False,
         verbose: int = 0,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
+        self.read_timeout = read_timeout
         self.listen = listen
         self.workers = workers
         self.threads = threads
@@ -326,7 +328,7 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
     _bigger_reads()
     _more_open_files()
 
-    app = make_app(spool, threads=opts.threads)
+    app = make_app(spool, threads=opts.threads, read_timeout=opts.read_timeout)
     # python-multipart logs each malformed upload; the client already gets the reason
     logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
 

@@ -932,3 +932,68 @@ def test_term_does_not_wait_for_threads_waiting_on_idle_connections(lone_server:
     finally:
         for s in idle:
             s.close()
+
+
+# -- stalled clients -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread(tmp_path: Path) -> Iterator[Server]:
+    """One worker with one thread, which a stalled client would hold for good."""
+    s = Server(
+        tmp_path,
+        "b",
+        "[serve]\nmin_free = 0\n",
+        ("--workers", "1", "--threads", "1", "--read-timeout", "1s"),
+        workers=1,
+    )
+    yield s
+    s.stop()
+    assert "Traceback" not in s.log.read_text(), s.log.read_text()
+
+
+def _answer_status(s: socket.socket) -> tuple[bytes, bool]:
+    """Read one answer; return its status line and whether the server then closed."""
+    s.settimeout(20)
+    data = b""
+    while True:
+        more = s.recv(65536)
+        if not more:
+            return data.split(b"\r\n")[0], True
+        data += more
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep and len(body) >= int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]):
+            try:
+                s.settimeout(2)
+                closed = s.recv(1) == b""
+            except TimeoutError:
+                closed = False
+            return head.split(b"\r\n")[0], closed
+
+
+def test_a_stalled_upload_is_dropped_and_frees_its_thread(one_thread: Server) -> None:
+    parts = [message(os.urandom(700)) for _ in range(50)]
+    body = multipart(parts)
+    cut = body[: len(body) // 2]  # some messages written, then nothing more comes
+    s = _open_upload(one_thread, cut, len(body))
+    try:
+        wait_until(lambda: len(one_thread.unstored()) >= 1, 20, "the upload to reach the spool")
+        status, closed = _answer_status(s)
+        assert status.startswith(b"HTTP/1.1 408 "), status
+        assert closed, "the rest of that body is not waited for"
+    finally:
+        s.close()
+    assert one_thread.unstored() == [], "the stalled upload's files are gone"
+    assert one_thread.inbox() == {}
+    assert one_thread.alive(), "the thread serves again"
+
+
+def test_a_stalled_status_request_is_dropped(one_thread: Server) -> None:
+    s = socket.create_connection((one_thread.host, one_thread.port), timeout=30)
+    try:
+        s.sendall(b"POST /v1/status HTTP/1.1\r\nHost: x\r\nX-Dropr-Origin: a\r\nContent-Length: 100\r\n\r\n{")
+        status, closed = _answer_status(s)
+        assert status.startswith(b"HTTP/1.1 408 ") and closed, status
+    finally:
+        s.close()
+    assert one_thread.alive()
