@@ -253,8 +253,12 @@ def _worker_class(workers: int) -> Any:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
-                    ready = select.select([conn.sock, self.linger_pipe[0]], [], [], left)[0]
-                    if conn.sock in ready:
+                    # poll, not select: descriptors here go past select's 1,024
+                    watch = select.poll()
+                    watch.register(conn.sock, select.POLLIN)
+                    watch.register(self.linger_pipe[0], select.POLLIN)
+                    ready = [fd for fd, _ in watch.poll(left * 1000)]
+                    if conn.sock.fileno() in ready:
                         return True
                     if ready:
                         try:
