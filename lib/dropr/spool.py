@@ -49,8 +49,8 @@ store (in)   write rcv/O/ID (generated id: made  the receiver holds lock/rcv-O.l
              for tmp/F, link (or symlink)        no message is in the inbox before its index
              rcv/O/ID, EEXIST: duplicate; sync 1 entry. An rcv entry whose message is nowhere
              (F and rcv/O); link F -> ready/N;   (a crash before the link into ready) is
-             unlink tmp/F; sync 2; unlock;       replaced under the lock; the sender resends.
-             answer "stored"                     The tmp sweep drops a stray tmp/F, and its rcv/
+             unlink tmp/F; wake consumers;       replaced under the lock; the sender resends.
+             sync 2; unlock; answer "stored"     The tmp sweep drops a stray tmp/F, and its rcv/
                                                  hard link when only the two hold it; purge
                                                  drops rcv/ files no inbox state links,
                                                  untouched 36 h (an upload cut by a crash).
@@ -702,11 +702,17 @@ class Spool:
         written and checked; fd is the open descriptor of a file written as its rcv/
         entry, -1 for a tmp file (closed); the caller closes them after. Under the
         origin's lock: index the new ones, sync their data and index entries, link them
-        into ready, sync ready. So no message is in the inbox before its index entry is
-        durable, and no duplicate is answered before the first copy is durable. Sync 1
-        is fsync of each file and of rcv/ for a few new messages (a syncfs would flush
-        every other writer's data too: a worse tail latency), one syncfs for a batch;
-        sync 2 fsyncs the ready/ folders touched.
+        into ready, wake their consumers, sync ready. So no message is in the inbox
+        before its index entry is durable, and no duplicate is answered before the first
+        copy is durable. Sync 1 is fsync of each file and of rcv/ for a few new messages
+        (a syncfs would flush every other writer's data too: a worse tail latency), one
+        syncfs for a batch; sync 2 fsyncs the ready/ folders touched.
+
+        Consumers are woken before sync 2, so that their wake-up (0.25 ms on an idle
+        CPU) overlaps the fsync of ready/ (0.2 ms). What they may claim meanwhile has
+        its data and its index entry durable: if the ready/ name is lost in a crash,
+        the sender, which got no answer, resends, and the resend finds the index entry
+        and stores it again, or answers duplicate if a consumer had moved it on.
         """
         if not items:
             return []
@@ -731,12 +737,15 @@ class Spool:
                         _move(f, f"{cdir}/ready/{name}")
                     touched.add(f"{cdir}/ready")
             finally:
+                try:
+                    for ready in touched:  # before sync 2: see above
+                        self.wake(f"recv-{ready.rsplit('/', 2)[1]}-")
+                except OSError:
+                    pass  # a wake-up only saves time: consumers look again every second
                 # sync 2, even after a failure midway: whatever is in ready/ must be
                 # durable before the lock lets a resend see it and answer "duplicate"
                 if touched:
                     self.sync(dirs=touched)
-        for ready in touched:
-            self.wake(f"recv-{ready.rsplit('/', 2)[1]}-")
         return results
 
     def _index(

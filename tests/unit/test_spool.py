@@ -833,6 +833,45 @@ def test_store_wakes_consumers_of_the_channel(sp: Spool) -> None:
         assert w.wait(5) is True
 
 
+def _record_store(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the store's syncs and wake-ups, in order."""
+    steps: list[str] = []
+    sync, wake = sp.sync, sp.wake
+
+    def spy_sync(fds: Any = (), dirs: Any = (), many: bool = False) -> None:
+        dirs = list(dirs)
+        steps.append("sync " + ",".join(os.path.basename(d) for d in dirs))
+        sync(fds, dirs, many)
+
+    def spy_wake(prefix: str) -> int:
+        steps.append("wake")
+        return wake(prefix)
+
+    monkeypatch.setattr(sp, "sync", spy_sync)
+    monkeypatch.setattr(sp, "wake", spy_wake)
+    return steps
+
+
+def test_store_wakes_consumers_between_the_index_sync_and_the_ready_sync(
+    sp: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Their wake-up overlaps the fsync of ready/; the data and index entries are durable.
+    steps = _record_store(sp, monkeypatch)
+    _fill_inbox(sp, [("j", 5)])
+    assert steps == ["sync web1", "wake", "sync ready"]
+
+
+def test_store_syncs_ready_even_when_the_wake_up_fails(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(wake: str) -> list[str]:
+        raise PermissionError(errno.EACCES, "wake/ unreadable")
+
+    monkeypatch.setattr(sp, "_waiting", broken)
+    steps = _record_store(sp, monkeypatch)
+    _fill_inbox(sp, [("j", 5)])
+    assert steps == ["sync web1", "wake", "sync ready"]
+    assert [c.ident for c in sp.claim("default", 5, 300)] == ["j"]
+
+
 def test_wake_removes_the_socket_of_a_dead_waiter(sp: Spool) -> None:
     w = sp.waiter("send.sock")
     w.sock.close()  # its owner died without unbinding
