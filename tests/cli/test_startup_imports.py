@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("click", "typing", "dataclasses", "json", "logging")
+HEAVY = ("click", "typing", "dataclasses", "json", "logging", "socket")
 
 
 @pytest.mark.parametrize(
