@@ -8,7 +8,7 @@ import time
 
 from .config import Config, Peer, check_priority
 from .errors import DataError, NoInputError, TempFailError, UsageError
-from .spool import Spool
+from .spool import SEND_SOCK, Spool
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ def sender_running(spool: Spool) -> bool:
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         try:
-            s.connect(spool.path("wake", "send.sock"))
+            s.connect(spool.path("wake", SEND_SOCK))
             return True
         except OSError:
             return False

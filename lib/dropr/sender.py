@@ -20,14 +20,13 @@ from . import message as m
 from . import transport as tp
 from .config import Peer
 from .errors import EX_OK, EX_TEMPFAIL, LockedError
-from .spool import Spool
+from .spool import PURGE_CHECK, SEND_SOCK, Spool
 
 log = logging.getLogger(__name__)
 
 STATUS_BATCH = 1000
 POLL_MIN = 0.2
 POLL_MAX = 5.0  # receipts are polled at most this far apart while messages wait in sent/
-PURGE_CHECK = 60.0  # how often the daemon looks whether a purge is due (Spool.purge_if_due)
 PIPELINE = 2  # batches in flight per peer: the server's workers commit them in parallel
 RELIST_EVERY = 1.0  # a large queue is re-listed at most this often while puts keep arriving
 RELIST_BUSY = 0.1  # any queue still being worked through: re-listed at most this often
@@ -395,7 +394,7 @@ class Sender:
 
     def run_daemon(self) -> int:
         """Deliver until TERM, sleeping on wake-ups, retries and polls."""
-        waiter = self.spool.waiter("send.sock")
+        waiter = self.spool.waiter(SEND_SOCK)
         last_purge = 0.0
         try:
             while not self.stopping:
@@ -461,7 +460,7 @@ def run(spool: Spool, opts: SendOptions) -> int:
 
     def stop(signum: int, _frame: Any) -> None:
         sender.stopping = True
-        spool.wake("send.sock")  # select() resumes after a signal (PEP 475): wake it for real
+        spool.wake_one(SEND_SOCK)  # select() resumes after a signal (PEP 475): wake it for real
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import UsageError
 from .server import READ_TIMEOUT, make_app
-from .spool import Spool
+from .spool import PURGE_CHECK, Spool
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,6 @@ def _worker_class(workers: int) -> Any:
 
 
 PURGE_FIRST = 1.0  # a worker first looks whether a purge is due this long after it starts
-PURGE_CHECK = 60.0  # and then this often
 
 
 def _purge_in_background(spool: Spool) -> None:

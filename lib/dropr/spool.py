@@ -105,6 +105,8 @@ TMP_MAX_AGE = 36 * 3600  # no writer keeps a tmp file untouched this long: puts 
 DANGLING_AGE = 60  # an index symlink whose message is missing this long is a crash leftover
 RCV_SWEEP_EVERY = 12 * 3600  # purge looks for rcv/ leftovers of crashed uploads this often
 PURGE_EVERY = 600.0  # the daemons purge a spool at most this often (seconds), one at a time
+PURGE_CHECK = 60.0  # and look whether a purge is due this often (Spool.purge_if_due)
+SEND_SOCK = "send.sock"  # the sender's wake-up socket in wake/
 SWEEP_EVERY = 1.0  # claimers look for expired leases and due retries at most this often
 WAKE_SETTLE = 0.1  # wake/ unchanged this long (seconds) has a listing worth keeping: see _waiting
 SYNC_EACH_MAX = 4  # up to this many files: fsync each; more: one syncfs
@@ -962,17 +964,21 @@ class Spool:
     # -- wake-ups -----------------------------------------------------------
 
     def wake(self, prefix: str) -> int:
-        """Send a datagram to every waiter whose socket starts with prefix, or to the one
-        named prefix if it ends in ".sock"; return how many."""
+        """Send a datagram to every waiter whose socket starts with prefix; return how many."""
         wake = self.path("wake")
-        if prefix.endswith(".sock"):  # one known name (the sender's): no listing
-            if not os.path.exists(os.path.join(wake, prefix)):
-                return 0  # nobody waits: no socket to make (a put from cron)
-            names = [prefix]
-        else:
-            names = [n for n in self._waiting(wake) if n.startswith(prefix)]
-            if not names:
-                return 0
+        names = [n for n in self._waiting(wake) if n.startswith(prefix)]
+        return self._send_wakes(wake, names) if names else 0
+
+    def wake_one(self, name: str) -> int:
+        """Wake the waiter bound as name (the sender's SEND_SOCK) without listing wake/;
+        return 1 if it was there, else 0."""
+        wake = self.path("wake")
+        if not os.path.exists(os.path.join(wake, name)):
+            return 0  # nobody waits: no socket to make (a put from cron)
+        return self._send_wakes(wake, [name])
+
+    @staticmethod
+    def _send_wakes(wake: str, names: list[str]) -> int:
         s = _wake_socket()
         woken = 0
         for n in names:
@@ -1008,7 +1014,7 @@ class Spool:
         return names
 
     def waiter(self, name: str) -> Waiter:
-        """Bind a wake-up socket named name in wake/ (e.g. "send.sock")."""
+        """Bind a wake-up socket named name in wake/ (e.g. SEND_SOCK)."""
         return Waiter(self.path("wake", name))
 
     # -- retention ----------------------------------------------------------
@@ -1021,15 +1027,10 @@ class Spool:
         stamp = self.path("lock", "purged")
         try:
             with _Flock(self.path("lock", "purge.lock"), wait=False):
-                try:
-                    if m.now_us() / 1e6 - os.stat(stamp).st_mtime < every:
-                        return 0
-                except FileNotFoundError:
-                    pass
+                if not _due(stamp, every, m.now_us() / 1e6):
+                    return 0
                 removed = self._purge(None)
-                with open(stamp, "ab"):
-                    pass
-                os.utime(stamp)  # its mtime says when the last purge ran
+                _touch(stamp)
                 return removed
         except BlockingIOError:
             return 0  # the other purge does the work
@@ -1086,11 +1087,8 @@ class Spool:
         received id, so it runs at most every RCV_SWEEP_EVERY (a stamp in lock/).
         """
         stamp = self.path("lock", "rcv-swept")
-        try:
-            if now - os.stat(stamp).st_mtime < RCV_SWEEP_EVERY:
-                return 0
-        except FileNotFoundError:
-            pass
+        if not _due(stamp, RCV_SWEEP_EVERY, now):
+            return 0
         removed = 0
         before = now - TMP_MAX_AGE
         for origin in _sorted_names(self.path("rcv")):
@@ -1105,9 +1103,7 @@ class Spool:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             removed += sum(self._drop_entry(origin, path, ino, before) for path, ino in stale)
-        with open(stamp, "ab"):
-            pass
-        os.utime(stamp)  # its mtime says when the sweep last ran
+        _touch(stamp)
         return removed
 
     @staticmethod
@@ -1358,7 +1354,7 @@ class PutBatch:
         self.ids.extend(done)
         self.ids.extend(dups)
         if done:
-            sp.wake("send.sock")
+            sp.wake_one(SEND_SOCK)
         return done + dups
 
     def abort(self) -> None:
@@ -1425,6 +1421,21 @@ def _move(src: str, dst: str) -> None:
         if not os.path.samefile(src, dst):
             raise
     os.unlink(src)
+
+
+def _due(stamp: str, every: float, now: float) -> bool:
+    """Whether the task a stamp file times is due: its mtime says when it last ran."""
+    try:
+        return now - os.stat(stamp).st_mtime >= every
+    except FileNotFoundError:
+        return True
+
+
+def _touch(stamp: str) -> None:
+    """Record in a stamp file's mtime that its task ran now."""
+    with open(stamp, "ab"):
+        pass
+    os.utime(stamp)
 
 
 _wake_sock: tuple[int, Any] | None = None  # (pid, socket): see _wake_socket

@@ -891,9 +891,9 @@ def test_wake_by_name_needs_no_listing(sp: Spool, monkeypatch: pytest.MonkeyPatc
         raise AssertionError(f"listed {path}")
 
     monkeypatch.setattr(spool_mod.os, "listdir", no_listing)
-    assert sp.wake("send.sock") == 0, "nobody waits"
+    assert sp.wake_one(spool_mod.SEND_SOCK) == 0, "nobody waits"
     with sp.waiter("send.sock") as w:
-        assert sp.wake("send.sock") == 1
+        assert sp.wake_one(spool_mod.SEND_SOCK) == 1
         assert w.wait(5) is True
 
 
