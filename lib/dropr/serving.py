@@ -209,18 +209,20 @@ def _worker_class(workers: int) -> Any:
             except BlockingIOError:
                 pass  # a full pipe: every lingering thread is sent back already
 
-        def handle_exit(self, sig: Any, frame: Any) -> None:
-            super().handle_exit(sig, frame)
-            self._send_back(self.cfg.threads)
-
-        def handle_quit(self, sig: Any, frame: Any) -> None:
+        def _stop_lingering(self) -> None:
             self.alive = False  # the pool's threads are joined at exit: none may linger
             self._send_back(self.cfg.threads)
+
+        def handle_exit(self, sig: Any, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self._stop_lingering()
+
+        def handle_quit(self, sig: Any, frame: Any) -> None:
+            self._stop_lingering()
             super().handle_quit(sig, frame)
 
         def handle_abort(self, sig: Any, frame: Any) -> None:
-            self.alive = False
-            self._send_back(self.cfg.threads)
+            self._stop_lingering()
             super().handle_abort(sig, frame)
 
         def handle(self, conn: Any) -> Any:
@@ -249,14 +251,13 @@ def _worker_class(workers: int) -> Any:
                 self.lingering += 1
             try:
                 deadline = time.monotonic() + LINGER
+                watch = select.poll()  # not select: descriptors here go past select's 1,024
+                watch.register(conn.sock, select.POLLIN)
+                watch.register(self.linger_pipe[0], select.POLLIN)
                 while self.alive:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
-                    # poll, not select: descriptors here go past select's 1,024
-                    watch = select.poll()
-                    watch.register(conn.sock, select.POLLIN)
-                    watch.register(self.linger_pipe[0], select.POLLIN)
                     ready = [fd for fd, _ in watch.poll(left * 1000)]
                     if conn.sock.fileno() in ready:
                         return True
