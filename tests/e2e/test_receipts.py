@@ -58,6 +58,13 @@ def send_once(a: Node) -> None:
     assert p.returncode == 0, p.stderr.decode()
 
 
+def consume_all(b: Node) -> None:
+    """Consume and ack what is ready at b with `dropr-recv | dropr-ack -`, as a user would."""
+    recv, ack = shlex.quote(command_path("dropr-recv")), shlex.quote(command_path("dropr-ack"))
+    p = subprocess.run(["/bin/sh", "-c", f"{recv} | {ack} -"], env=b.env, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+
+
 def start_sender(a: Node) -> subprocess.Popen[bytes]:
     """Start the dropr-send daemon at a and wait until it listens for wake-ups."""
     p = a.start("dropr-send", stderr=subprocess.DEVNULL)
@@ -82,10 +89,7 @@ def test_ack_at_receiver_becomes_processed_at_sender(net: tuple[Node, Node, str]
     ident = a.put("job", "--to", url)
     send_once(a)
     assert a.states("out") == {ident: "sent"}
-    recv, ack = shlex.quote(command_path("dropr-recv")), shlex.quote(command_path("dropr-ack"))
-    pipeline = f"{recv} | {ack} -"
-    p = subprocess.run(["/bin/sh", "-c", pipeline], env=b.env, capture_output=True, timeout=60)
-    assert p.returncode == 0, p.stderr.decode()
+    consume_all(b)
     assert b.states("in") == {ident: "done"}
     send_once(a)
     assert a.states("out") == {ident: "processed"}
@@ -109,9 +113,7 @@ def test_unconsumed_messages_do_not_hold_up_later_receipts(net: tuple[Node, Node
     a.run("dropr-put", "--lines", "--channel", "slow", "--to", url, input=b"x\n" * waiting, check=True)
     ident = a.put("job", "--to", url)
     send_once(a)
-    recv, ack = shlex.quote(command_path("dropr-recv")), shlex.quote(command_path("dropr-ack"))
-    p = subprocess.run(["/bin/sh", "-c", f"{recv} | {ack} -"], env=b.env, capture_output=True, timeout=60)
-    assert p.returncode == 0, p.stderr.decode()
+    consume_all(b)
     assert b.states("in")[ident] == "done"
     send_once(a)
     states = a.states("out")
@@ -126,9 +128,7 @@ def test_daemon_polls_past_unconsumed_messages(net: tuple[Node, Node, str]) -> N
     ident = a.put("job", "--to", url)
     start_sender(a)
     wait_until(lambda: a.states("out").get(ident) == "sent", 60, "the daemon to deliver")
-    recv, ack = shlex.quote(command_path("dropr-recv")), shlex.quote(command_path("dropr-ack"))
-    p = subprocess.run(["/bin/sh", "-c", f"{recv} | {ack} -"], env=b.env, capture_output=True, timeout=60)
-    assert p.returncode == 0, p.stderr.decode()
+    consume_all(b)
     wait_until(lambda: a.states("out")[ident] == "processed", 60, "the receipt of the consumed message")
 
 

@@ -327,22 +327,31 @@ def _request_bytes(srv: Server, parts: list[tuple[str, bytes]]) -> bytes:
     return f"{_upload_head(srv)}Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
-def _read_answers(s: socket.socket, n: int) -> list[dict[str, Any]]:
-    """Read n HTTP answers with Content-Length from a socket; return their JSON bodies."""
+def _raw_answers(s: socket.socket, n: int) -> list[tuple[bytes, bytes]]:
+    """Read n HTTP answers with Content-Length from a socket, answers that arrive
+    together included; return the status line and the body of each."""
     buf = b""
-    out: list[dict[str, Any]] = []
+    out: list[tuple[bytes, bytes]] = []
     while len(out) < n:
         while b"\r\n\r\n" not in buf:
             more = s.recv(65536)
             assert more, f"the server closed the connection after {len(out)} answers"
             buf += more
         head, _, buf = buf.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200 "), head
         length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
         while len(buf) < length:
             buf += s.recv(65536)
-        out.append(json.loads(buf[:length]))
+        out.append((head.split(b"\r\n")[0], buf[:length]))
         buf = buf[length:]
+    return out
+
+
+def _read_answers(s: socket.socket, n: int) -> list[dict[str, Any]]:
+    """Read n HTTP answers that must be 200; return their JSON bodies."""
+    out: list[dict[str, Any]] = []
+    for status, body in _raw_answers(s, n):
+        assert status.startswith(b"HTTP/1.1 200 "), status
+        out.append(json.loads(body))
     return out
 
 
@@ -856,24 +865,16 @@ def lone_server(tmp_path: Path) -> Iterator[Server]:
     s.stop()
 
 
-def _answer(s: socket.socket) -> bytes:
-    """Read one whole answer (headers and a Content-Length body) from a raw socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        assert chunk, f"connection closed after {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-    while len(body) < length:
-        body += s.recv(65536)
-    return head + b"\r\n\r\n" + body
+def _status(s: socket.socket) -> bytes:
+    """Read one answer from a raw socket; return its status line."""
+    [(status, _)] = _raw_answers(s, 1)
+    return status
 
 
 def _served_once(server: Server) -> socket.socket:
     s = socket.create_connection((server.host, server.port), timeout=30)
     s.sendall(HEALTH)
-    assert b"200 OK" in _answer(s)
+    assert b"200 OK" in _status(s)
     return s
 
 
@@ -882,9 +883,9 @@ def test_a_kept_alive_connection_is_served_request_after_request(lone_server: Se
     try:
         for _ in range(20):
             s.sendall(HEALTH)
-            assert b"200 OK" in _answer(s)
+            assert b"200 OK" in _status(s)
         s.sendall(HEALTH + HEALTH)  # two at once: the second is read with the first
-        assert b"200 OK" in _answer(s) and b"200 OK" in _answer(s)
+        assert [b"200 OK" in status for status, _ in _raw_answers(s, 2)] == [True, True]
     finally:
         s.close()
 
@@ -904,14 +905,14 @@ def test_threads_waiting_on_idle_connections_make_room_for_new_requests(lone_ser
         for s in new:
             s.sendall(HEALTH)
         for s in new:
-            assert b"200 OK" in _answer(s)
+            assert b"200 OK" in _status(s)
         took = time.monotonic() - t0
         # Only threads sent back by the new requests can answer them: otherwise they would
         # wait until one of the idle connections' threads gave up, LINGER seconds.
         assert took < LINGER / 2, f"answered after {took:.1f} s"
         for s in idle:  # and the idle ones are served again, by whichever thread
             s.sendall(HEALTH)
-            assert b"200 OK" in _answer(s)
+            assert b"200 OK" in _status(s)
     finally:
         for s in [*idle, stuck, *new]:
             s.close()
@@ -954,21 +955,13 @@ def one_thread(tmp_path: Path) -> Iterator[Server]:
 
 def _answer_status(s: socket.socket) -> tuple[bytes, bool]:
     """Read one answer; return its status line and whether the server then closed."""
-    s.settimeout(20)
-    data = b""
-    while True:
-        more = s.recv(65536)
-        if not more:
-            return data.split(b"\r\n")[0], True
-        data += more
-        head, sep, body = data.partition(b"\r\n\r\n")
-        if sep and len(body) >= int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]):
-            try:
-                s.settimeout(2)
-                closed = s.recv(1) == b""
-            except TimeoutError:
-                closed = False
-            return head.split(b"\r\n")[0], closed
+    status = _status(s)
+    s.settimeout(2)
+    try:
+        closed = s.recv(1) == b""
+    except TimeoutError:
+        closed = False
+    return status, closed
 
 
 def test_a_stalled_upload_is_dropped_and_frees_its_thread(one_thread: Server) -> None:
