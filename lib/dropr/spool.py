@@ -1311,7 +1311,17 @@ class PutBatch:
     def commit(
         self, taken: tuple[list[tuple[str, str, str | None, int]], list[str]] | None = None
     ) -> list[str]:
-        """Make every pending (or taken) message durable and queued for each peer; return their ids."""
+        """Make every pending (or taken) message durable and queued for each peer; return their ids.
+
+        Data first (fsync of each file, or one syncfs for many), then the names in
+        queued/, then the fsync of queued/. A running sender is woken between the links
+        and that last fsync, so that its wake-up (0.05-0.3 ms from idle) and its start
+        on the batch overlap the fsync (0.15 ms) instead of following it. It can only
+        send what has its data durable, and nothing is reported stored before the fsync
+        is done; if that fsync fails (EIO), what the sender took may already be on its
+        way, as it might be after any failed directory fsync, whose names may or may not
+        have reached the disk.
+        """
         sp = self.spool
         pending, dups = taken if taken is not None else self.take()
         many = len(pending) > SYNC_EACH_MAX
@@ -1342,6 +1352,8 @@ class PutBatch:
             dirs = [os.path.join(d, "queued") for d in self._dirs]
             if index_dir:
                 dirs.append(sp.path("ids"))
+            if done:
+                self._wake_sender()  # before the fsync of queued/: see commit's docstring
             sp.sync(dirs=dirs)
         except OSError as exc:
             for p in pending:
@@ -1353,9 +1365,13 @@ class PutBatch:
             raise from_oserror(exc, f"cannot commit to spool {sp.root}") from None
         self.ids.extend(done)
         self.ids.extend(dups)
-        if done:
-            sp.wake_one(SEND_SOCK)
         return done + dups
+
+    def _wake_sender(self) -> None:
+        try:
+            self.spool.wake_one(SEND_SOCK)
+        except OSError:
+            pass  # a wake-up only saves time: the sender looks again on its own
 
     def abort(self) -> None:
         """Drop every uncommitted message."""

@@ -818,6 +818,36 @@ def test_put_wakes_a_waiting_sender(sp: Spool, waiter: spool_mod.Waiter) -> None
     assert waiter.wait(0) is False, "wake-ups were drained"
 
 
+def test_put_wakes_the_sender_after_its_data_sync_and_before_the_queued_sync(
+    sp: Spool, waiter: spool_mod.Waiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sender's wake-up overlaps the fsync of queued/; it can only find messages
+    # whose data is durable already.
+    steps: list[str] = []
+    sync = sp.sync
+
+    def spy_sync(fds: Any = (), dirs: Any = (), many: bool = False) -> None:
+        fds, dirs = list(fds), list(dirs)
+        queued = sp.path("out", A.name, "queued")
+        steps.append(f"sync {len(fds)} files, {len(os.listdir(queued))} queued")
+        if waiter.wait(0):
+            steps.append("sender woken")
+        sync(fds, dirs, many)
+
+    monkeypatch.setattr(sp, "sync", spy_sync)
+    put(sp, [b"x"])
+    assert steps == ["sync 1 files, 0 queued", "sync 0 files, 1 queued", "sender woken"]
+
+
+def test_put_succeeds_when_the_wake_up_fails(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(name: str) -> int:
+        raise OSError(errno.EMFILE, "too many open files")
+
+    monkeypatch.setattr(sp, "wake_one", broken)
+    [ident] = put(sp, [b"x"])
+    assert [state for _, state, _ in sp.find_out(ident)] == ["queued"]
+
+
 def test_wake_counts_only_matching_waiters(sp: Spool, waiter: spool_mod.Waiter) -> None:
     with sp.waiter("recv-default-1.sock") as r:
         assert sp.wake("send") == 1
