@@ -32,6 +32,8 @@ RELIST_EVERY = 1.0  # a large queue is re-listed at most this often while puts k
 RELIST_BUSY = 0.1  # any queue still being worked through: re-listed at most this often
 RELIST_IDLE = 30.0  # an empty queue is listed again without a wake-up this often (a put
 # that died between its link and its wake-up)
+EXPIRE_EVERY = 1.0  # a backed-off peer's queue is checked for expired TTLs at most this often,
+EXPIRE_COST = 20  # and at most once per this many times the last check took (<= 5% of a CPU)
 
 
 class SendOptions:
@@ -76,6 +78,7 @@ class _PeerRun:
         self.poll_gap = POLL_MIN
         self.poll_after = ""  # the last sent name of a full status poll: the next one goes on from it
         self.until: float | None = None  # backoff end, cached from peer.json
+        self.expire_at = 0.0  # when a backed-off queue is next checked for expired TTLs
 
 
 class Sender:
@@ -211,6 +214,7 @@ class Sender:
             if len(self.pool) >= self.opts.concurrency or self.stopping:
                 return
             if self._backoff_until(run.peer.name) > wall:
+                self._expire_waiting(run)
                 continue
             while run.sending < PIPELINE and len(self.pool) < self.opts.concurrency:
                 room = self.opts.batch
@@ -225,6 +229,37 @@ class Sender:
                 t.tag = [n for _, _, n in items]
                 run.sending += 1
                 self.pool.add(t)
+
+    def _expire_waiting(self, run: _PeerRun) -> None:
+        """Make the expired messages of a backed-off peer dead, if any message to it has a TTL.
+
+        Otherwise a TTL would only be checked when its message is picked for a batch: an
+        expired message would stay queued for the rest of the backoff (up to backoff_max),
+        and dropr-put --ttl --wait would wait that long. Each check reads the header of
+        every queued message, so it runs at most every EXPIRE_EVERY seconds and at most
+        once per EXPIRE_COST times its own last duration.
+        """
+        now = time.monotonic()
+        if now < run.expire_at or not self.spool.out_has_ttl(run.peer.name):
+            return
+        wall = m.now_us()
+        dead = 0
+        for name in self.spool.out_names(run.peer.name, "queued"):
+            if name in run.inflight:
+                continue
+            try:
+                deadline, _ = self.spool.peek(run.peer.name, name)
+            except (OSError, ValueError):
+                continue  # gone meanwhile, or corrupt: the next batch moves it aside
+            if deadline and deadline < wall:
+                self.spool.out_fail(run.peer.name, name, "ttl expired before delivery", dead=True)
+                log.warning("dead id=%s peer=%s reason=ttl expired", name.split(",", 1)[1], run.peer.name)
+                dead += 1
+        if dead:
+            run.dirty = True
+            self._wake_waiters()
+        took = time.monotonic() - now
+        run.expire_at = time.monotonic() + max(EXPIRE_EVERY, EXPIRE_COST * took)
 
     def _sent(self, t: tp.Transfer) -> None:
         run = self.runs[t.peer.name]
@@ -434,6 +469,8 @@ class Sender:
             until = self._backoff_until(run.peer.name)
             if until > wall and (run.queue or self.spool.out_any(run.peer.name, "queued")):
                 sleep = min(sleep, until - wall)
+                if self.spool.out_has_ttl(run.peer.name):
+                    sleep = min(sleep, run.expire_at - now)
             elif run.queue:
                 sleep = 0
         return max(0.0, sleep)

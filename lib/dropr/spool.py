@@ -11,6 +11,7 @@ rename and link could not be atomic)::
     out/<peer>/peer.json         backoff, last success, last error (write .new, rename)
     out/<peer>/<state>/<name>    state: queued sent processed dead; hard links of one file
     out/<peer>/meta/<id>         attempts and last error of one message (written on failure)
+    out/<peer>/ttl               empty: a message with a TTL was put for the peer
     in/<channel>/<state>/<name>  state: ready wait claimed done dead
     in/<channel>/meta/<origin>,<id>  returns, failures, last error
     rcv/<origin>/<id>            every received id: a hard link of the message for a generated
@@ -107,6 +108,8 @@ RCV_SWEEP_EVERY = 12 * 3600  # purge looks for rcv/ leftovers of crashed uploads
 PURGE_EVERY = 600.0  # the daemons purge a spool at most this often (seconds), one at a time
 PURGE_CHECK = 60.0  # and look whether a purge is due this often (Spool.purge_if_due)
 SEND_SOCK = "send.sock"  # the sender's wake-up socket in wake/
+TTL_MARK = "ttl"  # out/<peer>/ttl: messages with a TTL were put for the peer (the sender
+# checks a backed-off peer's queue for expired ones only then)
 SWEEP_EVERY = 1.0  # claimers look for expired leases and due retries at most this often
 WAKE_SETTLE = 0.1  # wake/ unchanged this long (seconds) has a listing worth keeping: see _waiting
 SYNC_EACH_MAX = 4  # up to this many files: fsync each; more: one syncfs
@@ -492,6 +495,10 @@ class Spool:
         """Return the sorted names in one outbox state of a peer (with first: at least those;
         with after: only the names that sort after it)."""
         return _sorted_names(self.path("out", peer, state), first, after)
+
+    def out_has_ttl(self, peer: str) -> bool:
+        """Return whether a message with a TTL was ever put for a peer (see PutBatch)."""
+        return os.path.exists(f"{self.root}/out/{peer}/{TTL_MARK}")
 
     def out_any(self, peer: str, state: str) -> bool:
         """Return whether one outbox state of a peer holds anything (no listing)."""
@@ -1228,6 +1235,10 @@ class PutBatch:
         self._dup: list[str] = []
         try:
             self._dirs = [spool.peer_dir(p) for p in peers]
+            if ttl:
+                for d in self._dirs:
+                    if not os.path.exists(f"{d}/{TTL_MARK}"):
+                        os.close(os.open(f"{d}/{TTL_MARK}", os.O_WRONLY | os.O_CREAT, 0o644))
         except OSError as exc:
             raise from_oserror(exc, f"cannot create the outbox of a peer in {spool.root}") from None
 

@@ -234,6 +234,25 @@ def test_peer_down_message_shows_last_error(nodes: Nodes) -> None:
     assert rec["error"] and "connect" in rec["error"].lower()
 
 
+def test_ttl_expires_while_the_peer_is_backed_off(nodes: Nodes) -> None:
+    # A TTL used to be checked only when its message was picked for a batch: an expired
+    # message waited out the peer's backoff, and so did dropr-put --ttl --wait.
+    a = nodes("a")
+    a.config('[send]\nbackoff_min = "60s"\nbackoff_max = "60s"\n')
+    url = f"http://127.0.0.1:{free_port()}/"
+    keep = a.put("no ttl", "--to", url)
+    start_daemon(a)
+    wait_until(lambda: bool(a.ls(keep)[0]["error"]), DEADLINE, "the first failed attempt")
+    t0 = time.monotonic()
+    p = a.run("dropr-put", "--to", url, "--ttl", "1s", "--wait", "--timeout", "30s", input="expires")
+    took = time.monotonic() - t0
+    assert p.returncode == 1, p.stderr.decode()  # dead, in about a second, not after the backoff
+    assert took < 15, took
+    gone = p.stdout.decode().strip()
+    assert a.states("out") == {keep: "queued", gone: "dead"}
+    assert "ttl expired" in a.ls(gone)[0]["error"]
+
+
 def test_multicast_one_inode(nodes: Nodes) -> None:
     a, b, c = nodes("a"), nodes("b"), nodes("c")
     url_b, url_c = b.serve(), c.serve()

@@ -1,0 +1,71 @@
+"""The sender's checks of a backed-off peer's queue for expired TTLs (no network needed)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from dropr import sender as sender_mod
+from dropr.config import Peer
+from dropr.sender import Sender, SendOptions
+from dropr.spool import Spool
+
+pytestmark = pytest.mark.usefixtures("clean_dropr_env")
+
+DOWN = Peer("down", "http://127.0.0.1:9/")
+
+
+@pytest.fixture
+def sp(spool_dir: Path) -> Spool:
+    return Spool(str(spool_dir))
+
+
+def put(sp: Spool, payload: bytes, ttl: float = 0) -> str:
+    batch = sp.batch([DOWN], ttl=ttl)
+    batch.add(payload)
+    return batch.commit()[0]
+
+
+def backed_off(sp: Spool) -> tuple[Sender, sender_mod._PeerRun, list[str]]:
+    """A sender whose peer is backed off for a minute; the names it reads headers of."""
+    sp.set_peer_state(DOWN.name, {"failures": 1, "until": time.time() + 60})
+    s = Sender(sp, SendOptions())
+    s._refresh_peers()
+    run = s.runs[DOWN.name]
+    peeked: list[str] = []
+    peek = sp.peek
+
+    def spy(peer: str, name: str) -> tuple[int, int]:
+        peeked.append(name)
+        return peek(peer, name)
+
+    sp.peek = spy  # type: ignore[method-assign]
+    return s, run, peeked
+
+
+def states(sp: Spool, ids: list[str]) -> list[str]:
+    return [sp.find_out(i)[0][1] for i in ids]
+
+
+def test_an_expired_message_of_a_backed_off_peer_goes_dead(sp: Spool) -> None:
+    keep, later = put(sp, b"no ttl"), put(sp, b"an hour", ttl=3600)
+    gone = put(sp, b"a moment", ttl=0.001)
+    time.sleep(0.01)
+    s, run, peeked = backed_off(sp)
+    s._start_sends()  # the peer is backed off: nothing is sent, the queue is checked
+    assert len(s.pool) == 0
+    assert states(sp, [keep, later, gone]) == ["queued", "queued", "dead"]
+    assert "ttl expired" in sp.out_meta(DOWN.name, gone)["error"]
+    assert len(peeked) == 3
+    s._start_sends()  # checked a moment ago: not again yet
+    assert len(peeked) == 3
+    assert 0 < s._sleep_for() <= sender_mod.EXPIRE_EVERY  # the daemon wakes up for the next check
+
+
+def test_without_a_ttl_ever_put_no_header_is_read(sp: Spool) -> None:
+    put(sp, b"no ttl")
+    s, _, peeked = backed_off(sp)
+    s._start_sends()
+    assert peeked == []
+    assert s._sleep_for() > 10  # the backoff (capped at 30 s), not a check, is what it waits for
