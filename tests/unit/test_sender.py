@@ -69,3 +69,21 @@ def test_without_a_ttl_ever_put_no_header_is_read(sp: Spool) -> None:
     s._start_sends()
     assert peeked == []
     assert s._sleep_for() > 10  # the backoff (capped at 30 s), not a check, is what it waits for
+
+
+def test_an_empty_queue_is_listed_again_without_a_wake_up_after_a_while(sp: Spool) -> None:
+    # A put that died between its link into queued/ and its wake-up leaves a message
+    # nobody announced: the daemon finds it when it next lists the queue on its own.
+    sp.peer_dir(DOWN)
+    s = Sender(sp, SendOptions())
+    s._refresh_peers()
+    run = s.runs[DOWN.name]
+    assert s._next_batch(run, 10) == []  # listed: empty
+    batch = sp.batch([DOWN])
+    batch.add(b"unannounced")
+    sp.wake_one = lambda name: 0  # type: ignore[method-assign]  # the put dies before waking
+    [ident] = batch.commit()
+    assert s._next_batch(run, 10) == [], "listed again at once without a wake-up"
+    assert s._sleep_for() <= sender_mod.RELIST_IDLE  # the daemon wakes up to list again
+    run.listed -= sender_mod.RELIST_IDLE + 1
+    assert [i for i, _, _ in s._next_batch(run, 10)] == [ident]
