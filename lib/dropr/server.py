@@ -214,13 +214,22 @@ class Upload:
             self._release(p)
 
 
-class _ReadTimeout:
+def set_read_timeout(sock: socket.socket, seconds: float) -> None:
     """Make a blocking socket's reads give up after ``seconds`` without data (SO_RCVTIMEO:
-    a recv then fails with EAGAIN), for as long as the with block lasts.
+    a recv then fails with EAGAIN; 0: never). gunicorn's setblocking leaves it in place."""
+    whole = int(seconds)
+    tv = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+
+
+class _ReadTimeout:
+    """Give up a request body after ``seconds`` without data: answer 408, store nothing.
 
     A client that stops sending in the middle of a request (a cut link, a host that
     died) held its thread for good: the reads wait for data that never comes, and a
     worker whose threads all wait serves nobody. gunicorn gives the socket no timeout.
+    The timeout stays on the socket after the block, for the connection's next request
+    (dropr-serve's worker sets it on every connection before its first request, too).
     """
 
     __slots__ = ("environ", "sock", "seconds")
@@ -231,20 +240,11 @@ class _ReadTimeout:
         self.sock = sock if isinstance(sock, socket.socket) and seconds > 0 else None
         self.seconds = seconds
 
-    def _set(self, seconds: float) -> None:
-        if self.sock is not None:
-            whole = int(seconds)
-            tv = struct.pack("ll", whole, int((seconds - whole) * 1e6))
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-
     def __enter__(self) -> None:
-        self._set(self.seconds)
+        if self.sock is not None:
+            set_read_timeout(self.sock, self.seconds)
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        try:
-            self._set(0)
-        except OSError:
-            pass  # the connection is gone
         if isinstance(exc, BlockingIOError | TimeoutError):
             body: Any = self.environ.get("wsgi.input")
             if getattr(body, "failed", None) is False:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from .errors import UsageError
-from .server import READ_TIMEOUT, make_app
+from .server import READ_TIMEOUT, make_app, set_read_timeout
 from .spool import PURGE_CHECK, Spool
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,16 @@ HOLD_STALE = 0.002  # woken later than this after its hold, a worker holds again
 LINGER = 5.0  # a thread that has answered waits this long for the connection's next request
 
 
-def _worker_class(workers: int) -> Any:
-    """Return gunicorn's gthread worker, changed in two ways (or as it is, where its
+def _worker_class(workers: int, read_timeout: float = READ_TIMEOUT) -> Any:
+    """Return gunicorn's gthread worker, changed in three ways (or as it is, where its
     layout is not the one this was written against: gunicorn before 27).
+
+    Read timeout. A client that stopped in the middle of its request headers (a cut
+    link, a host that died) held its thread for good: gunicorn reads them from a
+    blocking socket with no timeout. Every connection gets ``read_timeout`` (SO_RCVTIMEO)
+    before its first request; the request bodies have it too (server._ReadTimeout).
+    gunicorn then closes the connection and logs the error, which _QuietTimeouts turns
+    into one line.
 
     Lingering. gthread hands a kept-alive connection back to the worker's poller after
     each answer; its next request wakes the poller, which wakes a pool thread: two
@@ -230,6 +237,9 @@ def _worker_class(workers: int) -> Any:
                 self.queued -= 1
                 self.occupied += 1
             try:
+                if read_timeout > 0 and not getattr(conn, "dropr_timed", False):
+                    set_read_timeout(conn.sock, read_timeout)
+                    conn.dropr_timed = True
                 while True:
                     keep = super().handle(conn)
                     if keep is not True or not self.alive or not self._linger(conn):
@@ -299,6 +309,50 @@ def _worker_class(workers: int) -> Any:
     return DroprWorker
 
 
+def _timed_tls(seconds: float) -> Any:
+    """Return a gunicorn ssl_context hook whose TLS sockets give up a read (or a write)
+    after ``seconds`` without progress, as plain ones do by SO_RCVTIMEO (_worker_class).
+
+    SO_RCVTIMEO is no use under TLS: Python's SSL layer retries a read that fails with
+    EAGAIN on a blocking socket, for ever, so a client that stalled in its handshake,
+    its headers or its body held its thread for good. gunicorn makes its sockets
+    blocking (setblocking(True), settimeout(None)) before each request; on these
+    sockets, that sets the timeout instead, which Python's SSL layer does honour.
+    """
+    import ssl
+
+    class TimedSSLSocket(ssl.SSLSocket):
+        def setblocking(self, flag: bool) -> None:
+            self.settimeout(seconds if flag else 0.0)
+
+        def settimeout(self, value: float | None) -> None:
+            super().settimeout(seconds if value is None else value)
+
+    def hook(config: Any, default_ssl_context_factory: Any) -> Any:
+        context = default_ssl_context_factory()
+        context.sslsocket_class = TimedSSLSocket
+        return context
+
+    return hook
+
+
+class _QuietTimeouts(logging.Filter):
+    """Turn gunicorn's traceback for a read that timed out (a client that stalled in its
+    request headers: see _worker_class) into one warning line."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BlockingIOError | TimeoutError):
+            record.msg, record.args = "closed a connection: no request data for %gs", (self.seconds,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 PURGE_FIRST = 1.0  # a worker first looks whether a purge is due this long after it starts
 
 
@@ -362,13 +416,14 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
 
     def post_worker_init(worker: Any) -> None:
         _purge_in_background(spool)
+        logging.getLogger("gunicorn.error").addFilter(_QuietTimeouts(opts.read_timeout))
 
     class Embedded(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             settings = {
                 "bind": opts.listen,
                 "workers": opts.workers,
-                "worker_class": _worker_class(opts.workers),
+                "worker_class": _worker_class(opts.workers, opts.read_timeout),
                 "threads": opts.threads,
                 "timeout": 600,
                 "graceful_timeout": 30,
@@ -387,6 +442,8 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
             if opts.certfile:
                 settings["certfile"] = opts.certfile
                 settings["keyfile"] = opts.keyfile
+                if opts.read_timeout > 0:
+                    settings["ssl_context"] = _timed_tls(opts.read_timeout)
             for key, value in settings.items():
                 self.cfg.set(key, value)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -80,7 +82,11 @@ class Server:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """Send one request; return the status and the JSON answer (or the raw bytes)."""
-        c = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        c = (
+            http.client.HTTPSConnection(self.host, self.port, timeout=30, context=_trust_any())
+            if self.url.startswith("https:")
+            else http.client.HTTPConnection(self.host, self.port, timeout=30)
+        )
         try:
             c.request(method, path, body=body, headers=headers or {})
             r = c.getresponse()
@@ -104,6 +110,11 @@ class Server:
             h["X-Dropr-Origin"] = origin
         h.update(headers or {})
         return self.request("POST", "/v1/messages", multipart(parts), h)
+
+    def connect(self) -> socket.socket:
+        """Open a connection to the server (TLS if it serves TLS, any certificate trusted)."""
+        s = socket.create_connection((self.host, self.port), timeout=30)
+        return _trust_any().wrap_socket(s) if self.url.startswith("https:") else s
 
     def alive(self) -> bool:
         status, body = self.request("GET", "/v1/health")
@@ -564,7 +575,7 @@ def test_mixed_batch_refusals_are_per_message(srv: Server, chosen: bool) -> None
 
 
 def _open_upload(srv: Server, body: bytes, length: int, chunked: bool = False) -> socket.socket:
-    s = socket.create_connection((srv.host, srv.port), timeout=30)
+    s = srv.connect()
     head = _upload_head(srv)
     if chunked:
         head += "Transfer-Encoding: chunked\r\n\r\n"
@@ -865,6 +876,14 @@ def lone_server(tmp_path: Path) -> Iterator[Server]:
     s.stop()
 
 
+def _trust_any() -> ssl.SSLContext:
+    """A client TLS context that trusts any certificate (the tests' own, self-signed)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def _status(s: socket.socket) -> bytes:
     """Read one answer from a raw socket; return its status line."""
     [(status, _)] = _raw_answers(s, 1)
@@ -938,14 +957,25 @@ def test_term_does_not_wait_for_threads_waiting_on_idle_connections(lone_server:
 # -- stalled clients -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread(tmp_path: Path) -> Iterator[Server]:
-    """One worker with one thread, which a stalled client would hold for good."""
+@pytest.fixture(params=["http", "https"])
+def one_thread(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """One worker with one thread, which a stalled client would hold for good; plain, and
+    TLS (where Python's SSL layer retries a read that times out by SO_RCVTIMEO for ever)."""
+    tls: tuple[str, ...] = ()
+    if request.param == "https":
+        if not shutil.which("openssl"):
+            pytest.skip("the openssl command is not installed")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
+             "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1"],
+            cwd=tmp_path, capture_output=True, check=True, timeout=60,
+        )  # fmt: skip
+        tls = ("--certfile", str(tmp_path / "cert.pem"), "--keyfile", str(tmp_path / "key.pem"))
     s = Server(
         tmp_path,
         "b",
         "[serve]\nmin_free = 0\n",
-        ("--workers", "1", "--threads", "1", "--read-timeout", "1s"),
+        ("--workers", "1", "--threads", "1", "--read-timeout", "1s", *tls),
         workers=1,
     )
     yield s
@@ -981,8 +1011,43 @@ def test_a_stalled_upload_is_dropped_and_frees_its_thread(one_thread: Server) ->
     assert one_thread.alive(), "the thread serves again"
 
 
-def test_a_stalled_status_request_is_dropped(one_thread: Server) -> None:
+@pytest.mark.parametrize("sent", [b"", b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"], ids=["nothing", "half"])
+def test_a_request_stalled_in_its_headers_frees_its_thread(one_thread: Server, sent: bytes) -> None:
+    # gunicorn reads request headers from a blocking socket with no timeout of its own
+    s = one_thread.connect()
+    try:
+        s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")  # kept alive, then
+        assert _status(s).startswith(b"HTTP/1.1 200 ")
+        s.sendall(sent)  # the next request stops short, or never comes
+        time.sleep(0.2)  # the only thread now waits on this connection
+        t0 = time.monotonic()
+        assert one_thread.alive(), "another client is served once the stalled one is dropped"
+        assert time.monotonic() - t0 < 10
+        if sent:  # an idle kept-alive connection waits in gunicorn's poller, holding no thread
+            s.settimeout(10)
+            assert s.recv(100) == b"", "the stalled connection is closed"
+            assert "no request data for 1s" in one_thread.log.read_text()
+    finally:
+        s.close()
+
+
+def test_a_stalled_tls_handshake_is_closed_and_frees_its_thread(one_thread: Server) -> None:
+    if not one_thread.url.startswith("https:"):
+        pytest.skip("a plain connection has no handshake")
     s = socket.create_connection((one_thread.host, one_thread.port), timeout=30)
+    try:
+        s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's start
+        time.sleep(0.2)  # the only thread now waits in the handshake
+        assert one_thread.alive(), "another client is served once the stalled one is dropped"
+        s.settimeout(10)
+        assert s.recv(100) == b"", "the stalled connection is closed"
+    finally:
+        s.close()
+    assert "no request data for 1s" in one_thread.log.read_text()
+
+
+def test_a_stalled_status_request_is_dropped(one_thread: Server) -> None:
+    s = one_thread.connect()
     try:
         s.sendall(b"POST /v1/status HTTP/1.1\r\nHost: x\r\nX-Dropr-Origin: a\r\nContent-Length: 100\r\n\r\n{")
         status, closed = _answer_status(s)
