@@ -347,7 +347,7 @@ class _QuietTimeouts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, BlockingIOError | TimeoutError):
-            record.msg, record.args = "closed a connection: no request data for %gs", (self.seconds,)
+            record.msg, record.args = "closed connection reason=no request data for %gs", (self.seconds,)
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
