@@ -144,7 +144,10 @@ def _worker_class(workers: int, read_timeout: float = READ_TIMEOUT) -> Any:
     blocking socket with no timeout. Every connection gets ``read_timeout`` (SO_RCVTIMEO)
     before its first request; the request bodies have it too (server._ReadTimeout).
     gunicorn then closes the connection and logs the error, which _QuietTimeouts turns
-    into one line.
+    into one line. That bounds each read, not the whole: a client that sends a byte of
+    its headers now and then (slowloris) would still hold the thread, before any token
+    is checked. So a watchdog thread also closes a connection whose request headers
+    (TLS handshake included) are not all in after ``read_timeout``.
 
     Lingering. gthread hands a kept-alive connection back to the worker's poller after
     each answer; its next request wakes the poller, which wakes a pool thread: two
@@ -195,6 +198,9 @@ def _worker_class(workers: int, read_timeout: float = READ_TIMEOUT) -> Any:
             self.occupied = 0  # threads serving or lingering
             self.lingering = 0
             self.recalled = 0  # lingering threads sent back, not yet gone
+            self.heads: dict[Any, float] = {}  # connection -> when its request headers began
+            if read_timeout > 0:
+                threading.Thread(target=self._watch_heads, name="dropr-heads", daemon=True).start()
             super().init_process()  # runs the worker's loop
 
         # -- lingering --
@@ -241,12 +247,40 @@ def _worker_class(workers: int, read_timeout: float = READ_TIMEOUT) -> Any:
                     set_read_timeout(conn.sock, read_timeout)
                     conn.dropr_timed = True
                 while True:
-                    keep = super().handle(conn)
+                    if read_timeout > 0:
+                        self.heads[conn] = time.monotonic()
+                    try:
+                        keep = super().handle(conn)
+                    finally:
+                        self.heads.pop(conn, None)
                     if keep is not True or not self.alive or not self._linger(conn):
                         return keep
             finally:
                 with self.counts:
                     self.occupied -= 1
+
+        def handle_request(self, req: Any, conn: Any) -> Any:
+            self.heads.pop(conn, None)  # the headers are in; body reads have their own timeout
+            return super().handle_request(req, conn)
+
+        def _watch_heads(self) -> None:
+            """Close each connection whose request headers took longer than read_timeout."""
+            import socket
+
+            while True:
+                time.sleep(min(1.0, read_timeout / 4))
+                now = time.monotonic()
+                for conn, began in list(self.heads.items()):
+                    if now - began <= read_timeout or self.heads.get(conn) != began:
+                        continue
+                    self.heads.pop(conn, None)
+                    try:
+                        # the plain socket's shutdown, also under TLS: the thread's blocked
+                        # read sees the end of the stream, and gunicorn closes the connection
+                        socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+                    except OSError:
+                        continue  # gone meanwhile
+                    log.warning("closed connection reason=request headers not complete in %gs", read_timeout)
 
         def _linger(self, conn: Any) -> bool:
             """Wait here for the connection's next request; True if it came."""

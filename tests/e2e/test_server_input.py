@@ -1031,6 +1031,38 @@ def test_a_request_stalled_in_its_headers_frees_its_thread(one_thread: Server, s
         s.close()
 
 
+def test_headers_sent_a_byte_at_a_time_are_cut_off_after_the_timeout(one_thread: Server) -> None:
+    # Each read gets data in time, so only a limit on the whole header phase stops this
+    # (slowloris): it comes before any token is checked.
+    s = one_thread.connect()
+    head = b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-Dropr-Origin: a\r\n" + b"X-Pad: " + b"a" * 200
+    t0 = time.monotonic()
+    closed_after = None
+    try:
+        for byte in head:
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:  # reset, broken pipe: closed by the server
+                closed_after = time.monotonic() - t0
+                break
+            s.settimeout(0.3)
+            try:
+                if s.recv(100) == b"":
+                    closed_after = time.monotonic() - t0
+                    break
+            except TimeoutError:
+                pass  # still open: go on trickling
+            except OSError:
+                closed_after = time.monotonic() - t0
+                break
+    finally:
+        s.close()
+    assert closed_after is not None, "the trickling client was never cut off"
+    assert closed_after < 10, closed_after
+    assert one_thread.alive(), "the thread serves again"
+    assert "request headers not complete in 1s" in one_thread.log.read_text()
+
+
 def test_a_stalled_tls_handshake_is_closed_and_frees_its_thread(one_thread: Server) -> None:
     if not one_thread.url.startswith("https:"):
         pytest.skip("a plain connection has no handshake")
