@@ -37,7 +37,8 @@ transition   steps                               crash windows
 put          write tmp/F (header+payload);       before sync 1: tmp leftover, swept by age; nothing
              sync 1; [symlink ids/ID];           was printed. After link to some peers only: those
              link F to out/P/queued/N per peer;  peers get it, id never printed (retry with --id to
-             unlink F; sync 2; print ids         be exact). A dangling ids/ symlink (crash before
+             unlink F; wake the sender; sync 2;  be exact); so may the peers of a put whose sync 2
+             print ids                           failed. A dangling ids/ symlink (crash before
                                                  the link) is older than 60 s and replaced.
 sent         move queued/N -> sent/N             before: sent again, the peer answers duplicate.
                                                  Between link and unlink: in both; sent again
