@@ -39,7 +39,7 @@ from ._common import CONTEXT, DURATION, SIZE, click, common, main_for, obj
     type=DURATION,
     default="60s",
     show_default=True,
-    help="Drop a request that sends nothing this long mid-way (408; nothing stored); 0: never.",
+    help="Drop a request that stalls this long, or whose headers take longer (nothing stored); 0: never.",
 )
 @click.option(
     "--insecure", is_flag=True, help="Allow a non-loopback address without serve.tokens (anyone may deliver)."
