@@ -747,11 +747,8 @@ class Spool:
                         _move(f, f"{cdir}/ready/{name}")
                     touched.add(f"{cdir}/ready")
             finally:
-                try:
-                    for ready in touched:  # before sync 2: see above
-                        self.wake(f"recv-{ready.rsplit('/', 2)[1]}-")
-                except OSError:
-                    pass  # a wake-up only saves time: consumers look again every second
+                for ready in touched:  # before sync 2: see above
+                    self.wake(f"recv-{ready.rsplit('/', 2)[1]}-")
                 # sync 2, even after a failure midway: whatever is in ready/ must be
                 # durable before the lock lets a resend see it and answer "duplicate"
                 if touched:
@@ -972,18 +969,28 @@ class Spool:
     # -- wake-ups -----------------------------------------------------------
 
     def wake(self, prefix: str) -> int:
-        """Send a datagram to every waiter whose socket starts with prefix; return how many."""
+        """Send a datagram to every waiter whose socket starts with prefix; return how many.
+
+        Wake-ups only save time (waiters look again on their own), so they never fail
+        their caller: an unreadable wake/ or no descriptor left wakes nobody.
+        """
         wake = self.path("wake")
-        names = [n for n in self._waiting(wake) if n.startswith(prefix)]
-        return self._send_wakes(wake, names) if names else 0
+        try:
+            names = [n for n in self._waiting(wake) if n.startswith(prefix)]
+            return self._send_wakes(wake, names) if names else 0
+        except OSError:
+            return 0
 
     def wake_one(self, name: str) -> int:
         """Wake the waiter bound as name (the sender's SEND_SOCK) without listing wake/;
-        return 1 if it was there, else 0."""
+        return 1 if it was there, else 0. Never fails, as wake()."""
         wake = self.path("wake")
         if not os.path.exists(os.path.join(wake, name)):
             return 0  # nobody waits: no socket to make (a put from cron)
-        return self._send_wakes(wake, [name])
+        try:
+            return self._send_wakes(wake, [name])
+        except OSError:
+            return 0
 
     @staticmethod
     def _send_wakes(wake: str, names: list[str]) -> int:
@@ -1365,7 +1372,7 @@ class PutBatch:
             if index_dir:
                 dirs.append(sp.path("ids"))
             if done:
-                self._wake_sender()  # before the fsync of queued/: see commit's docstring
+                sp.wake_one(SEND_SOCK)  # before the fsync of queued/: see this docstring
             sp.sync(dirs=dirs)
         except OSError as exc:
             for p in pending:
@@ -1378,12 +1385,6 @@ class PutBatch:
         self.ids.extend(done)
         self.ids.extend(dups)
         return done + dups
-
-    def _wake_sender(self) -> None:
-        try:
-            self.spool.wake_one(SEND_SOCK)
-        except OSError:
-            pass  # a wake-up only saves time: the sender looks again on its own
 
     def abort(self) -> None:
         """Drop every uncommitted message."""

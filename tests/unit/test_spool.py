@@ -839,11 +839,13 @@ def test_put_wakes_the_sender_after_its_data_sync_and_before_the_queued_sync(
     assert steps == ["sync 1 files, 0 queued", "sync 0 files, 1 queued", "sender woken"]
 
 
-def test_put_succeeds_when_the_wake_up_fails(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(name: str) -> int:
+def test_put_succeeds_when_the_wake_up_fails(
+    sp: Spool, waiter: spool_mod.Waiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> Any:
         raise OSError(errno.EMFILE, "too many open files")
 
-    monkeypatch.setattr(sp, "wake_one", broken)
+    monkeypatch.setattr(spool_mod, "_wake_socket", broken)
     [ident] = put(sp, [b"x"])
     assert [state for _, state, _ in sp.find_out(ident)] == ["queued"]
 
