@@ -79,6 +79,7 @@ class _PeerRun:
         self.poll_after = ""  # the last sent name of a full status poll: the next one goes on from it
         self.until: float | None = None  # backoff end, cached from peer.json
         self.expire_at = 0.0  # when a backed-off queue is next checked for expired TTLs
+        self.ttl = False  # a message with a TTL was put for the peer (out/PEER/ttl, sticky)
 
 
 class Sender:
@@ -183,8 +184,7 @@ class Sender:
                 continue
             if deadline and deadline < wall:
                 run.queue.popleft()
-                self.spool.out_fail(run.peer.name, name, "ttl expired before delivery", dead=True)
-                log.warning("dead id=%s peer=%s reason=ttl expired", ident, run.peer.name)
+                self._expired(run, name)
                 self._wake_waiters()
                 continue
             if ident in metas:
@@ -240,7 +240,10 @@ class Sender:
         once per EXPIRE_COST times its own last duration.
         """
         now = time.monotonic()
-        if now < run.expire_at or not self.spool.out_has_ttl(run.peer.name):
+        if now < run.expire_at:
+            return
+        run.ttl = run.ttl or self.spool.out_has_ttl(run.peer.name)  # a put with a TTL wakes us
+        if not run.ttl:
             return
         wall = m.now_us()
         dead = 0
@@ -252,14 +255,18 @@ class Sender:
             except (OSError, ValueError):
                 continue  # gone meanwhile, or corrupt: the next batch moves it aside
             if deadline and deadline < wall:
-                self.spool.out_fail(run.peer.name, name, "ttl expired before delivery", dead=True)
-                log.warning("dead id=%s peer=%s reason=ttl expired", name.split(",", 1)[1], run.peer.name)
+                self._expired(run, name)
                 dead += 1
         if dead:
             run.dirty = True
             self._wake_waiters()
         took = time.monotonic() - now
         run.expire_at = time.monotonic() + max(EXPIRE_EVERY, EXPIRE_COST * took)
+
+    def _expired(self, run: _PeerRun, name: str) -> None:
+        """Make a queued message whose TTL has passed dead."""
+        self.spool.out_fail(run.peer.name, name, "ttl expired before delivery", dead=True)
+        log.warning("dead id=%s peer=%s reason=ttl expired", name.split(",", 1)[1], run.peer.name)
 
     def _sent(self, t: tp.Transfer) -> None:
         run = self.runs[t.peer.name]
@@ -469,7 +476,7 @@ class Sender:
             until = self._backoff_until(run.peer.name)
             if until > wall and (run.queue or self.spool.out_any(run.peer.name, "queued")):
                 sleep = min(sleep, until - wall)
-                if self.spool.out_has_ttl(run.peer.name):
+                if run.ttl:
                     sleep = min(sleep, run.expire_at - now)
             elif run.queue:
                 sleep = 0
