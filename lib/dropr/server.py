@@ -214,6 +214,9 @@ class Upload:
             self._release(p)
 
 
+TIMED_OUT = (BlockingIOError, TimeoutError)  # a read past its timeout: SO_RCVTIMEO (EAGAIN), or TLS's
+
+
 def set_read_timeout(sock: socket.socket, seconds: float) -> None:
     """Make a blocking socket's reads give up after ``seconds`` without data (SO_RCVTIMEO:
     a recv then fails with EAGAIN; 0: never). gunicorn's setblocking leaves it in place."""
@@ -245,7 +248,7 @@ class _ReadTimeout:
             set_read_timeout(self.sock, self.seconds)
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        if isinstance(exc, BlockingIOError | TimeoutError):
+        if isinstance(exc, TIMED_OUT):
             body: Any = self.environ.get("wsgi.input")
             if getattr(body, "failed", None) is False:
                 body.failed = True  # gunicorn then closes the connection instead of draining it

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from .errors import UsageError
-from .server import READ_TIMEOUT, make_app, set_read_timeout
+from .server import READ_TIMEOUT, TIMED_OUT, make_app, set_read_timeout
 from .spool import PURGE_CHECK, Spool
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,8 @@ def _worker_class(workers: int, read_timeout: float = READ_TIMEOUT) -> Any:
 
     Read timeout. A client that stopped in the middle of its request headers (a cut
     link, a host that died) held its thread for good: gunicorn reads them from a
-    blocking socket with no timeout. Every connection gets ``read_timeout`` (SO_RCVTIMEO)
-    before its first request; the request bodies have it too (server._ReadTimeout).
+    blocking socket with no timeout. Every plain connection gets ``read_timeout``
+    (SO_RCVTIMEO) before its first request, every TLS one a socket timeout (_timed_tls).
     gunicorn then closes the connection and logs the error, which _QuietTimeouts turns
     into one line. That bounds each read, not the whole: a client that sends a byte of
     its headers now and then (slowloris) would still hold the thread, before any token
@@ -243,8 +243,8 @@ def _worker_class(workers: int, read_timeout: float = READ_TIMEOUT) -> Any:
                 self.queued -= 1
                 self.occupied += 1
             try:
-                if read_timeout > 0 and not getattr(conn, "dropr_timed", False):
-                    set_read_timeout(conn.sock, read_timeout)
+                if read_timeout > 0 and not self.cfg.is_ssl and not getattr(conn, "dropr_timed", False):
+                    set_read_timeout(conn.sock, read_timeout)  # TLS sockets time out otherwise: _timed_tls
                     conn.dropr_timed = True
                 while True:
                     if read_timeout > 0:
@@ -380,7 +380,7 @@ class _QuietTimeouts(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, BlockingIOError | TimeoutError):
+        if isinstance(exc, TIMED_OUT):
             record.msg, record.args = "closed connection reason=no request data for %gs", (self.seconds,)
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
