@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -242,3 +243,58 @@ def tmpfs(mnt: Path, options: str) -> Iterator[Path]:
             time.sleep(0.1)  # a process that held a file there is still exiting
         else:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def make_ca(d: Path) -> tuple[Path, Path, Path]:
+    """Make (in a new folder d) a private CA and a server certificate for 127.0.0.1;
+    return ca, cert, key. Skips the test where the openssl command is missing."""
+    if not shutil.which("openssl"):
+        pytest.skip("the openssl command is not installed")
+    d.mkdir()
+
+    def ssl(*args: str) -> None:
+        p = subprocess.run(["openssl", *args], capture_output=True, cwd=d, timeout=60)
+        assert p.returncode == 0, p.stderr.decode()
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dropr test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    ssl("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+    )
+    ssl(
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        str(int.from_bytes(os.urandom(8), "big")),
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "srv.pem",
+    )
+    return d / "ca.pem", d / "srv.pem", d / "srv.key"

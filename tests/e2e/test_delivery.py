@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import children, free_port, listdir, unstored, vm_hwm, wait_until
+from helpers import children, free_port, listdir, make_ca, unstored, vm_hwm, wait_until
 
 Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
 Nodes = Callable[[str], Node]
@@ -630,64 +630,9 @@ def test_max_messages_default_concurrency(nodes: Nodes) -> None:
 # -- TLS ------------------------------------------------------------------------------------------
 
 
-def make_ca(d: Path) -> tuple[Path, Path, Path]:
-    """Make a private CA and a server certificate for 127.0.0.1; return ca, cert, key."""
-
-    def ssl(*args: str) -> None:
-        p = subprocess.run(["openssl", *args], capture_output=True, cwd=d, timeout=60)
-        assert p.returncode == 0, p.stderr.decode()
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    ssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=dropr test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    )
-    ssl("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
-    (d / "ext.cnf").write_text(
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-    )
-    ssl(
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-set_serial",
-        str(int.from_bytes(os.urandom(8), "big")),
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "srv.pem",
-    )
-    return d / "ca.pem", d / "srv.pem", d / "srv.key"
-
-
 def serve_tls(nodes: Nodes, tmp_path: Path) -> tuple[Node, Node, Path, str]:
     """Make nodes a and b, b serving https with a private CA's certificate: (a, b, CA, URL)."""
-    if not subprocess.run(["which", "openssl"], capture_output=True).stdout:
-        pytest.skip("the openssl command is not installed")
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    ca, cert, key = make_ca(certs)
+    ca, cert, key = make_ca(tmp_path / "certs")
     a, b = nodes("a"), nodes("b")
     return a, b, ca, b.serve("--certfile", str(cert), "--keyfile", str(key))
 

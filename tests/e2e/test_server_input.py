@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 from dropr import message as m
 from dropr.serving import _worker_class
-from helpers import children, command_path, unstored, wait_until
+from helpers import children, command_path, make_ca, unstored, wait_until
 
 BOUNDARY = "dropr-test-boundary-7f3a9c"
 TOKEN = "tok-of-a"
@@ -963,14 +962,8 @@ def one_thread(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Serve
     TLS (where Python's SSL layer retries a read that times out by SO_RCVTIMEO for ever)."""
     tls: tuple[str, ...] = ()
     if request.param == "https":
-        if not shutil.which("openssl"):
-            pytest.skip("the openssl command is not installed")
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
-             "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1"],
-            cwd=tmp_path, capture_output=True, check=True, timeout=60,
-        )  # fmt: skip
-        tls = ("--certfile", str(tmp_path / "cert.pem"), "--keyfile", str(tmp_path / "key.pem"))
+        _, cert, key = make_ca(tmp_path / "certs")
+        tls = ("--certfile", str(cert), "--keyfile", str(key))
     s = Server(
         tmp_path,
         "b",
