@@ -34,6 +34,7 @@ RELIST_IDLE = 30.0  # an empty queue is listed again without a wake-up this ofte
 # that died between its link and its wake-up)
 EXPIRE_EVERY = 1.0  # a backed-off peer's queue is checked for expired TTLs at most this often,
 EXPIRE_COST = 20  # and at most once per this many times the last check took (<= 5% of a CPU)
+RECEIPT_LOST = "receipt lost: the peer no longer knows it (purged there, or its spool was lost)"
 
 
 class SendOptions:
@@ -349,6 +350,7 @@ class Sender:
             run.poll_at = time.monotonic() + POLL_MAX
             return
         done, changed = [], False
+        lost_before = time.time() - self.cfg.retention
         for name in t.tag:
             ident = name.split(",", 1)[1]
             state, reason = t.results.get(ident, ("unknown", ""))
@@ -359,6 +361,8 @@ class Sender:
                 self.spool.out_fail(run.peer.name, name, f"dead at peer: {reason}", dead=True, src="sent")
                 log.warning("dead id=%s peer=%s reason=%s", ident, run.peer.name, reason)
                 changed = True
+            elif state == "unknown" and ident in t.results and self._receipt_lost(run, name, lost_before):
+                changed = True
         if self.spool.out_move(run.peer.name, done, "sent", "processed"):
             changed = True
         if changed:
@@ -368,6 +372,30 @@ class Sender:
             run.poll_gap = min(POLL_MAX, run.poll_gap * 1.5)
         more = bool(run.poll_after)  # a full poll: the names after it are asked next, at once
         run.poll_at = time.monotonic() + (0 if more else run.poll_gap)
+
+    def _receipt_lost(self, run: _PeerRun, name: str, before: float) -> bool:
+        """Make a sent message dead if the peer has twice answered that it does not know it
+        and it has been in sent/ since before ``before`` (the retention period ago).
+
+        The peer answered "stored" once, so it knew the message. It forgets it when it
+        purges it, a retention period after the message was finished there, or when its
+        spool is lost. Either way no receipt will ever come: without this, the message
+        stayed in sent/, and was asked about in every poll, for good. A recent one may
+        still be a peer restored from a backup: it is asked about until the retention
+        period has passed. Then twice (the first answer is noted in its record, which
+        outlives a --once pass): a message the peer moves back and forth between two
+        states while it looks for it reads as unknown for that moment.
+        """
+        changed = self.spool.out_changed(run.peer.name, "sent", name)
+        if changed is None or changed >= before:
+            return False
+        ident = name.split(",", 1)[1]
+        if not self.spool.out_meta(run.peer.name, ident).get("unknown_at"):
+            self.spool.out_note(run.peer.name, ident, unknown_at=m.now_us())
+            return False
+        self.spool.out_fail(run.peer.name, name, RECEIPT_LOST, dead=True, src="sent")
+        log.warning("dead id=%s peer=%s reason=receipt lost", ident, run.peer.name)
+        return True
 
     def _wake_waiters(self) -> None:
         self.spool.wake("put-")

@@ -501,6 +501,14 @@ class Spool:
         """Return whether a message with a TTL was ever put for a peer (see PutBatch)."""
         return os.path.exists(f"{self.root}/out/{peer}/{TTL_MARK}")
 
+    def out_changed(self, peer: str, state: str, name: str) -> float | None:
+        """Return when an outbox entry last changed state (its ctime: a link or an unlink of
+        the message, at any of its peers, sets it), or None if it is not there."""
+        try:
+            return os.lstat(f"{self.root}/out/{peer}/{state}/{name}").st_ctime
+        except FileNotFoundError:
+            return None
+
     def out_any(self, peer: str, state: str) -> bool:
         """Return whether one outbox state of a peer holds anything (no listing)."""
         return _any_name(self.path("out", peer, state))
@@ -566,6 +574,13 @@ class Spool:
     def out_meta(self, peer: str, ident: str) -> dict[str, Any]:
         """Return the attempt record of one outbox message."""
         return _read_json(self.path("out", peer, "meta", ident))
+
+    def out_note(self, peer: str, ident: str, **fields: Any) -> None:
+        """Add fields to the record of one outbox message."""
+        meta_path = self.path("out", peer, "meta", ident)
+        meta = _read_json(meta_path)
+        meta.update(fields)
+        _write_json(meta_path, meta)
 
     def out_fail(self, peer: str, name: str, reason: str, *, dead: bool, src: str = "queued") -> None:
         """Record a failed attempt; with dead, move the message to dead with the reason."""

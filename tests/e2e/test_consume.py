@@ -605,7 +605,7 @@ def test_follow_pipeline_consumes_arrivals_until_term(pair: Pair) -> None:
     recv, ack = shlex.quote(command_path("dropr-recv")), shlex.quote(command_path("dropr-ack"))
     # the filter in the middle stands for the application: it passes on the ids it handled
     # (a line-buffered filter: cut or grep would hold the ids in their stdio buffers)
-    handler = "while IFS=$(printf '\\t') read -r id path; do test -s \"$path\" && echo \"$id\"; done"
+    handler = 'while IFS=$(printf \'\\t\') read -r id path; do test -s "$path" && echo "$id"; done'
     pipeline = f"{recv} --follow -n 50 | {handler} | {ack} -"
     p = b.start("/bin/sh", "-c", pipeline, start_new_session=True)
     try:

@@ -132,6 +132,40 @@ def test_daemon_polls_past_unconsumed_messages(net: tuple[Node, Node, str]) -> N
     wait_until(lambda: a.states("out")[ident] == "processed", 60, "the receipt of the consumed message")
 
 
+def test_a_receipt_the_peer_can_no_longer_give_is_given_up_after_the_retention(
+    net: tuple[Node, Node, str],
+) -> None:
+    """b forgets two delivered messages, as its purge does a retention period after they
+    were finished, or as a lost spool would: a keeps asking while they are younger than
+    its own retention, then (on the second answer past it) makes them dead, "receipt
+    lost". One b still has stays sent."""
+    a, b, url = net
+    a.config('[limits]\nretention = "6s"\n')
+    gone = [a.put(f"m{i}", "--to", url) for i in range(2)]
+    kept = a.put("kept", "--to", url)
+    send_once(a)
+    sent_at = time.monotonic()
+    ready = b.spool / "in" / "default" / "ready"
+    for ident in gone:
+        (name,) = [n for n in os.listdir(ready) if n.endswith(f",{ident}")]
+        (ready / name).unlink()
+        (b.spool / "rcv" / "a" / ident).unlink()
+    send_once(a)
+    assert time.monotonic() - sent_at < 6, "the first poll came too late to test the wait"
+    assert a.states("out") == dict.fromkeys([*gone, kept], "sent"), "younger than the retention: asked again"
+    time.sleep(max(0.0, sent_at + 6.5 - time.monotonic()))
+    send_once(a)
+    assert set(a.states("out").values()) == {"sent"}, "the first unknown past the retention is asked again"
+    send_once(a)
+    assert a.states("out") == {gone[0]: "dead", gone[1]: "dead", kept: "sent"}
+    for ident in gone:
+        (rec,) = [r for r in a.ls(ident) if r["box"] == "out"]
+        assert "receipt lost" in rec["error"]
+    consume_all(b)
+    send_once(a)
+    assert a.states("out")[kept] == "processed"
+
+
 def test_reject_at_receiver_is_dead_with_reason_at_sender(net: tuple[Node, Node, str]) -> None:
     a, b, url = net
     ident = a.put("job", "--to", url)
