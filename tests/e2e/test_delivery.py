@@ -10,6 +10,7 @@ import hashlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -657,6 +658,44 @@ def test_tls_private_ca(nodes: Nodes, tmp_path: Path) -> None:
     (rec,) = inbox(b)
     assert rec["id"] == ident
     assert Path(rec["path"]).read_bytes() == b"over tls"
+
+
+def _health_over_tls(
+    port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> tuple[ssl.SSLSession | None, bool]:
+    """GET /v1/health on a new TLS connection; return its session and whether it resumed one."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls,
+    ):
+        tls.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        return tls.session, tls.session_reused
+
+
+def test_tls_context_is_kept_and_a_renewed_certificate_is_served(nodes: Nodes, tmp_path: Path) -> None:
+    """dropr-serve keeps its TLS context from one connection to the next (gunicorn's
+    default built one per connection, 1.2 ms each): a client's session resumes on its
+    next connection, which a new context, with new ticket keys, cannot do. A certificate
+    renewed in place is still served from the next connection on, without a restart."""
+    ca, cert, key = make_ca(tmp_path / "certs")
+    b = nodes("b")
+    url = b.serve("--certfile", str(cert), "--keyfile", str(key), "--workers", "1")
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    ctx = ssl.create_default_context(cafile=str(ca))
+    session, resumed = _health_over_tls(port, ctx)
+    assert session is not None and not resumed
+    assert _health_over_tls(port, ctx, session)[1], "the next connection resumes the first one's session"
+
+    ca2, cert2, key2 = make_ca(tmp_path / "renewed")  # another CA: only the new certificate passes
+    os.replace(key2, key)
+    os.replace(cert2, cert)
+    _health_over_tls(port, ssl.create_default_context(cafile=str(ca2)))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _health_over_tls(port, ctx)
 
 
 def test_tls_url_peer_with_global_cafile(nodes: Nodes, tmp_path: Path) -> None:
