@@ -85,6 +85,38 @@ def check_bind(opts: ServeOptions) -> None:
                 ) from None
 
 
+def check_tls(opts: ServeOptions) -> None:
+    """Load the certificate and key once before gunicorn starts, to fail with one clear line.
+
+    gunicorn checks only that the files exist (with a traceback if not), and builds its
+    TLS context at each connection: a certificate that does not parse, or a key that
+    does not match it, started a server that failed every connection.
+    """
+    if not opts.certfile:
+        return
+    import ssl
+
+    from .errors import ConfigError, NoInputError
+
+    for what, path in (("--certfile", opts.certfile), ("--keyfile", opts.keyfile)):
+        if not path or not os.path.isfile(path):
+            raise NoInputError(f"cannot read {what} {path}: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(opts.certfile, opts.keyfile)
+    except ssl.SSLError as exc:
+        if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
+            why = f"the key {opts.keyfile} does not belong to the certificate {opts.certfile}"
+        else:  # "PEM lib": one of them does not parse; a certificate file passes as a CA file
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=opts.certfile)
+                why = f"no PEM private key in {opts.keyfile}"
+            except ssl.SSLError:
+                why = f"no PEM certificate in {opts.certfile}"
+        raise ConfigError(f"cannot serve TLS: {why}") from None
+    except OSError as exc:
+        raise NoInputError(f"cannot read --certfile or --keyfile: {exc.strerror}") from None
+
+
 def _more_open_files(want: int = 1 << 16) -> None:
     """Raise the soft limit of open files toward the hard one (as far as want).
 
@@ -351,7 +383,9 @@ def _tls_contexts(seconds: float) -> Any:
     each time: the system CA store and the key pair read and parsed again, 3.7-4.8 ms a
     connection with its health answer here, against 2.4-2.7 ms with one context. The files'
     identity (inode, size, mtime) is looked at on each connection instead, so a renewed
-    certificate is served from the next connection on, as before, without a restart.
+    certificate is served from the next connection on, as before, without a restart;
+    files that do not load (half a renewal) leave the previous context in use, where
+    gunicorn's default failed every connection until they did.
 
     The sockets (with seconds > 0) give up a read (or a write) after ``seconds`` without
     progress, as plain ones do by SO_RCVTIMEO (_worker_class). SO_RCVTIMEO is no use
@@ -385,10 +419,21 @@ def _tls_contexts(seconds: float) -> Any:
         key = (identity(config.certfile), identity(config.keyfile), identity(config.ca_certs))
         stamp, context = built
         if context is None or stamp != key:
-            context = default_ssl_context_factory()
+            try:
+                fresh = default_ssl_context_factory()
+            except OSError as exc:  # ssl.SSLError too: half a renewal, say (check_tls ran first)
+                if context is None:
+                    raise
+                log.warning(
+                    "tls reason=cannot load the changed certificate or key (%s); serving the one before",
+                    getattr(exc, "reason", None) or exc.strerror or exc,
+                )
+                built[0] = key  # tried once: again when the files change again
+                return context
             if seconds > 0:
-                context.sslsocket_class = TimedSSLSocket
-            built[:] = [key, context]
+                fresh.sslsocket_class = TimedSSLSocket
+            built[:] = [key, fresh]
+            context = fresh
         return context
 
     return hook
@@ -438,6 +483,7 @@ def _purge_in_background(spool: Spool) -> None:
 def serve(spool: Spool, opts: ServeOptions) -> int:
     """Run gunicorn with the dropr app until TERM; return the exit code."""
     check_listen(spool, opts)
+    check_tls(opts)
     check_bind(opts)
     from gunicorn.app.base import BaseApplication
 

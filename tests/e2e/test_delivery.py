@@ -680,7 +680,8 @@ def test_tls_context_is_kept_and_a_renewed_certificate_is_served(nodes: Nodes, t
     """dropr-serve keeps its TLS context from one connection to the next (gunicorn's
     default built one per connection, 1.2 ms each): a client's session resumes on its
     next connection, which a new context, with new ticket keys, cannot do. A certificate
-    renewed in place is still served from the next connection on, without a restart."""
+    renewed in place is still served from the next connection on, without a restart, and
+    files that do not load leave the one before in use."""
     ca, cert, key = make_ca(tmp_path / "certs")
     b = nodes("b")
     url = b.serve("--certfile", str(cert), "--keyfile", str(key), "--workers", "1")
@@ -693,9 +694,53 @@ def test_tls_context_is_kept_and_a_renewed_certificate_is_served(nodes: Nodes, t
     ca2, cert2, key2 = make_ca(tmp_path / "renewed")  # another CA: only the new certificate passes
     os.replace(key2, key)
     os.replace(cert2, cert)
-    _health_over_tls(port, ssl.create_default_context(cafile=str(ca2)))
+    ctx2 = ssl.create_default_context(cafile=str(ca2))
+    _health_over_tls(port, ctx2)
     with pytest.raises(ssl.SSLCertVerificationError):
         _health_over_tls(port, ctx)
+
+    # half a renewal: a key that does not parse (yet); the certificate before is still served
+    good_key = key.read_bytes()
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot yet\n")
+    _health_over_tls(port, ctx2)
+    assert "cannot load the changed certificate or key" in b.serve_log.read_text()
+    key.write_bytes(good_key)
+    _health_over_tls(port, ctx2)
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "says"),
+    [
+        ("missing", 66, "cannot read --certfile"),
+        ("not pem", 78, "no PEM certificate in"),
+        ("no key", 78, "no PEM private key in"),
+        ("other key", 78, "does not belong to the certificate"),
+    ],
+)
+def test_tls_files_that_cannot_serve_fail_at_start_in_one_line(
+    nodes: Nodes, tmp_path: Path, case: str, code: int, says: str
+) -> None:
+    """gunicorn checked only that the files exist (with a traceback if not): a certificate
+    that did not parse, or a key of another certificate, started a server that failed
+    every connection."""
+    _, cert, key = make_ca(tmp_path / "certs")
+    _, _, other_key = make_ca(tmp_path / "other")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    files = {
+        "missing": (tmp_path / "gone.pem", key),
+        "not pem": (junk, key),
+        "no key": (cert, cert),
+        "other key": (cert, other_key),
+    }[case]
+    b = nodes("b")
+    p = b.run(
+        "dropr-serve", "--listen", "127.0.0.1:0", "--certfile", str(files[0]), "--keyfile", str(files[1])
+    )
+    err = p.stderr.decode()
+    assert p.returncode == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dropr-serve: error: ") and says in err, err
 
 
 def test_tls_url_peer_with_global_cafile(nodes: Nodes, tmp_path: Path) -> None:
