@@ -14,8 +14,7 @@ import select
 import shlex
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -73,15 +72,9 @@ def start_sender(a: Node) -> subprocess.Popen[bytes]:
 
 
 @pytest.fixture
-def net(nodes: Callable[[str], Node]) -> Iterator[tuple[Node, Node, str]]:
+def net(nodes: Callable[[str], Node]) -> tuple[Node, Node, str]:
     a, b = nodes("a"), nodes("b")
-    yield a, b, b.serve()
-    # An idle dropr-send daemon does not act on TERM until its sleep ends (see
-    # test_idle_sender_stops_on_term): kill it so the nodes' TERM teardown is quick.
-    for p in a.procs:
-        if p.poll() is None and Path(str(p.args[0])).name == "dropr-send":
-            p.kill()
-            p.wait()
+    return a, b, b.serve()  # the nodes fixture TERMs their processes after the test
 
 
 def test_ack_at_receiver_becomes_processed_at_sender(net: tuple[Node, Node, str]) -> None:
