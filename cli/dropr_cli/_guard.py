@@ -17,9 +17,22 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
+LINE_MAX = 400  # characters of an error line; a 10,000-character name was echoed whole
+
+
+def one_line(text: str) -> str:
+    """Return text as one line of sane length: control characters escaped (a name with a
+    line break in it split the error in two), the middle of a very long one left out."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) > LINE_MAX:
+        text = f"{text[: LINE_MAX - 120]} [...] {text[-100:]}"
+    return text
+
+
 def say_error(prog: str, text: str) -> None:
     """Print one error line on stderr."""
-    sys.stderr.write(f"{prog}: error: {text}\n")
+    sys.stderr.write(f"{prog}: error: {one_line(text)}\n")
     sys.stderr.flush()
 
 

@@ -69,7 +69,7 @@ def _run(o: dict[str, Any]) -> int:
     spool = Spool(spool_dir, config)
     ids = put.run(spool, opts, peers=peers)
     if opts.wait:
-        return put.wait_for(spool, ids, opts.timeout or 0, quiet=bool(o.get("quiet")))
+        return put.wait_for(spool, ids, opts.timeout, quiet=bool(o.get("quiet")))
     return 0
 
 

@@ -36,30 +36,49 @@ def _split_number(text: str) -> tuple[float, str]:
     return float(s[:i]), s[i:].strip()
 
 
+MAX_DURATION = 36500 * 86400.0  # 100 years: past any timestamp, sleep or timeout a system takes
+MAX_SIZE = (1 << 63) - 1  # what a file offset holds
+
+
 def parse_duration(text: str | int | float) -> float:
-    """Return seconds for '500ms', '30s', '5m', '2h', '7d' (a bare number is seconds)."""
-    if isinstance(text, int | float):
-        if text < 0:
-            raise DataError(f"bad duration {text!r}: must not be negative")
-        return float(text)
+    """Return seconds for '500ms', '30s', '5m', '2h', '7d' (a bare number is seconds).
+
+    At most 100 years: a longer one overflowed the timestamps, sleeps and timeouts it
+    ends up in (time_t, select), far from where it was given."""
     try:
-        num, unit = _split_number(text)
-        return num * _DUR[unit or "s"]
-    except (KeyError, ValueError):
+        if isinstance(text, bool) or not isinstance(text, int | float | str):
+            raise ValueError(text)
+        if isinstance(text, str):
+            num, unit = _split_number(text)
+            secs = num * _DUR[unit or "s"]
+        else:
+            secs = float(text)
+            if secs < 0:
+                raise DataError(f"bad duration {text!r}: must not be negative")
+    except (KeyError, ValueError, OverflowError):
         raise DataError(f"bad duration {text!r}: write it like 500ms, 30s, 5m, 2h or 7d") from None
+    if not secs <= MAX_DURATION:  # inf and nan too
+        raise DataError(f"bad duration {text!r}: at most 36500d (100 years)")
+    return secs
 
 
 def parse_size(text: str | int) -> int:
-    """Return bytes for '512', '64KiB', '10MB', '1GiB'."""
-    if isinstance(text, int):
-        if text < 0:
-            raise DataError(f"bad size {text!r}: must not be negative")
-        return text
+    """Return bytes for '512', '64KiB', '10MB', '1GiB' (at most 8 EiB, a file offset)."""
     try:
-        num, unit = _split_number(text)
-        return int(num * _SIZE[unit])
-    except (KeyError, ValueError):
+        if isinstance(text, bool) or not isinstance(text, int | str):
+            raise ValueError(text)
+        if isinstance(text, int):
+            if text < 0:
+                raise DataError(f"bad size {text!r}: must not be negative")
+            size = float(text) if text > MAX_SIZE else text
+        else:
+            num, unit = _split_number(text)
+            size = num * _SIZE[unit]
+    except (KeyError, ValueError, OverflowError):
         raise DataError(f"bad size {text!r}: write it like 512, 64KiB, 10MB or 1GiB") from None
+    if not size <= MAX_SIZE:
+        raise DataError(f"bad size {text!r}: at most 2^63-1 bytes")
+    return int(size)
 
 
 def default_spool() -> str:
@@ -101,61 +120,153 @@ def is_url(text: str) -> bool:
     return text.startswith(("http://", "https://"))
 
 
+_KNOWN = {
+    "": {"node", "peers", "serve", "limits", "send"},
+    "peers.*": {"url", "token", "token_file", "cafile"},
+    "serve": {"listen", "tokens", "tokens_file", "min_free", "certfile", "keyfile"},
+    "limits": {"max_message_size", "max_attempts", "retention", "quota"},
+    "send": {"backoff_min", "backoff_max", "connect_timeout", "timeout", "cafile"},
+}
+
+
+def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}{key} must be a table: write [{where}{key}] and its keys below it")
+    return value
+
+
+def _text(table: dict[str, Any], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f'{where}{key} must be a string in quotes, e.g. {key} = "..."')
+    return value
+
+
+def check_token(token: str, what: str) -> str:
+    """Return a bearer token if it can go in an HTTP header as it is, else raise ValueError.
+
+    Visible ASCII only: a line break would end the Authorization header and start
+    another one, and other bytes do not survive the trip through HTTP."""
+    if not token or not all("!" <= c <= "~" for c in token):
+        raise ValueError(f"{what} must be printable ASCII without spaces or line breaks")
+    return token
+
+
+def check_url(url: str) -> str:
+    """Return a peer's base URL if libcurl and the sender can use it, else raise DataError.
+
+    Checked where a URL enters (the config, dropr-put --to): a bad one stored in the
+    outbox was retried for good, libcurl refusing it each time as a temporary error."""
+    from urllib.parse import urlsplit
+
+    bad = f"bad peer URL {url!r}"
+    if not is_url(url):
+        raise DataError(f"{bad}: write http://HOST[:PORT]/ or https://HOST[:PORT]/")
+    if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
+        raise DataError(f"{bad}: no spaces, control or non-ASCII characters (percent-encode them)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError as exc:
+        raise DataError(f"{bad}: {exc}") from None
+    if not parts.hostname:
+        raise DataError(f"{bad}: no host")
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise DataError(f"{bad}: no port number after the colon")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise DataError(f"{bad}: a base URL has no ?query or #fragment")
+    return url
+
+
 class Config:
     """The parsed ``dropr.toml`` with defaults filled in."""
 
     def __init__(self, data: dict[str, Any] | None = None, path: str | None = None) -> None:
         data = data or {}
         self.path = path
+        self.unknown: list[str] = []  # keys nobody reads: a typo, most likely (load warns)
         where = path or "config"
         try:
+            self._unknown(data, "", "")
             self.node: str | None = data.get("node")
             if self.node is not None:
                 if not isinstance(self.node, str):
                     raise ValueError('node must be a string, e.g. node = "web1"')
                 check_name(self.node, "node")
+            send = _table(data, "send", "")
             self.peers: dict[str, Peer] = {}
-            for name, p in (data.get("peers") or {}).items():
+            for name, p in _table(data, "peers", "").items():
                 check_name(name, f"peer name {name!r}")
-                if not isinstance(p, dict) or not is_url(str(p.get("url", ""))):
+                if not isinstance(p, dict):
+                    raise ValueError(f"peers.{name} must be a table: [peers.{name}] with url = ... below it")
+                self._unknown(p, "peers.*", f"peers.{name}.")
+                url = _text(p, "url", f"peers.{name}.")
+                if not url:
                     raise ValueError(f'peer {name!r} needs url = "http(s)://..."')
-                token = p.get("token")
-                if token is None and p.get("token_file"):
-                    token = _read_secret(str(p["token_file"]))
-                cafile = p.get("cafile") or (data.get("send") or {}).get("cafile")
-                self.peers[name] = Peer(name, str(p["url"]), token, cafile)
-            serve = data.get("serve") or {}
-            self.listen: list[str] = list(serve.get("listen") or [])
-            self.tokens: dict[str, str] = {str(k): str(v) for k, v in (serve.get("tokens") or {}).items()}
-            if serve.get("tokens_file"):
-                for line in _read_secret(str(serve["tokens_file"])).splitlines():
+                check_url(url)
+                token = _text(p, "token", f"peers.{name}.")
+                token_file = _text(p, "token_file", f"peers.{name}.")
+                if token is None and token_file:
+                    token = _read_secret(token_file)
+                if token is not None:
+                    check_token(token, f"the token of peer {name!r}")
+                cafile = _text(p, "cafile", f"peers.{name}.") or _text(send, "cafile", "send.")
+                self.peers[name] = Peer(name, url, token, cafile)
+            serve = _table(data, "serve", "")
+            self._unknown(serve, "serve", "serve.")
+            listen = serve.get("listen") or []
+            if isinstance(listen, str):
+                listen = [listen]
+            if not isinstance(listen, list) or not all(isinstance(a, str) for a in listen):
+                raise ValueError('serve.listen must be a list of addresses, e.g. listen = ["127.0.0.1:8080"]')
+            self.listen: list[str] = listen
+            self.tokens: dict[str, str] = {}
+            for tok, node in _table(serve, "tokens", "serve.").items():
+                if not isinstance(node, str):
+                    raise ValueError('serve.tokens: each token\'s node must be a string, e.g. "..." = "web1"')
+                self.tokens[check_token(tok, "each token in serve.tokens")] = node
+            tokens_file = _text(serve, "tokens_file", "serve.")
+            if tokens_file:
+                for line in _read_secret(tokens_file).splitlines():
                     if line.strip() and not line.startswith("#"):
-                        tok, _, node = line.partition(" ")
-                        self.tokens[tok.strip()] = node.strip()
+                        tok, _, node = line.strip().partition(" ")
+                        self.tokens[check_token(tok, f"each token in {tokens_file}")] = node.strip()
             for node in self.tokens.values():
                 check_name(node, "a client node in serve.tokens")
             self.min_free = parse_size(serve.get("min_free", "64MiB"))
-            self.certfile: str | None = serve.get("certfile")
-            self.keyfile: str | None = serve.get("keyfile")
-            limits = data.get("limits") or {}
+            self.certfile: str | None = _text(serve, "certfile", "serve.")
+            self.keyfile: str | None = _text(serve, "keyfile", "serve.")
+            limits = _table(data, "limits", "")
+            self._unknown(limits, "limits", "limits.")
             self.max_message_size = parse_size(limits.get("max_message_size", "1GiB"))
-            self.max_attempts = int(limits.get("max_attempts", 0))
+            attempts = limits.get("max_attempts", 0)
+            if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+                raise ValueError("limits.max_attempts must be a whole number, 0 (no limit) or more")
+            self.max_attempts: int = attempts
             self.retention = parse_duration(limits.get("retention", "7d"))
             self.quota = parse_size(limits.get("quota", 0))
-            send = data.get("send") or {}
+            self._unknown(send, "send", "send.")
             self.backoff_min = parse_duration(send.get("backoff_min", "1s"))
             self.backoff_max = parse_duration(send.get("backoff_max", "5m"))
             self.connect_timeout = parse_duration(send.get("connect_timeout", "10s"))
             self.timeout = parse_duration(send.get("timeout", "10m"))
-            self.cafile: str | None = send.get("cafile")
+            self.cafile: str | None = _text(send, "cafile", "send.")
         except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(f"bad config {where}: {exc}; fix the file") from None
         except DataError as exc:
             raise ConfigError(f"bad config {where}: {exc}") from None
 
+    def _unknown(self, table: dict[str, Any], kind: str, prefix: str) -> None:
+        self.unknown += [f"{prefix}{k}" for k in table if k not in _KNOWN[kind]]
+
     def peer(self, target: str) -> Peer:
         """Resolve a --to argument (a configured name or a URL) to a Peer."""
         if is_url(target):
+            try:
+                check_url(target)
+            except DataError as exc:
+                raise UsageError(str(exc)) from None
             for p in self.peers.values():
                 if p.url == (target if target.endswith("/") else target + "/"):
                     return p
@@ -206,7 +317,14 @@ def load(spool: str, explicit: str | None = None) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"bad config {path}: {exc}; fix the TOML syntax") from None
-    return Config(data, path)
+    config = Config(data, path)
+    if config.unknown:
+        import sys
+
+        prog = os.path.basename(sys.argv[0]) or "dropr"
+        keys = ", ".join(config.unknown)
+        sys.stderr.write(f"{prog}: warning: {path}: unknown keys, ignored (a typo?): {keys}\n")
+    return config
 
 
 def check_priority(p: int) -> int:

@@ -90,27 +90,36 @@ def run(
     opts.check()
     if peers is None:
         peers = resolve(spool.config, opts.to)
-    batch = spool.batch(peers, channel=opts.channel, priority=opts.priority, ttl=opts.ttl)
-    limit = spool.config.max_message_size
-    _check_quota(spool)
-    if opts.split is not None:
-        return _put_split(batch, opts.split, limit, out)
-    if opts.file is not None:
-        try:
-            fd = os.open(opts.file, os.O_RDONLY)
-        except OSError as exc:
-            raise NoInputError(f"cannot read --file {opts.file}: {exc.strerror}") from None
-        try:
-            batch.add_stream(fd, opts.ident, limit)
-        finally:
+    fd = -1 if opts.file is None else _open_input(opts.file)  # before the outbox of a new peer
+    try:
+        batch = spool.batch(peers, channel=opts.channel, priority=opts.priority, ttl=opts.ttl)
+        limit = spool.config.max_message_size
+        _check_quota(spool)
+        if opts.split is not None:
+            return _put_split(batch, opts.split, limit, out)
+        batch.add_stream(sys.stdin.buffer.fileno() if fd < 0 else fd, opts.ident, limit)
+    finally:
+        if fd >= 0:
             os.close(fd)
-    else:
-        batch.add_stream(sys.stdin.buffer.fileno(), opts.ident, limit)
     ids = batch.commit()
     for i in ids:
         out.write(i + "\n")
     out.flush()
     return ids
+
+
+def _open_input(path: str) -> int:
+    """Open --file for reading; a missing file or a directory is a one-line error (66)."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise NoInputError(f"cannot read --file {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NoInputError(f"cannot read --file {path}: it is a directory; give a file")
+    return fd
 
 
 def _check_quota(spool: Spool) -> None:
@@ -211,16 +220,18 @@ def _put_split(batch: PutBatch, sep: bytes, limit: int, out: IO[str]) -> list[st
 
 
 def wait_for(
-    spool: Spool, ids: list[str], timeout: float, err: IO[str] | None = None, quiet: bool = False
+    spool: Spool, ids: list[str], timeout: float | None, err: IO[str] | None = None, quiet: bool = False
 ) -> int:
-    """Block until every destination of ids reports processed (0), dead (1) or timeout (75)."""
+    """Block until every destination of ids reports processed (0), dead (1) or timeout (75).
+
+    No timeout waits for ever; a timeout of 0 looks once (it waited for ever too)."""
     from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL
 
     err = err or sys.stderr
     if not sender_running(spool) and not quiet:
         err.write("dropr-put: warning: no dropr-send is running for this spool; nothing will move\n")
         err.flush()
-    deadline = time.monotonic() + timeout if timeout else None
+    deadline = None if timeout is None else time.monotonic() + timeout
     with spool.waiter(f"put-{os.getpid()}.sock") as w:
         while True:
             states = [s for i in ids for (_, s, _) in spool.find_out(i)]

@@ -56,8 +56,19 @@ def is_loopback(addr: str) -> bool:
 def check_listen(spool: Spool, opts: ServeOptions) -> None:
     """Refuse an open address without tokens unless --insecure."""
     for addr in opts.listen:
-        if ":" not in addr or not addr.rsplit(":", 1)[1].isdigit():
-            raise UsageError(f"bad --listen {addr!r}: write HOST:PORT, e.g. 127.0.0.1:8080")
+        host, _, port = addr.rpartition(":")
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not host or not (port.isascii() and port.isdigit()) or "/" in addr or not bare:
+            raise UsageError(f"bad --listen {addr!r}: write HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+        if int(port) > 65535:
+            raise UsageError(f"bad --listen {addr!r}: a port is 0 to 65535")
+        if ":" in bare and bare == host:
+            raise UsageError(f"bad --listen {addr!r}: an IPv6 address goes in brackets, e.g. [::1]:8080")
+        if bare != host or "[" in bare or "]" in bare:
+            try:
+                ipaddress.IPv6Address(bare)
+            except ValueError:
+                raise UsageError(f"bad --listen {addr!r}: {bare!r} is not an IPv6 address") from None
         if not spool.config.tokens and not opts.insecure and not is_loopback(addr):
             raise UsageError(
                 f"refusing to listen on {addr} without serve.tokens in the config: anyone could "
@@ -504,9 +515,9 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
                 lst.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             host, port = lst.sock.getsockname()[:2]
             scheme = "https" if opts.certfile else "http"
-            sys.stderr.write(
-                f"dropr-serve: listening addr={host}:{port} url={scheme}://{host}:{port}/ node={spool.node}\n"
-            )
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets, as in URLs
+            line = f"listening addr={where} url={scheme}://{where}/ node={spool.node}"
+            sys.stderr.write(f"dropr-serve: {line}\n")
         sys.stderr.flush()
 
     def post_fork(server: Any, worker: Any) -> None:

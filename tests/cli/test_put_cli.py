@@ -221,6 +221,13 @@ def test_verbosity_flags_are_accepted(put: Put, spool_dir: Path, flag: str) -> N
     assert b"Traceback" not in res.stderr
 
 
+def test_wait_with_timeout_zero_looks_once(put: Put, spool_dir: Path) -> None:
+    """It waited for ever, as if no --timeout had been given."""
+    res = put(spool_dir, "--to", NOWHERE, "--wait", "--timeout", "0", "-q", input=b"x")
+    assert res.returncode == 75, res.stderr.decode()
+    assert len(res.stdout.split()) == 1
+
+
 def test_wait_without_sender_says_so_and_times_out(put: Put, spool_dir: Path) -> None:
     t0 = time.monotonic()
     res = put(spool_dir, "--to", NOWHERE, "--wait", "--timeout", "300ms", input=b"x")
@@ -289,6 +296,30 @@ def test_bad_channel_is_65(put: Put, spool_dir: Path, channel: str) -> None:
     assert "channel" in put.fail(put(spool_dir, "--to", NOWHERE, "--channel", channel, input=b"x"), 65)
 
 
+@pytest.mark.parametrize("channel", ["a\nb", "line\rover", "x" * 10_000])
+def test_an_error_about_a_hostile_value_stays_one_short_line(put: Put, spool_dir: Path, channel: str) -> None:
+    """A line break in the name split the error in two; 10,000 characters were echoed whole."""
+    line = put.fail(put(spool_dir, "--to", NOWHERE, "--channel", channel, input=b"x"), 65)
+    assert "channel" in line and len(line) < 500
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://",
+        "http://127.0.0.1:99999/",
+        "http://127.0.0.1:abc/",
+        "http://127.0.0.1:9/ x",
+        "http://[::1:9/",
+    ],
+)
+def test_a_broken_url_is_64_and_creates_nothing(put: Put, tmp_path: Path, url: str) -> None:
+    """Stored, it was retried for good: libcurl refused it each time as a temporary error."""
+    spool = tmp_path / "fresh"
+    assert "bad peer URL" in put.fail(put(spool, "--to", url, input=b"x"), 64)
+    assert not spool.exists()
+
+
 def test_empty_channel_is_65(put: Put, spool_dir: Path) -> None:
     put.fail(put(spool_dir, "--to", NOWHERE, "--channel", "", input=b"x"), 65)
 
@@ -305,8 +336,15 @@ def test_missing_file_is_66(put: Put, spool_dir: Path, tmp_path: Path) -> None:
 
 
 def test_directory_as_file_is_66(put: Put, spool_dir: Path, tmp_path: Path) -> None:
-    put.fail(put(spool_dir, "--to", NOWHERE, "--file", str(tmp_path)), 66)
+    line = put.fail(put(spool_dir, "--to", NOWHERE, "--file", str(tmp_path)), 66)
+    assert str(tmp_path) in line and "directory" in line
     assert os.listdir(spool_dir / "tmp") == []
+
+
+def test_missing_file_makes_no_outbox_for_a_new_peer(put: Put, spool_dir: Path, tmp_path: Path) -> None:
+    """dropr-ls showed the new peer, with nothing for it."""
+    put.fail(put(spool_dir, "--to", "http://127.0.0.1:9/", "--file", str(tmp_path / "gone")), 66)
+    assert not (spool_dir / "out").exists() or os.listdir(spool_dir / "out") == []
 
 
 def test_too_large_is_65_and_leaves_nothing(put: Put, spool_dir: Path) -> None:

@@ -542,6 +542,42 @@ def test_open_listen_refused_without_tokens(nodes: Nodes) -> None:
     b.stop_serve()
 
 
+@pytest.mark.parametrize(
+    ("addr", "says"),
+    [
+        ("127.0.0.1:65536", "0 to 65535"),
+        ("::1:8080", "brackets"),
+        ("127.0.0.1:0:0", "brackets"),
+        ("http://127.0.0.1:0", "HOST:PORT"),
+        ("127.0.0.1:\uff10", "HOST:PORT"),  # a full-width digit
+        ("[::1", "brackets"),
+        ("[127.0.0.1]:0", "not an IPv6 address"),
+        (":80", "HOST:PORT"),
+    ],
+)
+def test_a_bad_listen_address_is_64_in_one_line(nodes: Nodes, addr: str, says: str) -> None:
+    """A port past 65535 ended in a traceback, an IPv6 address without brackets in
+    gunicorn's own error, and two colons in a misleading "refusing ... without tokens"."""
+    p = nodes("b").run("dropr-serve", "--listen", addr, timeout=30)
+    err = p.stderr.decode()
+    assert p.returncode == USAGE, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dropr-serve: error: bad --listen") and says in err, err
+
+
+def test_ipv6_loopback_url_has_brackets(nodes: Nodes) -> None:
+    """The listening line said url=http://::1:PORT/, which no client takes."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"this machine has no IPv6 loopback: {exc.strerror}")
+    b = nodes("b")
+    url = b.serve(listen="[::1]:0")
+    assert url.startswith("http://[::1]:"), url
+    assert b'"ok": true' in health(url)
+
+
 def test_open_listen_allowed_with_tokens(nodes: Nodes) -> None:
     b = nodes("b")
     b.config('[serve.tokens]\n"t" = "a"\n')

@@ -44,7 +44,10 @@ def test_parse_duration(text: str | float, seconds: float) -> None:
     assert c.parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "5x", "-5s", "1.2.3s", "ms", "s5", "5 parsecs", -1])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "abc", "5x", "-5s", "1.2.3s", "ms", "s5", "5 parsecs", -1, "inf", "nan", float("inf"), True, [5]],
+)
 def test_parse_duration_rejects(bad: str | int) -> None:
     with pytest.raises(DataError) as exc:
         c.parse_duration(bad)
@@ -71,7 +74,23 @@ def test_parse_size(text: str | int, size: int) -> None:
     assert c.parse_size(text) == size
 
 
-@pytest.mark.parametrize("bad", ["", "lots", "5XB", "-1", "KiB", -3])
+@pytest.mark.parametrize("big", ["99999999999999999999d", "36501d", 1e300, "1e308"])
+def test_parse_duration_past_100_years_is_refused(big: str | float) -> None:
+    """Such a duration overflowed where it ended up: a lease's mtime (time_t), a
+    release's delay, dropr-angel's select(), a socket timeout."""
+    with pytest.raises(DataError, match=r"duration"):
+        c.parse_duration(big)
+    assert c.parse_duration("36500d") == 36500 * 86400
+
+
+@pytest.mark.parametrize("big", ["99999999999999999999TiB", 1 << 63, "9999999999999999999"])
+def test_parse_size_past_a_file_offset_is_refused(big: str | int) -> None:
+    with pytest.raises(DataError, match=r"at most"):
+        c.parse_size(big)
+    assert c.parse_size((1 << 63) - 1) == (1 << 63) - 1
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "5XB", "-1", "KiB", -3, 1.5, 1e999, True])
 def test_parse_size_rejects(bad: str | int) -> None:
     with pytest.raises(DataError) as exc:
         c.parse_size(bad)
@@ -156,6 +175,25 @@ retention = "2h"
         "[limits]\nmax_attempts = 'three'\n",
         "[serve]\nlisten = 5\n",
         "[serve.tokens]\n'tok' = '../evil'\n",
+        "[serve.tokens]\n'tok' = 5\n",  # was node '5'
+        "[serve.tokens]\n'two words' = 'web1'\n",
+        "[serve.tokens]\n'caf\u00e9' = 'web1'\n",
+        "[peers.db1]\nurl = 'http://x/'\ntoken = 'a\\r\\nX-Injected: yes'\n",  # a second header
+        "[peers.db1]\nurl = 'http://x/'\ntoken = ''\n",
+        "[peers.db1]\nurl = 'http://x/'\ntoken = 5\n",
+        "[peers.db1]\nurl = 'http://127.0.0.1:99999/'\n",
+        "[peers.db1]\nurl = 'http://x/ y'\n",
+        "peers = 'x'\n",
+        "limits = 5\n",
+        "serve = [1]\n",
+        "[peers]\ndb1 = 'http://x/'\n",
+        "[limits]\nmax_message_size = 1e999\n",
+        "[limits]\nmax_attempts = -1\n",
+        "[limits]\nmax_attempts = true\n",
+        "[limits]\nretention = '99999999999999999999d'\n",
+        "[serve]\nlisten = ['127.0.0.1:8080', 5]\n",
+        "[serve]\ncertfile = 5\n",
+        "[send]\ncafile = ['x']\n",
         "[peers.db1]\nurl = 'http://x/'\ntoken_file = '/nonexistent/dropr-token'\n",
     ],
 )
@@ -166,6 +204,34 @@ def test_bad_config_is_config_error_78(tmp_path: Path, text: str) -> None:
     assert exc.value.code == EX_CONFIG
     assert "\n" not in str(exc.value)
     assert str(tmp_path / "dropr.toml") in str(exc.value) or "config" in str(exc.value)
+    for internals in ("object has no attribute", "is not iterable", "object is not"):
+        assert internals not in str(exc.value), "say what to write, not what Python tripped on"
+
+
+def test_a_token_file_with_two_lines_is_refused(tmp_path: Path) -> None:
+    """Its line break would have gone out inside the Authorization header."""
+    (tmp_path / "db1.token").write_text("first\nsecond\n")
+    _write(tmp_path / "dropr.toml", f"[peers.db1]\nurl = 'http://x/'\ntoken_file = '{tmp_path}/db1.token'\n")
+    with pytest.raises(ConfigError, match="token"):
+        c.load(str(tmp_path))
+
+
+def test_listen_as_one_string_is_one_address(tmp_path: Path) -> None:
+    """It was split into characters: bad --listen '1'."""
+    _write(tmp_path / "dropr.toml", "[serve]\nlisten = '127.0.0.1:8080'\n")
+    assert c.load(str(tmp_path)).listen == ["127.0.0.1:8080"]
+
+
+def test_unknown_keys_are_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo (max_message_sise) was silently ignored, and the default applied."""
+    _write(tmp_path / "dropr.toml", "colour = 1\n[limit]\nx = 1\n[limits]\nmax_message_sise = '1KiB'\n"
+           "[peers.db1]\nurl = 'http://x/'\ntokn = 'x'\n")  # fmt: skip
+    cfg = c.load(str(tmp_path))
+    assert cfg.max_message_size == 1 << 30
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "warning" in err
+    for key in ("colour", "limit", "limits.max_message_sise", "peers.db1.tokn"):
+        assert key in err
 
 
 def test_non_string_node_is_config_error(tmp_path: Path) -> None:
@@ -259,7 +325,7 @@ def test_peer_by_unknown_url_gets_a_safe_stable_name() -> None:
     from dropr.message import check_name
 
     check_name(p.name)
-    odd = cfg.peer("https://user:pw@[::1]:8443/x?y=../../z")
+    odd = cfg.peer("https://user:pw@[::1]:8443/x/../../z")
     check_name(odd.name)
     assert "pw" not in odd.name and "/" not in odd.name
 
@@ -270,6 +336,38 @@ def test_unknown_peer_is_unavailable_69(target: str) -> None:
         _cfg().peer(target)
     assert exc.value.code == EX_UNAVAILABLE
     assert "db1, db2" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://",
+        "http:///x",
+        "http://127.0.0.1:99999/",
+        "http://127.0.0.1:-1/",
+        "http://127.0.0.1:abc/",
+        "http://127.0.0.1:/",
+        "http://127.0.0.1:9/ x",
+        "http://127.0.0.1:9/\n",
+        "http://[::1:9/",
+        "http://127.0.0.1:9/\udcff",
+        "http://h\u00e9te:9/",
+        "http://127.0.0.1:9/?q=1",
+        "http://127.0.0.1:9/#top",
+    ],
+)
+def test_a_broken_url_is_refused_before_anything_is_stored(url: str) -> None:
+    """Stored, it was retried for good: libcurl refused it each time as a temporary error."""
+    with pytest.raises(UsageError) as exc:
+        _cfg().peer(url)
+    assert "bad peer URL" in str(exc.value) and exc.value.code == EX_USAGE
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/", "https://[::1]:8443/dropr/", "http://db1.example.net/"]
+)
+def test_good_urls_pass(url: str) -> None:
+    assert _cfg().peer(url).url == url
 
 
 def test_unknown_peer_without_config_says_none_configured() -> None:
