@@ -228,9 +228,11 @@ def _lock(path: str | None) -> Iterator[bool]:
     except Timeout:
         got = False
     except OSError as exc:
-        raise CantCreateError(
-            f"cannot take lock {path}: {exc.strerror or exc}; check the directory"
-        ) from None
+        why = exc.strerror or str(exc)
+        parent = os.path.dirname(os.path.abspath(path))
+        if isinstance(exc, FileExistsError) and not os.path.isdir(parent):
+            why = f"{parent} is not a directory"  # filelock's makedirs said only "File exists"
+        raise CantCreateError(f"cannot take lock {path}: {why}; check the directory") from None
     else:
         got = True
     if not got:

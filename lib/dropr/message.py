@@ -162,7 +162,9 @@ class Header:
                 int(fields["s"]),
                 int(fields["k"], 16),
             )
-        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        except KeyError as exc:
+            raise ValueError(f"bad message header: no {exc.args[0]}= field") from None
+        except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"bad message header: {exc}") from None
         if not 0 <= hdr.priority <= 9 or hdr.size < 0 or not 0 <= hdr.created < 16**13 or hdr.deadline < 0:
             raise ValueError("bad message header: field out of range")

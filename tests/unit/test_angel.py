@@ -209,6 +209,14 @@ def test_a_held_lock_returns_0_without_starting(tmp_path: Path) -> None:
     assert lines(m) == ["run"]
 
 
+def test_a_lock_under_a_regular_file_says_so(tmp_path: Path) -> None:
+    """filelock's makedirs said only "File exists"."""
+    (tmp_path / "plain").write_text("x")
+    lock = tmp_path / "plain" / "lock"
+    with pytest.raises(CantCreateError, match="plain is not a directory"):
+        supervise(sh("exit 0", tmp_path / "m"), Options(lock=str(lock)))
+
+
 def test_pidfile_holds_our_pid_while_running(tmp_path: Path) -> None:
     m, pidfile = tmp_path / "seen", tmp_path / "angel.pid"
     script = f'cat "{pidfile}" > "$1"; exit 78'

@@ -221,6 +221,13 @@ def test_header_parse_rejects_malformed(raw: bytes) -> None:
         m.Header.parse(raw)
 
 
+@pytest.mark.parametrize("field", ["id", "ch", "p", "c", "d", "s", "k"])
+def test_a_missing_header_field_is_named(field: str) -> None:
+    """The refusal a sender sees said only "bad message header: 'd'"."""
+    with pytest.raises(ValueError, match=f"no {field}= field"):
+        m.Header.parse(_without(field))
+
+
 def test_crc32_continues() -> None:
     assert m.crc32(b"world", m.crc32(b"hello ")) == m.crc32(b"hello world")
 
