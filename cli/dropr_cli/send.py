@@ -21,9 +21,11 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
     "peers",
     multiple=True,
     metavar="NAME",
-    help="Only deliver to this peer (outbox folder name); repeatable.",
+    help="Only deliver to this peer (a configured name or an outbox folder); repeatable; unknown: exit 69.",
 )
-@click.option("--now", is_flag=True, help="Ignore backoff: try failing peers at once.")
+@click.option(
+    "--now", is_flag=True, help="Ignore the backoff from before this run: try failing peers at once."
+)
 @click.option(
     "--batch",
     type=click.IntRange(1, 100000),

@@ -18,8 +18,8 @@ from typing import Any
 
 from . import message as m
 from . import transport as tp
-from .config import Peer
-from .errors import EX_OK, EX_TEMPFAIL, LockedError
+from .config import Peer, is_url
+from .errors import EX_OK, EX_TEMPFAIL, LockedError, UnavailableError, UsageError
 from .spool import PURGE_CHECK, SEND_SOCK, Spool
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ RELIST_IDLE = 30.0  # an empty queue is listed again without a wake-up this ofte
 EXPIRE_EVERY = 1.0  # a backed-off peer's queue is checked for expired TTLs at most this often,
 EXPIRE_COST = 20  # and at most once per this many times the last check took (<= 5% of a CPU)
 RECEIPT_LOST = "receipt lost: the peer no longer knows it (purged there, or its spool was lost)"
+BACKOFF_DOUBLINGS = 64  # the backoff stops doubling here: far past any backoff_max, and
+# 2 ** failures stays a float whatever count peer.json holds
 
 
 class SendOptions:
@@ -81,6 +83,7 @@ class _PeerRun:
         self.until: float | None = None  # backoff end, cached from peer.json
         self.expire_at = 0.0  # when a backed-off queue is next checked for expired TTLs
         self.ttl = False  # a message with a TTL was put for the peer (out/PEER/ttl, sticky)
+        self.failed = False  # a transfer to it failed during this run: --now no longer applies
 
 
 class Sender:
@@ -120,28 +123,34 @@ class Sender:
                     log.error("error peer=%s reason=cannot read its url: %s", name, exc.strerror)
 
     def _backoff_until(self, name: str) -> float:
-        if self.opts.now:
-            return 0.0
+        """Return when the peer's backoff ends: 0 for --now until it fails in this run.
+
+        --now overrides only the backoff recorded before this run; a peer that fails
+        again is backed off as usual, or a daemon would retry it in a tight loop.
+        """
         run = self.runs.get(name)
+        if self.opts.now and not (run and run.failed):
+            return 0.0
         if run is None:
-            return float(self.spool.peer_state(name).get("until", 0) or 0)
+            return _number(self.spool.peer_state(name).get("until"))
         if run.until is None:  # read once: this sender is the only writer of peer.json
-            run.until = float(self.spool.peer_state(name).get("until", 0) or 0)
+            run.until = _number(self.spool.peer_state(name).get("until"))
         return run.until
 
     def _peer_failed(self, run: _PeerRun, reason: str) -> None:
         st = self.spool.peer_state(run.peer.name)
-        failures = int(st.get("failures", 0)) + 1
-        delay = min(self.cfg.backoff_max, self.cfg.backoff_min * 2 ** (failures - 1))
+        failures = _count(st.get("failures")) + 1
+        delay = min(self.cfg.backoff_max, self.cfg.backoff_min * 2.0 ** min(failures - 1, BACKOFF_DOUBLINGS))
         delay *= random.uniform(0.5, 1.0)
         st.update(failures=failures, until=time.time() + delay, last_error=reason, last_error_at=time.time())
         self.spool.set_peer_state(run.peer.name, st)
         run.until = st["until"]
+        run.failed = True
         log.warning("deferred peer=%s reason=%s retry_in=%.1fs", run.peer.name, reason, delay)
 
     def _peer_ok(self, run: _PeerRun) -> None:
         st = self.spool.peer_state(run.peer.name)
-        if st.get("failures") or st.get("until") or time.time() - float(st.get("last_ok", 0)) > 1:
+        if st.get("failures") or st.get("until") or time.time() - _number(st.get("last_ok")) > 1:
             st.update(failures=0, until=0, last_ok=time.time())
             self.spool.set_peer_state(run.peer.name, st)
         run.until = 0.0
@@ -214,6 +223,8 @@ class Sender:
         for run in self.runs.values():
             if len(self.pool) >= self.opts.concurrency or self.stopping:
                 return
+            if run.failed and self.opts.once:  # one try per pass: the next pass retries it
+                continue
             if self._backoff_until(run.peer.name) > wall:
                 self._expire_waiting(run)
                 continue
@@ -511,6 +522,53 @@ class Sender:
         return max(0.0, sleep)
 
 
+def _count(value: Any) -> int:
+    """Return a failure count read from peer.json; anything but a number >= 0 reads as 0."""
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError, OverflowError):  # None, "x", inf, nan
+        return 0
+
+
+def _number(value: Any) -> float:
+    """Return a time read from peer.json; anything but a finite number >= 0 reads as 0."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return x if 0 <= x < float("inf") else 0.0
+
+
+def check_peers(spool: Spool, names: list[str], once: bool) -> None:
+    """Reject --peer names that are no peer of this spool, before anything is sent.
+
+    Otherwise a typo delivered nothing and exited 0 while the real peer's messages
+    stayed queued: it looked like success. A daemon only warns about a name that could
+    be a peer: a URL peer's outbox folder appears with the first put for it, and a
+    service that exits until then would be restarted over and over.
+    """
+    known = set(spool.config.peers) | set(spool.out_peers())
+    for name in names:
+        if name in known:
+            continue
+        if is_url(name):
+            folder = spool.config.peer(name).name
+            raise UsageError(f"bad --peer {name!r}: give the peer's name, not its URL: --peer {folder}")
+        try:
+            m.check_name(name, "a peer name")
+        except ValueError as exc:
+            raise UsageError(f"bad --peer {name!r}: {exc}; see 'dropr-send --help'") from None
+        shown = ", ".join(sorted(known)) or "none"
+        if not once:
+            log.warning(
+                "unknown peer=%s known=%s: nothing goes to it until a put makes its outbox", name, shown
+            )
+            continue
+        raise UnavailableError(
+            f"unknown peer {name!r} (known: {shown}); give a configured peer or an outbox folder of dropr-ls"
+        )
+
+
 def _readable(waiter: Any) -> bool:
     import select
 
@@ -521,6 +579,7 @@ def run(spool: Spool, opts: SendOptions) -> int:
     """Take the spool's send lock and deliver, once or as a daemon."""
     from filelock import FileLock, Timeout
 
+    check_peers(spool, opts.peers, opts.once)
     lock = FileLock(spool.path("lock", "send.lock"))
     try:
         lock.acquire(timeout=0)

@@ -19,6 +19,7 @@ Wire protocol (documented in dropr.7):
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
@@ -68,8 +69,23 @@ class Transfer:
 
 
 def _setup(t: Transfer, node: str, timeouts: Timeouts, path: str) -> pycurl.Curl:
+    """Set the options common to every request; a URL or header libcurl cannot take
+    fails the transfer (t.error), never the sender."""
     c = t.curl
-    c.setopt(pycurl.URL, t.peer.url + path)
+    try:
+        headers = [b"Expect:", _header("X-Dropr-Origin", node, "the node name")]
+        if t.peer.token:
+            headers.append(_header("Authorization", f"Bearer {t.peer.token}", "the peer's token"))
+    except ValueError as exc:
+        t.error = str(exc)
+        return c
+    if t.kind == "status":
+        headers.append(b"Content-Type: application/json")
+    url = t.peer.url + path
+    if not url.isascii() or "\0" in url:  # dropr-put and the config refuse them; an older outbox
+        t.error = "cannot use the peer's URL: it has non-ASCII characters or a NUL; percent-encode them"
+        return c
+    c.setopt(pycurl.URL, url)
     c.setopt(pycurl.WRITEDATA, t.body)
     c.setopt(pycurl.NOSIGNAL, 1)
     c.setopt(pycurl.CONNECTTIMEOUT_MS, int(timeouts.connect * 1000))
@@ -77,15 +93,26 @@ def _setup(t: Transfer, node: str, timeouts: Timeouts, path: str) -> pycurl.Curl
     c.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeouts.low_speed_time)))
     c.setopt(pycurl.TIMEOUT_MS, int(timeouts.total * 1000))
     c.setopt(pycurl.TCP_NODELAY, 1)
-    headers = ["Expect:", f"X-Dropr-Origin: {node}"]
-    if t.peer.token:
-        headers.append(f"Authorization: Bearer {t.peer.token}")
-    if t.kind == "status":
-        headers.append("Content-Type: application/json")
     c.setopt(pycurl.HTTPHEADER, headers)
     if t.peer.cafile:
-        c.setopt(pycurl.CAINFO, t.peer.cafile)
+        c.setopt(pycurl.CAINFO, os.fsencode(t.peer.cafile))
     return c
+
+
+def _header(name: str, value: str, what: str) -> bytes:
+    """Return one header line as bytes; ValueError if the value cannot be sent.
+
+    pycurl encodes str as ASCII (and raises on anything else); a CR or LF would
+    inject headers. The reason never quotes the value: it may be a secret.
+    """
+    if any(ch in value for ch in "\r\n\0"):
+        raise ValueError(f"cannot send {name} header: {what} has a line break or NUL; fix it in the config")
+    try:
+        return f"{name}: {value}".encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"cannot send {name} header: {what} has a character HTTP cannot carry; fix it in the config"
+        ) from None
 
 
 def upload(peer: Peer, items: list[tuple[str, str]], node: str, timeouts: Timeouts) -> Transfer:
@@ -98,7 +125,7 @@ def upload(peer: Peer, items: list[tuple[str, str]], node: str, timeouts: Timeou
             (
                 "m",
                 (
-                    pycurl.FORM_FILE, path,
+                    pycurl.FORM_FILE, os.fsencode(path),
                     pycurl.FORM_FILENAME, ident,
                     pycurl.FORM_CONTENTTYPE, "application/octet-stream",
                 ),
@@ -128,17 +155,25 @@ class Pool:
     def __init__(self) -> None:
         self.multi = pycurl.CurlMulti()
         self.running: dict[int, Transfer] = {}
+        self.failed: list[Transfer] = []  # failed before they started: the next poll reports them
 
     def add(self, t: Transfer) -> None:
         """Start a transfer."""
+        if t.error:
+            self.failed.append(t)
+            return
         self.running[id(t.curl)] = t
         self.multi.add_handle(t.curl)
 
     def __len__(self) -> int:
-        return len(self.running)
+        return len(self.running) + len(self.failed)
 
     def poll(self, timeout: float) -> Iterator[Transfer]:
         """Drive transfers for up to timeout seconds; yield each one that finished."""
+        if self.failed:
+            failed, self.failed = self.failed, []
+            yield from failed
+            return
         if not self.running:
             return
         while True:
@@ -182,6 +217,9 @@ class Pool:
             self.multi.remove_handle(t.curl)
             t.close()
         self.running.clear()
+        for t in self.failed:
+            t.close()
+        self.failed.clear()
         self.multi.close()
 
 
