@@ -249,6 +249,8 @@ class Config:
             self._unknown(send, "send", "send.")
             self.backoff_min = parse_duration(send.get("backoff_min", "1s"))
             self.backoff_max = parse_duration(send.get("backoff_max", "5m"))
+            if not 0 < self.backoff_min <= self.backoff_max:  # 0: a failing peer retried in a tight loop
+                raise ValueError("send.backoff_min must be more than 0 and at most send.backoff_max")
             self.connect_timeout = parse_duration(send.get("connect_timeout", "10s"))
             self.timeout = parse_duration(send.get("timeout", "10m"))
             self.cafile: str | None = _text(send, "cafile", "send.")

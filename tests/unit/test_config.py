@@ -194,6 +194,8 @@ retention = "2h"
         "[serve]\nlisten = ['127.0.0.1:8080', 5]\n",
         "[serve]\ncertfile = 5\n",
         "[send]\ncafile = ['x']\n",
+        "[send]\nbackoff_min = '0s'\n",  # a failing peer retried in a tight loop
+        "[send]\nbackoff_min = '10m'\nbackoff_max = '1m'\n",
         "[peers.db1]\nurl = 'http://x/'\ntoken_file = '/nonexistent/dropr-token'\n",
     ],
 )
