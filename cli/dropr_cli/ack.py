@@ -25,7 +25,7 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 def _run(o: dict[str, Any]) -> int:
     from dropr.config import default_spool, load
     from dropr.consume import IdReader, ack
-    from dropr.errors import UsageError
+    from dropr.errors import EX_NOTFOUND, UsageError
     from dropr.spool import Spool
 
     from ._common_fast import logging_for
@@ -42,11 +42,17 @@ def _run(o: dict[str, Any]) -> int:
     ids = o["args"]
     if not ids:
         raise UsageError("no ids; give ID... or - to read them from stdin")
+    if "-" in ids and ids != ["-"]:
+        raise UsageError("give ids as arguments or - to read them from stdin, not both")
+    if not all(i.strip() for i in ids):
+        raise UsageError("an empty id; give ID... or - to read them from stdin")
     if ids == ["-"]:
         todo: Any = IdReader(sys.stdin)
         first = next(todo, None)
         if first is None:
-            return 0  # none is fine: `dropr-recv -n 500 | dropr-ack -` on an empty inbox
+            # nothing to finish, as dropr-recv exits 1 when nothing is ready: so a
+            # `while dropr-recv | dropr-ack -` loop ends once the inbox is empty
+            return EX_NOTFOUND
         todo.push_back(first)
     else:
         todo = ids

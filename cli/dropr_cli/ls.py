@@ -6,14 +6,14 @@ import sys
 from typing import Any
 
 from dropr import report
-from dropr.errors import EX_NOTFOUND
+from dropr.errors import EX_NOTFOUND, UsageError
 
 from ._common import CONTEXT, check_name, click, common, main_for, obj
 
 
 @click.command("dropr-ls", context_settings=CONTEXT)
-@click.option("--out", "box", flag_value="out", help="Only the outbox (per peer).")
-@click.option("--in", "box", flag_value="in", help="Only the inbox (per channel).")
+@click.option("--out", "only_out", is_flag=True, help="Only the outbox (per peer).")
+@click.option("--in", "only_in", is_flag=True, help="Only the inbox (per channel).")
 @click.option("--peer", metavar="P", help="Only this outbox peer.")
 @click.option("--channel", metavar="C", help="Only this inbox channel.")
 @click.option(
@@ -22,12 +22,12 @@ from ._common import CONTEXT, check_name, click, common, main_for, obj
     help="Only this state.",
 )
 @click.option("-l", "--list", "listing", is_flag=True, help="One line per message.")
-@click.option("--json", "fmt", flag_value="json", help="JSON lines.")
-@click.option("--prom", "fmt", flag_value="prom", help="Prometheus text format (node_exporter textfile).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+@click.option("--prom", "as_prom", is_flag=True, help="Prometheus text format (node_exporter textfile).")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @common
-def cmd(box: str | None, peer: str | None, channel: str | None, state: str | None, listing: bool,
-        fmt: str | None, ids: tuple[str, ...], **kw: Any) -> int:  # fmt: skip
+def cmd(only_out: bool, only_in: bool, peer: str | None, channel: str | None, state: str | None,
+        listing: bool, as_json: bool, as_prom: bool, ids: tuple[str, ...], **kw: Any) -> int:  # fmt: skip
     """Inspect spools: a summary, one line per message, or everything about IDs.
 
     The summary has one row per box, peer or channel and state with count,
@@ -43,6 +43,9 @@ def cmd(box: str | None, peer: str | None, channel: str | None, state: str | Non
       dropr-ls --prom > /var/lib/node_exporter/dropr.prom
     """
     o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-ls")
+    _check_conflicts(only_out, only_in, listing, as_json, as_prom, ids)
+    box = "out" if only_out else "in" if only_in else None
+    fmt = "json" if as_json else "prom" if as_prom else None
     check_name(channel, "channel")
     check_name(peer, "peer")
     spool = o.spool(create=False)
@@ -72,6 +75,17 @@ def cmd(box: str | None, peer: str | None, channel: str | None, state: str | Non
     else:
         w(report.summary_text(rows, prs))
     return 0
+
+
+def _check_conflicts(only_out: bool, only_in: bool, listing: bool, as_json: bool, as_prom: bool,
+                     ids: tuple[str, ...]) -> None:  # fmt: skip
+    """Refuse options that exclude each other, rather than let the last one win quietly."""
+    if only_out and only_in:
+        raise UsageError("--out and --in exclude each other; give neither for both boxes")
+    if as_json and as_prom:
+        raise UsageError("--json and --prom exclude each other")
+    if as_prom and (listing or ids):
+        raise UsageError("--prom prints the summary; -l and ID do not apply")
 
 
 def _detail_text(rec: dict[str, Any]) -> str:

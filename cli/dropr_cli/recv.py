@@ -19,6 +19,8 @@ _VALUED = frozenset(
 _FLAGS = frozenset({"--all", "--wait", "--ack", "--once", "--follow"})
 FOLLOW_N = 100  # --follow claims this many at a time unless -n says otherwise
 FORMATS = ("path", "json", "raw")
+MIN_LEASE = 1.0  # seconds: a shorter lease may end before the claimer has printed the
+# message, and then another consumer gets it too
 
 
 def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
@@ -47,9 +49,13 @@ def _run(o: dict[str, Any]) -> int:
     max_attempts = int_option(o, "--max-attempts", 5, 0)
     timeout = duration_option(o, "--timeout", 0)
     lease = duration_option(o, "--lease", 300)
+    if not lease >= MIN_LEASE:  # not <: NaN too
+        raise UsageError(f"bad --lease {o['--lease']!r}: must be at least {MIN_LEASE:g}s")
     spool_dir = o.get("--spool") or default_spool()
     command = o.get("--exec")
     if command is not None:
+        if not command.strip():
+            raise UsageError("--exec needs a command; an empty one would ack every message unread")
         if n or o["all"] or o["wait"] or o["ack"] or o["follow"] or fmt != "path":
             raise UsageError(
                 "--exec runs handlers; -n, --all, --wait, --follow, --ack and --format do not apply"
@@ -73,8 +79,9 @@ def _run(o: dict[str, Any]) -> int:
     if o["follow"]:
         fopts = RecvOptions(channel=channel, n=n or FOLLOW_N, wait=True, lease=lease, fmt=fmt, ack=o["ack"])
         return follow(spool, fopts)
-    ropts = RecvOptions(channel=channel, n=10**9 if o["all"] else n or 1, wait=o["wait"], timeout=timeout,
-                        lease=lease, fmt=fmt, ack=o["ack"])  # fmt: skip
+    ropts = RecvOptions(channel=channel, n=10**9 if o["all"] else n or 1, wait=o["wait"],
+                        timeout=timeout if "--timeout" in o else None, lease=lease, fmt=fmt,
+                        ack=o["ack"])  # fmt: skip
     return recv(spool, ropts)
 
 
@@ -103,14 +110,14 @@ def command() -> Any:
         "--timeout",
         type=DURATION,
         default=None,
-        help="With --wait: give up after DUR. With --exec: kill a handler running longer.",
+        help="With --wait: give up after DUR (0: at once). With --exec: kill a handler running longer.",
     )
     @click.option(
         "--lease",
         type=DURATION,
         default="5m",
         show_default=True,
-        help="How long a claim holds before the message is ready again.",
+        help="How long a claim holds before the message is ready again (at least 1s).",
     )
     @click.option(
         "--format",

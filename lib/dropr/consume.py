@@ -39,7 +39,7 @@ class RecvOptions:
         channel: str = "default",
         n: int = 1,
         wait: bool = False,
-        timeout: float = 0,
+        timeout: float | None = None,
         lease: float = 300,
         fmt: str = "path",
         ack: bool = False,
@@ -59,14 +59,15 @@ def claim_wait(
     n: int,
     lease: float,
     wait: bool,
-    timeout: float,
+    timeout: float | None,
     each: Callable[[Claim], None] | None = None,
 ) -> list[Claim]:
-    """Claim up to n messages; with wait, block (woken by arrivals) until some come or timeout."""
+    """Claim up to n messages; with wait, block (woken by arrivals) until some come or the
+    timeout (None: for ever; 0: give up at once) passes."""
     got = spool.claim(channel, n, lease, each=each)
-    if got or not wait:
+    if got or not wait or timeout is not None and timeout <= 0:
         return got
-    deadline = time.monotonic() + timeout if timeout else None
+    deadline = None if timeout is None else time.monotonic() + timeout
     with spool.waiter(f"recv-{channel}-{os.getpid()}.sock") as w:
         while True:
             got = spool.claim(channel, n, lease, each=each)  # again: an arrival may predate the socket
@@ -85,9 +86,12 @@ def recv(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int:
         raise UsageError("--format raw prints one payload; drop -n/--all")
     lines = _Lines(out, opts.fmt)
     raw = opts.fmt == "raw"
-    claims = claim_wait(
-        spool, opts.channel, opts.n, opts.lease, opts.wait, opts.timeout, None if raw else lines.add
-    )
+    try:
+        claims = claim_wait(
+            spool, opts.channel, opts.n, opts.lease, opts.wait, opts.timeout, None if raw else lines.add
+        )
+    finally:
+        lines.flush()  # what was claimed before an error is printed: nobody else may get it
     if not claims:
         if opts.wait:
             return EX_TEMPFAIL

@@ -1,19 +1,24 @@
 """What dropr-ls shows: summaries, listings and single-message details of a spool.
 
 Everything is read from names and one lstat per file: no file is opened for a
-summary, so a million messages take seconds.
+summary, so a million messages take seconds. A file in a state folder that is no
+message (see spool.stray_test) is not counted or listed but reported on stderr; it
+stays where it is: the process that owns the folder moves it to corrupt/.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from . import message as m
-from .spool import IN_STATES, OUT_STATES, Spool
+from .spool import IN_STATES, OUT_STATES, STRAY_WHY, Spool, stray_test
+
+log = logging.getLogger(__name__)
 
 
 class Filter:
@@ -53,40 +58,61 @@ class Filter:
 LIVE = ("queued", "sent", "ready", "wait", "claimed")  # still to deliver or consume
 
 
-def _scan(folder: str, header: int) -> tuple[int, int, str]:
-    """Return count, payload bytes and the smallest arrival prefix of a state folder.
+def _scan(folder: str, box: str) -> tuple[int, int, str, int]:
+    """Return count, payload bytes, the smallest arrival prefix and the strays of a state folder.
 
-    One lstat per file, relative to the folder's descriptor (no path lookups).
+    One lstat per message, relative to the folder's descriptor (no path lookups).
+    Files that are no messages are only counted as strays.
     """
+    header = m.HEADER_SIZE if box == "out" else 0
+    stray = stray_test(box)
     count = 0
     size = 0
+    strays = 0
     oldest = "~"
     try:
         dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        return 0, 0, ""
+    except (FileNotFoundError, NotADirectoryError):
+        return 0, 0, "", 0
     try:
         with os.scandir(dfd) as it:
             for e in it:
+                name = e.name
+                if stray(name):
+                    strays += 1
+                    continue
                 try:
                     size += e.stat(follow_symlinks=False).st_size
                 except FileNotFoundError:
                     continue
                 count += 1
-                arr = e.name[1:14]
+                arr = name[1:14]
                 if arr < oldest:
                     oldest = arr
     finally:
         os.close(dfd)
-    return count, size - header * count, oldest if count else ""
+    return count, size - header * count, oldest if count else "", strays
+
+
+def _report_strays(folder: str, count: int) -> None:
+    """Say on stderr that a state folder holds files that are no messages (not counted)."""
+    log.warning(
+        "stray folder=%s files=%d reason=%s (not counted; the sender, consumer or purge working "
+        "there moves them to corrupt/)",
+        folder,
+        count,
+        STRAY_WHY,
+    )
 
 
 def summary(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
     """Return one row per (box, name, state) with count, bytes and oldest arrival (epoch s)."""
     rows = []
     for box, name, state in flt.places(spool):
-        header = m.HEADER_SIZE if box == "out" else 0
-        count, size, oldest = _scan(spool.path(box, name, state), header)
+        folder = spool.path(box, name, state)
+        count, size, oldest, strays = _scan(folder, box)
+        if strays:
+            _report_strays(folder, strays)
         if count or flt.state or state in ("queued", "ready"):
             rows.append(
                 {
@@ -117,7 +143,7 @@ def peers(spool: Spool, flt: Filter, rows: list[dict[str, Any]] | None = None) -
             row = queued[peer]
             count, size, oldest_s = row["count"], row["bytes"], row["oldest"]
         else:
-            count, size, oldest = _scan(spool.path("out", peer, "queued"), m.HEADER_SIZE)
+            count, size, oldest, _ = _scan(spool.path("out", peer, "queued"), "out")
             oldest_s = int(oldest, 16) / 1e6 if oldest else None
         st = spool.peer_state(peer)
         try:
@@ -148,7 +174,14 @@ def messages(spool: Spool, flt: Filter) -> Iterator[dict[str, Any]]:
             metas = set(os.listdir(spool.path(box, name, "meta")))
         except FileNotFoundError:
             metas = set()
-        for fn in spool.out_names(name, state) if box == "out" else spool.in_names(name, state):
+        strays: list[str] = []  # left where they are: dropr-ls changes nothing
+        if box == "out":
+            names = spool.out_names(name, state, strays=strays)
+        else:
+            names = spool.in_names(name, state, strays=strays)
+        if strays:
+            _report_strays(folder, len(strays))
+        for fn in names:
             yield _record(spool, box, name, state, folder, fn, metas)
 
 
@@ -232,7 +265,7 @@ def spool_bytes(spool: Spool) -> int:
     period, can be most of a spool and do not count.
     """
     return sum(
-        _scan(spool.path(box, name, state), m.HEADER_SIZE if box == "out" else 0)[1]
+        _scan(spool.path(box, name, state), box)[1]
         for box, name, state in Filter().places(spool)
         if state in LIVE
     )

@@ -355,7 +355,7 @@ def test_lease_is_renewed_while_the_handler_runs(pair: Pair, tmp_path: Path) -> 
     b = pair.b
     out = tmp_path / "out"
     handler = f"sleep 2.5; cat > {q(out)}"
-    args = ("--exec", handler, "--lease", "500ms", "--once")
+    args = ("--exec", handler, "--lease", "1s", "--once")
     proc = b.start("dropr-recv", *args, stderr=subprocess.DEVNULL)
     wait_until(lambda: in_state(b, ident) == "claimed", 15, "the handler to claim")
     stolen = []

@@ -25,6 +25,8 @@ from dropr.errors import (
 )
 from dropr.spool import Spool
 from helpers import CLAIM_FIELDS, receive
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
@@ -1220,3 +1222,189 @@ def test_direct_writer_full_disk_raises(tmp_path: Path) -> None:
         assert exc.value.errno == errno.ENOSPC
         if w.fd >= 0:
             os.close(w.fd)
+
+
+# -- stray files in state folders -------------------------------------------------
+# A file that is no message name (README, an editor's .swp, "zzz") put into a state
+# folder by hand: never handed out as a message; moved to corrupt/ by the process
+# working there, skipped by listings that change nothing.
+
+STRAYS = ("README", ".hidden", "zzz", "0zzz", "5zzzzzzzzzzzzz,x,y")
+
+
+def _touch_strays(folder: str, names: tuple[str, ...] = STRAYS) -> None:
+    for name in names:
+        Path(folder, name).write_bytes(b"not a message")
+
+
+def _corrupt_names(sp: Spool) -> set[str]:
+    return set(os.listdir(sp.path("corrupt")))
+
+
+def test_claim_moves_strays_in_ready_to_corrupt(sp: Spool) -> None:
+    _fill_inbox(sp, [("s1", 5), ("s2", 0)])
+    _touch_strays(sp.path("in", "default", "ready"))
+    claims = sp.claim("default", 10, 300)
+    assert [c.ident for c in claims] == ["s2", "s1"]
+    assert os.listdir(sp.path("in", "default", "ready")) == []
+    assert sorted(os.listdir(sp.path("in", "default", "claimed"))) == sorted(c.name for c in claims)
+    for name in STRAYS:
+        dest = sp.path("corrupt", f"in=default=ready={name}")
+        assert Path(dest).read_bytes() == b"not a message"
+        assert Path(dest + ".why").read_text() == f"{spool_mod.STRAY_WHY}\n"
+
+
+def test_strays_sorting_first_do_not_hide_ready_messages(sp: Spool) -> None:
+    """More strays than the claim picks from a large listing, all sorting before it."""
+    _fill_inbox(sp, [("only", 5)])
+    ready = sp.path("in", "default", "ready")
+    _touch_strays(ready, tuple(f".stray{i:04}" for i in range(1100)))
+    [c] = sp.claim("default", 1, 300)
+    assert c.ident == "only"
+    assert len(_corrupt_names(sp)) == 2 * 1100  # each with its .why
+    assert os.listdir(ready) == []
+
+
+def test_read_only_listings_skip_strays_and_leave_them(sp: Spool) -> None:
+    [ident] = put(sp, [b"x"])
+    _fill_inbox(sp, [("r1", 5)])
+    for folder in (sp.path("out", "a", "queued"), sp.path("in", "default", "ready")):
+        _touch_strays(folder)
+    strays: list[str] = []
+    assert [m.parse_out_name(n)[2] for n in sp.out_names("a", "queued", strays=strays)] == [ident]
+    assert sorted(strays) == sorted(STRAYS)
+    strays = []
+    assert [m.parse_in_name(n)[3] for n in sp.in_names("default", "ready", strays=strays)] == ["r1"]
+    assert sorted(strays) == sorted(STRAYS)
+    assert _corrupt_names(sp) == set(), "a read-only listing moves nothing"
+
+
+def test_out_names_moves_strays_in_queued_to_corrupt(sp: Spool) -> None:
+    [ident] = put(sp, [b"x"])
+    _touch_strays(sp.path("out", "a", "queued"))
+    for first in (0, 1):
+        names = sp.out_names("a", "queued", first)
+        assert [n.split(",", 1)[1] for n in names] == [ident]
+    assert _corrupt_names(sp) == {f"out=a=queued={n}{w}" for n in STRAYS for w in ("", ".why")}
+    assert sp.out_any("a", "queued")
+    sp.out_move("a", names, "queued", "sent")
+    _touch_strays(sp.path("out", "a", "queued"), ("LATER",))
+    assert not sp.out_any("a", "queued"), "a stray is no queued message"
+
+
+def test_strays_in_claimed_and_wait_do_not_stop_sweeps_or_acks(sp: Spool) -> None:
+    _fill_inbox(sp, [("w", 5), ("c", 5)])
+    [c] = sp.claim("default", 1, 300)
+    _touch_strays(sp.path("in", "default", "claimed"), ("README",))
+    _touch_strays(sp.path("in", "default", "wait"), ("README",))
+    assert set(sp.claimed_index()) == {c.ident, f"web1,{c.ident}"}
+    assert [x.ident for x in sp.claim("default", 5, 300)] == ["c"]
+    assert {"in=default=claimed=README", "in=default=wait=README"} <= _corrupt_names(sp)
+
+
+def test_purge_moves_old_strays_instead_of_failing(sp: Spool) -> None:
+    put(sp, [b"x"])
+    _fill_inbox(sp, [("p", 5)])
+    for folder in (sp.path("out", "a", "dead"), sp.path("in", "default", "done")):
+        _touch_strays(folder, ("README",))
+    sp.purge(now=time.time() + FAR_FUTURE)
+    assert {"out=a=dead=README", "in=default=done=README"} <= _corrupt_names(sp)
+
+
+def test_a_stray_file_beside_peers_and_channels_is_none(sp: Spool) -> None:
+    put(sp, [b"x"])
+    _fill_inbox(sp, [("f", 5)])
+    Path(sp.path("out", "README")).write_text("x")
+    Path(sp.path("in", "README")).write_text("x")
+    assert sp.out_peers() == ["a"]
+    assert sp.channels() == ["default"]
+    assert sp.in_names("README", "ready") == []
+    assert [c.ident for c in sp.claim("default", 1, 300)] == ["f"]
+
+
+def test_a_stray_that_cannot_be_moved_is_skipped(sp: Spool) -> None:
+    _fill_inbox(sp, [("k", 5)])
+    _touch_strays(sp.path("in", "default", "ready"), ("README",))
+    os.makedirs(sp.path("corrupt", "in=default=ready=README", "in-the-way"))  # rename fails
+    assert [c.ident for c in sp.claim("default", 5, 300)] == ["k"]
+    assert os.listdir(sp.path("in", "default", "ready")) == ["README"]
+
+
+# -- far-future lease and due times -----------------------------------------------
+
+
+def test_a_huge_lease_is_clamped_not_an_overflow(sp: Spool) -> None:
+    _fill_inbox(sp, [("l", 5)])
+    [c] = sp.claim("default", 1, 1e20)
+    assert c.expiry == spool_mod.MAX_STAMP
+    assert os.stat(c.path).st_mtime > time.time() + FAR_FUTURE  # the filesystem may clamp further
+    assert c.renew(1e20) is True
+    assert sp.claim("default", 1, 300) == [], "the lease holds"
+
+
+def test_a_huge_release_delay_is_clamped_not_an_overflow(sp: Spool) -> None:
+    _fill_inbox(sp, [("d", 5)])
+    [c] = sp.claim("default", 1, 300)
+    assert sp.finish("default", c.name, "release", delay=1e20) is True
+    assert sp.find_in("web1", "d")[1] == "wait"  # type: ignore[index]
+    assert os.stat(sp.path("in", "default", "wait", c.name)).st_mtime > time.time() + FAR_FUTURE
+    assert sp.in_meta("default", "web1", "d")["returns"] == 1
+
+
+def test_a_release_whose_due_time_fails_changes_nothing(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fill_inbox(sp, [("f", 5)])
+    [c] = sp.claim("default", 1, 300)
+
+    def refuse(*_a: Any, **_k: Any) -> None:
+        raise OSError(errno.EPERM, "no")
+
+    monkeypatch.setattr(spool_mod.os, "utime", refuse)
+    with pytest.raises(OSError):
+        sp.finish("default", c.name, "release", delay=60)
+    monkeypatch.undo()
+    assert sp.find_in("web1", "f")[1] == "claimed"  # type: ignore[index]
+    assert sp.in_meta("default", "web1", "f") == {}, "no return counted"
+
+
+def test_a_release_of_a_lost_claim_counts_no_return(sp: Spool) -> None:
+    _fill_inbox(sp, [("g", 5)])
+    [c] = sp.claim("default", 1, 300)
+    assert sp.finish("default", c.name, "ack") is True
+    assert sp.finish("default", c.name, "release", delay=60) is False
+    assert sp.in_meta("default", "web1", "g") == {}
+
+
+NAMES = [
+    "5660ec4ddde103,660ec4ddde1035a14c58abce", "0000000000000a,x", "9ffffffffffff0,web1,caller-id",
+    "5660ec4ddde103,web1,a", "5660ec4ddde103,", "5660ec4ddde103,,x", "5660ec4ddde103,x,",
+    "5660ec4ddde103,a,b,c",
+    "5660EC4ddde103,x", "a660ec4ddde103,x", "5660ec4ddde10,xy", "5660ec4ddde1034,x", "5660ec4ddde10 ,x",
+    "56-0ec4ddde103,x", "5660ec4ddde103,a\nb", "5660ec4ddde103,é,ü", "٥660ec4ddde103,x", "README", ".hidden",
+    "zzz", "0zzz", "", ",", "5", "5660ec4ddde103",
+]  # fmt: skip
+
+
+def _check_both(box: str, name: str) -> None:
+    """Few names are checked in Python (no `re` import at start-up), many by NAME_PATTERNS."""
+    import re
+
+    stray = re.fullmatch(spool_mod.NAME_PATTERNS[box], name) is None
+    assert bool(spool_mod.stray_test(box, 1)(name)) == stray, name
+    assert bool(spool_mod.stray_test(box, 10**6)(name)) == stray, name
+    if not stray:
+        (m.parse_out_name if box == "out" else m.parse_in_name)(name)  # a message name parses
+
+
+@pytest.mark.parametrize("box", ["out", "in"])
+@pytest.mark.parametrize("name", NAMES)
+def test_the_python_and_regex_name_checks_agree(box: str, name: str) -> None:
+    _check_both(box, name)
+
+
+@pytest.mark.parametrize("box", ["out", "in"])
+@settings(max_examples=2000, deadline=None)
+@given(data=st.data())
+def test_the_python_and_regex_name_checks_agree_on_any_name(box: str, data: st.DataObject) -> None:
+    near = st.text(st.sampled_from("0123456789abcdefA,.z \n"), min_size=14, max_size=22)
+    valid = st.from_regex(spool_mod.NAME_PATTERNS[box], fullmatch=True)
+    _check_both(box, data.draw(st.one_of(near, valid)))
