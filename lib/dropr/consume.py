@@ -262,6 +262,7 @@ def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: 
         if not ident:
             continue
         hits = index.get(ident, [])
+        shown = ident if ident.isprintable() and len(ident) <= 200 else repr(ident[:200])  # one line
         if not hits and _claimed_stamp(spool) != stamp:
             # claimed since the listing (a dropr-recv still writing into our stdin)
             stamp = _claimed_stamp(spool)
@@ -269,17 +270,17 @@ def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: 
             hits = index.get(ident, [])
         if not hits:
             err.write(
-                f"dropr-ack: error: {ident} is not claimed (lease lost, already finished, or unknown)\n"
+                f"dropr-ack: error: {shown} is not claimed (lease lost, already finished, or unknown)\n"
             )
             failed += 1
             continue
         channel, name = hits[0]
         if len(hits) > 1:
-            err.write(f"dropr-ack: error: {ident} is claimed from several origins; give ORIGIN,ID\n")
+            err.write(f"dropr-ack: error: {shown} is claimed from several origins; give ORIGIN,ID\n")
             failed += 1
             continue
         if not spool.finish(channel, name, how, reason=reason, delay=delay):
-            err.write(f"dropr-ack: error: {ident} is no longer claimed (its lease expired)\n")
+            err.write(f"dropr-ack: error: {shown} is no longer claimed (its lease expired)\n")
             failed += 1
             continue
         if how == "ack":

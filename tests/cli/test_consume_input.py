@@ -223,3 +223,13 @@ def test_ls_bad_name_exits_65_as_the_man_page_says(inbox: tuple[Path, list[str]]
     assert res.rc == 65, res.err
     one_error_line(res.err, "dropr-ls")
     assert "65" in exit_status("dropr-ls.1")
+
+
+def test_ack_of_an_id_with_a_line_break_is_one_error_line(tmp_path: Path) -> None:
+    """The id was echoed as it was: its line break split the error in two."""
+    fill(tmp_path / "s", [b"x"])
+    p = ack(tmp_path / "s", "a\nb", "x" * 5000)
+    assert p.rc == 1
+    lines = p.err.splitlines()
+    assert len(lines) == 2 and all(len(line) < 400 for line in lines), lines
+    assert "'a\\nb' is not claimed" in lines[0]
