@@ -157,25 +157,28 @@ def check_url(url: str) -> str:
     """Return a peer's base URL if libcurl and the sender can use it, else raise DataError.
 
     Checked where a URL enters (the config, dropr-put --to): a bad one stored in the
-    outbox was retried for good, libcurl refusing it each time as a temporary error."""
-    from urllib.parse import urlsplit
-
+    outbox was retried for good, libcurl refusing it each time as a temporary error.
+    By hand, not urllib.parse: that import (and re's) made dropr-put's start 9 ms slower.
+    """
     bad = f"bad peer URL {url!r}"
     if not is_url(url):
         raise DataError(f"{bad}: write http://HOST[:PORT]/ or https://HOST[:PORT]/")
     if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
         raise DataError(f"{bad}: no spaces, control or non-ASCII characters (percent-encode them)")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # ValueError when out of range or not a number
-    except ValueError as exc:
-        raise DataError(f"{bad}: {exc}") from None
-    if not parts.hostname:
-        raise DataError(f"{bad}: no host")
-    if port == 0 or (port is None and parts.netloc.endswith(":")):
-        raise DataError(f"{bad}: no port number after the colon")
-    if parts.query or parts.fragment or "?" in url or "#" in url:
+    if "?" in url or "#" in url:
         raise DataError(f"{bad}: a base URL has no ?query or #fragment")
+    hostport = url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+    if hostport.startswith("["):
+        host, close, after = hostport[1:].partition("]")
+        if not close or (after and not after.startswith(":")):
+            raise DataError(f"{bad}: an IPv6 address goes in brackets, e.g. http://[::1]:8080/")
+        sep, port = after[:1], after[1:]
+    else:
+        host, sep, port = hostport.partition(":")
+    if not host:
+        raise DataError(f"{bad}: no host")
+    if sep and not (port.isdigit() and 0 < int(port) <= 65535):
+        raise DataError(f"{bad}: the port must be a number from 1 to 65535")
     return url
 
 

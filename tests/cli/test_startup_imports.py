@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("click", "typing", "dataclasses", "json", "logging", "socket")
+HEAVY = ("click", "typing", "dataclasses", "json", "logging", "socket", "re", "urllib.parse", "ipaddress")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -38,8 +39,11 @@ def test_common_command_lines_skip_heavy_imports(
         f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "sys.stderr.write('LOADED ' + ' '.join(loaded) + '\\n')\n"
     )
-    env = {"DROPR_NODE": "t", "PATH": "/usr/bin:/bin"}
-    p = subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True, env=env, timeout=60)
+    # -S and the sources on PYTHONPATH, as a regular install finds them: the editable
+    # install's import hook, run by site, loads re and urllib.parse itself
+    env = {"DROPR_NODE": "t", "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT / 'lib'}:{ROOT / 'cli'}"}
+    argv = [sys.executable, "-S", "-c", code]
+    p = subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=60)
     line = [x for x in p.stderr.decode().splitlines() if x.startswith("LOADED")]
     assert line, p.stderr.decode()
     assert line[0].split()[1:] == [], f"dropr-{prog} loaded {line[0].split()[1:]} at start-up"
