@@ -161,6 +161,57 @@ def receive(sp: Any, origin: str, hdr: Any, payload: bytes) -> tuple[str, Any, i
     return path, hdr, -1
 
 
+def fill_inbox(spool: Path, payloads: list[bytes], *, origin: str = "web1", channel: str = "default",
+               priority: int = 5) -> list[str]:  # fmt: skip
+    """Store payloads in a spool's inbox as received from origin; return their ids."""
+    from dropr import message as m
+    from dropr.spool import Spool
+
+    sp = Spool(str(spool))
+    items = []
+    for p in payloads:
+        ident, created = sp.ids.new()
+        hdr = m.Header(ident, channel, priority, created, 0, len(p), m.crc32(p))
+        items.append(receive(sp, origin, hdr, p))
+    try:
+        assert sp.store(origin, items) == ["stored"] * len(items)
+    finally:
+        for _, _, fd in items:
+            if fd >= 0:
+                os.close(fd)
+    return [h.ident for _, h, _ in items]
+
+
+def inbox_states(spool: Path, channel: str = "default") -> dict[str, str]:
+    """Map id -> inbox state of a channel, from the folders."""
+    states = {}
+    for st in ("ready", "wait", "claimed", "done", "dead"):
+        d = spool / "in" / channel / st
+        for name in d.iterdir() if d.is_dir() else []:
+            states[name.name.rsplit(",", 1)[1]] = st
+    return states
+
+
+class Called:
+    """What a command's console entry point returned and printed, run in this process."""
+
+    def __init__(self, rc: int, out: bytes, err: bytes) -> None:
+        self.rc = rc
+        self.out = out
+        self.err = err.decode(errors="replace")
+
+
+def call_main(main: Callable[[list[str] | None], int], args: list[str], stdin: bytes = b"") -> Called:
+    """Run a command's console entry point with stdin; return exit status, stdout, stderr."""
+    from click.testing import CliRunner
+
+    with CliRunner().isolation(input=stdin) as (out, err, _):
+        rc = main(args)
+        sys.stdout.flush()  # what process exit would do
+        sys.stderr.flush()
+    return Called(rc, out.getvalue(), err.getvalue())
+
+
 def unstored(spool: Path) -> list[str]:
     """The files of uploads a receiver has not stored: tmp/ files, and rcv/ entries that
     no inbox state links (a generated id's payload is written straight into its entry)."""

@@ -8,21 +8,16 @@ dropr-serve stores.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from dropr import message as m
-from dropr.spool import Spool
 from dropr_cli import ack as ack_cli
 from dropr_cli import ls as ls_cli
 from dropr_cli import recv as recv_cli
-from helpers import one_error_line, receive
+from helpers import Called, call_main, fill_inbox, inbox_states, one_error_line
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
@@ -30,58 +25,16 @@ ROOT = Path(__file__).resolve().parents[2]
 Main = Callable[[list[str] | None], int]
 
 
-class Result:
-    def __init__(self, rc: int, out: bytes, err: bytes) -> None:
-        self.rc = rc
-        self.out = out
-        self.err = err.decode(errors="replace")
+def recv(spool: Path, *args: str) -> Called:
+    return call_main(recv_cli.main, ["--spool", str(spool), *args])
 
 
-def call(main: Main, args: list[str], stdin: bytes = b"") -> Result:
-    """Run a command's console entry point with stdin; return exit status, stdout, stderr."""
-    with CliRunner().isolation(input=stdin) as (out, err, _):
-        rc = main(args)
-        sys.stdout.flush()
-        sys.stderr.flush()
-    return Result(rc, out.getvalue(), err.getvalue())
+def ack(spool: Path, *args: str, stdin: bytes = b"") -> Called:
+    return call_main(ack_cli.main, ["--spool", str(spool), *args], stdin)
 
 
-def recv(spool: Path, *args: str) -> Result:
-    return call(recv_cli.main, ["--spool", str(spool), *args])
-
-
-def ack(spool: Path, *args: str, stdin: bytes = b"") -> Result:
-    return call(ack_cli.main, ["--spool", str(spool), *args], stdin)
-
-
-def ls(spool: Path, *args: str) -> Result:
-    return call(ls_cli.main, ["--spool", str(spool), *args])
-
-
-def fill(spool: Path, payloads: list[bytes]) -> list[str]:
-    """Store payloads in the inbox as received from web1; return their ids."""
-    sp = Spool(str(spool))
-    items = []
-    for p in payloads:
-        ident, created = sp.ids.new()
-        items.append(receive(sp, "web1", m.Header(ident, "default", 5, created, 0, len(p), m.crc32(p)), p))
-    try:
-        assert sp.store("web1", items) == ["stored"] * len(items)
-    finally:
-        for _, _, fd in items:
-            if fd >= 0:
-                os.close(fd)
-    return [h.ident for _, h, _ in items]
-
-
-def state_of(spool: Path) -> dict[str, str]:
-    """Map id -> inbox state, from the folders."""
-    states = {}
-    for st in ("ready", "wait", "claimed", "done", "dead"):
-        d = spool / "in" / "default" / st
-        for name in d.iterdir() if d.is_dir() else []:
-            states[name.name.rsplit(",", 1)[1]] = st
-    return states
+def ls(spool: Path, *args: str) -> Called:
+    return call_main(ls_cli.main, ["--spool", str(spool), *args])
 
 
 def exit_status(page: str) -> dict[str, str]:
@@ -98,7 +51,7 @@ def exit_status(page: str) -> dict[str, str]:
 @pytest.fixture
 def inbox(tmp_path: Path) -> tuple[Path, list[str]]:
     spool = tmp_path / "spool"
-    return spool, fill(spool, [b"one", b"two"])
+    return spool, fill_inbox(spool, [b"one", b"two"])
 
 
 # -- dropr-recv ---------------------------------------------------------------------
@@ -111,7 +64,7 @@ def test_recv_empty_exec_is_a_usage_error(inbox: tuple[Path, list[str]], command
     res = recv(spool, "--exec", command, "--once")
     assert res.rc == 64, res.err
     assert "--exec" in one_error_line(res.err, "dropr-recv")
-    assert state_of(spool) == {i: "ready" for i in ids}
+    assert inbox_states(spool) == {i: "ready" for i in ids}
 
 
 SHORT_LEASES = [
@@ -130,7 +83,7 @@ def test_recv_lease_below_a_second_is_a_usage_error(inbox: tuple[Path, list[str]
     assert res.rc == 64, res.err
     assert "--lease" in one_error_line(res.err, "dropr-recv")
     assert res.out == b""
-    assert state_of(spool) == {i: "ready" for i in ids}
+    assert inbox_states(spool) == {i: "ready" for i in ids}
 
 
 def test_recv_lease_of_a_second_is_the_minimum(inbox: tuple[Path, list[str]]) -> None:
@@ -142,7 +95,7 @@ def test_recv_lease_of_a_second_is_the_minimum(inbox: tuple[Path, list[str]]) ->
 
 def test_recv_wait_timeout_zero_gives_up_at_once(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    fill(spool, [b"x"])
+    fill_inbox(spool, [b"x"])
     t0 = time.monotonic()
     res = recv(spool, "--channel", "empty", "--wait", "--timeout", "0")
     assert time.monotonic() - t0 < 5, "--timeout 0 must not wait"
@@ -172,7 +125,7 @@ def test_ack_stdin_without_ids_exits_1(inbox: tuple[Path, list[str]], stdin: byt
     assert res.rc == 1, res.err
     assert "1" in exit_status("dropr-ack.1")
     assert "read no id" in " ".join(exit_status("dropr-ack.1")["1"].split())
-    assert state_of(spool) == {i: "ready" for i in ids}
+    assert inbox_states(spool) == {i: "ready" for i in ids}
 
 
 BAD_IDS = [[""], ["  "], ["ID", ""], ["-", "ID"], ["ID", "-"], ["-", "-"]]
@@ -185,7 +138,7 @@ def test_ack_empty_id_or_dash_with_ids_is_usage(inbox: tuple[Path, list[str]], a
     res = ack(spool, *[ids[0] if a == "ID" else a for a in args], stdin=f"{ids[1]}\n".encode())
     assert res.rc == 64, res.err
     one_error_line(res.err, "dropr-ack")
-    assert state_of(spool) == {i: "claimed" for i in ids}, "nothing finished"
+    assert inbox_states(spool) == {i: "claimed" for i in ids}, "nothing finished"
 
 
 def test_ack_bad_delay_is_a_usage_error_as_the_man_page_says(inbox: tuple[Path, list[str]]) -> None:
@@ -227,7 +180,7 @@ def test_ls_bad_name_exits_65_as_the_man_page_says(inbox: tuple[Path, list[str]]
 
 def test_ack_of_an_id_with_a_line_break_is_one_error_line(tmp_path: Path) -> None:
     """The id was echoed as it was: its line break split the error in two."""
-    fill(tmp_path / "s", [b"x"])
+    fill_inbox(tmp_path / "s", [b"x"])
     p = ack(tmp_path / "s", "a\nb", "x" * 5000)
     assert p.rc == 1
     lines = p.err.splitlines()

@@ -8,80 +8,31 @@ holding the payload alone, committed with Spool.store and a message Header.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from dropr import message as m
-from dropr.spool import Spool
 from dropr_cli import ack as ack_cli
 from dropr_cli import recv as recv_cli
-from helpers import one_error_line, receive
+from helpers import Called, call_main, fill_inbox, inbox_states, one_error_line
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
 Main = Callable[[list[str] | None], int]
 
 
-class Result:
-    def __init__(self, rc: int, out: bytes, err: bytes) -> None:
-        self.rc = rc
-        self.out = out
-        self.err = err.decode(errors="replace")
+def recv(spool: Path, *args: str) -> Called:
+    return call_main(recv_cli.main, ["--spool", str(spool), *args])
 
 
-def call(main: Main, args: list[str], stdin: bytes = b"") -> Result:
-    """Run a command's console entry point with stdin; return exit status, stdout, stderr."""
-    with CliRunner().isolation(input=stdin) as (out, err, _):
-        rc = main(args)
-        sys.stdout.flush()  # what process exit would do
-        sys.stderr.flush()
-    return Result(rc, out.getvalue(), err.getvalue())
-
-
-def recv(spool: Path, *args: str) -> Result:
-    return call(recv_cli.main, ["--spool", str(spool), *args])
-
-
-def ack(spool: Path, *args: str, stdin: bytes = b"") -> Result:
-    return call(ack_cli.main, ["--spool", str(spool), *args], stdin)
-
-
-def fill(spool: Path, payloads: list[bytes], *, origin: str = "web1", channel: str = "default",
-         priority: int = 5) -> list[str]:  # fmt: skip
-    """Store payloads in the inbox as received from origin; return their ids."""
-    sp = Spool(str(spool))
-    items = []
-    for p in payloads:
-        ident, created = sp.ids.new()
-        hdr = m.Header(ident, channel, priority, created, 0, len(p), m.crc32(p))
-        items.append(receive(sp, origin, hdr, p))
-    try:
-        assert sp.store(origin, items) == ["stored"] * len(items)
-    finally:
-        for _, _, fd in items:
-            if fd >= 0:
-                os.close(fd)
-    return [h.ident for _, h, _ in items]
-
-
-def state_of(spool: Path, channel: str = "default") -> dict[str, str]:
-    """Map id -> inbox state, from the folders."""
-    states = {}
-    for st in ("ready", "wait", "claimed", "done", "dead"):
-        d = spool / "in" / channel / st
-        for name in d.iterdir() if d.is_dir() else []:
-            states[name.name.rsplit(",", 1)[1]] = st
-    return states
+def ack(spool: Path, *args: str, stdin: bytes = b"") -> Called:
+    return call_main(ack_cli.main, ["--spool", str(spool), *args], stdin)
 
 
 @pytest.fixture
 def inbox(tmp_path: Path) -> tuple[Path, list[str]]:
     spool = tmp_path / "spool"
-    return spool, fill(spool, [b"one", b"two", b"three"])
+    return spool, fill_inbox(spool, [b"one", b"two", b"three"])
 
 
 # -- help -----------------------------------------------------------------------------
@@ -89,8 +40,8 @@ def inbox(tmp_path: Path) -> tuple[Path, list[str]]:
 
 @pytest.mark.parametrize("main", [recv_cli.main, ack_cli.main], ids=["dropr-recv", "dropr-ack"])
 def test_help_has_examples_and_h_works(main: Main) -> None:
-    long = call(main, ["--help"])
-    short = call(main, ["-h"])
+    long = call_main(main, ["--help"])
+    short = call_main(main, ["-h"])
     assert long.rc == 0 and short.rc == 0
     assert b"Examples:" in long.out
     assert short.out == long.out
@@ -136,7 +87,7 @@ def test_recv_usage_errors_exit_64_and_claim_nothing(inbox: tuple[Path, list[str
     assert res.rc == 64, res.err
     one_error_line(res.err, "dropr-recv")
     assert res.out == b""
-    assert state_of(spool) == {i: "ready" for i in ids}, "a usage error must not claim anything"
+    assert inbox_states(spool) == {i: "ready" for i in ids}, "a usage error must not claim anything"
 
 
 def test_recv_path_format_and_nothing_ready(inbox: tuple[Path, list[str]]) -> None:
@@ -158,7 +109,7 @@ def test_recv_path_format_and_nothing_ready(inbox: tuple[Path, list[str]]) -> No
 
 def test_recv_on_a_channel_never_used(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    fill(spool, [b"x"])
+    fill_inbox(spool, [b"x"])
     assert recv(spool, "--channel", "nothing-here").rc == 1
 
 
@@ -184,7 +135,7 @@ def test_ack_usage_errors_exit_64_and_touch_nothing(inbox: tuple[Path, list[str]
     res = ack(spool, *args)
     assert res.rc == 64, res.err
     one_error_line(res.err, "dropr-ack")
-    assert state_of(spool) == {i: "claimed" for i in ids}
+    assert inbox_states(spool) == {i: "claimed" for i in ids}
 
 
 def test_ack_reads_recv_output_from_stdin(inbox: tuple[Path, list[str]]) -> None:
@@ -195,17 +146,17 @@ def test_ack_reads_recv_output_from_stdin(inbox: tuple[Path, list[str]]) -> None
     res = ack(spool, "-", stdin=res.out)
     assert res.rc == 0, res.err
     assert res.err == ""
-    assert state_of(spool) == {i: "done" for i in ids}
+    assert inbox_states(spool) == {i: "done" for i in ids}
 
 
 def test_ack_stdin_accepts_plain_ids_blank_lines_and_origin_form(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    ids = fill(spool, [b"a", b"b", b"c"])
+    ids = fill_inbox(spool, [b"a", b"b", b"c"])
     assert recv(spool, "--all").rc == 0
     text = f"{ids[0]}\n\n  {ids[1]}  \nweb1,{ids[2]}\n"
     res = ack(spool, "-", stdin=text.encode())
     assert res.rc == 0, res.err
-    assert state_of(spool) == {i: "done" for i in ids}
+    assert inbox_states(spool) == {i: "done" for i in ids}
 
 
 def test_ack_stdin_unknown_id_is_an_error_for_that_id_only(inbox: tuple[Path, list[str]]) -> None:
@@ -218,7 +169,7 @@ def test_ack_stdin_unknown_id_is_an_error_for_that_id_only(inbox: tuple[Path, li
     assert res.rc == 1
     line = one_error_line(res.err, "dropr-ack")
     assert unknown in line
-    assert state_of(spool) == {i: "done" for i in ids}
+    assert inbox_states(spool) == {i: "done" for i in ids}
 
 
 def test_ack_release_and_reject_from_stdin(inbox: tuple[Path, list[str]]) -> None:
@@ -230,7 +181,7 @@ def test_ack_release_and_reject_from_stdin(inbox: tuple[Path, list[str]]) -> Non
     assert res.rc == 0, res.err
     res = ack(spool, "--reject", "--reason", "bad input", "-", stdin=f"{ids[2]}\n".encode())
     assert res.rc == 0, res.err
-    assert state_of(spool) == {ids[0]: "ready", ids[1]: "wait", ids[2]: "dead"}
+    assert inbox_states(spool) == {ids[0]: "ready", ids[1]: "wait", ids[2]: "dead"}
     # none is claimed any more: each is an error now, all reported
     res = ack(spool, *ids)
     assert res.rc == 1
