@@ -547,6 +547,8 @@ def check_peers(spool: Spool, names: list[str], once: bool) -> None:
     be a peer: a URL peer's outbox folder appears with the first put for it, and a
     service that exits until then would be restarted over and over.
     """
+    if not names:
+        return
     known = set(spool.config.peers) | set(spool.out_peers())
     for name in names:
         if name in known:
