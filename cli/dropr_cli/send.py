@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from dropr import privacy
 from dropr.sender import SendOptions, run
 
 from ._common import CONTEXT, SIZE, click, common, main_for, obj
@@ -82,7 +83,9 @@ def cmd(once: bool, peers: tuple[str, ...], now: bool, batch: int, batch_bytes: 
         max_messages=max_messages,
         progress=once and sys.stderr.isatty() and not o.quiet,
     )
-    return run(o.spool(), opts)
+    spool = o.spool()
+    privacy.warn(spool.root, spool.config, "dropr-send")  # once, at start
+    return run(spool, opts)
 
 
 main = main_for(cmd)

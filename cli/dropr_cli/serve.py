@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dropr import privacy
 from dropr.errors import UsageError
 from dropr.serving import ServeOptions, serve
 
@@ -62,6 +63,7 @@ def cmd(listen: tuple[str, ...], workers: int, threads: int, certfile: str | Non
     """
     o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-serve")
     spool = o.spool()
+    privacy.warn(spool.root, spool.config, "dropr-serve")  # once, at start
     certfile = certfile or spool.config.certfile
     keyfile = keyfile or spool.config.keyfile
     if bool(certfile) != bool(keyfile):

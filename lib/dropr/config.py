@@ -121,7 +121,7 @@ def is_url(text: str) -> bool:
 
 
 _KNOWN = {
-    "": {"node", "peers", "serve", "limits", "send"},
+    "": {"node", "group", "peers", "serve", "limits", "send"},
     "peers.*": {"url", "token", "token_file", "cafile"},
     "serve": {"listen", "tokens", "tokens_file", "min_free", "certfile", "keyfile"},
     "limits": {"max_message_size", "max_attempts", "retention", "quota"},
@@ -197,6 +197,10 @@ class Config:
                 if not isinstance(self.node, str):
                     raise ValueError('node must be a string, e.g. node = "web1"')
                 check_name(self.node, "node")
+            self.group: str | None = _text(data, "group", "")  # operators' group: see Spool
+            if self.group is not None and not self.group.strip():
+                raise ValueError('group must name a group, e.g. group = "dropr"; or leave it out')
+            self.secrets: list[str] = []  # files that hold tokens: they should be private
             send = _table(data, "send", "")
             self.peers: dict[str, Peer] = {}
             for name, p in _table(data, "peers", "").items():
@@ -212,6 +216,9 @@ class Config:
                 token_file = _text(p, "token_file", f"peers.{name}.")
                 if token is None and token_file:
                     token = _read_secret(token_file)
+                    self.secrets.append(token_file)
+                elif token is not None and path:
+                    self.secrets.append(path)
                 if token is not None:
                     check_token(token, f"the token of peer {name!r}")
                 cafile = _text(p, "cafile", f"peers.{name}.") or _text(send, "cafile", "send.")
@@ -229,8 +236,11 @@ class Config:
                 if not isinstance(node, str):
                     raise ValueError('serve.tokens: each token\'s node must be a string, e.g. "..." = "web1"')
                 self.tokens[check_token(tok, "each token in serve.tokens")] = node
+                if path:
+                    self.secrets.append(path)
             tokens_file = _text(serve, "tokens_file", "serve.")
             if tokens_file:
+                self.secrets.append(tokens_file)
                 for line in _read_secret(tokens_file).splitlines():
                     if line.strip() and not line.startswith("#"):
                         tok, _, node = line.strip().partition(" ")

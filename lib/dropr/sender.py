@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any
 
 from . import message as m
+from . import spool as spoolmod
 from . import transport as tp
 from .config import Peer, is_url
 from .errors import EX_OK, EX_TEMPFAIL, LockedError, UnavailableError, UsageError
@@ -582,7 +583,7 @@ def run(spool: Spool, opts: SendOptions) -> int:
     from filelock import FileLock, Timeout
 
     check_peers(spool, opts.peers, opts.once)
-    lock = FileLock(spool.path("lock", "send.lock"))
+    lock = FileLock(spool.path("lock", "send.lock"), mode=spoolmod.modes[0])  # as private as the spool
     try:
         lock.acquire(timeout=0)
     except Timeout:

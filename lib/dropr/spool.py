@@ -121,6 +121,9 @@ CHUNK = 1 << 20
 DIRECT_BLOCK = 1 << 20  # DirectWriter's unit: a multiple of every device's block size
 DIRECT_MIN = 8 << 20  # messages at least this large are written past the page cache
 
+PRIVATE_MODES = (0o600, 0o700)  # files, folders: no other local user reads a payload (as mail queues)
+GROUP_MODES = (0o640, 0o2750)  # with an operators' group (config `group`): the spool root is
+# set-group-ID, so every folder and file made below it takes the group, and no chown is needed
 MAX_STAMP = 253402300799.0  # 9999-12-31 23:59:59: the latest lease end or due time written;
 # a later one overflows time_t (OverflowError), and the kernel clamps this one to what the
 # filesystem holds (ext4: 2446, or 2038 with 128-byte inodes), without an error
@@ -129,12 +132,24 @@ NAME_PATTERNS = {"out": r"[0-9][0-9a-f]{13},[^,]+", "in": r"[0-9][0-9a-f]{13},[^
 # the message names spool makes in the state folders of each box (see the docstring)
 REGEX_FROM = 20000  # names: fewer are checked in Python (0.4 µs a name) rather than by
 # NAME_PATTERNS (0.15 µs), whose `re` import would add 6 ms to a dropr-recv or dropr-ack
+modes = PRIVATE_MODES  # what this process creates files and folders with: every command opens
+# one spool, whose config sets them (Spool.__init__); a test that opens several sets them per spool
 _DIGITS = frozenset("0123456789")
 _HEX = frozenset("0123456789abcdef")
 
 log = _log.get(__name__)
 _libc: Any = None
 _stray_tests: dict[str, Callable[[str], object]] = {}
+
+
+def group_id(group: str) -> int:
+    """Return the id of a group given by name or number, or raise ConfigError."""
+    import grp
+
+    try:
+        return grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"unknown group {group!r} in the config; create it or fix group") from None
 
 
 def syncfs(fd: int) -> None:
@@ -183,12 +198,12 @@ class DirectWriter:
         from concurrent.futures import ThreadPoolExecutor
 
         try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, modes[0])
             self.direct = True
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, modes[0])
             self.direct = False
         self.buf = mmap.mmap(-1, DIRECT_BLOCK)  # anonymous memory: page-aligned
         self.spare = mmap.mmap(-1, DIRECT_BLOCK)
@@ -276,28 +291,37 @@ def fsync_dir(path: str) -> None:
 
 
 def _mkdirs(path: str) -> bool:
-    """Create path and missing parents; return True if anything was created."""
+    """Create path and missing parents; return True if anything was created.
+
+    Parents outside the spool are created with the same mode: a spool's parent made
+    for it (~/.local/state) is no one else's business either."""
     try:
-        os.mkdir(path, 0o755)
+        os.mkdir(path, modes[1])
     except FileExistsError:
         return False
     except FileNotFoundError:
         _mkdirs(os.path.dirname(path))
         try:
-            os.mkdir(path, 0o755)
+            os.mkdir(path, modes[1])
         except FileExistsError:
             return False
     fsync_dir(os.path.dirname(path))
     return True
 
 
+def _create_text(path: str) -> IO[str]:
+    """Open a new (or truncated) text file with the spool's file mode, for writing."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, modes[0]), "w", encoding="utf-8")
+
+
 def _write_json(path: str, data: dict[str, Any]) -> None:
     # Records beside messages (attempts, last error, backoff) are advice, not data:
     # no fsync; a crash may lose the latest count or leave an empty file, read as {}.
+    # They may say why a payload failed: as private as the payload.
     import json
 
     tmp = f"{path}.{os.getpid()}.new"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with _create_text(tmp) as f:
         json.dump(data, f)
     os.replace(tmp, path)
 
@@ -426,9 +450,11 @@ class Spool:
     """One spool directory: outbox, inbox, indexes and the transitions between states."""
 
     def __init__(self, root: str, config: Config | None = None, *, create: bool = True) -> None:
+        global modes
         self.root = os.path.abspath(root)
         self.config = config or Config()
         self.tmp = os.path.join(self.root, "tmp")
+        modes = GROUP_MODES if self.config.group is not None else PRIVATE_MODES
         if create:
             self._init_dirs()
         elif not os.path.isdir(self.tmp):
@@ -445,11 +471,26 @@ class Spool:
     def _init_dirs(self) -> None:
         if os.path.isdir(os.path.join(self.root, "wake")):
             return
+        group = self.config.group
+        gid = group_id(group) if group is not None and not os.path.isdir(self.root) else -1
         try:
+            if _mkdirs(self.root) and group is not None:
+                self._give_to_group(group, gid)
             for sub in ("tmp", "ids", "out", "in", "rcv", "corrupt", "wake", "lock"):
                 _mkdirs(os.path.join(self.root, sub))
         except OSError as exc:
             raise from_oserror(exc, f"cannot create spool {self.root}") from None
+
+    def _give_to_group(self, group: str, gid: int) -> None:
+        """Make a new spool root the operators' group's, set-group-ID (see GROUP_MODES)."""
+        try:
+            os.chown(self.root, -1, gid)
+        except PermissionError:
+            raise ConfigError(
+                f"cannot give spool {self.root} to group {group!r}: this user is not in it; "
+                "add the user to the group or drop group from the config"
+            ) from None
+        os.chmod(self.root, GROUP_MODES[1])
 
     def _node(self) -> str:
         path = os.path.join(self.root, "node")
@@ -475,7 +516,7 @@ class Spool:
             raise ConfigError(f"bad node name {node!r}: {exc}; set node in the config") from None
         try:
             tmp = os.path.join(self.tmp, f"node.{os.getpid()}")
-            with open(tmp, "w", encoding="ascii") as f:
+            with _create_text(tmp) as f:
                 f.write(node + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -526,7 +567,7 @@ class Spool:
                 _mkdirs(os.path.join(d, s))
             url = os.path.join(d, "url")
             if not os.path.exists(url):
-                with open(url + ".new", "w", encoding="utf-8") as f:
+                with _create_text(url + ".new") as f:
                     f.write(peer.url + "\n")
                     f.flush()
                     os.fsync(f.fileno())
@@ -705,7 +746,7 @@ class Spool:
         dest = self.path("corrupt", rel)
         try:
             os.rename(path, dest)
-            with open(dest + ".why", "w", encoding="utf-8") as f:
+            with _create_text(dest + ".why") as f:
                 f.write(why + "\n")
         except FileNotFoundError:
             pass
@@ -793,11 +834,11 @@ class Spool:
         if entry and m.generated_time(hdr.ident) == hdr.created:
             path = f"{self._rcv_dir(origin)}/{hdr.ident}"
             try:
-                return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), True
+                return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, modes[0]), True
             except FileExistsError:
                 pass
         path = self.rcv_tmp_name(origin, hdr.ident)
-        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), False
+        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, modes[0]), False
 
     def unreceive(self, origin: str, path: str, fd: int = -1) -> bool:
         """Remove the file of a refused or failed upload part; fd: an entry's, still open.
@@ -1405,7 +1446,7 @@ class PutBatch:
             if ttl:
                 for d in self._dirs:
                     if not os.path.exists(f"{d}/{TTL_MARK}"):
-                        os.close(os.open(f"{d}/{TTL_MARK}", os.O_WRONLY | os.O_CREAT, 0o644))
+                        os.close(os.open(f"{d}/{TTL_MARK}", os.O_WRONLY | os.O_CREAT, modes[0]))
         except OSError as exc:
             raise from_oserror(exc, f"cannot create the outbox of a peer in {spool.root}") from None
 
@@ -1419,7 +1460,7 @@ class PutBatch:
         else:
             ident, arrival = self.spool.ids.new()
         tmp = self.spool.tmp_name(ident)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, modes[0])
         return ident, arrival, tmp, fd
 
     def _header(self, ident: str, arrival: int, size: int, crc: int) -> bytes:
@@ -1572,7 +1613,7 @@ class _Flock:
     def __enter__(self) -> None:
         import fcntl
 
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, modes[0])
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BaseException:
@@ -1626,8 +1667,7 @@ def _due(stamp: str, every: float, now: float) -> bool:
 
 def _touch(stamp: str) -> None:
     """Record in a stamp file's mtime that its task ran now."""
-    with open(stamp, "ab"):
-        pass
+    os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT, modes[0]))
     os.utime(stamp)
 
 
