@@ -440,3 +440,27 @@ class Node:
 
 
 Nodes = Callable[[str], Node]  # the `nodes` fixture: nodes("a") makes node a
+
+
+# -- the upgrade fixtures in tests/data ------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+
+
+def restore_spool(name: str, dest: Path) -> dict[str, Any]:
+    """Copy the fixture spool tests/data/<name>/ to dest as it was made; return its manifest.
+
+    Git keeps no empty folders, hard links or time stamps: the manifest <name>.json
+    (written by tests/data/make_<name>.py) lists the folders, the groups of paths that
+    were one file (linked again here) and every file's and symlink's mtime."""
+    manifest: dict[str, Any] = json.loads((DATA / f"{name}.json").read_text())
+    shutil.copytree(DATA / name, dest, symlinks=True)
+    for d in manifest["dirs"]:
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    for first, *others in manifest["links"]:
+        for other in others:
+            os.unlink(dest / other)
+            os.link(dest / first, dest / other)
+    for rel, ns in manifest["mtimes"].items():
+        os.utime(dest / rel, ns=(ns, ns), follow_symlinks=False)
+    return manifest
