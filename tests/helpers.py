@@ -353,6 +353,20 @@ def make_ca(d: Path) -> tuple[Path, Path, Path]:
     return d / "ca.pem", d / "srv.pem", d / "srv.key"
 
 
+def serve_url(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> str:
+    """Wait until a dropr-serve started with --listen ...:0 logs its URL in log; return it."""
+
+    def url() -> str | None:
+        for line in log.read_text().splitlines():
+            if "listening" in line and "url=" in line:
+                return line.split("url=")[1].split()[0]
+        if proc.poll() is not None:
+            raise AssertionError(f"dropr-serve died: {log.read_text()}")
+        return None
+
+    return str(wait_until(url, timeout, "dropr-serve to listen"))
+
+
 # -- nodes: a spool and the dropr processes of one host (the e2e `nodes` fixture) ------------
 
 
@@ -369,6 +383,7 @@ class Node:
         self.url = ""
         self.serve_proc: subprocess.Popen[bytes] | None = None
         self.serve_log: Path = root / f"{name}-serve.log"
+        self.send_log: Path = root / f"{name}-send.log"  # the dropr-send daemons' stderr
 
     def config(self, text: str) -> None:
         """Write SPOOL/dropr.toml."""
@@ -399,17 +414,30 @@ class Node:
         """Start dropr-serve on a free loopback port; return its URL."""
         with open(self.serve_log, "wb") as log:
             self.serve_proc = self.start("dropr-serve", "--listen", listen, *args, stderr=log)
-
-        def url() -> str | None:
-            for line in self.serve_log.read_text().splitlines():
-                if "listening" in line and "url=" in line:
-                    return line.split("url=")[1].split()[0]
-            if self.serve_proc is not None and self.serve_proc.poll() is not None:
-                raise AssertionError(f"dropr-serve died: {self.serve_log.read_text()}")
-            return None
-
-        self.url = wait_until(url, 20, "dropr-serve to listen")
+        self.url = serve_url(self.serve_proc, self.serve_log, 20)
         return self.url
+
+    def send_once(
+        self, *args: str, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run one dropr-send --once pass for this node (check: fail unless it exits 0)."""
+        return self.run("dropr-send", "--once", *args, check=check, timeout=timeout)
+
+    def start_sender(self, *args: str, wait: bool = True, timeout: float = 30) -> subprocess.Popen[bytes]:
+        """Start the dropr-send daemon, its stderr appended to self.send_log; with wait, return
+        once it listens for wake-ups (it holds the spool's send lock by then)."""
+        with open(self.send_log, "ab") as log:
+            p = self.start("dropr-send", *args, stderr=log)
+        sock = self.spool / "wake" / "send.sock"
+
+        def up() -> bool:
+            if p.poll() is not None:
+                raise AssertionError(f"dropr-send died: {self.send_log.read_text()}")
+            return sock.exists()
+
+        if wait:
+            wait_until(up, timeout, "dropr-send to listen for wake-ups")
+        return p
 
     def stop_serve(self, sig: int = signal.SIGTERM) -> None:
         """Stop this node's dropr-serve (TERM: graceful; KILL: crash)."""
@@ -440,6 +468,48 @@ class Node:
 
 
 Nodes = Callable[[str], Node]  # the `nodes` fixture: nodes("a") makes node a
+
+
+class Pair:
+    """Node a delivers to node b, which serves at url; consumers run at b (the `pair` fixture)."""
+
+    def __init__(self, a: Node, b: Node, url: str) -> None:
+        self.a = a
+        self.b = b
+        self.url = url
+
+    def put_lines(self, n: int, *args: str) -> list[str]:
+        """Put n one-line messages at a for b with one dropr-put --lines; return their ids."""
+        data = "".join(f"message {i}\n" for i in range(n))
+        p = self.a.run("dropr-put", "--lines", "--to", self.url, *args, input=data, check=True)
+        ids = p.stdout.decode().split()
+        assert len(ids) == n
+        return ids
+
+    def send(self) -> subprocess.CompletedProcess[bytes]:
+        """Run one dropr-send --once pass at a."""
+        return self.a.send_once()
+
+    def deliver(self, payloads: list[bytes], *args: str) -> list[str]:
+        """Put each payload at a for b, send them; return their ids (in put order)."""
+        ids = [self.a.put(p, "--to", self.url, *args) for p in payloads]
+        self._sent()
+        return ids
+
+    def deliver_lines(self, n: int, *args: str) -> list[str]:
+        """Put n one-line messages with one dropr-put --lines, send them; return the ids."""
+        ids = self.put_lines(n, *args)
+        self._sent()
+        return ids
+
+    def _sent(self) -> None:
+        p = self.send()
+        assert p.returncode == 0, p.stderr.decode()
+
+    def peer_dir(self) -> Path:
+        """Return a's outbox folder for b."""
+        [peer] = [d for d in (self.a.spool / "out").iterdir() if d.is_dir()]
+        return peer
 
 
 # -- the upgrade fixtures in tests/data ------------------------------------------------------

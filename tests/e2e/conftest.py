@@ -6,15 +6,15 @@ Node`), so test files can name the type; this file only hands them out as fixtur
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Node
+from helpers import Node, Nodes, Pair
 
 
 @pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Callable[[str], Node]]:
+def nodes(tmp_path: Path) -> Iterator[Nodes]:
     """Make nodes on demand: nodes("a"), nodes("b"); all their processes end with the test."""
     made: list[Node] = []
 
@@ -26,3 +26,10 @@ def nodes(tmp_path: Path) -> Iterator[Callable[[str], Node]]:
     yield make
     for n in made:
         n.stop_all()
+
+
+@pytest.fixture
+def pair(nodes: Nodes) -> Pair:
+    """Node a and node b, b serving: a Pair."""
+    a, b = nodes("a"), nodes("b")
+    return Pair(a, b, b.serve())

@@ -14,14 +14,10 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-from helpers import CLAIM_FIELDS, alive, children, command_path, wait_until
-
-Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
+from helpers import CLAIM_FIELDS, Node, Pair, alive, children, command_path, wait_until
 
 HANDLER_ENV = (
     "DROPR_ID",
@@ -31,40 +27,6 @@ HANDLER_ENV = (
     "DROPR_ATTEMPT",
     "DROPR_PATH",
 )
-
-
-class Pair:
-    """Node a delivers to node b, which serves; consumers run at b."""
-
-    def __init__(self, a: Node, b: Node, url: str) -> None:
-        self.a = a
-        self.b = b
-        self.url = url
-
-    def deliver(self, payloads: list[bytes], *args: str) -> list[str]:
-        """Put each payload at a for b, send them; return their ids (in put order)."""
-        ids = [self.a.put(p, "--to", self.url, *args) for p in payloads]
-        self.send()
-        return ids
-
-    def deliver_lines(self, n: int, *args: str) -> list[str]:
-        """Put n one-line messages with one dropr-put --lines, send them; return the ids."""
-        data = "".join(f"message {i}\n" for i in range(n))
-        p = self.a.run("dropr-put", "--lines", "--to", self.url, *args, input=data, check=True)
-        ids = p.stdout.decode().split()
-        assert len(ids) == n
-        self.send()
-        return ids
-
-    def send(self) -> None:
-        p = self.a.run("dropr-send", "--once", check=True)
-        assert p.returncode == 0, p.stderr.decode()
-
-
-@pytest.fixture
-def pair(nodes: Callable[[str], Node]) -> Pair:
-    a, b = nodes("a"), nodes("b")
-    return Pair(a, b, b.serve())
 
 
 def in_state(b: Node, ident: str) -> str | None:

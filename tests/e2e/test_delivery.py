@@ -20,21 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import children, free_port, listdir, make_ca, unstored, vm_hwm, wait_until
+from helpers import Node, Nodes, children, free_port, listdir, make_ca, unstored, vm_hwm, wait_until
 
-Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
-Nodes = Callable[[str], Node]
 TEMPFAIL = 75
 USAGE = 64
 DEADLINE = 60.0  # the virtual disk here can be slow; a healthy run takes a fraction of this
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def send_once(node: Node, *args: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[bytes]:
-    """Run one dropr-send --once pass for node."""
-    return node.run("dropr-send", "--once", *args, timeout=timeout)
 
 
 def inbox(node: Node, channel: str | None = None) -> list[dict[str, Any]]:
@@ -136,7 +129,7 @@ def test_priority_order(nodes: Nodes) -> None:
     a, b, url = two_nodes(nodes)
     high, mid, low = _put_mixed(a, url)
     # --concurrency 1: one request at a time, so the order of sending is observable
-    p = send_once(a, "--batch", "1", "--concurrency", "1")
+    p = a.send_once("--batch", "1", "--concurrency", "1")
     assert p.returncode == 0, p.stderr.decode()
     assert _sent_order(p.stderr) == high + [mid] + low
     # the inbox names sort by priority, then the origin's order; dropr-ls -l --in lists so
@@ -149,7 +142,7 @@ def test_priority_order_default_concurrency(nodes: Nodes) -> None:
     """Pipelined batches may land out of order; the inbox still keeps priority, then origin order."""
     a, b, url = two_nodes(nodes)
     high, mid, low = _put_mixed(a, url, first=os.urandom(1 << 20) * 48)  # 48 MiB: a slow batch
-    p = send_once(a, "--batch", "1")
+    p = a.send_once("--batch", "1")
     assert p.returncode == 0, p.stderr.decode()
     assert [r["id"] for r in inbox(b)] == high + [mid] + low
     assert _recv_order(b) == high + [mid] + low
@@ -193,7 +186,7 @@ def test_progress_bar_on_a_terminal(nodes: Nodes) -> None:
     assert len(inbox(b)) == 7
     # not on a terminal: no bar
     a.put("m7", "--to", url)
-    q = send_once(a)
+    q = a.send_once()
     assert q.returncode == 0 and b"1/1 sent" not in q.stderr and b"[" not in q.stderr, q.stderr
 
 
@@ -202,7 +195,7 @@ def test_peer_down_then_up(nodes: Nodes) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     ident = a.put("wait for me", "--to", url)
-    p = send_once(a)
+    p = a.send_once()
     assert p.returncode == TEMPFAIL, p.stderr.decode()
     assert "deferred" in p.stderr.decode()
     assert a.states("out") == {ident: "queued"}
@@ -213,7 +206,7 @@ def test_peer_down_then_up(nodes: Nodes) -> None:
     assert peer_line.split()[1] == "1", text  # backlog
 
     b.serve(listen=f"127.0.0.1:{port}")
-    p = send_once(a, "--now")
+    p = a.send_once("--now")
     assert p.returncode == 0, p.stderr.decode()
     assert a.states("out") == {ident: "sent"}
     recs = inbox(b)
@@ -229,7 +222,7 @@ def test_peer_down_message_shows_last_error(nodes: Nodes) -> None:
     a = nodes("a")
     url = f"http://127.0.0.1:{free_port()}/"
     ident = a.put("x", "--to", url)
-    assert send_once(a).returncode == TEMPFAIL
+    assert a.send_once().returncode == TEMPFAIL
     (rec,) = a.ls(ident)
     assert rec["state"] == "queued"
     assert rec["error"] and "connect" in rec["error"].lower()
@@ -242,7 +235,7 @@ def test_ttl_expires_while_the_peer_is_backed_off(nodes: Nodes) -> None:
     a.config('[send]\nbackoff_min = "60s"\nbackoff_max = "60s"\n')
     url = f"http://127.0.0.1:{free_port()}/"
     keep = a.put("no ttl", "--to", url)
-    start_daemon(a)
+    a.start_sender()
     wait_until(lambda: bool(a.ls(keep)[0]["error"]), DEADLINE, "the first failed attempt")
     t0 = time.monotonic()
     p = a.run("dropr-put", "--to", url, "--ttl", "1s", "--wait", "--timeout", "30s", input="expires")
@@ -266,7 +259,7 @@ def test_multicast_one_inode(nodes: Nodes) -> None:
     assert st[0].st_ino == st[1].st_ino and st[0].st_dev == st[1].st_dev
     assert st[0].st_nlink == 2, "one copy on disk, linked into both peers' queues"
 
-    p = send_once(a)
+    p = a.send_once()
     assert p.returncode == 0, p.stderr.decode()
     for node in (b, c):
         (rec,) = inbox(node)
@@ -284,7 +277,7 @@ def test_multicast_one_peer_down(nodes: Nodes) -> None:
     url_b = b.serve()
     a.config(f'[peers.b]\nurl = "{url_b}"\n[peers.down]\nurl = "http://127.0.0.1:{free_port()}/"\n')
     ident = a.put(b"half way", "--to", "b", "--to", "down")
-    p = send_once(a)
+    p = a.send_once()
     assert p.returncode == TEMPFAIL, p.stderr.decode()
     recs = {r["name"]: r for r in outbox(a)}
     assert recs["b"]["state"] == "sent" and recs["down"]["state"] == "queued"
@@ -324,7 +317,7 @@ def test_oversize_message_dead_not_the_peer(nodes: Nodes) -> None:
     url = b.serve("--max-size", "1KiB")
     big = a.put(os.urandom(2048), "--to", url)
     small = a.put(b"fits", "--to", url)
-    p = send_once(a)
+    p = a.send_once()
     assert p.returncode == 0, p.stderr.decode()
     assert a.states("out") == {big: "dead", small: "sent"}
     (rec,) = a.ls(big)
@@ -411,7 +404,7 @@ BOUNDARYISH = (
 def test_payload_byte_exact(nodes: Nodes, payload: bytes) -> None:
     a, b, url = two_nodes(nodes)
     ident = a.put(payload, "--to", url)
-    p = send_once(a)
+    p = a.send_once()
     assert p.returncode == 0, p.stderr.decode()
     (rec,) = inbox(b)
     assert rec["id"] == ident
@@ -424,7 +417,7 @@ def test_byte_exact_in_one_batch(nodes: Nodes) -> None:
     a, b, url = two_nodes(nodes)
     payloads = [b"", bytes(range(256)), BOUNDARYISH, b"\r\n--", b"\x00" * 1000, os.urandom(70000)]
     ids = {a.put(pl, "--to", url): pl for pl in payloads}
-    p = send_once(a, "--batch", "100")
+    p = a.send_once("--batch", "100")
     assert p.returncode == 0, p.stderr.decode()
     recs = inbox(b)
     assert sorted(r["id"] for r in recs) == sorted(ids)
@@ -447,10 +440,10 @@ def _unsend(a: Node, ident: str) -> None:
 def test_redelivery_after_lost_answer_stored_once(nodes: Nodes) -> None:
     a, b, url = two_nodes(nodes)
     ident = a.put("only once", "--to", url)
-    assert send_once(a).returncode == 0
+    assert a.send_once().returncode == 0
     _unsend(a, ident)
 
-    p = send_once(a, "--now")
+    p = a.send_once("--now")
     assert p.returncode == 0, p.stderr.decode()
     assert "duplicate" in p.stderr.decode()
     recs = inbox(b)
@@ -464,12 +457,12 @@ def test_redelivery_of_consumed_message_is_duplicate(nodes: Nodes) -> None:
     """The receiver remembers ids in any state: acked (done) is still a duplicate."""
     a, b, url = two_nodes(nodes)
     ident = a.put("consume me", "--to", url)
-    assert send_once(a).returncode == 0
+    assert a.send_once().returncode == 0
     p = b.run("dropr-recv", "--ack", check=True)
     assert ident in p.stdout.decode()
     assert b.states("in") == {ident: "done"}
     _unsend(a, ident)
-    p = send_once(a, "--now")
+    p = a.send_once("--now")
     assert p.returncode == 0, p.stderr.decode()
     assert b.states("in") == {ident: "done"}
     assert len(inbox(b)) == 1
@@ -480,11 +473,11 @@ def test_redelivery_in_one_batch_mixed(nodes: Nodes) -> None:
     """A batch holding both new and already stored messages stores each exactly once."""
     a, b, url = two_nodes(nodes)
     first = [a.put(f"m{i}", "--to", url) for i in range(3)]
-    assert send_once(a).returncode == 0
+    assert a.send_once().returncode == 0
     for ident in first:
         _unsend(a, ident)
     more = [a.put(f"n{i}", "--to", url) for i in range(3)]
-    p = send_once(a, "--now")
+    p = a.send_once("--now")
     assert p.returncode == 0, p.stderr.decode()
     recs = inbox(b)
     assert sorted(r["id"] for r in recs) == sorted(first + more)
@@ -498,14 +491,14 @@ def test_wrong_token_is_401_and_stays_queued(nodes: Nodes) -> None:
     a, b, url = two_nodes(nodes, '[serve.tokens]\n"tok-of-a" = "a"\n')
     a.config(f'[peers.b]\nurl = "{url}"\ntoken = "not-the-token"\n')
     ident = a.put("secret", "--to", "b")
-    p = send_once(a)
+    p = a.send_once()
     assert p.returncode == TEMPFAIL, p.stderr.decode()
     assert a.states("out") == {ident: "queued"}
     assert "401" in ls_text(a, "--out")
     assert inbox(b) == []
 
     a.config(f'[peers.b]\nurl = "{url}"\ntoken = "tok-of-a"\n')
-    p = send_once(a, "--now")
+    p = a.send_once("--now")
     assert p.returncode == 0, p.stderr.decode()
     (rec,) = inbox(b)
     assert rec["id"] == ident and rec["origin"] == "a"
@@ -517,7 +510,7 @@ def test_token_binds_identity_403(nodes: Nodes) -> None:
     evil = nodes("mallory")
     evil.config(f'[peers.b]\nurl = "{url}"\ntoken = "tok-of-a"\n')
     ident = evil.put("i am a", "--to", "b")
-    p = send_once(evil)
+    p = evil.send_once()
     assert p.returncode == TEMPFAIL, p.stderr.decode()
     assert evil.states("out") == {ident: "queued"}
     assert "403" in ls_text(evil, "--out")
@@ -590,25 +583,10 @@ def test_open_listen_allowed_with_tokens(nodes: Nodes) -> None:
 # -- the daemon -----------------------------------------------------------------------------------
 
 
-def start_daemon(node: Node, *args: str) -> subprocess.Popen[bytes]:
-    """Start dropr-send as a daemon; return once it holds the lock and listens for wake-ups."""
-    with open(node.spool / "send.log", "wb") as log:
-        p = node.start("dropr-send", *args, stderr=log)
-    sock = node.spool / "wake" / "send.sock"
-
-    def up() -> bool:
-        if p.poll() is not None:
-            raise AssertionError(f"dropr-send died: {(node.spool / 'send.log').read_text()}")
-        return sock.exists()
-
-    wait_until(up, 30, "dropr-send to listen for wake-ups")
-    return p
-
-
 def test_daemon_delivers_fresh_put_fast(nodes: Nodes) -> None:
     a, b, url = two_nodes(nodes)
     a.put("warm-up", "--to", url)  # creates the peer; the daemon learns it on its next scan
-    start_daemon(a)
+    a.start_sender()
     ready = ready_dir(b)
     wait_until(lambda: len(listdir(ready)) == 1, DEADLINE, "the warm-up message")
     latencies = []
@@ -625,7 +603,7 @@ def test_daemon_delivers_fresh_put_fast(nodes: Nodes) -> None:
 def test_second_sender_refused(nodes: Nodes) -> None:
     a, _, url = two_nodes(nodes)
     a.put("x", "--to", url)
-    first = start_daemon(a)
+    first = a.start_sender()
     for args in (["--once"], []):
         p = a.run("dropr-send", *args, timeout=30)
         assert p.returncode == TEMPFAIL, p.stderr.decode()
@@ -649,10 +627,10 @@ def test_max_messages(nodes: Nodes) -> None:
     assert list(states.values()).count("queued") == 7
     assert len(inbox(b)) == 3
     # --once stops early too
-    p = send_once(a, "--max-messages", "4", "--batch", "2", "--concurrency", "1")
+    p = a.send_once("--max-messages", "4", "--batch", "2", "--concurrency", "1")
     assert p.returncode == 0, p.stderr.decode()
     assert list(a.states("out").values()).count("sent") == 7
-    assert send_once(a).returncode == 0
+    assert a.send_once().returncode == 0
     assert len(inbox(b)) == 10
 
 
@@ -681,14 +659,14 @@ def test_tls_private_ca(nodes: Nodes, tmp_path: Path) -> None:
     # without the CA the certificate is not trusted: deferred, error shown, still queued
     a.config(f'[peers.b]\nurl = "{url}"\n')
     ident = a.put("over tls", "--to", "b")
-    p = send_once(a)
+    p = a.send_once()
     assert p.returncode == TEMPFAIL, p.stderr.decode()
     assert a.states("out") == {ident: "queued"}
     assert "certificate" in ls_text(a, "--out").lower()
     assert inbox(b) == []
 
     a.config(f'[peers.b]\nurl = "{url}"\ncafile = "{ca}"\n')
-    p = send_once(a, "--now")
+    p = a.send_once("--now")
     assert p.returncode == 0, p.stderr.decode()
     assert a.states("out") == {ident: "sent"}
     (rec,) = inbox(b)
@@ -784,6 +762,6 @@ def test_tls_url_peer_with_global_cafile(nodes: Nodes, tmp_path: Path) -> None:
     a, b, ca, url = serve_tls(nodes, tmp_path)
     a.config(f'[send]\ncafile = "{ca}"\n')
     ident = a.put("by url", "--to", url)
-    p = send_once(a)
+    p = a.send_once()
     assert p.returncode == 0, p.stderr.decode()
     assert [r["id"] for r in inbox(b)] == [ident]

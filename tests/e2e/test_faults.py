@@ -14,15 +14,12 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import alive, children, free_port, listdir, tmpfs, unstored, wait_until
+from helpers import Node, Nodes, alive, children, free_port, listdir, tmpfs, unstored, wait_until
 
-Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
-Nodes = Callable[[str], Node]
 N = 3000
 PAYLOAD = 1000  # bytes per message: a transfer of a few MB, long enough to be cut
 DEADLINE = 120.0  # generous for the slow virtual disk; a healthy run needs a few seconds
@@ -54,10 +51,6 @@ def put_all(a: Node, url: str) -> dict[str, bytes]:
 
 def ready(b: Node) -> Path:
     return b.spool / "in" / "default" / "ready"
-
-
-def start_sender(a: Node, *args: str) -> subprocess.Popen[bytes]:
-    return a.start("dropr-send", "--batch", "50", *args, stderr=subprocess.DEVNULL)
 
 
 def check_exactly_once(a: Node, b: Node, expected: dict[str, bytes]) -> None:
@@ -100,7 +93,7 @@ def test_kill_sender_at_random_moments(nodes: Nodes) -> None:
         stored = len(listdir(ready(b)))
         if stored >= N:
             break
-        sender = start_sender(a)
+        sender = a.start_sender("--batch", "50", wait=False)
         if rnd % 2:
             # right after the peer stored a batch: the "lost answer" window
             target = min(N, stored + rng.randint(1, 400))
@@ -145,7 +138,7 @@ def test_kill_server_at_random_moments(nodes: Nodes) -> None:
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
-    start_sender(a)
+    a.start_sender("--batch", "50", wait=False)
     kills = 0
     for rnd in range(6):
         stored = len(listdir(ready(b)))

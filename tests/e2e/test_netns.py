@@ -14,15 +14,12 @@ import json
 import os
 import secrets
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import command_path, listdir, wait_until
+from helpers import Node, Nodes, command_path, listdir, wait_until
 
-Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
-Nodes = Callable[[str], Node]
 TOKEN = "tok-of-a-" + secrets.token_hex(8)
 DEADLINE = 30.0
 

@@ -18,9 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import command_path, wait_until
-
-Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
+from helpers import Node, Pair, command_path, wait_until
 
 
 def read_line(stream: Any, timeout: float) -> bytes:
@@ -52,11 +50,6 @@ def peer_of(a: Node, url: str) -> str:
     raise AssertionError(f"no outbox peer for {url}")
 
 
-def send_once(a: Node) -> None:
-    p = a.run("dropr-send", "--once")
-    assert p.returncode == 0, p.stderr.decode()
-
-
 def consume_all(b: Node) -> None:
     """Consume and ack what is ready at b with `dropr-recv | dropr-ack -`, as a user would."""
     recv, ack = shlex.quote(command_path("dropr-recv")), shlex.quote(command_path("dropr-ack"))
@@ -64,27 +57,19 @@ def consume_all(b: Node) -> None:
     assert p.returncode == 0, p.stderr.decode()
 
 
-def start_sender(a: Node) -> subprocess.Popen[bytes]:
-    """Start the dropr-send daemon at a and wait until it listens for wake-ups."""
-    p = a.start("dropr-send", stderr=subprocess.DEVNULL)
-    wait_until(lambda: (a.spool / "wake" / "send.sock").exists(), 15, "dropr-send to start")
-    return p
-
-
 @pytest.fixture
-def net(nodes: Callable[[str], Node]) -> tuple[Node, Node, str]:
-    a, b = nodes("a"), nodes("b")
-    return a, b, b.serve()  # the nodes fixture TERMs their processes after the test
+def net(pair: Pair) -> tuple[Node, Node, str]:
+    return pair.a, pair.b, pair.url  # the nodes fixture TERMs their processes after the test
 
 
 def test_ack_at_receiver_becomes_processed_at_sender(net: tuple[Node, Node, str]) -> None:
     a, b, url = net
     ident = a.put("job", "--to", url)
-    send_once(a)
+    a.send_once(check=True)
     assert a.states("out") == {ident: "sent"}
     consume_all(b)
     assert b.states("in") == {ident: "done"}
-    send_once(a)
+    a.send_once(check=True)
     assert a.states("out") == {ident: "processed"}
     rows = [r for r in a.ls("--out") if r["count"]]
     assert [(r["state"], r["count"]) for r in rows] == [("processed", 1)]
@@ -105,10 +90,10 @@ def test_unconsumed_messages_do_not_hold_up_later_receipts(net: tuple[Node, Node
     a, b, url = net
     a.run("dropr-put", "--lines", "--channel", "slow", "--to", url, input=b"x\n" * waiting, check=True)
     ident = a.put("job", "--to", url)
-    send_once(a)
+    a.send_once(check=True)
     consume_all(b)
     assert b.states("in")[ident] == "done"
-    send_once(a)
+    a.send_once(check=True)
     states = a.states("out")
     assert states.pop(ident) == "processed"
     assert len(states) == waiting and set(states.values()) == {"sent"}
@@ -119,7 +104,7 @@ def test_daemon_polls_past_unconsumed_messages(net: tuple[Node, Node, str]) -> N
     a, b, url = net
     a.run("dropr-put", "--lines", "--channel", "slow", "--to", url, input=b"x\n" * 1001, check=True)
     ident = a.put("job", "--to", url)
-    start_sender(a)
+    a.start_sender()
     wait_until(lambda: a.states("out").get(ident) == "sent", 60, "the daemon to deliver")
     consume_all(b)
     wait_until(lambda: a.states("out")[ident] == "processed", 60, "the receipt of the consumed message")
@@ -136,36 +121,36 @@ def test_a_receipt_the_peer_can_no_longer_give_is_given_up_after_the_retention(
     a.config('[limits]\nretention = "6s"\n')
     gone = [a.put(f"m{i}", "--to", url) for i in range(2)]
     kept = a.put("kept", "--to", url)
-    send_once(a)
+    a.send_once(check=True)
     sent_at = time.monotonic()
     ready = b.spool / "in" / "default" / "ready"
     for ident in gone:
         (name,) = [n for n in os.listdir(ready) if n.endswith(f",{ident}")]
         (ready / name).unlink()
         (b.spool / "rcv" / "a" / ident).unlink()
-    send_once(a)
+    a.send_once(check=True)
     assert time.monotonic() - sent_at < 6, "the first poll came too late to test the wait"
     assert a.states("out") == dict.fromkeys([*gone, kept], "sent"), "younger than the retention: asked again"
     time.sleep(max(0.0, sent_at + 6.5 - time.monotonic()))
-    send_once(a)
+    a.send_once(check=True)
     assert set(a.states("out").values()) == {"sent"}, "the first unknown past the retention is asked again"
-    send_once(a)
+    a.send_once(check=True)
     assert a.states("out") == {gone[0]: "dead", gone[1]: "dead", kept: "sent"}
     for ident in gone:
         (rec,) = [r for r in a.ls(ident) if r["box"] == "out"]
         assert "receipt lost" in rec["error"]
     consume_all(b)
-    send_once(a)
+    a.send_once(check=True)
     assert a.states("out")[kept] == "processed"
 
 
 def test_reject_at_receiver_is_dead_with_reason_at_sender(net: tuple[Node, Node, str]) -> None:
     a, b, url = net
     ident = a.put("job", "--to", url)
-    send_once(a)
+    a.send_once(check=True)
     b.run("dropr-recv", check=True)
     b.run("dropr-ack", "--reject", "--reason", "no such customer 4711", ident, check=True)
-    send_once(a)
+    a.send_once(check=True)
     (rec,) = [r for r in a.ls(ident) if r["box"] == "out"]
     assert rec["state"] == "dead"
     assert "no such customer 4711" in rec["error"]
@@ -188,14 +173,14 @@ def test_multicast_is_processed_only_when_every_destination_is(
     put.stdin.close()
     ident = read_line(put.stdout, 20).decode().strip()
     assert ident == "order-4711"
-    send_once(a)
+    a.send_once(check=True)
     pb, pc = peer_of(a, ub), peer_of(a, uc)
     assert out_states(a, ident) == {pb: "sent", pc: "sent"}
     assert put.poll() is None
 
     b.run("dropr-recv", check=True)
     b.run("dropr-ack", ident, check=True)
-    send_once(a)
+    a.send_once(check=True)
     assert out_states(a, ident) == {pb: "processed", pc: "sent"}
     # dropr-put --wait rechecks at least every second: give it more than one look
     deadline = time.monotonic() + 1.5
@@ -206,7 +191,7 @@ def test_multicast_is_processed_only_when_every_destination_is(
     c.run("dropr-recv", check=True)
     c.run("dropr-ack", ident, check=True)
     t0 = time.monotonic()
-    send_once(a)
+    a.send_once(check=True)
     assert out_states(a, ident) == {pb: "processed", pc: "processed"}
     assert put.wait(10) == 0
     assert time.monotonic() - t0 < 3, "dropr-put --wait is woken when the receipt is recorded"
@@ -214,7 +199,7 @@ def test_multicast_is_processed_only_when_every_destination_is(
 
 def test_put_wait_with_running_sender_and_handler(net: tuple[Node, Node, str]) -> None:
     a, b, url = net
-    start_sender(a)
+    a.start_sender()
     b.start("dropr-recv", "--exec", "true", stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
     p = a.run("dropr-put", "--to", url, "--wait", "--timeout", "20s", input=b"job", timeout=60)
@@ -253,7 +238,7 @@ def test_put_wait_without_sender_warns_at_once_and_times_out(net: tuple[Node, No
 
 def test_dead_outcome_makes_put_wait_exit_1(net: tuple[Node, Node, str]) -> None:
     a, b, url = net
-    start_sender(a)
+    a.start_sender()
     handler = "echo 'cannot parse order' >&2; exit 2"
     b.start("dropr-recv", "--exec", handler, "--max-attempts", "1", stderr=subprocess.DEVNULL)
     p = a.run("dropr-put", "--to", url, "--wait", "--timeout", "30s", input=b"garbage", timeout=60)
@@ -266,7 +251,7 @@ def test_dead_outcome_makes_put_wait_exit_1(net: tuple[Node, Node, str]) -> None
 
 def test_idle_sender_stops_on_term(net: tuple[Node, Node, str]) -> None:
     a, b, url = net
-    sender = start_sender(a)
+    sender = a.start_sender()
     b.start("dropr-recv", "--exec", "true", stderr=subprocess.DEVNULL)
     p = a.run("dropr-put", "--to", url, "--wait", "--timeout", "20s", input=b"job", timeout=60)
     assert p.returncode == 0, p.stderr.decode()
@@ -290,7 +275,7 @@ def test_a_node_that_only_receives_purges_after_the_retention(nodes: Callable[[s
     b.config('[limits]\nretention = "1s"\n')
     url = b.serve()
     ids = [a.put(f"m{i}", "--to", url) for i in range(3)]
-    send_once(a)
+    a.send_once(check=True)
     p = b.run("dropr-recv", "-n", "2", "--ack")
     assert p.returncode == 0, p.stderr.decode()
     done = b.spool / "in" / "default" / "done"

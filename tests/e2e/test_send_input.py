@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import expect_error, free_port, one_error_line, wait_until
+from helpers import Node, Nodes, expect_error, free_port, one_error_line, wait_until
 
-Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
-Nodes = Callable[[str], Node]
 TEMPFAIL = 75
 USAGE = 64
 UNAVAILABLE = 69
 DEADLINE = 60.0
-
-
-def send_once(node: Node, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """Run one dropr-send --once pass for node."""
-    return node.run("dropr-send", "--once", *args, timeout=DEADLINE)
 
 
 def down_peer(node: Node) -> tuple[str, Path]:
@@ -52,7 +43,7 @@ def test_once_tries_a_failing_peer_once_per_pass(nodes: Nodes, now: bool) -> Non
     a = nodes("a")
     a.config('[send]\nbackoff_min = "1ms"\nbackoff_max = "1ms"\n')  # due again at once
     ident, folder = down_peer(a)
-    p = send_once(a, *(["--now"] if now else []))
+    p = a.send_once(*(["--now"] if now else []))
     assert p.returncode == TEMPFAIL, p.stderr.decode()
     assert "Traceback" not in p.stderr.decode()
     assert len(deferred(p.stderr)) == 1, p.stderr.decode()
@@ -66,7 +57,7 @@ def test_a_bad_failure_count_in_peer_json_is_survived(nodes: Nodes, failures: An
     a = nodes("a")
     ident, folder = down_peer(a)
     (folder / "peer.json").write_text(json.dumps({"failures": failures, "until": "soon"}))
-    p = send_once(a)
+    p = a.send_once()
     assert p.returncode == TEMPFAIL, p.stderr.decode()
     assert "Traceback" not in p.stderr.decode()
     (line,) = deferred(p.stderr)
@@ -82,9 +73,8 @@ def test_daemon_with_now_backs_off_after_its_first_failure(nodes: Nodes) -> None
     a.config('[send]\nbackoff_min = "30s"\n')
     _, folder = down_peer(a)
     (folder / "peer.json").write_text(json.dumps({"failures": 3, "until": time.time() + 3600}))
-    log = a.spool / "send.log"
-    with open(log, "wb") as f:
-        p = a.start("dropr-send", "--now", stderr=f)
+    p = a.start_sender("--now", wait=False)
+    log = a.send_log
     wait_until(lambda: deferred(log.read_bytes()), DEADLINE, "the first failed attempt")  # --now
     # A negative check needs a window: a sender retrying in a tight loop fails hundreds
     # of times in it; one that backs off (30 s) not once more.
@@ -104,7 +94,7 @@ def test_a_spool_under_a_non_ascii_directory_delivers(nodes: Nodes, tmp_path: Pa
     a.spool = tmp_path / "sé" / "a"
     a.env["DROPR_SPOOL"] = os.fsdecode(a.spool)
     ident = a.put("from a non-ASCII path", "--to", url)
-    p = send_once(a)
+    p = a.send_once()
     assert p.returncode == 0, p.stderr.decode()
     assert a.states("out") == {ident: "sent"}
     (rec,) = b.ls("-l", "--in")
@@ -126,7 +116,7 @@ def test_an_unknown_peer_is_an_error_and_nothing_is_sent(nodes: Nodes) -> None:
     assert "unknown peer 'nosuch' (known: b, c);" in line, line
     assert a.states("out") == {ident: "queued"}
     assert b.ls("-l", "--in") == []
-    p = send_once(a, "--peer", "b")
+    p = a.send_once("--peer", "b")
     assert p.returncode == 0, p.stderr.decode()
     assert a.states("out") == {ident: "sent"}
 
@@ -137,9 +127,8 @@ def test_a_daemon_warns_about_an_unknown_peer_and_delivers_to_the_others(nodes: 
     a, b = nodes("a"), nodes("b")
     url = b.serve()
     a.config(f'[peers.b]\nurl = "{url}"\n')
-    log = a.spool.parent / "a-send.log"
-    with open(log, "wb") as f:
-        a.start("dropr-send", "--peer", "b", "--peer", "later", stderr=f)
+    a.start_sender("--peer", "b", "--peer", "later", wait=False)
+    log = a.send_log
     ident = a.put("goes", "--to", "b")
     wait_until(lambda: a.states("out").get(ident) == "sent", DEADLINE, "the daemon to deliver to b")
     assert "unknown peer=later known=b" in log.read_text()
@@ -148,10 +137,10 @@ def test_a_daemon_warns_about_an_unknown_peer_and_delivers_to_the_others(nodes: 
 def test_an_outbox_folder_is_a_known_peer(nodes: Nodes) -> None:
     a = nodes("a")
     ident, folder = down_peer(a)
-    p = send_once(a, "--peer", folder.name)
+    p = a.send_once("--peer", folder.name)
     assert p.returncode == TEMPFAIL, p.stderr.decode()
     assert a.states("out") == {ident: "queued"}
-    line = expect_error(send_once(a, "--peer", "elsewhere"), UNAVAILABLE, "dropr-send")
+    line = expect_error(a.send_once("--peer", "elsewhere"), UNAVAILABLE, "dropr-send")
     assert f"(known: {folder.name});" in line, line
 
 
@@ -159,7 +148,7 @@ def test_an_outbox_folder_is_a_known_peer(nodes: Nodes) -> None:
 def test_a_name_that_cannot_be_a_peer_is_a_usage_error(nodes: Nodes, name: str) -> None:
     a = nodes("a")
     ident, _ = down_peer(a)
-    line = expect_error(send_once(a, "--peer", name), USAGE, "dropr-send")
+    line = expect_error(a.send_once("--peer", name), USAGE, "dropr-send")
     assert f"bad --peer {name!r}" in line, line
     assert a.states("out") == {ident: "queued"}
 
@@ -169,5 +158,5 @@ def test_a_peer_url_names_the_folder_to_give(nodes: Nodes) -> None:
     url = f"http://127.0.0.1:{free_port()}/"
     a.put("x", "--to", url)
     (folder,) = (a.spool / "out").iterdir()
-    line = one_error_line(send_once(a, "--peer", url).stderr, "dropr-send")
+    line = one_error_line(a.send_once("--peer", url).stderr, "dropr-send")
     assert line.endswith(f"--peer {folder.name}"), line

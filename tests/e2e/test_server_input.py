@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from dropr import message as m
 from dropr.serving import _worker_class
-from helpers import children, command_path, make_ca, unstored, wait_until
+from helpers import children, command_path, make_ca, serve_url, unstored, wait_until
 
 BOUNDARY = "dropr-test-boundary-7f3a9c"
 TOKEN = "tok-of-a"
@@ -58,16 +58,7 @@ class Server:
                 stdin=subprocess.DEVNULL,
                 preexec_fn=(lambda: _limit_files(max_files)) if max_files else None,
             )
-
-        def url() -> str | None:
-            for line in self.log.read_text().splitlines():
-                if "listening" in line and "url=" in line:
-                    return line.split("url=")[1].split()[0]
-            if self.proc.poll() is not None:
-                raise AssertionError(f"dropr-serve died: {self.log.read_text()}")
-            return None
-
-        self.url = wait_until(url, 30, "dropr-serve to listen")
+        self.url = serve_url(self.proc, self.log, 30)
         hostport = self.url.split("//")[1].strip("/")
         self.host, port = hostport.rsplit(":", 1)
         self.port = int(port)

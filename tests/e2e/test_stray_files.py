@@ -9,47 +9,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-Node = Any  # tests/e2e/conftest.py's Node, made by the `nodes` fixture
+from helpers import Node, Pair
 
 STRAYS = ("README", ".hidden", "zzz", "0zzz")
 WHY = "not a message name\n"
-
-
-class Pair:
-    def __init__(self, a: Node, b: Node, url: str) -> None:
-        self.a = a
-        self.b = b
-        self.url = url
-
-    def put(self, n: int, *args: str) -> list[str]:
-        data = "".join(f"message {i}\n" for i in range(n))
-        p = self.a.run("dropr-put", "--lines", "--to", self.url, *args, input=data, check=True)
-        return p.stdout.decode().split()
-
-    def send(self) -> subprocess.CompletedProcess[bytes]:
-        return self.a.run("dropr-send", "--once")
-
-    def deliver(self, n: int, *args: str) -> list[str]:
-        ids = self.put(n, *args)
-        p = self.send()
-        assert p.returncode == 0, p.stderr.decode()
-        return ids
-
-    def peer_dir(self) -> Path:
-        [peer] = [d for d in (self.a.spool / "out").iterdir() if d.is_dir()]
-        return peer
-
-
-@pytest.fixture
-def pair(nodes: Callable[[str], Node]) -> Pair:
-    a, b = nodes("a"), nodes("b")
-    return Pair(a, b, b.serve())
 
 
 def touch(folder: Path, names: tuple[str, ...] = STRAYS) -> None:
@@ -73,7 +38,7 @@ def no_traceback(p: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def test_recv_all_prints_every_message_past_strays_in_ready(pair: Pair) -> None:
-    ids = pair.deliver(3)
+    ids = pair.deliver_lines(3)
     b = pair.b
     touch(b.spool / "in/default/ready")
     p = b.run("dropr-recv", "--all")
@@ -87,7 +52,7 @@ def test_recv_all_prints_every_message_past_strays_in_ready(pair: Pair) -> None:
 
 
 def test_recv_exec_once_handles_every_message_past_a_stray(pair: Pair, tmp_path: Path) -> None:
-    ids = pair.deliver(2)
+    ids = pair.deliver_lines(2)
     b = pair.b
     touch(b.spool / "in/default/ready", ("README",))
     p = b.run("dropr-recv", "--exec", "cat >/dev/null", "--once")
@@ -97,8 +62,8 @@ def test_recv_exec_once_handles_every_message_past_a_stray(pair: Pair, tmp_path:
 
 
 def test_ls_counts_only_messages_and_moves_nothing(pair: Pair) -> None:
-    ids = pair.deliver(2)
-    (other,) = pair.deliver(1, "--channel", "other")
+    ids = pair.deliver_lines(2)
+    (other,) = pair.deliver_lines(1, "--channel", "other")
     b = pair.b
     assert b.run("dropr-recv", "--channel", "other", "--ack").returncode == 0
     touch(b.spool / "in/default/ready")
@@ -118,7 +83,7 @@ def test_ls_counts_only_messages_and_moves_nothing(pair: Pair) -> None:
 
 
 def test_send_delivers_past_strays_in_queued(pair: Pair) -> None:
-    ids = pair.put(2)
+    ids = pair.put_lines(2)
     a = pair.a
     queued = pair.peer_dir() / "queued"
     touch(queued)
@@ -133,7 +98,7 @@ def test_send_delivers_past_strays_in_queued(pair: Pair) -> None:
 
 
 def test_ack_and_release_past_strays_in_claimed_and_wait(pair: Pair) -> None:
-    ids = pair.deliver(2)
+    ids = pair.deliver_lines(2)
     b = pair.b
     p = b.run("dropr-recv", "-n", "2", check=True)
     touch(b.spool / "in/default/claimed", ("README",))
