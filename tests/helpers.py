@@ -531,6 +531,13 @@ def restore_spool(name: str, dest: Path) -> dict[str, Any]:
         for other in others:
             os.unlink(dest / other)
             os.link(dest / first, dest / other)
+    # spool-v1's code made its files and folders with the umask's modes (022 here), not
+    # its own; a checkout's may differ
+    for top, _dirs, files in os.walk(dest):
+        os.chmod(top, 0o755)
+        for f in files:
+            if not os.path.islink(os.path.join(top, f)):
+                os.chmod(os.path.join(top, f), 0o644)
     for rel, ns in manifest["mtimes"].items():
         os.utime(dest / rel, ns=(ns, ns), follow_symlinks=False)
     return manifest
