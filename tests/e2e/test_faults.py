@@ -73,7 +73,7 @@ def finish(a: Node) -> None:
     """Run dropr-send --once --now until nothing is left queued."""
 
     def done() -> bool:
-        p = a.run("dropr-send", "--once", "--now", timeout=DEADLINE)
+        p = a.send_once("--now", timeout=DEADLINE)
         assert p.returncode in (0, 75), p.stderr.decode()
         return p.returncode == 0
 
@@ -206,7 +206,7 @@ def test_disk_full_at_receiver(nodes: Nodes, small_fs: Path) -> None:
     try:
         url = b.serve()
         data = put_big(a, url)
-        p = a.run("dropr-send", "--once", "--batch", "1", "--concurrency", "1", timeout=DEADLINE)
+        p = a.send_once("--batch", "1", "--concurrency", "1", timeout=DEADLINE)
         assert p.returncode == 75, p.stderr.decode()
         text = a.run("dropr-ls", "--out", check=True).stdout.decode()
         assert "503" in text and "disk" in text, text
@@ -218,14 +218,14 @@ def test_disk_full_at_receiver(nodes: Nodes, small_fs: Path) -> None:
         wait_until(lambda: not unstored(b.spool), 30, "b's unstored files to be removed")
         assert b.serve_proc is not None and b.serve_proc.poll() is None
         # the backoff holds: a plain pass does not hammer the full peer
-        p = a.run("dropr-send", "--once", timeout=DEADLINE)
+        p = a.send_once(timeout=DEADLINE)
         assert p.returncode == 75
         assert len(listdir(ready(b))) == len(stored)
 
         # make room: the deferred messages go through, each exactly once
         r = subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], capture_output=True)
         assert r.returncode == 0, r.stderr.decode()
-        p = a.run("dropr-send", "--once", "--now", timeout=DEADLINE)
+        p = a.send_once("--now", timeout=DEADLINE)
         assert p.returncode == 0, p.stderr.decode()
         assert sorted(check_inbox_intact(b, data)) == sorted(data)
         assert set(a.states("out").values()) == {"sent"}
@@ -240,7 +240,7 @@ def test_disk_full_mid_request_stores_nothing_truncated(nodes: Nodes, small_fs: 
     try:
         url = b.serve()
         data = put_big(a, url)
-        p = a.run("dropr-send", "--once", "--batch", "2", timeout=DEADLINE)
+        p = a.send_once("--batch", "2", timeout=DEADLINE)
         assert p.returncode == 75, p.stderr.decode()
         stored = check_inbox_intact(b, data)
         assert set(stored) == {i for i, s in a.states("out").items() if s == "sent"}
@@ -262,7 +262,7 @@ def test_disk_full_during_a_large_message(nodes: Nodes, small_fs: Path, tmp_path
     try:
         url = b.serve()
         ident = a.run("dropr-put", "--to", url, "--file", str(src), check=True).stdout.decode().strip()
-        p = a.run("dropr-send", "--once", timeout=DEADLINE)
+        p = a.send_once(timeout=DEADLINE)
         assert p.returncode == 75, p.stderr.decode()
         text = a.run("dropr-ls", "--out", check=True).stdout.decode()
         assert "503" in text and "disk full" in text, text
@@ -272,7 +272,7 @@ def test_disk_full_during_a_large_message(nodes: Nodes, small_fs: Path, tmp_path
 
         r = subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], capture_output=True)
         assert r.returncode == 0, r.stderr.decode()
-        p = a.run("dropr-send", "--once", "--now", timeout=DEADLINE)
+        p = a.send_once("--now", timeout=DEADLINE)
         assert p.returncode == 0, p.stderr.decode()
         names = listdir(ready(b))
         assert [n.split(",")[2] for n in names] == [ident]

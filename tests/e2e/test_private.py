@@ -11,14 +11,11 @@ from __future__ import annotations
 import grp
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import expect_error, wait_until
-
-Node = Any  # tests/e2e/conftest.py: Node
+from helpers import Node, Nodes, expect_error, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -49,14 +46,14 @@ def exchange(a: Node, b: Node) -> None:
     for payload in (b"one", b"two", b"three"):
         a.put(payload, "--to", url, "--ttl", "1h")
     a.put(b"late", "--to", url, "--ttl", "1ms")  # dead at a, with its meta record
-    a.run("dropr-send", "--once", check=True)
+    a.send_once(check=True)
     got = b.run("dropr-recv", "-n", "2", check=True).stdout.decode().split()
     b.run("dropr-ack", got[0], check=True)
     b.run("dropr-ack", "--reject", "--reason", "bad", got[2], check=True)
-    a.run("dropr-send", "--once", check=True)  # the receipts: processed, dead
+    a.send_once(check=True)  # the receipts: processed, dead
 
 
-def test_every_folder_and_file_of_a_new_spool_is_the_users_alone(nodes: Callable[[str], Node]) -> None:
+def test_every_folder_and_file_of_a_new_spool_is_the_users_alone(nodes: Nodes) -> None:
     a, b = nodes("a"), nodes("b")
     os.rmdir(a.spool)  # let dropr-put make the spool root itself
     exchange(a, b)
@@ -83,7 +80,7 @@ def other_group() -> grp.struct_group:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another group needs root here")
-def test_an_operators_group_reads_every_folder_and_file(nodes: Callable[[str], Node]) -> None:
+def test_an_operators_group_reads_every_folder_and_file(nodes: Nodes) -> None:
     group = other_group()
     a, b = nodes("a"), nodes("b")
     for n in (a, b):
@@ -100,7 +97,7 @@ def test_an_operators_group_reads_every_folder_and_file(nodes: Callable[[str], N
             assert (stat.S_IMODE(st.st_mode), st.st_gid) == (want, group.gr_gid), f"{p}: {st}"
 
 
-def test_an_unknown_group_is_one_config_error(nodes: Callable[[str], Node]) -> None:
+def test_an_unknown_group_is_one_config_error(nodes: Nodes) -> None:
     a = nodes("a")
     os.rmdir(a.spool)
     cfg = a.spool.parent / "a.toml"
@@ -118,13 +115,13 @@ def warnings_of(stderr: bytes, prog: str) -> list[str]:
     return [line for line in stderr.decode().splitlines() if line.startswith(f"{prog}: warning: ")]
 
 
-def test_send_and_serve_warn_once_of_tokens_others_can_read(nodes: Callable[[str], Node]) -> None:
+def test_send_and_serve_warn_once_of_tokens_others_can_read(nodes: Nodes) -> None:
     a = nodes("a")
     a.config('[peers.b]\nurl = "http://127.0.0.1:9/"\ntoken = "t0k3n"\n[serve.tokens]\n"s3cr3t" = "c"\n')
     conf = a.spool / "dropr.toml"
     os.chmod(conf, 0o644)
     a.put(b"x", "--to", "b")
-    res = a.run("dropr-send", "--once")
+    res = a.send_once()
     (line,) = warnings_of(res.stderr, "dropr-send")
     assert line == (
         f"dropr-send: warning: {conf} holds tokens and others can read it (mode 0644); chmod 600 {conf}"
@@ -139,11 +136,11 @@ def test_send_and_serve_warn_once_of_tokens_others_can_read(nodes: Callable[[str
     assert len(wait_until(warned, 10, "dropr-serve's warning")) == 1
     assert "holds tokens" in (warned() or [""])[0]
     os.chmod(conf, 0o600)
-    assert warnings_of(a.run("dropr-send", "--once").stderr, "dropr-send") == []
+    assert warnings_of(a.send_once().stderr, "dropr-send") == []
 
 
 def test_a_spool_made_by_an_earlier_release_keeps_working_and_is_warned_of(
-    nodes: Callable[[str], Node],
+    nodes: Nodes,
 ) -> None:
     a, b = nodes("a"), nodes("b")
     url = b.serve()
@@ -151,7 +148,7 @@ def test_a_spool_made_by_an_earlier_release_keeps_working_and_is_warned_of(
     for p, st in [(a.spool, os.stat(a.spool)), *entries(a.spool)]:  # what earlier releases made
         os.chmod(p, 0o755 if stat.S_ISDIR(st.st_mode) else 0o644)
     second = a.put(b"after", "--to", url)
-    res = a.run("dropr-send", "--once")
+    res = a.send_once()
     assert res.returncode == 0, res.stderr
     (line,) = warnings_of(res.stderr, "dropr-send")
     assert f"spool {a.spool} lets other users read its payloads" in line, line
@@ -162,4 +159,4 @@ def test_a_spool_made_by_an_earlier_release_keeps_working_and_is_warned_of(
     assert new and all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in new)
     for p, st in [(a.spool, os.stat(a.spool)), *entries(a.spool)]:  # as the warning says
         os.chmod(p, stat.S_IMODE(st.st_mode) & 0o700)
-    assert warnings_of(a.run("dropr-send", "--once").stderr, "dropr-send") == []
+    assert warnings_of(a.send_once().stderr, "dropr-send") == []

@@ -14,11 +14,10 @@ import select
 import shlex
 import subprocess
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import Node, Pair, command_path, wait_until
+from helpers import Node, Nodes, Pair, command_path, wait_until
 
 
 def read_line(stream: Any, timeout: float) -> bytes:
@@ -160,7 +159,7 @@ def test_reject_at_receiver_is_dead_with_reason_at_sender(net: tuple[Node, Node,
 
 
 def test_multicast_is_processed_only_when_every_destination_is(
-    nodes: Callable[[str], Node],
+    nodes: Nodes,
 ) -> None:
     a, b, c = nodes("a"), nodes("b"), nodes("c")
     ub, uc = b.serve(), c.serve()
@@ -268,7 +267,7 @@ def test_idle_sender_stops_on_term(net: tuple[Node, Node, str]) -> None:
     assert sender.returncode == 0, f"dropr-send still running {took:.1f}s after TERM"
 
 
-def test_a_node_that_only_receives_purges_after_the_retention(nodes: Callable[[str], Node]) -> None:
+def test_a_node_that_only_receives_purges_after_the_retention(nodes: Nodes) -> None:
     """Only dropr-send purged: a node running just dropr-serve and consumers kept its
     done entries (and their rcv/ index entries) for good."""
     a, b = nodes("a"), nodes("b")

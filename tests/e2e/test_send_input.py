@@ -111,7 +111,7 @@ def test_an_unknown_peer_is_an_error_and_nothing_is_sent(nodes: Nodes) -> None:
     url = b.serve()
     a.config(f'[peers.b]\nurl = "{url}"\n[peers.c]\nurl = "http://127.0.0.1:{free_port()}/"\n')
     ident = a.put("stays queued", "--to", "b")
-    p = a.run("dropr-send", "--once", "--peer", "b", "--peer", "nosuch", timeout=30)
+    p = a.send_once("--peer", "b", "--peer", "nosuch", timeout=30)
     line = expect_error(p, UNAVAILABLE, "dropr-send")
     assert "unknown peer 'nosuch' (known: b, c);" in line, line
     assert a.states("out") == {ident: "queued"}
