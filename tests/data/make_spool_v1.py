@@ -169,7 +169,9 @@ def states(spool: Path) -> dict[str, dict[str, dict[str, dict[str, str]]]]:
 
 def record(spool: Path) -> dict[str, object]:
     """Return the manifest of a spool: folders, link groups, mtimes, expected states."""
-    dirs, mtimes, inodes = [], {}, {}
+    dirs: list[str] = []
+    mtimes: dict[str, int] = {}
+    inodes: dict[int, list[str]] = {}
     for top, subdirs, files in os.walk(spool):
         rel_top = os.path.relpath(top, spool)
         if rel_top != ".":
