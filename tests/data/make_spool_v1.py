@@ -6,10 +6,14 @@ just before the spool became a package in issue #14) and must NOT be remade by l
 code: it is the on-disk format that every later version has to read. Make a new
 fixture (spool-v2, ...) next to it when the format changes, and keep this one.
 
-To rerun it (only to repair the fixture, at that commit):
+To rerun it (only to repair the fixture): this script, run by the Python of a venv that
+has that commit installed, uses that venv's commands (next to sys.executable):
 
-    git worktree add /tmp/v1 0c07279 && cd /tmp/v1 && make .venv/.installed
-    PATH=$PWD/.venv/bin:$PATH python tests/data/make_spool_v1.py /path/to/tests/data
+    mkdir /tmp/v1 && git archive 0c07279 | tar -x -C /tmp/v1
+    make -C /tmp/v1 .venv/.installed
+    /tmp/v1/.venv/bin/python tests/data/make_spool_v1.py tests/data    # from this checkout
+
+The ids and times change with every run; the states, payloads and shape do not.
 
 Everything is made by the installed commands, through real transitions: spool "a"
 (node a) puts to peers b (a real dropr-serve on 127.0.0.1 port 0, with a 1 KiB message
