@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import hmac
-import io
 import json
 import logging
 import os
@@ -258,9 +257,9 @@ class _ReadTimeout:
 
 def _read_body(environ: dict[str, Any], up: Upload) -> None:
     """Feed the request body to the upload parser, straight from gunicorn's socket if we can."""
-    direct = _gunicorn_body(environ)
-    if direct is not None:
-        _read_socket(up, *direct)
+    from . import _gunicorn
+
+    if _gunicorn.read_body(environ, up.feed):
         return
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
@@ -272,54 +271,6 @@ def _read_body(environ: dict[str, Any], up: Upload) -> None:
         if left > 0:
             left -= len(chunk)
         up.feed(chunk)
-
-
-def _gunicorn_body(environ: dict[str, Any]) -> tuple[socket.socket, Any, bytes] | None:
-    """Return (socket, gunicorn's LengthReader, body bytes it already holds), or None.
-
-    gunicorn's reader copies a body five times on its way to the application (1 MiB
-    recv, two BytesIO buffers, two slices) into freshly allocated memory: at 256 MiB
-    that was a third of the receiver's time. The body of a request with a length is
-    read from the socket instead, into one reused buffer. What gunicorn has already
-    read past the headers is taken from its buffer first; bytes beyond this body (a
-    pipelined request) are left there, and the reader's remaining length is kept up to
-    date, so gunicorn goes on with the connection as if it had read the body itself.
-    Anything unexpected (another server, another gunicorn layout) takes the WSGI way.
-    """
-    sock = environ.get("gunicorn.socket")
-    body: Any = environ.get("wsgi.input")
-    reader: Any = getattr(body, "reader", None)
-    unreader: Any = getattr(reader, "unreader", None)
-    if (
-        not isinstance(sock, socket.socket)
-        or type(reader).__name__ != "LengthReader"
-        or not isinstance(getattr(reader, "length", None), int)
-        or not isinstance(getattr(body, "buf", None), io.BytesIO)
-        or body.buf.tell() != 0
-        or not isinstance(getattr(unreader, "buf", None), io.BytesIO)
-    ):
-        return None
-    held = unreader.buf.getvalue()
-    take, rest = held[: reader.length], held[reader.length :]
-    unreader.buf = io.BytesIO()
-    unreader.buf.write(rest)
-    reader.length -= len(take)
-    return sock, reader, take
-
-
-def _read_socket(up: Upload, sock: socket.socket, reader: Any, first: bytes) -> None:
-    if first:
-        up.feed(first)
-    buf = bytearray(READ)
-    view = memoryview(buf)
-    waitall = socket.MSG_WAITALL if not hasattr(sock, "do_handshake") else 0  # not for TLS
-    while reader.length > 0:
-        want = min(READ, reader.length)
-        n = sock.recv_into(buf, want, waitall if want == READ else 0)
-        if n <= 0:
-            return  # the client went away: a truncated upload
-        reader.length -= n
-        up.feed(buf if n == READ else bytes(view[:n]))  # the parser wants a whole bytes-like
 
 
 def _filename(disposition: str) -> str:

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from .errors import UsageError
-from .server import READ_TIMEOUT, TIMED_OUT, make_app, set_read_timeout
+from .server import READ_TIMEOUT, TIMED_OUT, make_app
 from .spool import PURGE_CHECK, Spool
 
 log = logging.getLogger(__name__)
@@ -146,313 +146,65 @@ def _more_open_files(want: int = 1 << 16) -> None:
             pass  # keep the limit we have: make_app keeps fewer descriptors open
 
 
-def _bigger_reads(size: int = 1 << 20) -> None:
-    """Let gunicorn read request bodies from the socket in 1 MiB pieces instead of 8 KiB.
-
-    Its socket reader's chunk is a constructor default; at 8 KiB a 256 MiB upload
-    is 32,768 reads each copied through Python, which caps a transfer near 200 MB/s.
-    Only the embedded server is changed; without the attribute, nothing happens.
-    Since gunicorn 27 the reader takes up to 1 MiB where it knows a body's length
-    (max_body_chunk), and the upload's body is read from the socket here anyway
-    (server._read_socket): then nothing is changed, for a 1 MiB recv of every request's
-    headers cost 0.03 ms more than an 8 KiB one on an idle CPU.
-    """
-    try:
-        from gunicorn.http import unreader
-    except ImportError:
-        return
-    cls = unreader.SocketUnreader
-    init = cls.__init__
-    if getattr(init, "_dropr", False) or hasattr(cls, "max_body_chunk"):
-        return
-
-    def bigger(self: Any, sock: Any, max_chunk: int = size) -> None:
-        init(self, sock, max(max_chunk, size))
-
-    bigger._dropr = True  # type: ignore[attr-defined]
-    cls.__init__ = bigger
-
-
-HOLD = 0.005  # per connection it holds, a worker leaves a new one this long to the others
-HOLD_MAX = 0.020
-HOLD_STALE = 0.002  # woken later than this after its hold, a worker holds again
-LINGER = 5.0  # a thread that has answered waits this long for the connection's next request
-
-
-def _worker_class(workers: int, read_timeout: float = READ_TIMEOUT) -> Any:
-    """Return gunicorn's gthread worker, changed in three ways (or as it is, where its
-    layout is not the one this was written against: gunicorn before 27).
-
-    Read timeout. A client that stopped in the middle of its request headers (a cut
-    link, a host that died) held its thread for good: gunicorn reads them from a
-    blocking socket with no timeout. Every plain connection gets ``read_timeout``
-    (SO_RCVTIMEO) before its first request, every TLS one a socket timeout (_tls_contexts).
-    gunicorn then closes the connection and logs the error, which _QuietTimeouts turns
-    into one line. That bounds each read, not the whole: a client that sends a byte of
-    its headers now and then (slowloris) would still hold the thread, before any token
-    is checked. So a watchdog thread also closes a connection whose request headers
-    (TLS handshake included) are not all in after ``read_timeout``.
-
-    Lingering. gthread hands a kept-alive connection back to the worker's poller after
-    each answer; its next request wakes the poller, which wakes a pool thread: two
-    thread wake-ups on the way to the application, 0.2 ms on an idle CPU here (a tiny
-    request's round trip 0.91-1.03 ms, against 0.78-0.79 ms without the hand-offs). So
-    the thread that answered waits on the connection itself for up to LINGER seconds, as
-    a thread-per-connection server does for its keep-alive, while at least one other
-    thread of the worker is free. A request that finds no free thread sends a lingering
-    one back (a byte on a pipe), and TERM sends them all back.
-
-    Spreading (two or more workers). Every worker polls the one listening socket, and
-    the worker that has just accepted a connection is awake while the others still
-    sleep, so it takes the next one too: a sender's two kept-alive connections landed
-    in one process in 5 of 8 transfers, whose threads then shared one interpreter lock
-    while the other worker sat idle (5,375-6,677 msgs/s, against 6,381-7,903 when
-    split). Here a worker that already holds N connections, woken by a new one, first
-    leaves it to the others for N x HOLD seconds (at most HOLD_MAX), then takes it if
-    it is still there: an idle worker takes it at once, a less busy one sooner. A hold
-    of 2 ms was too short while both CPUs were busy: the idle worker was not scheduled
-    in time in 3 of 7 transfers.
-    """
-    import inspect
-    import select
-    import threading
-    import time
-
-    from gunicorn.workers.gthread import ThreadWorker
-
-    base: Any = ThreadWorker
-    needed = ("set_accept_enabled", "wait_for_and_dispatch_events", "enqueue_req", "handle_quit")
-    if not all(hasattr(base, a) for a in needed):
-        return "gthread"
-    for method, params in (("accept", ["self", "listener"]), ("enqueue_req", ["self", "conn"])):
-        if list(inspect.signature(getattr(base, method)).parameters) != params:
-            return "gthread"
-    spread = workers > 1
-
-    class DroprWorker(base):  # type: ignore[misc]
-        held_until = 0.0
-
-        def init_process(self) -> None:
-            self.linger_pipe = os.pipe()
-            for fd in self.linger_pipe:
-                os.set_blocking(fd, False)
-            self.counts = threading.Lock()
-            self.queued = 0  # connections handed to the pool, not yet taken by a thread
-            self.occupied = 0  # threads serving or lingering
-            self.lingering = 0
-            self.recalled = 0  # lingering threads sent back, not yet gone
-            self.heads: dict[Any, float] = {}  # connection -> when its request headers began
-            if read_timeout > 0:
-                threading.Thread(target=self._watch_heads, name="dropr-heads", daemon=True).start()
-            super().init_process()  # runs the worker's loop
-
-        # -- lingering --
-
-        def enqueue_req(self, conn: Any) -> None:
-            with self.counts:
-                self.queued += 1
-                free = self.cfg.threads - self.occupied + self.recalled
-                recall = min(self.queued - free, self.lingering - self.recalled)
-                if recall > 0:
-                    self.recalled += recall
-            super().enqueue_req(conn)
-            if recall > 0:
-                self._send_back(recall)
-
-        def _send_back(self, n: int) -> None:
-            try:
-                os.write(self.linger_pipe[1], b"!" * n)
-            except BlockingIOError:
-                pass  # a full pipe: every lingering thread is sent back already
-
-        def _stop_lingering(self) -> None:
-            self.alive = False  # the pool's threads are joined at exit: none may linger
-            self._send_back(self.cfg.threads)
-
-        def handle_exit(self, sig: Any, frame: Any) -> None:
-            super().handle_exit(sig, frame)
-            self._stop_lingering()
-
-        def handle_quit(self, sig: Any, frame: Any) -> None:
-            self._stop_lingering()
-            super().handle_quit(sig, frame)
-
-        def handle_abort(self, sig: Any, frame: Any) -> None:
-            self._stop_lingering()
-            super().handle_abort(sig, frame)
-
-        def handle(self, conn: Any) -> Any:
-            with self.counts:
-                self.queued -= 1
-                self.occupied += 1
-            try:
-                if read_timeout > 0 and not self.cfg.is_ssl and not getattr(conn, "dropr_timed", False):
-                    set_read_timeout(conn.sock, read_timeout)  # TLS sockets time out otherwise: _tls_contexts
-                    conn.dropr_timed = True
-                while True:
-                    if read_timeout > 0:
-                        self.heads[conn] = time.monotonic()
-                    try:
-                        keep = super().handle(conn)
-                    finally:
-                        self.heads.pop(conn, None)
-                    if keep is not True or not self.alive or not self._linger(conn):
-                        return keep
-            finally:
-                with self.counts:
-                    self.occupied -= 1
-
-        def handle_request(self, req: Any, conn: Any) -> Any:
-            self.heads.pop(conn, None)  # the headers are in; body reads have their own timeout
-            return super().handle_request(req, conn)
-
-        def _watch_heads(self) -> None:
-            """Close each connection whose request headers took longer than read_timeout."""
-            import socket
-
-            while True:
-                time.sleep(min(1.0, read_timeout / 4))
-                now = time.monotonic()
-                for conn, began in list(self.heads.items()):
-                    if now - began <= read_timeout or self.heads.get(conn) != began:
-                        continue
-                    self.heads.pop(conn, None)
-                    try:
-                        # the plain socket's shutdown, also under TLS: the thread's blocked
-                        # read sees the end of the stream, and gunicorn closes the connection
-                        socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
-                    except OSError:
-                        continue  # gone meanwhile
-                    log.warning("closed connection reason=request headers not complete in %gs", read_timeout)
-
-        def _linger(self, conn: Any) -> bool:
-            """Wait here for the connection's next request; True if it came."""
-            buf = getattr(getattr(getattr(conn, "parser", None), "unreader", None), "buf", None)
-            if buf is None or not hasattr(buf, "getvalue"):
-                return False
-            if buf.getvalue() or getattr(conn.sock, "pending", lambda: 0)():
-                return True  # read already (pipelined, or held by TLS)
-            with self.counts:
-                if self.occupied + self.queued >= self.cfg.threads:
-                    return False  # keep a thread free for the others
-                self.lingering += 1
-            try:
-                deadline = time.monotonic() + LINGER
-                watch = select.poll()  # not select: descriptors here go past select's 1,024
-                watch.register(conn.sock, select.POLLIN)
-                watch.register(self.linger_pipe[0], select.POLLIN)
-                while self.alive:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    ready = [fd for fd, _ in watch.poll(left * 1000)]
-                    if conn.sock.fileno() in ready:
-                        return True
-                    if ready:
-                        try:
-                            os.read(self.linger_pipe[0], 1)
-                        except BlockingIOError:
-                            continue  # another lingering thread answered that call
-                        with self.counts:
-                            self.recalled = max(0, self.recalled - 1)  # TERM's calls are not counted
-                        return False  # a request wants this thread
-                return False
-            finally:
-                with self.counts:
-                    self.lingering -= 1
-
-        # -- spreading --
-
-        def accept(self, listener: Any) -> None:
-            if spread and self.nr_conns > 0:
-                now = time.monotonic()
-                if now > self.held_until + HOLD_STALE:  # not yet held for this one
-                    self.held_until = now + min(HOLD * self.nr_conns, HOLD_MAX)
-                    self.set_accept_enabled(False)
-                    return
-            super().accept(listener)
-
-        def set_accept_enabled(self, enabled: bool) -> None:
-            if enabled and time.monotonic() < self.held_until:
-                return
-            super().set_accept_enabled(enabled)
-
-        def wait_for_and_dispatch_events(self, timeout: float) -> None:
-            left = self.held_until - time.monotonic()
-            if left > 0:
-                timeout = min(timeout, left)
-            super().wait_for_and_dispatch_events(timeout)
-
-    return DroprWorker
-
-
-def _tls_contexts(seconds: float) -> Any:
-    """Return a gunicorn ssl_context hook that builds a worker's TLS context once, and again
-    only when the certificate or key file changes, and whose sockets time out.
+class _TLSContexts:
+    """gunicorn's ssl_context hook: a worker's TLS context, built once and again only when
+    the certificate or key file changes, whose sockets time out.
 
     gunicorn calls the hook for every connection, and its default builds a new context
-    each time: the system CA store and the key pair read and parsed again, 3.7-4.8 ms a
-    connection with its health answer here, against 2.4-2.7 ms with one context. The files'
-    identity (inode, size, mtime) is looked at on each connection instead, so a renewed
+    each time: the system CA store and the key pair read and parsed again, which costs a
+    small request more than its answer (bench/README.md, "Serving"). The files' identity
+    (inode, size, mtime) is looked at on each connection instead, so a renewed
     certificate is served from the next connection on, as before, without a restart;
     files that do not load (half a renewal) leave the previous context in use, where
     gunicorn's default failed every connection until they did.
 
     The sockets (with seconds > 0) give up a read (or a write) after ``seconds`` without
-    progress, as plain ones do by SO_RCVTIMEO (_worker_class). SO_RCVTIMEO is no use
-    under TLS: Python's SSL layer retries a read that fails with EAGAIN on a blocking
-    socket, for ever, so a client that stalled in its handshake, its headers or its body
-    held its thread for good. gunicorn makes its sockets blocking (setblocking(True),
-    settimeout(None)) before each request; on these sockets, that sets the timeout
-    instead, which Python's SSL layer does honour.
+    progress, as plain ones do by SO_RCVTIMEO: a client that stalled in its handshake,
+    its headers or its body held its thread for good (see _gunicorn.TimedSSLSocket).
     """
-    import ssl
 
-    class TimedSSLSocket(ssl.SSLSocket):
-        def setblocking(self, flag: bool) -> None:
-            self.settimeout(seconds if flag else 0.0)
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.built: tuple[Any, Any] = (None, None)  # (files' identity, context): one swap, threads may race
 
-        def settimeout(self, value: float | None) -> None:
-            super().settimeout(seconds if value is None else value)
-
-    built: list[Any] = [None, None]  # (files' identity, context); threads may race: both fine
-
-    def identity(path: str | None) -> tuple[int, int, int] | None:
-        if not path:
-            return None
+    def __call__(self, config: Any, default_ssl_context_factory: Any) -> Any:
+        key = (_identity(config.certfile), _identity(config.keyfile), _identity(config.ca_certs))
+        stamp, context = self.built
+        if context is not None and stamp == key:
+            return context
         try:
-            st = os.stat(path)
-        except OSError:
-            return None  # the factory reports it
-        return st.st_ino, st.st_size, st.st_mtime_ns
+            fresh = default_ssl_context_factory()
+        except OSError as exc:  # ssl.SSLError too: half a renewal, say (check_tls ran first)
+            if context is None:
+                raise
+            log.warning(
+                "tls reason=cannot load the changed certificate or key (%s); serving the one before",
+                getattr(exc, "reason", None) or exc.strerror or exc,
+            )
+            self.built = (key, context)  # tried once: again when the files change again
+            return context
+        if self.seconds > 0:
+            from . import _gunicorn
 
-    def hook(config: Any, default_ssl_context_factory: Any) -> Any:
-        key = (identity(config.certfile), identity(config.keyfile), identity(config.ca_certs))
-        stamp, context = built
-        if context is None or stamp != key:
-            try:
-                fresh = default_ssl_context_factory()
-            except OSError as exc:  # ssl.SSLError too: half a renewal, say (check_tls ran first)
-                if context is None:
-                    raise
-                log.warning(
-                    "tls reason=cannot load the changed certificate or key (%s); serving the one before",
-                    getattr(exc, "reason", None) or exc.strerror or exc,
-                )
-                built[0] = key  # tried once: again when the files change again
-                return context
-            if seconds > 0:
-                fresh.sslsocket_class = TimedSSLSocket
-            built[:] = [key, fresh]
-            context = fresh
-        return context
+            _gunicorn.time_out(fresh, self.seconds)
+        self.built = (key, fresh)
+        return fresh
 
-    return hook
+
+def _identity(path: str | None) -> tuple[int, int, int] | None:
+    """Return a file's (inode, size, mtime), or None where there is none to read."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # the factory reports it
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class _QuietTimeouts(logging.Filter):
     """Turn gunicorn's traceback for a read that timed out (a client that stalled in its
-    request headers: see _worker_class) into one warning line."""
+    request headers: see _gunicorn.DroprWorker) into one warning line."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__()
@@ -496,16 +248,56 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
     check_listen(spool, opts)
     check_tls(opts)
     check_bind(opts)
-    from gunicorn.app.base import BaseApplication
+    from . import _gunicorn
 
-    _bigger_reads()
+    _gunicorn.bigger_reads()
     _more_open_files()
 
     app = make_app(spool, threads=opts.threads, read_timeout=opts.read_timeout)
     # python-multipart logs each malformed upload; the client already gets the reason
     logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
+    _gunicorn.Embedded(app, _settings(spool, opts)).run()
+    return 0
 
-    def when_ready(server: Any) -> None:
+
+def _settings(spool: Spool, opts: ServeOptions) -> dict[str, Any]:
+    """Return gunicorn's settings for opts."""
+    from . import _gunicorn
+
+    hooks = _Hooks(spool, opts)
+    settings: dict[str, Any] = {
+        "bind": opts.listen,
+        "workers": opts.workers,
+        "worker_class": _gunicorn.worker_class(spread=opts.workers > 1, read_timeout=opts.read_timeout),
+        "threads": opts.threads,
+        "timeout": 600,
+        "graceful_timeout": 30,
+        "keepalive": 30,
+        "errorlog": "-",
+        "accesslog": "-" if opts.verbose > 1 else None,
+        "loglevel": "info" if opts.verbose > 0 else "warning",
+        "proc_name": "dropr-serve",
+        "when_ready": hooks.when_ready,
+        "post_fork": hooks.post_fork,
+        "post_worker_init": hooks.post_worker_init,
+        "limit_request_line": 8190,
+    }
+    if opts.certfile:
+        settings["certfile"] = opts.certfile
+        settings["keyfile"] = opts.keyfile
+        settings["ssl_context"] = _TLSContexts(opts.read_timeout)
+    return settings
+
+
+class _Hooks:
+    """gunicorn's server hooks for one dropr-serve."""
+
+    def __init__(self, spool: Spool, opts: ServeOptions) -> None:
+        self.spool = spool
+        self.opts = opts
+
+    def when_ready(self, server: Any) -> None:
+        """Log each address listened on (port 0 gets one): one line each, on stderr."""
         import socket
 
         for lst in server.LISTENERS:
@@ -514,55 +306,25 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
             if lst.sock.family in (socket.AF_INET, socket.AF_INET6):
                 lst.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             host, port = lst.sock.getsockname()[:2]
-            scheme = "https" if opts.certfile else "http"
+            scheme = "https" if self.opts.certfile else "http"
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets, as in URLs
-            line = f"listening addr={where} url={scheme}://{where}/ node={spool.node}"
+            line = f"listening addr={where} url={scheme}://{where}/ node={self.spool.node}"
             sys.stderr.write(f"dropr-serve: {line}\n")
         sys.stderr.flush()
 
-    def post_fork(server: Any, worker: Any) -> None:
-        # A new worker inherits the master's handlers, which only queue a signal for the
-        # master's loop: a TERM in the moments before the worker sets its own would be
-        # lost, and the stop would wait out graceful_timeout. Until then, TERM ends it.
+    def post_fork(self, server: Any, worker: Any) -> None:
+        """Let TERM end a new worker until it sets its own handlers.
+
+        A new worker inherits the master's handlers, which only queue a signal for the
+        master's loop: a TERM in the moments before the worker sets its own would be
+        lost, and the stop would wait out graceful_timeout.
+        """
         import signal
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
 
-    def post_worker_init(worker: Any) -> None:
-        _purge_in_background(spool)
-        logging.getLogger("gunicorn.error").addFilter(_QuietTimeouts(opts.read_timeout))
-
-    class Embedded(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            settings = {
-                "bind": opts.listen,
-                "workers": opts.workers,
-                "worker_class": _worker_class(opts.workers, opts.read_timeout),
-                "threads": opts.threads,
-                "timeout": 600,
-                "graceful_timeout": 30,
-                "keepalive": 30,
-                "errorlog": "-",
-                "accesslog": "-" if opts.verbose > 1 else None,
-                "loglevel": "info" if opts.verbose > 0 else "warning",
-                "proc_name": "dropr-serve",
-                "when_ready": when_ready,
-                "post_fork": post_fork,
-                "post_worker_init": post_worker_init,
-                "limit_request_line": 8190,
-            }
-            if "control_socket_disable" in self.cfg.settings:
-                settings["control_socket_disable"] = True  # it would write outside the spool
-            if opts.certfile:
-                settings["certfile"] = opts.certfile
-                settings["keyfile"] = opts.keyfile
-                settings["ssl_context"] = _tls_contexts(opts.read_timeout)
-            for key, value in settings.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            return app
-
-    Embedded().run()
-    return 0
+    def post_worker_init(self, worker: Any) -> None:
+        """Start the worker's purge thread and quiet its read-timeout tracebacks."""
+        _purge_in_background(self.spool)
+        logging.getLogger("gunicorn.error").addFilter(_QuietTimeouts(self.opts.read_timeout))

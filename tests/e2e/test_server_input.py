@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from dropr import message as m
-from dropr.serving import _worker_class
+from dropr._gunicorn import LINGER, layout_changes
 from helpers import children, command_path, make_ca, serve_url, unstored, wait_until
 
 BOUNDARY = "dropr-test-boundary-7f3a9c"
@@ -823,7 +823,7 @@ def busy_cpus(request: pytest.FixtureRequest) -> Iterator[None]:
 def test_two_connections_at_once_go_to_two_workers(srv: Server, gap: float, busy_cpus: None) -> None:
     """A sender opens its two kept-alive connections one after the other: one per worker,
     so that they do not share one process (and its interpreter lock) while the other idles."""
-    if _worker_class(2) == "gthread":
+    if layout_changes():
         pytest.skip("this gunicorn's gthread worker has the layout before 27: connections are not spread")
     split = 0
     for _ in range(20):
@@ -859,7 +859,7 @@ HEALTH = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
 @pytest.fixture
 def lone_server(tmp_path: Path) -> Iterator[Server]:
     """One worker with three threads, so that which thread does what is known."""
-    if _worker_class(1) == "gthread":
+    if layout_changes():
         pytest.skip("this gunicorn's gthread worker has the layout before 27: threads do not linger")
     s = Server(tmp_path, "b", "[serve]\nmin_free = 0\n", ("--workers", "1", "--threads", "3"), workers=1)
     yield s
@@ -900,8 +900,6 @@ def test_a_kept_alive_connection_is_served_request_after_request(lone_server: Se
 
 
 def test_threads_waiting_on_idle_connections_make_room_for_new_requests(lone_server: Server) -> None:
-    from dropr.serving import LINGER
-
     # Two connections served once: their threads wait on them (two of three, one kept free).
     idle = [_served_once(lone_server) for _ in range(2)]
     # The free thread is held by a request whose body never comes.
@@ -928,8 +926,6 @@ def test_threads_waiting_on_idle_connections_make_room_for_new_requests(lone_ser
 
 
 def test_term_does_not_wait_for_threads_waiting_on_idle_connections(lone_server: Server) -> None:
-    from dropr.serving import LINGER
-
     idle = [_served_once(lone_server) for _ in range(2)]
     try:
         t0 = time.monotonic()
