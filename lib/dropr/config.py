@@ -185,92 +185,110 @@ def check_url(url: str) -> str:
 class Config:
     """The parsed ``dropr.toml`` with defaults filled in."""
 
+    node: str | None
+    group: str | None
+    peers: dict[str, Peer]
+    listen: list[str]
+    tokens: dict[str, str]
+    certfile: str | None
+    keyfile: str | None
+    max_attempts: int
+    cafile: str | None
+
     def __init__(self, data: dict[str, Any] | None = None, path: str | None = None) -> None:
         data = data or {}
         self.path = path
         self.unknown: list[str] = []  # keys nobody reads: a typo, most likely (load warns)
+        self.secrets: list[str] = []  # files that hold tokens: they should be private
         where = path or "config"
         try:
             self._unknown(data, "", "")
-            self.node: str | None = data.get("node")
-            if self.node is not None:
-                if not isinstance(self.node, str):
-                    raise ValueError('node must be a string, e.g. node = "web1"')
-                check_name(self.node, "node")
-            self.group: str | None = _text(data, "group", "")  # operators' group: see Spool
+            self.node = _node(data)
+            self.group = _text(data, "group", "")  # operators' group: see Spool
             if self.group is not None and not self.group.strip():
                 raise ValueError('group must name a group, e.g. group = "dropr"; or leave it out')
-            self.secrets: list[str] = []  # files that hold tokens: they should be private
             send = _table(data, "send", "")
-            self.peers: dict[str, Peer] = {}
-            for name, p in _table(data, "peers", "").items():
-                check_name(name, f"peer name {name!r}")
-                if not isinstance(p, dict):
-                    raise ValueError(f"peers.{name} must be a table: [peers.{name}] with url = ... below it")
-                self._unknown(p, "peers.*", f"peers.{name}.")
-                url = _text(p, "url", f"peers.{name}.")
-                if not url:
-                    raise ValueError(f'peer {name!r} needs url = "http(s)://..."')
-                check_url(url)
-                token = _text(p, "token", f"peers.{name}.")
-                token_file = _text(p, "token_file", f"peers.{name}.")
-                if token is None and token_file:
-                    token = _read_secret(token_file)
-                    self.secrets.append(token_file)
-                elif token is not None and path:
-                    self.secrets.append(path)
-                if token is not None:
-                    check_token(token, f"the token of peer {name!r}")
-                cafile = _text(p, "cafile", f"peers.{name}.") or _text(send, "cafile", "send.")
-                self.peers[name] = Peer(name, url, token, cafile)
-            serve = _table(data, "serve", "")
-            self._unknown(serve, "serve", "serve.")
-            listen = serve.get("listen") or []
-            if isinstance(listen, str):
-                listen = [listen]
-            if not isinstance(listen, list) or not all(isinstance(a, str) for a in listen):
-                raise ValueError('serve.listen must be a list of addresses, e.g. listen = ["127.0.0.1:8080"]')
-            self.listen: list[str] = listen
-            self.tokens: dict[str, str] = {}
-            for tok, node in _table(serve, "tokens", "serve.").items():
-                if not isinstance(node, str):
-                    raise ValueError('serve.tokens: each token\'s node must be a string, e.g. "..." = "web1"')
-                self.tokens[check_token(tok, "each token in serve.tokens")] = node
-                if path:
-                    self.secrets.append(path)
-            tokens_file = _text(serve, "tokens_file", "serve.")
-            if tokens_file:
-                self.secrets.append(tokens_file)
-                for line in _read_secret(tokens_file).splitlines():
-                    if line.strip() and not line.startswith("#"):
-                        tok, _, node = line.strip().partition(" ")
-                        self.tokens[check_token(tok, f"each token in {tokens_file}")] = node.strip()
-            for node in self.tokens.values():
-                check_name(node, "a client node in serve.tokens")
-            self.min_free = parse_size(serve.get("min_free", "64MiB"))
-            self.certfile: str | None = _text(serve, "certfile", "serve.")
-            self.keyfile: str | None = _text(serve, "keyfile", "serve.")
-            limits = _table(data, "limits", "")
-            self._unknown(limits, "limits", "limits.")
-            self.max_message_size = parse_size(limits.get("max_message_size", "1GiB"))
-            attempts = limits.get("max_attempts", 0)
-            if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
-                raise ValueError("limits.max_attempts must be a whole number, 0 (no limit) or more")
-            self.max_attempts: int = attempts
-            self.retention = parse_duration(limits.get("retention", "7d"))
-            self.quota = parse_size(limits.get("quota", 0))
-            self._unknown(send, "send", "send.")
-            self.backoff_min = parse_duration(send.get("backoff_min", "1s"))
-            self.backoff_max = parse_duration(send.get("backoff_max", "5m"))
-            if not 0 < self.backoff_min <= self.backoff_max:  # 0: a failing peer retried in a tight loop
-                raise ValueError("send.backoff_min must be more than 0 and at most send.backoff_max")
-            self.connect_timeout = parse_duration(send.get("connect_timeout", "10s"))
-            self.timeout = parse_duration(send.get("timeout", "10m"))
-            self.cafile: str | None = _text(send, "cafile", "send.")
+            self.peers = {name: self._peer(name, p, send) for name, p in _table(data, "peers", "").items()}
+            self._serve(_table(data, "serve", ""))
+            self._limits(_table(data, "limits", ""))
+            self._send(send)
         except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(f"bad config {where}: {exc}; fix the file") from None
         except DataError as exc:
             raise ConfigError(f"bad config {where}: {exc}") from None
+
+    def _peer(self, name: str, p: Any, send: dict[str, Any]) -> Peer:
+        """Read one [peers.NAME] table (send.cafile is its default cafile)."""
+        check_name(name, f"peer name {name!r}")
+        if not isinstance(p, dict):
+            raise ValueError(f"peers.{name} must be a table: [peers.{name}] with url = ... below it")
+        self._unknown(p, "peers.*", f"peers.{name}.")
+        url = _text(p, "url", f"peers.{name}.")
+        if not url:
+            raise ValueError(f'peer {name!r} needs url = "http(s)://..."')
+        check_url(url)
+        token = _text(p, "token", f"peers.{name}.")
+        token_file = _text(p, "token_file", f"peers.{name}.")
+        if token is None and token_file:
+            token = _read_secret(token_file)
+            self.secrets.append(token_file)
+        elif token is not None and self.path:
+            self.secrets.append(self.path)
+        if token is not None:
+            check_token(token, f"the token of peer {name!r}")
+        cafile = _text(p, "cafile", f"peers.{name}.") or _text(send, "cafile", "send.")
+        return Peer(name, url, token, cafile)
+
+    def _serve(self, serve: dict[str, Any]) -> None:
+        """Read [serve]: listen addresses, client tokens, free-space floor, TLS files."""
+        self._unknown(serve, "serve", "serve.")
+        listen = serve.get("listen") or []
+        if isinstance(listen, str):
+            listen = [listen]
+        if not isinstance(listen, list) or not all(isinstance(a, str) for a in listen):
+            raise ValueError('serve.listen must be a list of addresses, e.g. listen = ["127.0.0.1:8080"]')
+        self.listen = listen
+        self.tokens = {}
+        for tok, node in _table(serve, "tokens", "serve.").items():
+            if not isinstance(node, str):
+                raise ValueError('serve.tokens: each token\'s node must be a string, e.g. "..." = "web1"')
+            self.tokens[check_token(tok, "each token in serve.tokens")] = node
+            if self.path:
+                self.secrets.append(self.path)
+        tokens_file = _text(serve, "tokens_file", "serve.")
+        if tokens_file:
+            self.secrets.append(tokens_file)
+            for line in _read_secret(tokens_file).splitlines():
+                if line.strip() and not line.startswith("#"):
+                    tok, _, node = line.strip().partition(" ")
+                    self.tokens[check_token(tok, f"each token in {tokens_file}")] = node.strip()
+        for node in self.tokens.values():
+            check_name(node, "a client node in serve.tokens")
+        self.min_free = parse_size(serve.get("min_free", "64MiB"))
+        self.certfile = _text(serve, "certfile", "serve.")
+        self.keyfile = _text(serve, "keyfile", "serve.")
+
+    def _limits(self, limits: dict[str, Any]) -> None:
+        """Read [limits]: message size, attempts, retention, quota."""
+        self._unknown(limits, "limits", "limits.")
+        self.max_message_size = parse_size(limits.get("max_message_size", "1GiB"))
+        attempts = limits.get("max_attempts", 0)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+            raise ValueError("limits.max_attempts must be a whole number, 0 (no limit) or more")
+        self.max_attempts = attempts
+        self.retention = parse_duration(limits.get("retention", "7d"))
+        self.quota = parse_size(limits.get("quota", 0))
+
+    def _send(self, send: dict[str, Any]) -> None:
+        """Read [send]: backoff bounds, timeouts, the default cafile."""
+        self._unknown(send, "send", "send.")
+        self.backoff_min = parse_duration(send.get("backoff_min", "1s"))
+        self.backoff_max = parse_duration(send.get("backoff_max", "5m"))
+        if not 0 < self.backoff_min <= self.backoff_max:  # 0: a failing peer retried in a tight loop
+            raise ValueError("send.backoff_min must be more than 0 and at most send.backoff_max")
+        self.connect_timeout = parse_duration(send.get("connect_timeout", "10s"))
+        self.timeout = parse_duration(send.get("timeout", "10m"))
+        self.cafile = _text(send, "cafile", "send.")
 
     def _unknown(self, table: dict[str, Any], kind: str, prefix: str) -> None:
         self.unknown += [f"{prefix}{k}" for k in table if k not in _KNOWN[kind]]
@@ -294,6 +312,16 @@ class Config:
         raise UnavailableError(
             f"unknown peer {target!r} (known: {known}); add [peers.{target}] to the config or give a URL"
         )
+
+
+def _node(data: dict[str, Any]) -> str | None:
+    """Return the top-level node name, checked, or None."""
+    node = data.get("node")
+    if node is not None:
+        if not isinstance(node, str):
+            raise ValueError('node must be a string, e.g. node = "web1"')
+        check_name(node, "node")
+    return node
 
 
 def _read_secret(path: str) -> str:
