@@ -31,14 +31,11 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 
 def _run(o: dict[str, Any]) -> int:
     from dropr import put
-    from dropr.config import default_spool, load
     from dropr.errors import UsageError
-    from dropr.spool import Spool
 
     from ._fast import duration_option
 
-    if o.get("lines") and o.get("null"):
-        raise UsageError("--lines and --null exclude each other")
+    split = put.split_for(bool(o.get("lines")), bool(o.get("null")))
     if o.get("verbose"):
         from ._guard import setup_logging
 
@@ -47,30 +44,18 @@ def _run(o: dict[str, Any]) -> int:
         priority = int(o.get("--priority", 5))
     except ValueError:
         raise UsageError(f"bad --priority {o['--priority']!r}: use 0 (most urgent) to 9") from None
-    ttl = duration_option(o, "--ttl", 0)
-    timeout = duration_option(o, "--timeout", 0) if "--timeout" in o else None
     opts = put.PutOptions(
         to=o["to"],
         channel=o.get("--channel", "default"),
         priority=priority,
-        ttl=ttl,
+        ttl=duration_option(o, "--ttl", 0),
         ident=o.get("--id"),
         file=o.get("--file"),
-        split=b"\n" if o.get("lines") else b"\0" if o.get("null") else None,
+        split=split,
         wait=bool(o.get("wait")),
-        timeout=timeout,
+        timeout=duration_option(o, "--timeout", 0) if "--timeout" in o else None,
     )
-    # Everything that can be refused without a spool is, before it is created: a bad
-    # command line leaves no trace.
-    opts.check()
-    spool_dir = o.get("--spool") or default_spool()
-    config = load(spool_dir, o.get("--config"))
-    peers = put.resolve(config, opts.to)
-    spool = Spool(spool_dir, config)
-    ids = put.run(spool, opts, peers=peers)
-    if opts.wait:
-        return put.wait_for(spool, ids, opts.timeout, quiet=bool(o.get("quiet")))
-    return 0
+    return put.enqueue(opts, o.get("--spool"), o.get("--config"), quiet=bool(o.get("quiet")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,47 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def command() -> Any:
     """Build the click command (only for --help, completion and unusual command lines)."""
-    from ._common import CONTEXT, DURATION, click, common
+    from ._common import CONTEXT, click, common
 
     @click.command(PROG, context_settings=CONTEXT)
-    @click.option(
-        "--to",
-        "to",
-        multiple=True,
-        metavar="PEER",
-        help="Destination: a peer name from the config or an http(s):// URL. Repeat to multicast.",
-    )
-    @click.option("--channel", default="default", show_default=True, help="Queue name at the receiver.")
-    @click.option(
-        "--priority",
-        type=click.IntRange(0, 9),
-        default=5,
-        show_default=True,
-        help="0 is most urgent, 9 least.",
-    )
-    @click.option(
-        "--ttl", type=DURATION, default=None, help="Give up (dead letter) if not delivered within DUR."
-    )
-    @click.option(
-        "--id",
-        "ident",
-        metavar="ID",
-        help="Caller-chosen id; putting an id already in the outbox is a no-op.",
-    )
-    @click.option(
-        "--file",
-        "file",
-        metavar="PATH",
-        help="Read the payload from PATH (streamed, any size) instead of stdin.",
-    )
-    @click.option("--lines", is_flag=True, help="Every line of stdin is one message (newline stripped).")
-    @click.option("--null", is_flag=True, help="Every NUL-terminated record of stdin is one message.")
-    @click.option(
-        "--wait",
-        is_flag=True,
-        help="Block until every destination processed the message (0), it died (1) or --timeout (75).",
-    )
-    @click.option("--timeout", type=DURATION, default=None, help="With --wait: give up after DUR.")
+    @_options
     @common
     def cmd(**kw: Any) -> int:
         """Enqueue messages into the local outbox, durably; print their ids.
@@ -139,30 +87,48 @@ def command() -> Any:
           dropr-put --to db1 --id order-4711 --priority 0 < order.json
           dropr-put --to db1 --wait --timeout 30s < job.json
         """
-        o: dict[str, Any] = {
-            "to": list(kw["to"]),
-            "verbose": kw["verbose"],
-            "quiet": kw["quiet"],
-            "--channel": kw["channel"],
-            "--priority": str(kw["priority"]),
-            "lines": kw["lines"],
-            "null": kw["null"],
-            "wait": kw["wait"],
-        }
-        for key in ("ttl", "timeout"):
-            if kw[key] is not None:
-                o["--" + key] = f"{kw[key]:.6f}s"
-        for key, name in (
-            ("ident", "--id"),
-            ("file", "--file"),
-            ("spool", "--spool"),
-            ("config_file", "--config"),
-        ):
-            if kw[key] is not None:
-                o[name] = kw[key]
-        return _run(o)
+        return _run(_from_click(kw))  # the same checks as the fast path: PutOptions.check
 
     return cmd
+
+
+def _options(fn: Any) -> Any:
+    """Add dropr-put's own options to the click command fn, in --help order."""
+    from ._common import DURATION, click
+
+    opts = [
+        click.option("--to", "to", multiple=True, metavar="PEER",
+                     help="Destination: a peer name from the config or an http(s):// URL. "
+                     "Repeat to multicast."),
+        click.option("--channel", default="default", show_default=True, help="Queue name at the receiver."),
+        click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True,
+                     help="0 is most urgent, 9 least."),
+        click.option("--ttl", type=DURATION, default=None,
+                     help="Give up (dead letter) if not delivered within DUR."),
+        click.option("--id", "ident", metavar="ID",
+                     help="Caller-chosen id; putting an id already in the outbox is a no-op."),
+        click.option("--file", "file", metavar="PATH",
+                     help="Read the payload from PATH (streamed, any size) instead of stdin."),
+        click.option("--lines", is_flag=True, help="Every line of stdin is one message (newline stripped)."),
+        click.option("--null", is_flag=True, help="Every NUL-terminated record of stdin is one message."),
+        click.option("--wait", is_flag=True,
+                     help="Block until every destination processed the message (0), it died (1) "
+                     "or --timeout (75)."),
+        click.option("--timeout", type=DURATION, default=None, help="With --wait: give up after DUR."),
+    ]  # fmt: skip
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _from_click(kw: dict[str, Any]) -> dict[str, Any]:
+    """Turn click's keyword arguments into the option dict the fast path makes."""
+    from ._common import options_to_fast
+
+    names = {"channel": "--channel", "priority": "--priority", "ident": "--id", "file": "--file"}
+    o = options_to_fast(kw, names, durations=("ttl", "timeout"))
+    o.update(to=list(kw["to"]), lines=kw["lines"], null=kw["null"], wait=kw["wait"])
+    return o
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ import os
 import sys
 import time
 
-from .config import Config, Peer, check_priority
+from .config import Config, Peer, check_priority, default_spool, load
 from .errors import DataError, NoInputError, TempFailError, UsageError
 from .spool import SEND_SOCK, Spool
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
-    from typing import IO
+    import threading
+    from typing import IO, Any
 
     from .spool import PutBatch
 
@@ -69,6 +70,29 @@ class PutOptions:
                 check_id(self.ident)
             except ValueError as exc:
                 raise DataError(f"bad id {self.ident!r}: {exc}") from None
+
+
+def split_for(lines: bool, null: bool) -> bytes | None:
+    """Return the record separator --lines or --null asks for (None: one message)."""
+    if lines and null:
+        raise UsageError("--lines and --null exclude each other")
+    return b"\n" if lines else b"\0" if null else None
+
+
+def enqueue(opts: PutOptions, spool_dir: str | None, config_file: str | None = None, *,
+            quiet: bool = False) -> int:  # fmt: skip
+    """Do what dropr-put does: put, print ids, with --wait wait; return the exit status."""
+    # Everything that can be refused without a spool is, before it is created: a bad
+    # command line leaves no trace.
+    opts.check()
+    spool_dir = spool_dir or default_spool()
+    config = load(spool_dir, config_file)
+    peers = resolve(config, opts.to)
+    spool = Spool(spool_dir, config)
+    ids = run(spool, opts, peers=peers)
+    if opts.wait:
+        return wait_for(spool, ids, opts.timeout, quiet=quiet)
+    return 0
 
 
 def resolve(config: Config, targets: list[str]) -> list[Peer]:
@@ -138,85 +162,93 @@ def _check_quota(spool: Spool) -> None:
 
 def _put_split(batch: PutBatch, sep: bytes, limit: int, out: IO[str]) -> list[str]:
     """Put every sep-terminated record of stdin; commit at least every GROUP_WINDOW."""
+    committer = _Committer(batch, out)
+    try:
+        _read_records(batch, sep, limit, committer)
+        committer.commit()
+        committer.finish()
+    except BaseException:
+        try:
+            committer.finish()  # what was committed is printed; the error after it
+        finally:
+            batch.abort()
+        raise
+    return committer.ids
+
+
+def _read_records(batch: PutBatch, sep: bytes, limit: int, committer: _Committer) -> None:
+    """Add stdin's records to batch; commit when the oldest waited GROUP_WINDOW or GROUP_MAX wait."""
     import select
 
     fd = sys.stdin.buffer.fileno()
     rest = b""
     first = 0.0  # when the oldest uncommitted record arrived
-    all_ids: list[str] = []
-
-    # Commits run on a thread: while one syncs and renames, the next records are read
-    # and written to tmp/. One commit at a time, and the thread prints a commit's ids
-    # as soon as it is durable, so ids come out in order, each only after its commit.
-    import threading
-
-    worker: threading.Thread | None = None
-    failed: list[BaseException] = []
-
-    def finish() -> None:
-        nonlocal worker
-        if worker is None:
-            return
-        worker.join()
-        worker = None
-        if failed:
-            raise failed.pop()
-
-    def commit() -> None:
-        nonlocal first, worker
-        taken = batch.take()
-        first = 0.0
-        finish()
-
-        def job() -> None:
-            try:
-                done = batch.commit(taken)
-                if done:
-                    out.write("\n".join(done) + "\n")
-                    out.flush()
-                    all_ids.extend(done)
-            except BaseException as exc:  # handed to the main thread by finish()
-                failed.append(exc)
-
-        worker = threading.Thread(target=job, name="dropr-put-commit")
-        worker.start()
-
-    try:
-        while True:
-            if len(batch):
-                left = GROUP_WINDOW - (time.monotonic() - first)
-                if left <= 0 or len(batch) >= GROUP_MAX:
-                    commit()
-                    continue
-                if not select.select([fd], [], [], left)[0]:
-                    commit()
-                    continue
-            chunk = os.read(fd, READ_SIZE)
-            if not chunk:
-                break
-            records = (rest + chunk).split(sep)
-            rest = records.pop()
-            if limit and len(rest) > limit:
+    while True:
+        if len(batch):
+            left = GROUP_WINDOW - (time.monotonic() - first)
+            if left <= 0 or len(batch) >= GROUP_MAX or not select.select([fd], [], [], left)[0]:
+                committer.commit()
+                first = 0.0
+                continue
+        chunk = os.read(fd, READ_SIZE)
+        if not chunk:
+            break
+        records = (rest + chunk).split(sep)
+        rest = records.pop()
+        if limit and len(rest) > limit:
+            raise DataError(f"a record is larger than the limit of {limit} bytes")
+        if records and not len(batch):
+            first = time.monotonic()
+        for rec in records:
+            if limit and len(rec) > limit:
                 raise DataError(f"a record is larger than the limit of {limit} bytes")
-            if records and not len(batch):
-                first = time.monotonic()
-            for rec in records:
-                if limit and len(rec) > limit:
-                    raise DataError(f"a record is larger than the limit of {limit} bytes")
-                batch.add(rec)
-        if rest:
-            if not len(batch):
-                first = time.monotonic()
-            batch.add(rest)
-        commit()
-        finish()
-    except BaseException:
+            batch.add(rec)
+    if rest:
+        batch.add(rest)
+
+
+class _Committer:
+    """Commits a batch's records on a thread, one commit at a time.
+
+    While one commit syncs and renames, the next records are read and written to
+    tmp/. The thread prints a commit's ids as soon as it is durable, so ids come out
+    in order, each only after its commit; an error is raised in the main thread.
+    """
+
+    def __init__(self, batch: PutBatch, out: IO[str]) -> None:
+        self.batch = batch
+        self.out = out
+        self.ids: list[str] = []
+        self.worker: threading.Thread | None = None
+        self.failed: list[BaseException] = []
+
+    def finish(self) -> None:
+        """Wait for the running commit; raise what it failed with."""
+        if self.worker is None:
+            return
+        self.worker.join()
+        self.worker = None
+        if self.failed:
+            raise self.failed.pop()
+
+    def commit(self) -> None:
+        """Start committing what the batch holds, once the previous commit is done."""
+        import threading
+
+        taken = self.batch.take()
+        self.finish()
+        self.worker = threading.Thread(target=self._job, args=(taken,), name="dropr-put-commit")
+        self.worker.start()
+
+    def _job(self, taken: Any) -> None:
         try:
-            finish()  # what was committed is printed; the error after it
-        finally:
-            batch.abort()
-        raise
-    return all_ids
+            done = self.batch.commit(taken)
+            if done:
+                self.out.write("\n".join(done) + "\n")
+                self.out.flush()
+                self.ids.extend(done)
+        except BaseException as exc:  # handed to the main thread by finish()
+            self.failed.append(exc)
 
 
 def wait_for(
