@@ -95,6 +95,17 @@ def common(fn: F) -> F:
     return fn
 
 
+def with_options(*opts: Callable[[F], F]) -> Callable[[F], F]:
+    """Return a decorator adding the click options opts to a command, in --help order."""
+
+    def add(fn: F) -> F:
+        for o in reversed(opts):
+            fn = o(fn)
+        return fn
+
+    return add
+
+
 def obj(spool: str | None, config_file: str | None, verbose: int, quiet: int, prog: str) -> Obj:
     """Build the shared object and set up logging for a command."""
     setup_logging(prog, verbose, quiet)
@@ -161,4 +172,5 @@ __all__ = [
     "obj",
     "click",
     "options_to_fast",
+    "with_options",
 ]

@@ -6,6 +6,8 @@ TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this 
 if TYPE_CHECKING:
     from typing import Any
 
+    from dropr.spool import Spool
+
 
 def check_name(value: str | None, kind: str) -> None:
     """Reject a channel or peer name that could leave the spool (exit 65)."""
@@ -26,3 +28,12 @@ def logging_for(prog: str, o: dict[str, Any]) -> None:
         from ._guard import setup_logging
 
         setup_logging(prog, int(o.get("verbose", 0)), int(o.get("quiet", 0)))
+
+
+def open_spool(o: dict[str, Any]) -> Spool:
+    """Open the spool of --spool (else the default) with its config (--config, else the default)."""
+    from dropr.config import default_spool, load
+    from dropr.spool import Spool
+
+    spool_dir = o.get("--spool") or default_spool()
+    return Spool(spool_dir, load(spool_dir, o.get("--config")))

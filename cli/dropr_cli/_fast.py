@@ -119,3 +119,13 @@ def duration_option(o: dict[str, Any], key: str, default: float) -> float:
         return parse_duration(o[key])
     except DataError as exc:
         raise UsageError(str(exc)) from None
+
+
+def optional_int(o: dict[str, Any], key: str, low: int, high: int = 10**9) -> int | None:
+    """Return option key as a whole number in [low, high], None when it was not given."""
+    return None if o.get(key) is None else int_option(o, key, 0, low, high)
+
+
+def optional_duration(o: dict[str, Any], key: str) -> float | None:
+    """Return option key as seconds, None when it was not given."""
+    return None if o.get(key) is None else duration_option(o, key, 0)

@@ -11,6 +11,8 @@ TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this 
 if TYPE_CHECKING:
     from typing import Any
 
+    from dropr.consume import AckRequest
+
 PROG = "dropr-ack"
 _VALUED = frozenset({"--delay", "--reason"})
 _FLAGS = frozenset({"--release", "--reject"})
@@ -23,43 +25,22 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 
 
 def _run(o: dict[str, Any]) -> int:
-    from dropr.config import default_spool, load
-    from dropr.consume import IdReader, ack
-    from dropr.errors import EX_NOTFOUND, UsageError
-    from dropr.spool import Spool
-
-    from ._common_fast import logging_for
-    from ._fast import duration_option
+    from ._common_fast import logging_for, open_spool
 
     logging_for(PROG, o)
-    if o["release"] and o["reject"]:
-        raise UsageError("--release and --reject exclude each other")
-    if "--delay" in o and not o["release"]:
-        raise UsageError("--delay goes with --release")
-    if "--reason" in o and not o["reject"]:
-        raise UsageError("--reason goes with --reject")
-    delay = duration_option(o, "--delay", 0)
-    ids = o["args"]
-    if not ids:
-        raise UsageError("no ids; give ID... or - to read them from stdin")
-    if "-" in ids and ids != ["-"]:
-        raise UsageError("give ids as arguments or - to read them from stdin, not both")
-    if not all(i.strip() for i in ids):
-        raise UsageError("an empty id; give ID... or - to read them from stdin")
-    if ids == ["-"]:
-        todo: Any = IdReader(sys.stdin)
-        first = next(todo, None)
-        if first is None:
-            # nothing to finish, as dropr-recv exits 1 when nothing is ready: so a
-            # `while dropr-recv | dropr-ack -` loop ends once the inbox is empty
-            return EX_NOTFOUND
-        todo.push_back(first)
-    else:
-        todo = ids
-    how = "release" if o["release"] else "reject" if o["reject"] else "ack"
-    spool_dir = o.get("--spool") or default_spool()
-    spool = Spool(spool_dir, load(spool_dir, o.get("--config")))
-    return ack(spool, todo, how, reason=o.get("--reason", ""), delay=delay)
+    req = _request(o)
+    req.check()  # the rules between the options and ids, before the spool is created
+    return req.run(lambda: open_spool(o), sys.stdin)
+
+
+def _request(o: dict[str, Any]) -> AckRequest:
+    """Turn the parsed options (fast path or click) into the library's request."""
+    from dropr.consume import AckRequest
+
+    from ._fast import optional_duration
+
+    return AckRequest(ids=o["args"], release=o["release"], reject=o["reject"],
+                      delay=optional_duration(o, "--delay"), reason=o.get("--reason"))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def command() -> Any:
     """Build the click command (only for --help, completion and unusual command lines)."""
-    from ._common import CONTEXT, click, common
+    from ._common import CONTEXT, click, common, with_options
 
     @click.command(PROG, context_settings=CONTEXT)
-    @_options
+    @with_options(*_options())
     @common
     def cmd(**kw: Any) -> int:
         """Enqueue messages into the local outbox, durably; print their ids.
@@ -92,11 +92,11 @@ def command() -> Any:
     return cmd
 
 
-def _options(fn: Any) -> Any:
-    """Add dropr-put's own options to the click command fn, in --help order."""
+def _options() -> list[Any]:
+    """Return dropr-put's own click options, in --help order."""
     from ._common import DURATION, click
 
-    opts = [
+    return [
         click.option("--to", "to", multiple=True, metavar="PEER",
                      help="Destination: a peer name from the config or an http(s):// URL. "
                      "Repeat to multicast."),
@@ -116,9 +116,6 @@ def _options(fn: Any) -> Any:
                      "or --timeout (75)."),
         click.option("--timeout", type=DURATION, default=None, help="With --wait: give up after DUR."),
     ]  # fmt: skip
-    for o in reversed(opts):
-        fn = o(fn)
-    return fn
 
 
 def _from_click(kw: dict[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,8 @@ import sys
 import time
 
 from . import log as _log
-from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, UsageError
-from .message import parse_in_name
+from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, DataError, UsageError
+from .message import check_name, parse_in_name
 from .spool import Claim, Spool
 
 TYPE_CHECKING = False  # typing and collections cost milliseconds per start; mypy reads True
@@ -26,6 +26,10 @@ KILL_GRACE = 5.0  # seconds between TERM and KILL for a handler past its --timeo
 RETRY_BASE = 1.0
 RETRY_MAX = 300.0
 EMIT_EVERY = 64  # dropr-recv writes its lines in groups of this many
+FOLLOW_N = 100  # --follow claims this many at a time unless -n says otherwise
+FORMATS = ("path", "json", "raw")
+MIN_LEASE = 1.0  # seconds: a shorter lease may end before the claimer has printed the
+# message, and then another consumer gets it too
 
 
 class RecvOptions:
@@ -51,6 +55,121 @@ class RecvOptions:
         self.lease = lease
         self.fmt = fmt
         self.ack = ack
+
+
+class RecvRequest:
+    """Everything dropr-recv was given; check() holds the rules between its options.
+
+    None stands for an option not given. run() starts the mode they ask for: handlers
+    (--exec), --follow, or one claim.
+    """
+
+    __slots__ = ("channel", "n", "take_all", "wait", "follow", "timeout", "lease", "fmt", "ack",
+                 "command", "jobs", "max_attempts", "once")  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        channel: str = "default",
+        n: int | None = None,
+        take_all: bool = False,
+        wait: bool = False,
+        follow: bool = False,
+        timeout: float | None = None,
+        lease: float = 300,
+        fmt: str = "path",
+        ack: bool = False,
+        command: str | None = None,
+        jobs: int | None = None,
+        max_attempts: int | None = None,
+        once: bool = False,
+    ) -> None:
+        self.channel = channel
+        self.n = n
+        self.take_all = take_all
+        self.wait = wait
+        self.follow = follow
+        self.timeout = timeout
+        self.lease = lease
+        self.fmt = fmt
+        self.ack = ack
+        self.command = command
+        self.jobs = jobs
+        self.max_attempts = max_attempts
+        self.once = once
+
+    def check(self) -> None:
+        """Reject what is wrong with the options alone, before any spool is touched."""
+        if self.fmt not in FORMATS:
+            raise UsageError(f"bad --format {self.fmt!r}: use path, json or raw")
+        _check_channel(self.channel)
+        if not self.lease >= MIN_LEASE:  # not <: NaN too
+            raise UsageError(f"bad --lease {f'{self.lease:g}s'!r}: must be at least {MIN_LEASE:g}s")
+        if self.command is not None:
+            self._check_exec()
+        else:
+            self._check_claim()
+
+    def _check_exec(self) -> None:
+        assert self.command is not None
+        if not self.command.strip():
+            raise UsageError("--exec needs a command; an empty one would ack every message unread")
+        if self.n or self.take_all or self.wait or self.ack or self.follow or self.fmt != "path":
+            raise UsageError(
+                "--exec runs handlers; -n, --all, --wait, --follow, --ack and --format do not apply"
+            )
+
+    def _check_claim(self) -> None:
+        if self.once or self.jobs is not None or self.max_attempts is not None:
+            raise UsageError("--once, --jobs and --max-attempts go with --exec")
+        if self.n and self.take_all:
+            raise UsageError("-n and --all exclude each other")
+        if self.follow and (self.take_all or self.wait or self.timeout is not None or self.fmt == "raw"):
+            raise UsageError(
+                "--follow runs until stopped; --all, --wait, --timeout and --format raw do not apply"
+            )
+        if self.timeout is not None and not self.wait:
+            raise UsageError("--timeout without --exec goes with --wait")
+
+    def run(self, spool: Spool) -> int:
+        """Run handlers, --follow or one claim, as the (checked) options say; return the exit status."""
+        if self.command is not None:
+            return Handlers(spool, self.handler_options()).run()
+        if self.follow:
+            return follow(spool, self.recv_options())
+        return recv(spool, self.recv_options())
+
+    def handler_options(self) -> HandlerOptions:
+        """Return the options of --exec's handlers."""
+        assert self.command is not None
+        return HandlerOptions(
+            command=self.command,
+            channel=self.channel,
+            jobs=1 if self.jobs is None else self.jobs,
+            timeout=self.timeout or 0,
+            max_attempts=5 if self.max_attempts is None else self.max_attempts,
+            once=self.once,
+            lease=self.lease,
+        )
+
+    def recv_options(self) -> RecvOptions:
+        """Return the options of a claim, or of --follow's claims."""
+        if self.follow:
+            n = self.n or FOLLOW_N
+            return RecvOptions(
+                channel=self.channel, n=n, wait=True, lease=self.lease, fmt=self.fmt, ack=self.ack
+            )
+        n = 10**9 if self.take_all else self.n or 1
+        return RecvOptions(channel=self.channel, n=n, wait=self.wait, timeout=self.timeout,
+                           lease=self.lease, fmt=self.fmt, ack=self.ack)  # fmt: skip
+
+
+def _check_channel(channel: str) -> None:
+    """Reject a channel name that could leave the spool (exit 65)."""
+    try:
+        check_name(channel, "channel")
+    except ValueError as exc:
+        raise DataError(f"bad channel {channel!r}: {exc}") from None
 
 
 def claim_wait(
@@ -237,6 +356,64 @@ class IdReader:
         ident = rest.split(b"\t", 1)[0].strip()
         if ident:
             yield ident.decode("utf-8", "replace")
+
+
+class AckRequest:
+    """What dropr-ack was given: ids (or "-": read them from stdin) and how to finish them.
+
+    None stands for an option not given; check() holds the rules between the options.
+    """
+
+    __slots__ = ("ids", "release", "reject", "delay", "reason")
+
+    def __init__(
+        self,
+        *,
+        ids: list[str],
+        release: bool = False,
+        reject: bool = False,
+        delay: float | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.ids = ids
+        self.release = release
+        self.reject = reject
+        self.delay = delay
+        self.reason = reason
+
+    def check(self) -> None:
+        """Reject what is wrong with the options and ids alone, before any spool is touched."""
+        if self.release and self.reject:
+            raise UsageError("--release and --reject exclude each other")
+        if self.delay is not None and not self.release:
+            raise UsageError("--delay goes with --release")
+        if self.reason is not None and not self.reject:
+            raise UsageError("--reason goes with --reject")
+        if not self.ids:
+            raise UsageError("no ids; give ID... or - to read them from stdin")
+        if "-" in self.ids and self.ids != ["-"]:
+            raise UsageError("give ids as arguments or - to read them from stdin, not both")
+        if not all(i.strip() for i in self.ids):
+            raise UsageError("an empty id; give ID... or - to read them from stdin")
+
+    @property
+    def how(self) -> str:
+        """Return the spool's word for the finish asked for: ack, release or reject."""
+        return "release" if self.release else "reject" if self.reject else "ack"
+
+    def run(self, open_spool: Callable[[], Spool], stdin: IO[str]) -> int:
+        """Finish the ids (from stdin for "-"), opening the spool only if there are any; 0 or 1."""
+        todo: Iterable[str] = self.ids
+        if self.ids == ["-"]:
+            reader = IdReader(stdin)
+            first = next(reader, None)
+            if first is None:
+                # nothing to finish, as dropr-recv exits 1 when nothing is ready: so a
+                # `while dropr-recv | dropr-ack -` loop ends once the inbox is empty
+                return EX_NOTFOUND
+            reader.push_back(first)
+            todo = reader
+        return ack(open_spool(), todo, self.how, reason=self.reason or "", delay=self.delay or 0)
 
 
 def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: float = 0,
