@@ -2,9 +2,9 @@
 
 Importing click costs more than the whole of a plain ``dropr-put``, ``dropr-recv`` or
 ``dropr-ack``, so their ``main`` parses the usual command lines here and builds the
-click command (same options, same checks in ``_run``) only for --help, --version,
+click command (same options, same library checks) only for --help, --version,
 completion, or anything this parser does not know. ``tests/cli/test_put_fastpath``
-checks that the two agree.
+and ``tests/cli/test_recv_ack_fastpath`` check that the two agree.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def parse(
         elif a in flags:
             o[a[2:]] = True
         else:
-            name, eq, val = a.partition("=")
+            # --opt=VALUE only: click reads -n=5 as -n with the value "=5"
+            name, eq, val = a.partition("=") if a.startswith("--") else (a, "", "")
             if name not in valued and name not in multi:
                 return None  # --help, --version, -h, unknown: click says what to say
             if not eq:
