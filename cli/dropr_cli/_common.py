@@ -7,12 +7,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from dropr.config import Config, default_spool, load, parse_duration, parse_size
-from dropr.errors import EX_USAGE, DroprError, UsageError
+from dropr.config import Config, default_spool, load
+from dropr.errors import EX_USAGE, UsageError
 from dropr.spool import Spool
 
 from ._common_fast import check_name
 from ._guard import VERSION, guard, setup_logging
+from ._types import DURATION, SIZE
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -112,54 +113,11 @@ def obj(spool: str | None, config_file: str | None, verbose: int, quiet: int, pr
     return Obj(spool or default_spool(), config_file, verbose, quiet)
 
 
-class Duration(click.ParamType):  # type: ignore[type-arg]
-    """A duration like 500ms, 30s, 5m, 2h, 7d."""
+def common_options(kw: dict[str, Any]) -> dict[str, Any]:
+    """Return --spool, --config, -v and -q from click's keyword arguments, keyed as the fast path has them."""
+    keys = {"verbose": "verbose", "quiet": "quiet", "--spool": "spool", "--config": "config_file"}
+    return {key: kw[name] for key, name in keys.items()}
 
-    name = "DUR"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_duration(str(value))
-        except DroprError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class Size(click.ParamType):  # type: ignore[type-arg]
-    """A size like 512, 64KiB, 10MB, 1GiB."""
-
-    name = "SIZE"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(str(value))
-        except DroprError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-def options_to_fast(
-    kw: dict[str, Any], names: dict[str, str], durations: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Turn click's keyword arguments into the option dict the fast path's _run takes."""
-    o: dict[str, Any] = {"verbose": kw["verbose"], "quiet": kw["quiet"], "args": []}
-    for key, opt in names.items():
-        if kw.get(key) is not None:
-            o[opt] = str(kw[key])
-    for key in durations:
-        if kw.get(key) is not None:
-            o["--" + key] = f"{kw[key]:.6f}s"
-    if kw.get("spool") is not None:
-        o["--spool"] = kw["spool"]
-    if kw.get("config_file") is not None:
-        o["--config"] = kw["config_file"]
-    return o
-
-
-DURATION = Duration()
-SIZE = Size()
 
 __all__ = [
     "CONTEXT",
@@ -171,6 +129,6 @@ __all__ = [
     "main_for",
     "obj",
     "click",
-    "options_to_fast",
+    "common_options",
     "with_options",
 ]

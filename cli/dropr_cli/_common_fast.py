@@ -22,9 +22,9 @@ def check_name(value: str | None, kind: str) -> None:
         raise DataError(f"bad {kind} {value!r}: {exc}") from None
 
 
-def logging_for(prog: str, o: dict[str, Any]) -> None:
+def logging_for(prog: str, o: dict[str, Any], always: bool = False) -> None:
     """Configure logging from -v/-q counts (imports logging only when it matters)."""
-    if o.get("verbose") or o.get("quiet") or o.get("--exec"):
+    if o.get("verbose") or o.get("quiet") or always:
         from ._guard import setup_logging
 
         setup_logging(prog, int(o.get("verbose", 0)), int(o.get("quiet", 0)))

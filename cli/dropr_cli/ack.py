@@ -25,16 +25,20 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 
 
 def _run(o: dict[str, Any]) -> int:
+    return _start(o, _request(o))
+
+
+def _start(o: dict[str, Any], req: AckRequest) -> int:
+    """Check and run a request from either parser; o holds -v/-q, --spool and --config."""
     from ._common_fast import logging_for, open_spool
 
     logging_for(PROG, o)
-    req = _request(o)
     req.check()  # the rules between the options and ids, before the spool is created
     return req.run(lambda: open_spool(o), sys.stdin)
 
 
 def _request(o: dict[str, Any]) -> AckRequest:
-    """Turn the parsed options (fast path or click) into the library's request."""
+    """Turn the fast parser's strings into the library's request."""
     from dropr.consume import AckRequest
 
     from ._fast import optional_duration
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def command() -> Any:
     """Build the click command (for --help, completion and unusual command lines)."""
-    from ._common import CONTEXT, DURATION, click, common, options_to_fast
+    from ._common import CONTEXT, DURATION, click, common, common_options
 
     @click.command(PROG, context_settings=CONTEXT)
     @click.option("--release", is_flag=True, help="Back to ready for another try instead of done.")
@@ -80,9 +84,11 @@ def command() -> Any:
           dropr-ack --release --delay 10m ID
           dropr-ack --reject --reason "bad customer number" ID
         """
-        o = options_to_fast(kw, {"reason": "--reason"}, durations=("delay",))
-        o.update(release=kw["release"], reject=kw["reject"], args=list(kw["ids"]))
-        return _run(o)
+        from dropr.consume import AckRequest
+
+        req = AckRequest(ids=list(kw["ids"]), release=kw["release"], reject=kw["reject"], delay=kw["delay"],
+                         reason=kw["reason"])  # fmt: skip
+        return _start(common_options(kw), req)
 
     return cmd
 

@@ -13,6 +13,8 @@ TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this 
 if TYPE_CHECKING:
     from typing import Any
 
+    from dropr.put import PutOptions
+
 PROG = "dropr-put"
 _VALUED = frozenset({"--channel", "--priority", "--ttl", "--id", "--file", "--timeout"})
 _FLAGS = frozenset({"--lines", "--null", "--wait"})
@@ -30,32 +32,37 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 
 
 def _run(o: dict[str, Any]) -> int:
-    from dropr import put
-    from dropr.errors import UsageError
+    return _start(o, _options_from(o))
 
-    from ._fast import duration_option
 
-    split = put.split_for(bool(o.get("lines")), bool(o.get("null")))
+def _start(o: dict[str, Any], opts: PutOptions) -> int:
+    """Put as opts says, from either parser; o holds -v/-q, --spool and --config."""
+    from dropr.put import enqueue
+
     if o.get("verbose"):
         from ._guard import setup_logging
 
         setup_logging(PROG, o["verbose"], o["quiet"])
+    return enqueue(opts, o.get("--spool"), o.get("--config"), quiet=bool(o.get("quiet")))
+
+
+def _options_from(o: dict[str, Any]) -> PutOptions:
+    """Turn the fast parser's strings into the library's options."""
+    from dropr import put
+    from dropr.errors import UsageError
+
+    from ._fast import duration_option, optional_duration
+
+    split = put.split_for(bool(o.get("lines")), bool(o.get("null")))
     try:
         priority = int(o.get("--priority", 5))
     except ValueError:
         raise UsageError(f"bad --priority {o['--priority']!r}: use 0 (most urgent) to 9") from None
-    opts = put.PutOptions(
-        to=o["to"],
-        channel=o.get("--channel", "default"),
-        priority=priority,
-        ttl=duration_option(o, "--ttl", 0),
-        ident=o.get("--id"),
-        file=o.get("--file"),
-        split=split,
-        wait=bool(o.get("wait")),
-        timeout=duration_option(o, "--timeout", 0) if "--timeout" in o else None,
-    )
-    return put.enqueue(opts, o.get("--spool"), o.get("--config"), quiet=bool(o.get("quiet")))
+    return put.PutOptions(
+        to=o["to"], channel=o.get("--channel", "default"), priority=priority,
+        ttl=duration_option(o, "--ttl", 0), ident=o.get("--id"), file=o.get("--file"), split=split,
+        wait=bool(o.get("wait")), timeout=optional_duration(o, "--timeout"),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def command() -> Any:
     """Build the click command (only for --help, completion and unusual command lines)."""
-    from ._common import CONTEXT, click, common, with_options
+    from ._common import CONTEXT, click, common, common_options, with_options
 
     @click.command(PROG, context_settings=CONTEXT)
     @with_options(*_options())
@@ -87,7 +94,7 @@ def command() -> Any:
           dropr-put --to db1 --id order-4711 --priority 0 < order.json
           dropr-put --to db1 --wait --timeout 30s < job.json
         """
-        return _run(_from_click(kw))  # the same checks as the fast path: PutOptions.check
+        return _start(common_options(kw), _click_options(kw))
 
     return cmd
 
@@ -118,14 +125,15 @@ def _options() -> list[Any]:
     ]  # fmt: skip
 
 
-def _from_click(kw: dict[str, Any]) -> dict[str, Any]:
-    """Turn click's keyword arguments into the option dict the fast path makes."""
-    from ._common import options_to_fast
+def _click_options(kw: dict[str, Any]) -> PutOptions:
+    """Turn click's typed values into the library's options."""
+    from dropr.put import PutOptions, split_for
 
-    names = {"channel": "--channel", "priority": "--priority", "ident": "--id", "file": "--file"}
-    o = options_to_fast(kw, names, durations=("ttl", "timeout"))
-    o.update(to=list(kw["to"]), lines=kw["lines"], null=kw["null"], wait=kw["wait"])
-    return o
+    return PutOptions(
+        to=list(kw["to"]), channel=kw["channel"], priority=kw["priority"], ttl=kw["ttl"] or 0,
+        ident=kw["ident"], file=kw["file"], split=split_for(kw["lines"], kw["null"]), wait=kw["wait"],
+        timeout=kw["timeout"],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

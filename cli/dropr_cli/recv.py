@@ -28,16 +28,20 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
 
 
 def _run(o: dict[str, Any]) -> int:
+    return _start(o, _request(o))
+
+
+def _start(o: dict[str, Any], req: RecvRequest) -> int:
+    """Check and run a request from either parser; o holds -v/-q, --spool and --config."""
     from ._common_fast import logging_for, open_spool
 
-    logging_for(PROG, o)
-    req = _request(o)
+    logging_for(PROG, o, always=req.command is not None)
     req.check()  # the rules between the options, before the spool is created
     return req.run(open_spool(o))
 
 
 def _request(o: dict[str, Any]) -> RecvRequest:
-    """Turn the parsed options (fast path or click) into the library's request."""
+    """Turn the fast parser's strings into the library's request."""
     from dropr.consume import RecvRequest
 
     from ._fast import duration_option, optional_duration, optional_int
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def command() -> Any:
     """Build the click command (for --help, completion and unusual command lines)."""
-    from ._common import CONTEXT, click, common, options_to_fast, with_options
+    from ._common import CONTEXT, click, common, common_options, with_options
 
     @click.command(PROG, context_settings=CONTEXT)
     @with_options(*_options())
@@ -89,11 +93,9 @@ def command() -> Any:
           dropr-recv --wait --timeout 30s --format raw --ack
           dropr-recv --exec 'psql -f -' --jobs 4 --timeout 2m
         """
-        o = options_to_fast(kw, {"n": "-n", "fmt": "--format", "command": "--exec", "jobs": "--jobs",
-                                 "max_attempts": "--max-attempts", "channel": "--channel"},
-                            durations=("timeout", "lease"))  # fmt: skip
-        o.update(all=kw["take_all"], wait=kw["wait"], ack=kw["ack"], once=kw["once"], follow=kw["follow"])
-        return _run(o)
+        from dropr.consume import RecvRequest
+
+        return _start(common_options(kw), RecvRequest(**{k: kw[k] for k in RecvRequest.__slots__}))
 
     return cmd
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dropr.config import default_spool, parse_duration
+from dropr import put
+from dropr.config import default_spool
 from dropr_cli import put as put_cli
 from helpers import NOWHERE
 
@@ -93,19 +94,10 @@ DEFER: list[list[str]] = [
 ]
 
 
-def normalize(o: dict[str, Any]) -> dict[str, Any]:
-    """Reduce either parser's result to what _run makes of it."""
+def normalize(o: dict[str, Any], opts: put.PutOptions) -> dict[str, Any]:
+    """Reduce either parser's result to what the library gets: the options, the spool, -v/-q."""
     return {
-        "to": list(o["to"]),
-        "channel": o.get("--channel", "default"),
-        "priority": int(o.get("--priority", 5)),
-        "ttl": parse_duration(o["--ttl"]) if "--ttl" in o else 0,
-        "id": o.get("--id"),
-        "file": o.get("--file"),
-        "lines": bool(o.get("lines")),
-        "null": bool(o.get("null")),
-        "wait": bool(o.get("wait")),
-        "timeout": parse_duration(o["--timeout"]) if "--timeout" in o else 0,
+        **{k: getattr(opts, k) for k in put.PutOptions.__slots__},
         "spool": o.get("--spool") or default_spool(),
         "config": o.get("--config") or os.environ.get("DROPR_CONFIG"),
         "verbose": int(o.get("verbose", 0)),
@@ -113,14 +105,20 @@ def normalize(o: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def via_fast(argv: list[str]) -> dict[str, Any]:
+    o = put_cli._fast_parse(list(argv))
+    assert o is not None, "a common command line should take the fast path"
+    return normalize(o, put_cli._options_from(o))
+
+
 def via_click(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
-    def capture(o: dict[str, Any]) -> int:
-        seen.update(o)
+    def capture(o: dict[str, Any], opts: put.PutOptions) -> int:
+        seen.update(normalize(o, opts))
         return 0
 
-    monkeypatch.setattr(put_cli, "_run", capture)
+    monkeypatch.setattr(put_cli, "_start", capture)
     rv = put_cli.command().main(args=list(argv), prog_name="dropr-put", standalone_mode=False)
     assert rv == 0 and seen, f"click did not run the command for {argv}"
     return seen
@@ -128,9 +126,7 @@ def via_click(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
 
 @pytest.mark.parametrize("argv", AGREE, ids=lambda a: " ".join(a) or "(none)")
 def test_fast_parse_agrees_with_click(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    fast = put_cli._fast_parse(list(argv))
-    assert fast is not None, "a common command line should take the fast path"
-    assert normalize(fast) == normalize(via_click(argv, monkeypatch))
+    assert via_fast(argv) == via_click(argv, monkeypatch)
 
 
 @pytest.mark.parametrize("argv", DEFER, ids=lambda a: " ".join(a))
@@ -142,9 +138,7 @@ def test_fast_parse_agrees_on_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("DROPR_SPOOL", str(tmp_path / "env-spool"))
     monkeypatch.setenv("DROPR_CONFIG", str(tmp_path / "env.toml"))
     for argv in (["--to", "a"], ["--to", "a", "--spool", str(tmp_path / "arg")]):
-        fast = put_cli._fast_parse(argv)
-        assert fast is not None
-        assert normalize(fast) == normalize(via_click(argv, monkeypatch))
+        assert via_fast(argv) == via_click(argv, monkeypatch)
 
 
 def test_completion_goes_to_click(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -127,15 +127,10 @@ ACK_DEFER: list[list[str]] = [
 ]
 
 
-def request_fields(req: Any) -> dict[str, Any]:
-    """The library request as a plain dict (the request classes have __slots__)."""
-    return {k: getattr(req, k) for k in type(req).__slots__}
-
-
-def normalize(cli: ModuleType, o: dict[str, Any]) -> dict[str, Any]:
-    """Reduce either parser's result to what _run hands the library."""
+def normalize(o: dict[str, Any], req: Any) -> dict[str, Any]:
+    """Reduce either parser's result to what the library gets: the request, the spool, -v/-q."""
     return {
-        **request_fields(cli._request(o)),
+        **{k: getattr(req, k) for k in type(req).__slots__},
         "spool": o.get("--spool") or default_spool(),
         "config": o.get("--config") or os.environ.get("DROPR_CONFIG"),
         "verbose": int(o.get("verbose", 0)),
@@ -143,14 +138,20 @@ def normalize(cli: ModuleType, o: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def via_fast(cli: ModuleType, argv: list[str]) -> dict[str, Any]:
+    o = cli._fast_parse(list(argv))
+    assert o is not None, "a common command line should take the fast path"
+    return normalize(o, cli._request(o))
+
+
 def via_click(cli: ModuleType, prog: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
-    def capture(o: dict[str, Any]) -> int:
-        seen.update(o)
+    def capture(o: dict[str, Any], req: Any) -> int:
+        seen.update(normalize(o, req))
         return 0
 
-    monkeypatch.setattr(cli, "_run", capture)
+    monkeypatch.setattr(cli, "_start", capture)
     rv = cli.command().main(args=list(argv), prog_name=prog, standalone_mode=False)
     assert rv == 0 and seen, f"click did not run the command for {argv}"
     return seen
@@ -170,9 +171,7 @@ def case_id(x: Any) -> str:
 def test_fast_parse_agrees_with_click(
     cli: ModuleType, prog: str, argv: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fast = cli._fast_parse(list(argv))
-    assert fast is not None, "a common command line should take the fast path"
-    assert normalize(cli, fast) == normalize(cli, via_click(cli, prog, argv, monkeypatch))
+    assert via_fast(cli, argv) == via_click(cli, prog, argv, monkeypatch)
 
 
 @pytest.mark.parametrize("cli, argv", DEFERS, ids=case_id)
@@ -188,9 +187,7 @@ def test_fast_parse_agrees_on_environment(
     monkeypatch.setenv("DROPR_CONFIG", str(tmp_path / "env.toml"))
     for argv in ([ID], [ID, "--spool", str(tmp_path / "arg")]):
         argv = argv if cli is ack_cli else argv[1:]
-        fast = cli._fast_parse(argv)
-        assert fast is not None
-        assert normalize(cli, fast) == normalize(cli, via_click(cli, prog, argv, monkeypatch))
+        assert via_fast(cli, argv) == via_click(cli, prog, argv, monkeypatch)
 
 
 @pytest.mark.parametrize("cli", [recv_cli, ack_cli], ids=case_id)
