@@ -11,7 +11,6 @@ from dropr.config import Config, default_spool, load
 from dropr.errors import EX_USAGE, UsageError
 from dropr.spool import Spool
 
-from ._common_fast import check_name
 from ._guard import VERSION, guard, setup_logging
 from ._types import DURATION, SIZE
 
@@ -124,7 +123,6 @@ __all__ = [
     "DURATION",
     "SIZE",
     "Obj",
-    "check_name",
     "common",
     "main_for",
     "obj",

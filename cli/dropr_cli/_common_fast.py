@@ -1,4 +1,4 @@
-"""Checks shared by the fast paths and the click commands, free of click."""
+"""Helpers shared by the fast paths and the click commands, free of click."""
 
 from __future__ import annotations
 
@@ -7,19 +7,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from dropr.spool import Spool
-
-
-def check_name(value: str | None, kind: str) -> None:
-    """Reject a channel or peer name that could leave the spool (exit 65)."""
-    if value is None:
-        return
-    from dropr.errors import DataError
-    from dropr.message import check_name as check
-
-    try:
-        check(value, kind)
-    except ValueError as exc:
-        raise DataError(f"bad {kind} {value!r}: {exc}") from None
 
 
 def logging_for(prog: str, o: dict[str, Any], always: bool = False) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from dropr import report
-from dropr.errors import EX_NOTFOUND, UsageError
 
-from ._common import CONTEXT, check_name, click, common, main_for, obj
+from ._common import CONTEXT, click, common, main_for, obj
 
 
 @click.command("dropr-ls", context_settings=CONTEXT)
@@ -26,8 +24,7 @@ from ._common import CONTEXT, check_name, click, common, main_for, obj
 @click.option("--prom", "as_prom", is_flag=True, help="Prometheus text format (node_exporter textfile).")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @common
-def cmd(only_out: bool, only_in: bool, peer: str | None, channel: str | None, state: str | None,
-        listing: bool, as_json: bool, as_prom: bool, ids: tuple[str, ...], **kw: Any) -> int:  # fmt: skip
+def cmd(**kw: Any) -> int:
     """Inspect spools: a summary, one line per message, or everything about IDs.
 
     The summary has one row per box, peer or channel and state with count,
@@ -43,54 +40,9 @@ def cmd(only_out: bool, only_in: bool, peer: str | None, channel: str | None, st
       dropr-ls --prom > /var/lib/node_exporter/dropr.prom
     """
     o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-ls")
-    _check_conflicts(only_out, only_in, listing, as_json, as_prom, ids)
-    box = "out" if only_out else "in" if only_in else None
-    fmt = "json" if as_json else "prom" if as_prom else None
-    check_name(channel, "channel")
-    check_name(peer, "peer")
-    spool = o.spool(create=False)
-    flt = report.Filter(box=box, peer=peer, channel=channel, state=state)
-    w = sys.stdout.write
-    if ids:
-        missing = 0
-        for ident in ids:
-            recs = report.details(spool, ident)
-            if not recs:
-                click.echo(f"dropr-ls: error: no message {ident!r} in {spool.root}", err=True)
-                missing += 1
-            for rec in recs:
-                w(report.json_line(rec) if fmt == "json" else _detail_text(rec))
-        return EX_NOTFOUND if missing else 0
-    if listing:
-        for rec in report.messages(spool, flt):
-            w(report.json_line(rec) if fmt == "json" else report.message_line(rec))
-        return 0
-    rows = report.summary(spool, flt)
-    prs = report.peers(spool, flt, rows)
-    if fmt == "json":
-        for r in rows:
-            w(report.json_line(r))
-    elif fmt == "prom":
-        w(report.prom(rows, prs))
-    else:
-        w(report.summary_text(rows, prs))
-    return 0
-
-
-def _check_conflicts(only_out: bool, only_in: bool, listing: bool, as_json: bool, as_prom: bool,
-                     ids: tuple[str, ...]) -> None:  # fmt: skip
-    """Refuse options that exclude each other, rather than let the last one win quietly."""
-    if only_out and only_in:
-        raise UsageError("--out and --in exclude each other; give neither for both boxes")
-    if as_json and as_prom:
-        raise UsageError("--json and --prom exclude each other")
-    if as_prom and (listing or ids):
-        raise UsageError("--prom prints the summary; -l and ID do not apply")
-
-
-def _detail_text(rec: dict[str, Any]) -> str:
-    width = max(len(k) for k in rec)
-    return "".join(f"{k.ljust(width)}  {'-' if v is None else v}\n" for k, v in rec.items()) + "\n"
+    req = report.LsRequest(**{k: kw[k] for k in report.LsRequest.__slots__})
+    req.check()  # before the spool is opened
+    return req.run(o.spool(create=False))
 
 
 main = main_for(cmd)

@@ -7,8 +7,8 @@ import sys
 import time
 
 from . import log as _log
-from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, DataError, UsageError
-from .message import check_name, parse_in_name
+from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, UsageError
+from .message import parse_in_name
 from .spool import Claim, Spool
 
 TYPE_CHECKING = False  # typing and collections cost milliseconds per start; mypy reads True
@@ -166,6 +166,9 @@ class RecvRequest:
 
 def _check_channel(channel: str) -> None:
     """Reject a channel name that could leave the spool (exit 65)."""
+    from .errors import DataError
+    from .message import check_name
+
     try:
         check_name(channel, "channel")
     except ValueError as exc:

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from .config import Config, Peer, check_priority, default_spool, load
+from .config import Config, Peer, check_priority
 from .errors import DataError, NoInputError, TempFailError, UsageError
 from .spool import SEND_SOCK, Spool
 
@@ -82,6 +82,8 @@ def split_for(lines: bool, null: bool) -> bytes | None:
 def enqueue(opts: PutOptions, spool_dir: str | None, config_file: str | None = None, *,
             quiet: bool = False) -> int:  # fmt: skip
     """Do what dropr-put does: put, print ids, with --wait wait; return the exit status."""
+    from .config import default_spool, load
+
     # Everything that can be refused without a spool is, before it is created: a bad
     # command line leaves no trace.
     opts.check()

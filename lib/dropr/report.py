@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 from . import message as m
 from .spool import IN_STATES, OUT_STATES, STRAY_WHY, Spool, stray_test
@@ -383,3 +383,95 @@ def prom(rows: list[dict[str, Any]], prs: list[dict[str, Any]], now: float | Non
         ],
     )
     return "\n".join(lines) + "\n"
+
+
+class LsRequest:
+    """What dropr-ls was asked to show; check() holds the rules between its options."""
+
+    __slots__ = ("only_out", "only_in", "peer", "channel", "state", "listing", "as_json", "as_prom", "ids")
+
+    def __init__(
+        self,
+        *,
+        only_out: bool = False,
+        only_in: bool = False,
+        peer: str | None = None,
+        channel: str | None = None,
+        state: str | None = None,
+        listing: bool = False,
+        as_json: bool = False,
+        as_prom: bool = False,
+        ids: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        self.only_out = only_out
+        self.only_in = only_in
+        self.peer = peer
+        self.channel = channel
+        self.state = state
+        self.listing = listing
+        self.as_json = as_json
+        self.as_prom = as_prom
+        self.ids = list(ids)
+
+    def check(self) -> None:
+        """Refuse options that exclude each other, rather than let the last one win quietly."""
+        from .errors import DataError, UsageError
+
+        if self.only_out and self.only_in:
+            raise UsageError("--out and --in exclude each other; give neither for both boxes")
+        if self.as_json and self.as_prom:
+            raise UsageError("--json and --prom exclude each other")
+        if self.as_prom and (self.listing or self.ids):
+            raise UsageError("--prom prints the summary; -l and ID do not apply")
+        for value, kind in ((self.channel, "channel"), (self.peer, "peer")):
+            if value is not None:
+                try:
+                    m.check_name(value, kind)
+                except ValueError as exc:
+                    raise DataError(f"bad {kind} {value!r}: {exc}") from None
+
+    def filter(self) -> Filter:
+        """Return the part of the spool to look at."""
+        box = "out" if self.only_out else "in" if self.only_in else None
+        return Filter(box=box, peer=self.peer, channel=self.channel, state=self.state)
+
+    def run(self, spool: Spool, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+        """Write the details of ids, one line per message, or the summary; 1 if an id is not found."""
+        import sys
+
+        from .errors import EX_NOTFOUND
+
+        w = (out or sys.stdout).write
+        if self.ids:
+            missing = 0
+            for ident in self.ids:
+                recs = details(spool, ident)
+                if not recs:
+                    err = err or sys.stderr
+                    err.write(f"dropr-ls: error: no message {ident!r} in {spool.root}\n")
+                    err.flush()
+                    missing += 1
+                for rec in recs:
+                    w(json_line(rec) if self.as_json else detail_text(rec))
+            return EX_NOTFOUND if missing else 0
+        flt = self.filter()
+        if self.listing:
+            for rec in messages(spool, flt):
+                w(json_line(rec) if self.as_json else message_line(rec))
+            return 0
+        rows = summary(spool, flt)
+        prs = peers(spool, flt, rows)
+        if self.as_json:
+            for r in rows:
+                w(json_line(r))
+        elif self.as_prom:
+            w(prom(rows, prs))
+        else:
+            w(summary_text(rows, prs))
+        return 0
+
+
+def detail_text(rec: dict[str, Any]) -> str:
+    """Return one message's details as aligned KEY  VALUE lines and a blank line."""
+    width = max(len(k) for k in rec)
+    return "".join(f"{k.ljust(width)}  {'-' if v is None else v}\n" for k, v in rec.items()) + "\n"
