@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from dropr import angel
@@ -66,11 +65,7 @@ def cmd(lock: str | None, backoff: tuple[float, float], max_restarts: int | None
       # crontab: start the sender unless it runs; else exit 0 at once
       * * * * * dropr-angel --lock ~/.local/state/dropr/send.lock -- dropr-send
     """
-    o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-angel")
-    if kw["spool"]:
-        os.environ["DROPR_SPOOL"] = o.spool_path
-    if kw["config_file"]:
-        os.environ["DROPR_CONFIG"] = kw["config_file"]
+    obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-angel")
     opts = angel.Options(
         backoff_min=backoff[0],
         backoff_max=backoff[1],
@@ -79,6 +74,8 @@ def cmd(lock: str | None, backoff: tuple[float, float], max_restarts: int | None
         max_rss=max_rss,
         lock=lock,
         pidfile=pidfile,
+        spool=kw["spool"],
+        config=kw["config_file"],
     )
     return angel.supervise(command, opts)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from dropr import privacy
-from dropr.errors import UsageError
 from dropr.serving import ServeOptions, serve
 
 from ._common import CONTEXT, DURATION, SIZE, click, common, main_for, obj
@@ -64,14 +63,8 @@ def cmd(listen: tuple[str, ...], workers: int, threads: int, certfile: str | Non
     o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-serve")
     spool = o.spool()
     privacy.warn(spool.root, spool.config, "dropr-serve")  # once, at start
-    certfile = certfile or spool.config.certfile
-    keyfile = keyfile or spool.config.keyfile
-    if bool(certfile) != bool(keyfile):
-        raise UsageError("--certfile and --keyfile (or serve.certfile and serve.keyfile) go together")
-    if max_size is not None:
-        spool.config.max_message_size = max_size
     opts = ServeOptions(
-        listen=list(listen) or spool.config.listen or ["127.0.0.1:8080"],
+        listen=list(listen),
         workers=workers,
         threads=threads,
         certfile=certfile,
@@ -79,7 +72,9 @@ def cmd(listen: tuple[str, ...], workers: int, threads: int, certfile: str | Non
         insecure=insecure,
         verbose=o.verbose - o.quiet,
         read_timeout=read_timeout,
+        max_size=max_size,
     )
+    opts.settle(spool)
     return serve(spool, opts)
 
 

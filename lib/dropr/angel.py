@@ -57,7 +57,11 @@ PR_SET_PDEATHSIG = 1
 
 
 class Options:
-    """How to supervise: backoff, restart limits, memory limit, lock and pidfile."""
+    """How to supervise: backoff, restart limits, memory limit, lock and pidfile.
+
+    spool and config, when given, are passed on to the child as DROPR_SPOOL and
+    DROPR_CONFIG (dropr-angel's --spool and --config).
+    """
 
     __slots__ = (
         "backoff_min",
@@ -69,6 +73,8 @@ class Options:
         "pidfile",
         "grace",
         "rss_interval",
+        "spool",
+        "config",
     )
 
     def __init__(
@@ -83,6 +89,8 @@ class Options:
         pidfile: str | None = None,
         grace: float = 10.0,
         rss_interval: float = 1.0,
+        spool: str | None = None,
+        config: str | None = None,
     ) -> None:
         if not 0 < backoff_min <= backoff_max:
             raise UsageError(f"bad --backoff {backoff_min:g}s..{backoff_max:g}s: need 0 < MIN <= MAX")
@@ -103,6 +111,8 @@ class Options:
         self.pidfile = pidfile
         self.grace = grace
         self.rss_interval = rss_interval
+        self.spool = spool
+        self.config = config
 
 
 def parse_backoff(text: str) -> tuple[float, float]:
@@ -513,6 +523,9 @@ def supervise(cmd: Sequence[str], opts: Options | None = None) -> int:
         raise UsageError("no command to supervise; put it after --")
     if opts.max_rss is not None and not os.path.exists(f"/proc/{os.getpid()}/status"):
         raise UsageError("--max-rss needs /proc/PID/status (Linux); drop the option")
+    for name, value in (("DROPR_SPOOL", opts.spool), ("DROPR_CONFIG", opts.config)):
+        if value:
+            os.environ[name] = value
     with _lock(opts.lock) as mine:
         if not mine:
             return 0

@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 
 
 class ServeOptions:
-    """How dropr-serve runs."""
+    """How dropr-serve runs. settle() fills in from the config what was not given."""
 
-    __slots__ = ("listen", "workers", "threads", "certfile", "keyfile", "insecure", "verbose", "read_timeout")
+    __slots__ = ("listen", "workers", "threads", "certfile", "keyfile", "insecure", "verbose", "read_timeout",
+                 "max_size")  # fmt: skip
 
     def __init__(
         self,
@@ -31,7 +32,9 @@ class ServeOptions:
         insecure: bool = False,
         verbose: int = 0,
         read_timeout: float = READ_TIMEOUT,
+        max_size: int | None = None,
     ) -> None:
+        self.max_size = max_size
         self.read_timeout = read_timeout
         self.listen = listen
         self.workers = workers
@@ -40,6 +43,17 @@ class ServeOptions:
         self.keyfile = keyfile
         self.insecure = insecure
         self.verbose = verbose
+
+    def settle(self, spool: Spool) -> None:
+        """Take --listen, --certfile, --keyfile from the config where not given; --max-size overrides it."""
+        config = spool.config
+        self.listen = self.listen or config.listen or ["127.0.0.1:8080"]
+        self.certfile = self.certfile or config.certfile
+        self.keyfile = self.keyfile or config.keyfile
+        if bool(self.certfile) != bool(self.keyfile):
+            raise UsageError("--certfile and --keyfile (or serve.certfile and serve.keyfile) go together")
+        if self.max_size is not None:
+            config.max_message_size = self.max_size
 
 
 def is_loopback(addr: str) -> bool:
