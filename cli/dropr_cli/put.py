@@ -25,9 +25,8 @@ def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
     from ._fast import parse
 
     o = parse(argv, valued=_VALUED, flags=_FLAGS, multi={"--to"})
-    if o is None:
-        return None
-    o["to"] = o.pop("--to")
+    if o is not None:
+        o["to"] = o.pop("--to")
     return o
 
 
@@ -94,7 +93,13 @@ def command() -> Any:
           dropr-put --to db1 --id order-4711 --priority 0 < order.json
           dropr-put --to db1 --wait --timeout 30s < job.json
         """
-        return _start(common_options(kw), _click_options(kw))
+        from dropr.put import PutOptions, split_for
+
+        opts = PutOptions(to=list(kw["to"]), channel=kw["channel"], priority=kw["priority"],
+                          ttl=kw["ttl"] or 0, ident=kw["ident"], file=kw["file"],
+                          split=split_for(kw["lines"], kw["null"]), wait=kw["wait"],
+                          timeout=kw["timeout"])  # fmt: skip
+        return _start(common_options(kw), opts)
 
     return cmd
 
@@ -123,17 +128,6 @@ def _options() -> list[Any]:
                      "or --timeout (75)."),
         click.option("--timeout", type=DURATION, default=None, help="With --wait: give up after DUR."),
     ]  # fmt: skip
-
-
-def _click_options(kw: dict[str, Any]) -> PutOptions:
-    """Turn click's typed values into the library's options."""
-    from dropr.put import PutOptions, split_for
-
-    return PutOptions(
-        to=list(kw["to"]), channel=kw["channel"], priority=kw["priority"], ttl=kw["ttl"] or 0,
-        ident=kw["ident"], file=kw["file"], split=split_for(kw["lines"], kw["null"]), wait=kw["wait"],
-        timeout=kw["timeout"],
-    )  # fmt: skip
 
 
 if __name__ == "__main__":
