@@ -41,6 +41,7 @@ from types import FrameType
 
 from .config import parse_duration
 from .errors import EX_CONFIG, EX_TEMPFAIL, EX_USAGE, CantCreateError, UsageError
+from .retry import DOUBLINGS, backoff
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,8 @@ class Backoff:
         """Return the delay before the next start, given how long the child ran."""
         if ran >= self.stable_after():
             self.failures = 0
-        self.failures = min(self.failures + 1, 64)
-        self.last = min(self.hi, self.lo * 2 ** (self.failures - 1))
+        self.failures = min(self.failures + 1, DOUBLINGS)
+        self.last = backoff(self.failures - 1, self.lo, self.hi)
         return self.last
 
 

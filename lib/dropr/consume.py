@@ -9,6 +9,7 @@ import time
 from . import log as _log
 from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, UsageError
 from .message import parse_in_name
+from .retry import HANDLER_RETRY, OUT_OF_ATTEMPTS, backoff
 from .spool import Claim, Spool
 
 TYPE_CHECKING = False  # typing and collections cost milliseconds per start; mypy reads True
@@ -567,10 +568,8 @@ class Handlers:
             return
         elif rc == EX_TEMPFAIL:
             returns = int(self.spool.in_meta(c.channel, c.origin, c.ident).get("returns", 0))
-            delay = min(RETRY_MAX, RETRY_BASE * 2 ** min(returns, 16))
-            c.spool.finish(
-                c.channel, c.name, "release", reason="handler asked to retry (exit 75)", delay=delay
-            )
+            delay = backoff(returns, RETRY_BASE, RETRY_MAX)
+            c.spool.finish(c.channel, c.name, "release", reason=HANDLER_RETRY, delay=delay)
             log.info("released id=%s reason=exit 75 retry_in=%.0fs", c.ident, delay)
             return
         elif rc < 0:
@@ -585,11 +584,11 @@ class Handlers:
                 c.channel,
                 c.name,
                 "reject",
-                reason=f"{reason} (attempt {failures} of {self.opts.max_attempts})",
+                reason=OUT_OF_ATTEMPTS.format(reason, failures, self.opts.max_attempts),
             )
             log.warning("dead id=%s reason=%s", c.ident, reason)
         else:
-            delay = min(RETRY_MAX, RETRY_BASE * 2 ** (failures - 1))
+            delay = backoff(failures - 1, RETRY_BASE, RETRY_MAX)
             c.spool.finish(c.channel, c.name, "fail", reason=reason, delay=delay)
             log.warning("failed id=%s reason=%s retry_in=%.0fs", c.ident, reason, delay)
 
