@@ -174,3 +174,9 @@ class Header:
 def crc32(data: bytes | memoryview, value: int = 0) -> int:
     """Continue a CRC-32 over data (zlib's, as gzip and PNG use)."""
     return zlib.crc32(data, value)
+
+
+def split_out_name(name: str) -> tuple[str, str]:
+    """Return (prefix, id) of an outbox name ``{p}{arrival:013x},{id}``, without checks."""
+    prefix, _, ident = name.partition(",")
+    return prefix, ident
