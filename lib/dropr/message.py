@@ -177,6 +177,6 @@ def crc32(data: bytes | memoryview, value: int = 0) -> int:
 
 
 def split_out_name(name: str) -> tuple[str, str]:
-    """Return (prefix, id) of an outbox name ``{p}{arrival:013x},{id}``, without checks."""
+    """Return (prefix, id) of an outbox name: its "{p}{arrival:013x}" and its id (no checks)."""
     prefix, _, ident = name.partition(",")
     return prefix, ident
