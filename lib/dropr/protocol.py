@@ -12,7 +12,7 @@ and written on the hot path, and this module must cost nothing to import.
   POST {url}v1/status     {"ids": [...], "prefixes": [...]} -> {"results": {id: {"state", "reason"}}}
                           (prefixes, optional: each id's "{p}{created:013x}", a lookup hint)
                           state: processed | dead | pending | unknown
-  GET  {url}v1/health     {"ok": true, "node": NAME}
+  GET  {url}v1/health     {"ok": true, "node": NAME}   (HEAD too; and GET {url} itself)
 """
 
 from __future__ import annotations
@@ -46,3 +46,37 @@ UNKNOWN = "unknown"  # never received, or purged after the receiver's retention
 RESULTS = "results"
 IDS = "ids"
 PREFIXES = "prefixes"
+ID = "id"  # of each upload result
+STATUS_KEY = "status"  # of each upload result: one of the four answers above
+STATE = "state"  # of each polled id: one of the four states above
+REASON = "reason"  # why refused, or dead; optional
+ERROR = "error"  # the body of every answer but 200: {"error": REASON}
+OK = "ok"  # health: {"ok": true, "node": NAME}
+NODE = "node"
+
+# Methods, content types and the HTTP headers dropr sets.
+GET = "GET"
+HEAD = "HEAD"
+POST = "POST"
+JSON = "application/json"  # status polls and every answer
+FORM_DATA = "multipart/form-data"  # uploads; the boundary is a parameter
+PART_TYPE = "application/octet-stream"  # each message part of an upload
+PART_DISPOSITION = "Content-Disposition"  # of each part: form-data; name="m"; filename=ID
+CONTENT_TYPE = "Content-Type"
+CONTENT_LENGTH = "Content-Length"
+EXPECT = "Expect"  # sent empty by the sender: no 100-continue round trip before a body
+RETRY_AFTER = "Retry-After"
+RETRY_AFTER_SECONDS = "5"  # sent with every 503 (low on disk, I/O error): try again then
+
+# The receiver's answers to a whole request (HTTP status lines). Only 200 carries
+# per-message results; every other answer stores nothing and says why in "error".
+HTTP_OK = "200 OK"
+HTTP_BAD_REQUEST = "400 Bad Request"  # malformed: the same request will fail again
+HTTP_UNAUTHORIZED = "401 Unauthorized"  # unknown or missing bearer token
+HTTP_FORBIDDEN = "403 Forbidden"  # a token delivering as another node
+HTTP_NOT_FOUND = "404 Not Found"  # no such route
+HTTP_NOT_ALLOWED = "405 Method Not Allowed"  # a route, not with this method
+HTTP_TIMEOUT = "408 Request Timeout"  # the body stalled
+HTTP_TOO_LARGE = "413 Content Too Large"  # too many parts, or a status poll too large
+HTTP_INTERNAL = "500 Internal Server Error"  # a bug in the receiver, logged there
+HTTP_UNAVAILABLE = "503 Service Unavailable"  # low on disk or an I/O error: retry later
