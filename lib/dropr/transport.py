@@ -4,16 +4,7 @@ Each batch is one multipart POST whose parts libcurl reads straight from the
 spool files (no Python read of a payload). Several batches, to several peers,
 run at once on one CurlMulti. This module never sees spool directories.
 
-Wire protocol (documented in dropr.7):
-  POST {url}v1/messages   multipart/form-data, one part per message, field "m",
-                          filename = id, content = the outbox file (header + payload)
-                          headers: X-Dropr-Origin, Authorization: Bearer TOKEN
-                          200 {"results": [{"id", "status", "reason"}]}
-                          status: stored | duplicate | retry | refused
-  POST {url}v1/status     {"ids": [...], "prefixes": [...]} -> {"results": {id: {"state", "reason"}}}
-                          (prefixes, optional: each id's "{p}{created:013x}", a lookup hint)
-                          state: processed | dead | pending | unknown
-  GET  {url}v1/health     {"ok": true, "node": NAME}
+The wire's words, routes and headers are protocol.py's (documented in dropr.7).
 """
 
 from __future__ import annotations
@@ -26,12 +17,13 @@ from typing import Any
 
 import pycurl
 
+from . import protocol as wire
 from .config import Peer
 
-STORED = "stored"
-DUPLICATE = "duplicate"
-RETRY = "retry"
-REFUSED = "refused"
+# The answers a sender gets for each message, under the names it has always used.
+STORED, DUPLICATE, RETRY, REFUSED = wire.STORED, wire.DUPLICATE, wire.RETRY, wire.REFUSED
+NO_EXPECT = f"{wire.EXPECT}:".encode()  # libcurl then sends no Expect: 100-continue (a round trip)
+JSON_BODY = f"{wire.CONTENT_TYPE}: {wire.JSON}".encode()
 
 
 class Timeouts:
@@ -73,14 +65,14 @@ def _setup(t: Transfer, node: str, timeouts: Timeouts, path: str) -> pycurl.Curl
     fails the transfer (t.error), never the sender."""
     c = t.curl
     try:
-        headers = [b"Expect:", _header("X-Dropr-Origin", node, "the node name")]
+        headers = [NO_EXPECT, _header(wire.ORIGIN_HEADER, node, "the node name")]
         if t.peer.token:
-            headers.append(_header("Authorization", f"Bearer {t.peer.token}", "the peer's token"))
+            headers.append(_header(wire.AUTH_HEADER, f"{wire.BEARER} {t.peer.token}", "the peer's token"))
     except ValueError as exc:
         t.error = str(exc)
         return c
     if t.kind == "status":
-        headers.append(b"Content-Type: application/json")
+        headers.append(JSON_BODY)
     url = t.peer.url + path
     if not url.isascii() or "\0" in url:  # dropr-put and the config refuse them; an older outbox
         t.error = "cannot use the peer's URL: it has non-ASCII characters or a NUL; percent-encode them"
@@ -118,16 +110,16 @@ def _header(name: str, value: str, what: str) -> bytes:
 def upload(peer: Peer, items: list[tuple[str, str]], node: str, timeouts: Timeouts) -> Transfer:
     """Prepare a batch upload of (id, path) pairs; add it to a Pool to run it."""
     t = Transfer(peer, "send", items, [])
-    c = _setup(t, node, timeouts, "v1/messages")
+    c = _setup(t, node, timeouts, wire.MESSAGES)
     c.setopt(
         pycurl.HTTPPOST,
         [
             (
-                "m",
+                wire.PART_FIELD,
                 (
                     pycurl.FORM_FILE, os.fsencode(path),
                     pycurl.FORM_FILENAME, ident,
-                    pycurl.FORM_CONTENTTYPE, "application/octet-stream",
+                    pycurl.FORM_CONTENTTYPE, wire.PART_TYPE,
                 ),
             )
             for ident, path in items
@@ -141,10 +133,10 @@ def status(
 ) -> Transfer:
     """Prepare a status poll for ids (with their "{p}{created}" name prefixes) at a peer."""
     t = Transfer(peer, "status", [], ids)
-    c = _setup(t, node, timeouts, "v1/status")
-    body: dict[str, list[str]] = {"ids": ids}
+    c = _setup(t, node, timeouts, wire.STATUS)
+    body: dict[str, list[str]] = {wire.IDS: ids}
     if prefixes is not None:
-        body["prefixes"] = prefixes
+        body[wire.PREFIXES] = prefixes
     c.setopt(pycurl.POSTFIELDS, json.dumps(body))
     return t
 
@@ -230,17 +222,17 @@ def _parse(t: Transfer) -> None:
     except ValueError:
         data = {}
     if t.code != 200:
-        reason = data.get("error") if isinstance(data, dict) else None
+        reason = data.get(wire.ERROR) if isinstance(data, dict) else None
         t.error = f"HTTP {t.code}: {reason or raw[:200].decode('utf-8', 'replace').strip() or 'no answer'}"
         return
-    results = data.get("results") if isinstance(data, dict) else None
+    results = data.get(wire.RESULTS) if isinstance(data, dict) else None
     if t.kind == "send" and isinstance(results, list):
         for r in results:
-            if isinstance(r, dict) and isinstance(r.get("id"), str):
-                t.results[r["id"]] = (str(r.get("status", RETRY)), str(r.get("reason", "")))
+            if isinstance(r, dict) and isinstance(r.get(wire.ID), str):
+                t.results[r[wire.ID]] = (str(r.get(wire.STATUS_KEY, wire.RETRY)), str(r.get(wire.REASON, "")))
     elif t.kind == "status" and isinstance(results, dict):
         for ident, r in results.items():
             if isinstance(r, dict):
-                t.results[str(ident)] = (str(r.get("state", "unknown")), str(r.get("reason", "")))
+                t.results[str(ident)] = (str(r.get(wire.STATE, wire.UNKNOWN)), str(r.get(wire.REASON, "")))
     else:
         t.error = "malformed answer from peer"
