@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import message as m
+from . import protocol as wire
 from .config import Config
 from .spool import DIRECT_MIN, DirectWriter, Spool, free_bytes, write_all
 
@@ -33,6 +34,7 @@ MAX_PARTS = 100_000
 MAX_STATUS_BODY = 4 << 20
 READ_TIMEOUT = 60.0  # default: a request body that sends nothing this long (seconds) is dropped
 ENTRIES_MAX = 1024  # most parts of one upload whose descriptors stay open until the store
+DISPOSITION = wire.PART_DISPOSITION.lower().encode()  # as a part header's name is compared
 
 
 class HTTPError(Exception):
@@ -94,7 +96,7 @@ class Upload:
 
     def _begin(self) -> None:
         if len(self.parts) >= MAX_PARTS:
-            raise HTTPError("413 Content Too Large", f"more than {MAX_PARTS} messages in one request")
+            raise HTTPError(wire.HTTP_TOO_LARGE, f"more than {MAX_PARTS} messages in one request")
         self.cur = _Part()
         self.parts.append(self.cur)
 
@@ -109,7 +111,7 @@ class Upload:
     def _hend(self) -> None:
         p = self.cur
         assert p is not None
-        if p.hname.lower() == b"content-disposition":
+        if p.hname.lower() == DISPOSITION:
             # Parsed only when needed (a refusal names the part): the header id rules.
             p.filename = p.hval.decode("utf-8", "replace")
         p.hname = b""
@@ -252,7 +254,7 @@ class _ReadTimeout:
             if getattr(body, "failed", None) is False:
                 body.failed = True  # gunicorn then closes the connection instead of draining it
             why = f"no data for {self.seconds:g} s; nothing stored"
-            raise HTTPError("408 Request Timeout", why) from None
+            raise HTTPError(wire.HTTP_TIMEOUT, why) from None
 
 
 def _read_body(environ: dict[str, Any], up: Upload) -> None:
@@ -292,109 +294,115 @@ def _entry_budget(threads: int) -> int:
     return ENTRIES_MAX if soft == resource.RLIM_INFINITY else min(ENTRIES_MAX, soft // (2 * threads))
 
 
-def make_app(
-    spool: Spool, config: Config | None = None, *, threads: int = 32, read_timeout: float = READ_TIMEOUT
-) -> WSGIApp:
-    """Return the WSGI application that stores deliveries into spool's inbox.
+Handler = Callable[["App", dict[str, Any]], dict[str, Any]]
+QUIET = (wire.HTTP_UNAUTHORIZED, wire.HTTP_NOT_FOUND, wire.HTTP_NOT_ALLOWED)  # refusals not logged
+MALFORMED = "malformed upload: not valid multipart/form-data; nothing stored"
+INTERNAL = "internal error in the receiver (logged there); nothing stored"
 
-    threads: how many requests the process serves at once (sizes the open files one
-    upload may keep; see _entry_budget). read_timeout: seconds without data after which
-    a request body is given up (408, nothing stored), on gunicorn; 0: wait for ever."""
-    cfg = config or spool.config
-    tokens = dict(cfg.tokens)
-    entries = _entry_budget(max(1, threads))
-    # Load now what the first upload needs, so that it does not pay for the imports.
-    import fcntl  # noqa: F401
 
-    import python_multipart.multipart  # noqa: F401
+class App:
+    """The WSGI application: answers each request by the handler ROUTES gives its path
+    and method; a handler returns the body of a 200 answer or raises HTTPError."""
 
-    def origin_of(environ: dict[str, Any]) -> str:
-        claimed = environ.get("HTTP_X_DROPR_ORIGIN", "")
-        if tokens:
-            auth = environ.get("HTTP_AUTHORIZATION", "")
-            token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    def __init__(self, spool: Spool, cfg: Config, *, entries: int, read_timeout: float) -> None:
+        self.spool = spool
+        self.cfg = cfg
+        self.tokens = dict(cfg.tokens)
+        self.entries = entries  # see _entry_budget
+        self.read_timeout = read_timeout
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", wire.GET)
+        path = environ.get("PATH_INFO", "/").rstrip("/")
+        try:
+            body = _route(path, method)(self, environ)
+            code = wire.HTTP_OK
+        except HTTPError as exc:
+            code, body = exc.status, {wire.ERROR: exc.reason}
+            if code not in QUIET:
+                log.info("refused request path=%s status=%s reason=%s", path, code[:3], exc.reason)
+        except Exception:
+            # A bug of ours, not the client's fault: say so, and keep the traceback here.
+            log.exception("error path=%s method=%s", path, method)
+            code, body = wire.HTTP_INTERNAL, {wire.ERROR: INTERNAL}
+        raw = json.dumps(body).encode()
+        headers = [(wire.CONTENT_TYPE, wire.JSON), (wire.CONTENT_LENGTH, str(len(raw)))]
+        if code == wire.HTTP_UNAVAILABLE:
+            headers.append((wire.RETRY_AFTER, wire.RETRY_AFTER_SECONDS))
+        start_response(code, headers)
+        return [raw]
+
+    def origin(self, environ: dict[str, Any]) -> str:
+        """Return the node a request comes from: its token's, else the one it names."""
+        claimed = environ.get(wire.ORIGIN_ENVIRON, "")
+        if self.tokens:
+            scheme = wire.BEARER.lower() + " "
+            auth = environ.get(wire.AUTH_ENVIRON, "")
+            token = auth[len(scheme) :].strip() if auth[: len(scheme)].lower() == scheme else ""
             node = None
-            for tok, name in tokens.items():
+            for tok, name in self.tokens.items():  # every one: the time taken tells nothing
                 if hmac.compare_digest(tok.encode(), token.encode()):
                     node = name
             if node is None:
-                raise HTTPError("401 Unauthorized", "unknown or missing bearer token")
+                raise HTTPError(wire.HTTP_UNAUTHORIZED, "unknown or missing bearer token")
             if claimed and claimed != node:
-                raise HTTPError("403 Forbidden", f"token of {node!r} cannot deliver as {claimed!r}")
+                raise HTTPError(wire.HTTP_FORBIDDEN, f"token of {node!r} cannot deliver as {claimed!r}")
             return node
         try:
-            return m.check_name(claimed, "X-Dropr-Origin")
+            return m.check_name(claimed, wire.ORIGIN_HEADER)
         except ValueError as exc:
-            raise HTTPError("400 Bad Request", f"bad X-Dropr-Origin {claimed!r}: {exc}") from None
+            raise HTTPError(wire.HTTP_BAD_REQUEST, f"bad {wire.ORIGIN_HEADER} {claimed!r}: {exc}") from None
 
-    def messages(environ: dict[str, Any]) -> dict[str, Any]:
-        origin = origin_of(environ)
-        ctype = environ.get("CONTENT_TYPE", "")
-        from python_multipart.multipart import parse_options_header
+    def messages(self, environ: dict[str, Any]) -> dict[str, Any]:
+        """POST v1/messages: store the good parts of an upload; answer for each part."""
+        origin = self.origin(environ)
+        boundary = _boundary(environ.get("CONTENT_TYPE", ""))
+        if free_bytes(self.spool.root) < self.cfg.min_free:
+            raise HTTPError(wire.HTTP_UNAVAILABLE, "low on disk space; try later")
+        from python_multipart.exceptions import FormParserError
 
-        kind, params = parse_options_header(ctype)
-        boundary = params.get(b"boundary")
-        if kind != b"multipart/form-data" or not boundary:
-            raise HTTPError("400 Bad Request", "expected multipart/form-data with a boundary")
-        if free_bytes(spool.root) < cfg.min_free:
-            raise HTTPError("503 Service Unavailable", "low on disk space; try later")
-        up = Upload(spool, origin, cfg.max_message_size, boundary, entries)
         try:
-            with _ReadTimeout(environ, read_timeout):
+            up = Upload(self.spool, origin, self.cfg.max_message_size, boundary, self.entries)
+        except FormParserError:  # a boundary the parser cannot take: longer than it allows
+            raise HTTPError(wire.HTTP_BAD_REQUEST, f"{wire.FORM_DATA} boundary too long") from None
+        try:
+            stored = self._receive(environ, up, origin)
+        finally:
+            up.release()
+        return {wire.RESULTS: _results(up, stored, origin)}
+
+    def _receive(self, environ: dict[str, Any], up: Upload, origin: str) -> list[str]:
+        """Read the body into up, then store its good parts; on any failure remove its files."""
+        try:
+            with _ReadTimeout(environ, self.read_timeout):
                 _read_body(environ, up)
             if not up.ended:
-                raise HTTPError("400 Bad Request", "truncated upload; nothing stored")
+                raise HTTPError(wire.HTTP_BAD_REQUEST, "truncated upload; nothing stored")
             # every part has ended (_end closed it): only an entry's descriptor is open
-            stored = spool.store(
+            return self.spool.store(
                 origin, [(p.tmp, p.header, p.fd) for p in up.parts if not p.refused and p.header and p.tmp]
             )
         except HTTPError:
             up.discard()
             raise
-        except OSError as exc:
-            up.discard()
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise HTTPError("503 Service Unavailable", "disk full; try later") from None
-            log.error("error origin=%s reason=%s", origin, exc)
-            raise HTTPError("503 Service Unavailable", f"I/O error: {exc.strerror}; try later") from None
         except Exception as exc:
             up.discard()
-            raise HTTPError("400 Bad Request", f"malformed upload: {exc}") from None
-        finally:
-            up.release()
-        answers = iter(stored)
-        results = []
-        for p in up.parts:
-            ident = p.header.ident if p.header else _filename(p.filename)
-            if p.refused or p.header is None or not p.tmp:
-                results.append({"id": ident, "status": "refused", "reason": p.refused})
-                log.warning("refused id=%s origin=%s reason=%s", ident, origin, p.refused)
-            else:
-                st = next(answers)
-                results.append({"id": ident, "status": st})
-                log.debug("%s id=%s origin=%s channel=%s", st, ident, origin, p.header.channel)
-        return {"results": results}
+            refusal = _upload_refusal(exc, origin)
+            if refusal is None:
+                raise  # a bug: answered 500 and logged with its traceback (App.__call__)
+            raise refusal from None
 
-    def status(environ: dict[str, Any]) -> dict[str, Any]:
-        origin = origin_of(environ)
+    def status(self, environ: dict[str, Any]) -> dict[str, Any]:
+        """POST v1/status: the state of each id received from this origin."""
+        origin = self.origin(environ)
         length = int(environ.get("CONTENT_LENGTH") or 0)
         if length > MAX_STATUS_BODY:
-            raise HTTPError("413 Content Too Large", "status request too large")
-        with _ReadTimeout(environ, read_timeout):
+            raise HTTPError(wire.HTTP_TOO_LARGE, "status request too large")
+        with _ReadTimeout(environ, self.read_timeout):
             raw = environ["wsgi.input"].read(length)
-        try:
-            data = json.loads(raw or b"{}")
-            ids = data["ids"]
-            if not isinstance(ids, list):
-                raise TypeError("ids must be a list")
-            # optional: the sender's "{p}{created}" name prefix of each id, a lookup hint
-            prefixes = data.get("prefixes")
-            if not isinstance(prefixes, list) or len(prefixes) != len(ids):
-                prefixes = [""] * len(ids)
-        except (ValueError, KeyError, TypeError, RecursionError, AttributeError) as exc:
-            raise HTTPError("400 Bad Request", f"bad status request: {type(exc).__name__}") from None
+        ids, prefixes = _status_request(raw)
         results = {}
-        channels = spool.channels()  # once per poll, not per id
+        channels = self.spool.channels()  # once per poll, not per id
         for ident, prefix in zip(ids, prefixes, strict=True):
             if not isinstance(ident, str):
                 continue
@@ -403,36 +411,112 @@ def make_app(
             try:
                 m.check_id(ident)
             except ValueError:
-                results[ident] = {"state": "unknown", "reason": "bad id"}
+                results[ident] = {wire.STATE: wire.UNKNOWN, wire.REASON: "bad id"}
                 continue
-            state, reason = spool.in_status(origin, ident, prefix, channels)
-            results[ident] = {"state": state, "reason": reason} if reason else {"state": state}
-        return {"results": results}
+            state, reason = self.spool.in_status(origin, ident, prefix, channels)
+            results[ident] = {wire.STATE: state, wire.REASON: reason} if reason else {wire.STATE: state}
+        return {wire.RESULTS: results}
 
-    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "/").rstrip("/")
-        try:
-            if path == "/v1/messages" and method == "POST":
-                body = messages(environ)
-            elif path == "/v1/status" and method == "POST":
-                body = status(environ)
-            elif path in ("/v1/health", "") and method in ("GET", "HEAD"):
-                body = {"ok": True, "node": spool.node}
-            elif path in ("/v1/messages", "/v1/status", "/v1/health"):
-                raise HTTPError("405 Method Not Allowed", f"{method} is not allowed on {path}")
-            else:
-                raise HTTPError("404 Not Found", f"no such endpoint {path!r}")
-            code = "200 OK"
-        except HTTPError as exc:
-            code, body = exc.status, {"error": exc.reason}
-            if not code.startswith(("401", "404", "405")):
-                log.info("refused request path=%s status=%s reason=%s", path, code[:3], exc.reason)
-        raw = json.dumps(body).encode()
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(raw)))]
-        if code.startswith("503"):
-            headers.append(("Retry-After", "5"))
-        start_response(code, headers)
-        return [raw]
+    def health(self, environ: dict[str, Any]) -> dict[str, Any]:
+        """GET v1/health: this node's name (no origin needed)."""
+        return {wire.OK: True, wire.NODE: self.spool.node}
+
+
+# Every route, read top to bottom: path (PATH_INFO without a trailing "/") -> method -> handler.
+# A path not here is answered 404; a path here with a method not listed, 405.
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/" + wire.MESSAGES: {wire.POST: App.messages},
+    "/" + wire.STATUS: {wire.POST: App.status},
+    "/" + wire.HEALTH: {wire.GET: App.health, wire.HEAD: App.health},
+    "": {wire.GET: App.health, wire.HEAD: App.health},  # the base URL itself, as a probe asks
+}
+
+
+def _route(path: str, method: str) -> Handler:
+    """Return the handler of a request, or raise the 404 or 405 that answers it."""
+    methods = ROUTES.get(path)
+    if methods is None:
+        raise HTTPError(wire.HTTP_NOT_FOUND, f"no such endpoint {path!r}")
+    handler = methods.get(method)
+    if handler is None:
+        raise HTTPError(wire.HTTP_NOT_ALLOWED, f"{method} is not allowed on {path or '/'}")
+    return handler
+
+
+def _boundary(ctype: str) -> bytes:
+    """Return the boundary of a multipart/form-data Content-Type, or raise the 400."""
+    from python_multipart.multipart import parse_options_header
+
+    kind, params = parse_options_header(ctype)
+    boundary = params.get(b"boundary")
+    if kind != wire.FORM_DATA.encode() or not boundary:
+        raise HTTPError(wire.HTTP_BAD_REQUEST, f"expected {wire.FORM_DATA} with a boundary")
+    return boundary
+
+
+def _upload_refusal(exc: Exception, origin: str) -> HTTPError | None:
+    """Return the answer to an upload that failed with exc; None for a bug of ours."""
+    from python_multipart.exceptions import FormParserError
+
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return HTTPError(wire.HTTP_UNAVAILABLE, "disk full; try later")
+        log.error("error origin=%s reason=%s", origin, exc)
+        return HTTPError(wire.HTTP_UNAVAILABLE, f"I/O error: {exc.strerror}; try later")
+    if isinstance(exc, FormParserError):  # the parser's detail is in its own log line
+        return HTTPError(wire.HTTP_BAD_REQUEST, MALFORMED)
+    return None
+
+
+def _results(up: Upload, stored: list[str], origin: str) -> list[dict[str, str]]:
+    """Return the answer for each part of a stored upload, in order: the store's, or refused."""
+    answers = iter(stored)
+    results = []
+    for p in up.parts:
+        ident = p.header.ident if p.header else _filename(p.filename)
+        if p.refused or p.header is None or not p.tmp:
+            results.append({wire.ID: ident, wire.STATUS_KEY: wire.REFUSED, wire.REASON: p.refused})
+            log.warning("refused id=%s origin=%s reason=%s", ident, origin, p.refused)
+        else:
+            st = next(answers)
+            results.append({wire.ID: ident, wire.STATUS_KEY: st})
+            log.debug("%s id=%s origin=%s channel=%s", st, ident, origin, p.header.channel)
+    return results
+
+
+def _status_request(raw: bytes) -> tuple[list[Any], list[Any]]:
+    """Return the ids of a status poll and their name prefixes ("" where none), or raise the 400."""
+    try:
+        data = json.loads(raw or b"{}")
+    except RecursionError:
+        raise HTTPError(wire.HTTP_BAD_REQUEST, "bad status request: JSON nested too deeply") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise HTTPError(wire.HTTP_BAD_REQUEST, "bad status request: not JSON") from None
+    ids = data.get(wire.IDS) if isinstance(data, dict) else None
+    if not isinstance(ids, list):
+        want = f'{{"{wire.IDS}": [...]}}'
+        raise HTTPError(wire.HTTP_BAD_REQUEST, f"bad status request: expected a JSON object {want}")
+    # optional: the sender's "{p}{created}" name prefix of each id, a lookup hint
+    prefixes = data.get(wire.PREFIXES)
+    if not isinstance(prefixes, list) or len(prefixes) != len(ids):
+        prefixes = [""] * len(ids)
+    return ids, prefixes
+
+
+def make_app(
+    spool: Spool, config: Config | None = None, *, threads: int = 32, read_timeout: float = READ_TIMEOUT
+) -> WSGIApp:
+    """Return the WSGI application that stores deliveries into spool's inbox.
+
+    threads: how many requests the process serves at once (sizes the open files one
+    upload may keep; see _entry_budget). read_timeout: seconds without data after which
+    a request body is given up (408, nothing stored), on gunicorn; 0: wait for ever."""
+    entries = _entry_budget(max(1, threads))
+    app = App(spool, config or spool.config, entries=entries, read_timeout=read_timeout)
+    # Load now what the first upload needs, so that it does not pay for the imports.
+    import fcntl  # noqa: F401
+
+    import python_multipart.exceptions  # noqa: F401
+    import python_multipart.multipart  # noqa: F401
 
     return app

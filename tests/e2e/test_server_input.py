@@ -9,6 +9,7 @@ only send refused input also check that the spool did not change at all.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import socket
@@ -417,6 +418,27 @@ def test_malformed_multipart(srv: Server, body: bytes) -> None:
     unchanged(srv)
 
 
+@pytest.mark.parametrize("body", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_malformed_multipart_is_refused_in_words(srv: Server, body: bytes) -> None:
+    """The reason is the receiver's sentence, not the parser's message or a class name."""
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}", "X-Dropr-Origin": "a"}
+    status, answer = srv.request("POST", "/v1/messages", body, headers)
+    assert status == 400, answer
+    assert answer["error"].endswith("; nothing stored"), answer
+    assert "Error" not in answer["error"] and "index" not in answer["error"], answer
+    unchanged(srv)
+
+
+def test_boundary_longer_than_the_parser_takes_400(srv: Server) -> None:
+    """A boundary python-multipart refuses when it is handed it: 400, not a crash (500)."""
+    boundary = "b" * 300
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "X-Dropr-Origin": "a"}
+    status, answer = srv.request("POST", "/v1/messages", f"--{boundary}--\r\n".encode(), headers)
+    assert status == 400, answer
+    assert "boundary" in answer["error"], answer
+    unchanged(srv)
+
+
 def test_good_part_without_closing_boundary_stores_nothing(srv: Server) -> None:
     """A complete HTTP body whose multipart never ends: truncated, nothing stored."""
     ident, content = message(b"good but unfinished")
@@ -701,6 +723,7 @@ def test_valid_token_stores_as_its_node(tsrv: Server) -> None:
         ("GET", "/v1/health", 200),
         ("HEAD", "/v1/health", 200),
         ("GET", "/", 200),
+        ("POST", "/", 405),  # the base URL answers as v1/health does
     ],
 )
 def test_methods_and_paths(srv: Server, method: str, path: str, code: int) -> None:
@@ -735,6 +758,15 @@ def test_status_bad_json_400(srv: Server, body: bytes) -> None:
     unchanged(srv)
 
 
+@pytest.mark.parametrize("body", [b"not json", b"{}", b"null", b"[" * 100_000, b"\xff\xfe\x00"])
+def test_status_bad_json_is_refused_in_words(srv: Server, body: bytes) -> None:
+    status, answer = srv.request("POST", "/v1/status", body, {"X-Dropr-Origin": "a"})
+    assert status == 400, answer
+    assert answer["error"].startswith("bad status request: "), answer
+    assert "Error" not in answer["error"], answer
+    unchanged(srv)
+
+
 def test_status_odd_ids(srv: Server) -> None:
     ids = ["../x", "a/b", 5, None, {"x": 1}, "unknown-id", "x" * 1000]
     status, body = srv.request(
@@ -752,6 +784,40 @@ def test_status_deeply_nested_json_400(open_server: Server) -> None:
     status, answer = srv.request("POST", "/v1/status", b"[" * 100_000, {"X-Dropr-Origin": "a"})
     assert srv.alive()
     assert status == 400, answer
+
+
+def test_a_bug_is_answered_500_logged_and_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug of the receiver's is not the client's fault: not a 400 "malformed upload" but
+    a 500 with a generic reason, its traceback in the receiver's log, the upload's files
+    removed. The app in-process (no dropr-serve): a bug is made by a failing crc32."""
+    from dropr import Spool, make_app
+
+    def boom(data: Any, value: int = 0) -> int:
+        raise RuntimeError("a bug in the receiver")
+
+    spool = Spool(str(tmp_path / "b"))
+    app = make_app(spool)
+    ident, content = message(b"hello")
+    body = multipart([(ident, content)])
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/v1/messages",
+        "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_X_DROPR_ORIGIN": "a",
+        "wsgi.input": io.BytesIO(body),
+    }
+    answered: list[str] = []
+    monkeypatch.setattr(m, "crc32", boom)
+    raw = b"".join(app(environ, lambda code, headers: answered.append(code)))
+    assert answered == ["500 Internal Server Error"], raw
+    reason = json.loads(raw)["error"]
+    assert "bug" not in reason and "RuntimeError" not in reason and "malformed" not in reason
+    logged = [r for r in caplog.records if r.exc_info and r.name == "dropr.server"]
+    assert logged and logged[0].exc_info is not None and logged[0].exc_info[0] is RuntimeError
+    assert unstored(Path(spool.root)) == []
 
 
 def test_serve_writes_nothing_outside_spool(tmp_path: Path) -> None:
