@@ -6,6 +6,10 @@ a generated id's file is its rcv/ index entry, other files go to tmp/), so memor
 stays flat for any size. Only when the whole request has arrived and every
 part checked are the good ones committed, through ``Spool.store``; a truncated
 or malformed request stores nothing.
+
+Requests go to their handler by one table, ROUTES (path -> method -> handler). The
+wire's words, routes and headers are protocol.py's. A bug of ours is a 500 with its
+traceback in the log, never a 400 that blames the client.
 """
 
 from __future__ import annotations
@@ -296,8 +300,8 @@ def _entry_budget(threads: int) -> int:
 
 Handler = Callable[["App", dict[str, Any]], dict[str, Any]]
 QUIET = (wire.HTTP_UNAUTHORIZED, wire.HTTP_NOT_FOUND, wire.HTTP_NOT_ALLOWED)  # refusals not logged
-MALFORMED = "malformed upload: not valid multipart/form-data; nothing stored"
-INTERNAL = "internal error in the receiver (logged there); nothing stored"
+MALFORMED = f"malformed upload: not valid {wire.FORM_DATA}; nothing stored"
+INTERNAL = "internal error in the receiver; see its log"  # a bug: maybe after a store, so no more
 
 
 class App:
