@@ -299,9 +299,11 @@ def _entry_budget(threads: int) -> int:
 
 
 Handler = Callable[["App", dict[str, Any]], dict[str, Any]]
-QUIET = (wire.HTTP_UNAUTHORIZED, wire.HTTP_NOT_FOUND, wire.HTTP_NOT_ALLOWED)  # refusals not logged
+# Answers not logged as refusals: the common probes, and a 500 (logged with its traceback).
+QUIET = (wire.HTTP_UNAUTHORIZED, wire.HTTP_NOT_FOUND, wire.HTTP_NOT_ALLOWED, wire.HTTP_INTERNAL)
 MALFORMED = f"malformed upload: not valid {wire.FORM_DATA}; nothing stored"
-INTERNAL = "internal error in the receiver; see its log"  # a bug: maybe after a store, so no more
+BAD_FRAMING = "malformed request body: bad chunked encoding; nothing stored"
+INTERNAL = "internal error in the receiver; see its log"  # no "nothing stored": it may follow a store
 
 
 class App:
@@ -321,14 +323,13 @@ class App:
         try:
             body = _route(path, method)(self, environ)
             code = wire.HTTP_OK
-        except HTTPError as exc:
-            code, body = exc.status, {wire.ERROR: exc.reason}
+        except OSError:
+            raise  # the connection's, as the body is read: gunicorn closes it (quietly if gone)
+        except Exception as exc:
+            refusal = exc if isinstance(exc, HTTPError) else _unexpected(exc, path, method)
+            code, body = refusal.status, {wire.ERROR: refusal.reason}
             if code not in QUIET:
-                log.info("refused request path=%s status=%s reason=%s", path, code[:3], exc.reason)
-        except Exception:
-            # A bug of ours, not the client's fault: say so, and keep the traceback here.
-            log.exception("error path=%s method=%s", path, method)
-            code, body = wire.HTTP_INTERNAL, {wire.ERROR: INTERNAL}
+                log.info("refused request path=%s status=%s reason=%s", path, code[:3], refusal.reason)
         raw = json.dumps(body).encode()
         headers = [(wire.CONTENT_TYPE, wire.JSON), (wire.CONTENT_LENGTH, str(len(raw)))]
         if code == wire.HTTP_UNAVAILABLE:
@@ -393,7 +394,7 @@ class App:
             up.discard()
             refusal = _upload_refusal(exc, origin)
             if refusal is None:
-                raise  # a bug: answered 500 and logged with its traceback (App.__call__)
+                raise  # not malformed multipart nor I/O: App.__call__ answers it (_unexpected)
             raise refusal from None
 
     def status(self, environ: dict[str, Any]) -> dict[str, Any]:
@@ -445,6 +446,22 @@ def _route(path: str, method: str) -> Handler:
     if handler is None:
         raise HTTPError(wire.HTTP_NOT_ALLOWED, f"{method} is not allowed on {path or '/'}")
     return handler
+
+
+def _unexpected(exc: Exception, path: str, method: str) -> HTTPError:
+    """Return the answer to an exception no handler turned into one: a 400 for a body whose
+    chunked framing the HTTP server refused as we read it (gunicorn raises its ParseException
+    into the read), else a 500 for a bug of ours, logged with its traceback; never a 400
+    that blames the client for it."""
+    try:
+        from gunicorn.http.errors import ParseException
+    except ImportError:  # another WSGI server
+        pass
+    else:
+        if isinstance(exc, ParseException):
+            return HTTPError(wire.HTTP_BAD_REQUEST, BAD_FRAMING)
+    log.exception("error path=%s method=%s", path, method)
+    return HTTPError(wire.HTTP_INTERNAL, INTERNAL)
 
 
 def _boundary(ctype: str) -> bytes:

@@ -598,6 +598,34 @@ def _open_upload(srv: Server, body: bytes, length: int, chunked: bool = False) -
     return s
 
 
+BAD_CHUNKS = {
+    "bad-size": b"zz\r\n",
+    "no-terminator": b"2\r\n--XX\r\n",
+    "bad-trailer": b"0\r\nnot a header\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/status"])
+@pytest.mark.parametrize("chunks", list(BAD_CHUNKS.values()), ids=list(BAD_CHUNKS))
+def test_bad_chunked_encoding_400(srv: Server, chunks: bytes, path: str) -> None:
+    """A body whose chunked framing the HTTP server refuses as it is read is the client's
+    fault: 400, said in words, not a 500 (nor a traceback in the log)."""
+    head = _upload_head(srv).replace("/v1/messages", path)
+    s = srv.connect()
+    try:
+        s.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            got = s.recv(65536)
+            if not got:
+                break
+            answer += got
+    finally:
+        s.close()
+    assert answer.split(b"\r\n")[0].split(b" ")[1] == b"400", answer
+    unchanged(srv)
+
+
 @CHOSEN
 @pytest.mark.parametrize("how", ["close", "half-close", "chunked-close"])
 def test_truncated_upload(srv: Server, how: str, chosen: bool) -> None:
