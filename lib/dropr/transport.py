@@ -20,8 +20,6 @@ import pycurl
 from . import protocol as wire
 from .config import Peer
 
-# The answers a sender gets for each message, under the names it has always used.
-STORED, DUPLICATE, RETRY, REFUSED = wire.STORED, wire.DUPLICATE, wire.RETRY, wire.REFUSED
 NO_EXPECT = f"{wire.EXPECT}:".encode()  # libcurl then sends no Expect: 100-continue (a round trip)
 JSON_BODY = f"{wire.CONTENT_TYPE}: {wire.JSON}".encode()
 
