@@ -519,8 +519,11 @@ def _status_request(raw: bytes) -> tuple[list[Any], list[Any]]:
         raise HTTPError(wire.HTTP_BAD_REQUEST, f"bad status request: expected a JSON object {want}")
     # optional: the sender's "{p}{created}" name prefix of each id, a lookup hint
     prefixes = data.get(wire.PREFIXES)
-    if not isinstance(prefixes, list) or len(prefixes) != len(ids):
-        prefixes = [""] * len(ids)
+    if prefixes is None:
+        return ids, [""] * len(ids)
+    if not isinstance(prefixes, list) or len(prefixes) != len(ids):  # a client's bug: say so
+        why = f"bad status request: {wire.PREFIXES} must be a list as long as {wire.IDS}"
+        raise HTTPError(wire.HTTP_BAD_REQUEST, why)
     return ids, prefixes
 
 

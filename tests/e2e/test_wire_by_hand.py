@@ -314,7 +314,6 @@ def test_status_prefixes_as_long_as_ids(nodes: Nodes, tmp_path: Path) -> None:
             assert answer_["results"]["never-sent"] == {"state": "unknown"}
 
 
-@pytest.mark.xfail(strict=True, reason="server refuses mismatched prefixes: lands with the server change")
 @pytest.mark.parametrize("prefixes", [[], ["", ""], "50190f3c2a1b4c", {"hello-1": ""}], ids=str)
 def test_status_prefixes_of_another_length_are_refused(nodes: Nodes, tmp_path: Path, prefixes: Any) -> None:
     """dropr.7: a prefixes that is not a list as long as ids is refused (400), not ignored."""
