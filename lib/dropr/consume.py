@@ -191,7 +191,7 @@ def claim_wait(
     if got or not wait or timeout is not None and timeout <= 0:
         return got
     deadline = None if timeout is None else time.monotonic() + timeout
-    with spool.waiter(f"recv-{channel}-{os.getpid()}.sock") as w:
+    with spool.wakeups.consumer(channel) as w:
         while True:
             got = spool.claim(channel, n, lease, each=each)  # again: an arrival may predate the socket
             if got:
@@ -285,7 +285,7 @@ def follow(spool: Spool, opts: RecvOptions, out: IO[bytes] | None = None) -> int
         signal.signal(sig, on_signal)
     lines = _Lines(out, opts.fmt)
 
-    with spool.waiter(f"recv-{opts.channel}-{os.getpid()}.sock") as w:
+    with spool.wakeups.consumer(opts.channel) as w:
         while not stop:
             got = spool.claim(opts.channel, opts.n, opts.lease, keep=True, each=lines.add)
             lines.flush()
@@ -423,14 +423,12 @@ class AckRequest:
 def ack(spool: Spool, ids: Iterable[str], how: str, *, reason: str = "", delay: float = 0,
         err: IO[str] | None = None) -> int:  # fmt: skip
     """Finish claimed messages by id; report each id that is not claimed; 0 or 1."""
-    from .spool import fsync_dir
-
     err = err or sys.stderr
     unsynced: set[str] = set()
 
     def sync() -> None:  # release and reject sync their own records; acks are synced here
         for ch in unsynced:
-            fsync_dir(spool.path("in", ch, "done"))
+            spool.sync(dirs=[spool.path("in", ch, "done")])
         unsynced.clear()
 
     if isinstance(ids, IdReader):
@@ -636,7 +634,7 @@ class Handlers:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        waiter = self.spool.waiter(f"recv-{self.opts.channel}-{os.getpid()}.sock")
+        waiter = self.spool.wakeups.consumer(self.opts.channel)
         try:
             last_claim = 0.0
             idle = False

@@ -99,6 +99,29 @@ def in_name(priority: int, created: int, origin: str, ident: str) -> str:
     return f"{priority}{created:013x},{origin},{ident}"
 
 
+def split_out_name(name: str) -> tuple[str, str]:
+    """Return (prefix, id) of an outbox name: its "{p}{arrival:013x}" and its id (no checks)."""
+    prefix, _, ident = name.partition(",")
+    return prefix, ident
+
+
+def split_in_name(name: str) -> tuple[str, str, str]:
+    """Return (prefix, origin, id) of an inbox name: its "{p}{created:013x}", origin and id
+    (no checks)."""
+    prefix, origin, ident = name.split(",", 2)
+    return prefix, origin, ident
+
+
+def in_name_of(prefix: str, origin: str, ident: str) -> str:
+    """Return the inbox name of a message from its prefix "{p}{created:013x}"."""
+    return f"{prefix},{origin},{ident}"
+
+
+def prefix_time(prefix: str) -> int:
+    """Return the µs time of a name's prefix "{p}{time:013x}"."""
+    return int(prefix[1:], 16)
+
+
 def parse_out_name(name: str) -> tuple[int, int, str]:
     """Return (priority, arrival µs, id) of an outbox name; ValueError if it is not one."""
     head, sep, ident = name.partition(",")
@@ -113,6 +136,20 @@ def parse_in_name(name: str) -> tuple[int, int, str, str]:
     if len(parts) != 3 or len(parts[0]) != 14 or not parts[0][0].isdigit():
         raise ValueError(f"not an inbox name: {name!r}")
     return int(parts[0][0]), int(parts[0][1:], 16), parts[1], parts[2]
+
+
+def header_deadline(raw: bytes) -> int:
+    """Return the deadline (µs, 0 for none) of a raw header, checking only the magic and
+    that field: the sender's fast path (the receiver checks the whole header); ValueError
+    if raw is not a header."""
+    if len(raw) != HEADER_SIZE or not raw.startswith(MAGIC):
+        raise ValueError("not a dropr message header")
+    at = raw.find(b" d=")
+    end = raw.find(b" ", at + 3)
+    try:
+        return int(raw[at + 3 : end])
+    except ValueError:
+        raise ValueError("bad message header: no deadline field") from None
 
 
 class Header:
@@ -174,9 +211,3 @@ class Header:
 def crc32(data: bytes | memoryview, value: int = 0) -> int:
     """Continue a CRC-32 over data (zlib's, as gzip and PNG use)."""
     return zlib.crc32(data, value)
-
-
-def split_out_name(name: str) -> tuple[str, str]:
-    """Return (prefix, id) of an outbox name: its "{p}{arrival:013x}" and its id (no checks)."""
-    prefix, _, ident = name.partition(",")
-    return prefix, ident

@@ -155,19 +155,19 @@ class PeerRun:
 
     def mark_sent(self, names: list[str]) -> None:
         """Move names the peer stored from queued/ to sent/."""
-        self.spool.out_move(self.peer.name, names, QUEUED, SENT_DIR)
+        self.spool.mark_sent(self.peer.name, names)
 
     def mark_processed(self, names: list[str]) -> int:
         """Move names the peer processed from sent/ to processed/; return how many moved."""
-        return self.spool.out_move(self.peer.name, names, SENT_DIR, "processed")
+        return self.spool.mark_processed(self.peer.name, names)
 
     def note_failure(self, name: str, reason: str) -> None:
         """Record a failed attempt of a queued message; it stays queued."""
-        self.spool.out_fail(self.peer.name, name, reason, dead=False)
+        self.spool.record_failure(self.peer.name, name, reason)
 
     def kill(self, name: str, error: str, why: str, src: str = QUEUED) -> None:
         """Make a message dead with error in its record; why is the log line's reason."""
-        self.spool.out_fail(self.peer.name, name, error, dead=True, src=src)
+        self.spool.kill(self.peer.name, [name], error, state=src)
         log.warning("dead id=%s peer=%s reason=%s", split_out_name(name)[1], self.peer.name, why)
 
     def set_aside(self, path: str, exc: Exception) -> None:
@@ -296,7 +296,7 @@ class PeerRun:
 
     def wake_waiters(self) -> None:
         """Wake dropr-put --wait: a message of theirs may be finished."""
-        self.spool.wake("put-")
+        self.spool.wakeups.wake_putters()
 
     # -- polling --------------------------------------------------------------
 

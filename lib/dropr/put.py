@@ -8,7 +8,7 @@ import time
 
 from .config import Config, Peer, check_priority
 from .errors import DataError, NoInputError, TempFailError, UsageError
-from .spool import SEND_SOCK, Spool
+from .spool import Spool
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ def wait_for(
         err.write("dropr-put: warning: no dropr-send is running for this spool; nothing will move\n")
         err.flush()
     deadline = None if timeout is None else time.monotonic() + timeout
-    with spool.waiter(f"put-{os.getpid()}.sock") as w:
+    with spool.wakeups.putter() as w:
         while True:
             states = [s for i in ids for (_, s, _) in spool.find_out(i)]
             if "dead" in states:
@@ -281,11 +281,4 @@ def wait_for(
 
 def sender_running(spool: Spool) -> bool:
     """Tell whether a dropr-send holds this spool's wake-up socket."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(spool.path("wake", SEND_SOCK))
-            return True
-        except OSError:
-            return False
+    return spool.wakeups.sender_running()

@@ -16,13 +16,12 @@ from typing import Any
 
 from . import message as m
 from . import retry
-from . import spool as spoolmod
 from . import transport as tp
 from .config import Peer, is_url
 from .errors import EX_OK, EX_TEMPFAIL, LockedError, UnavailableError, UsageError
 from .peerrun import ASK, DEFERRED, ERROR, NEWS, NO_NEWS, QUEUED, ROUND_OVER, SENT, SENT_DIR, START, PeerRun
 from .protocol import DEAD, DUPLICATE, PROCESSED, REFUSED, RETRY, STORED, UNKNOWN
-from .spool import PURGE_CHECK, SEND_SOCK, Spool
+from .spool import PURGE_CHECK, Spool
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +292,7 @@ class Sender:
 
     def run_daemon(self) -> int:
         """Deliver until TERM, sleeping on wake-ups, retries and polls."""
-        waiter = self.spool.waiter(SEND_SOCK)
+        waiter = self.spool.wakeups.sender()
         last_purge = 0.0
         try:
             while not self.stopping:
@@ -380,13 +379,11 @@ def _readable(waiter: Any) -> bool:
 
 def run(spool: Spool, opts: SendOptions) -> int:
     """Take the spool's send lock and deliver, once or as a daemon."""
-    from filelock import FileLock, Timeout
-
     check_peers(spool, opts.peers, opts.once)
-    lock = FileLock(spool.path("lock", "send.lock"), mode=spoolmod.modes[0])  # as private as the spool
+    lock = spool.fs.lock(spool.path("lock", "send.lock"), wait=False)  # made as private as the spool
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
+        lock.acquire()
+    except BlockingIOError:
         raise LockedError(
             f"another dropr-send is already running on {spool.root}; one sender per spool"
         ) from None
@@ -394,7 +391,7 @@ def run(spool: Spool, opts: SendOptions) -> int:
 
     def stop(signum: int, _frame: Any) -> None:
         sender.stopping = True
-        spool.wake_one(SEND_SOCK)  # select() resumes after a signal (PEP 475): wake it for real
+        spool.wakeups.wake_sender()  # select() resumes after a signal (PEP 475): wake it for real
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

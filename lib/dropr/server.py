@@ -1,7 +1,7 @@
 """The WSGI app peers deliver to: ``make_app(spool, config)``.
 
 Uploads are parsed as they stream in (python-multipart) and each part is
-written straight into the spool while its CRC is computed (``Spool.receive_file``:
+written straight into the spool while its CRC is computed (``Spool.open_part``:
 a generated id's file is its rcv/ index entry, other files go to tmp/), so memory
 stays flat for any size. Only when the whole request has arrived and every
 part checked are the good ones committed, through ``Spool.store``; a truncated
@@ -27,7 +27,7 @@ from typing import Any
 from . import message as m
 from . import protocol as wire
 from .config import Config
-from .spool import DIRECT_MIN, DirectWriter, Spool, free_bytes, write_all
+from .spool import Part, Spool, free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class HTTPError(Exception):
 
 class _Part:
     __slots__ = (
-        "filename", "hbuf", "header", "fd", "big", "tmp", "entry", "size", "crc", "refused", "hname", "hval",
+        "filename", "hbuf", "header", "fd", "w", "tmp", "entry", "size", "crc", "refused", "hname", "hval",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -60,9 +60,9 @@ class _Part:
         self.hbuf = bytearray()
         self.header: m.Header | None = None
         self.fd = -1
-        self.big: DirectWriter | None = None
+        self.w: Part | None = None  # while being written (Spool.open_part)
         self.tmp = ""
-        self.entry = False  # written as its rcv/ entry: fd stays open (Spool.receive_file)
+        self.entry = False  # written as its rcv/ entry: fd stays open (Spool.open_part)
         self.size = 0
         self.crc = 0
         self.refused = ""
@@ -71,7 +71,7 @@ class _Part:
 
 
 class Upload:
-    """One multipart upload being parsed into files in the spool (Spool.receive_file)."""
+    """One multipart upload being parsed into files in the spool (Spool.open_part)."""
 
     def __init__(self, spool: Spool, origin: str, max_size: int, boundary: bytes, entries: int = 0) -> None:
         from python_multipart.multipart import MultipartParser
@@ -141,12 +141,9 @@ class Upload:
             if p.header.size > self.max_size:
                 p.refused = f"too large: {p.header.size} bytes, limit {self.max_size}"
                 return
-            if p.header.size >= DIRECT_MIN:
-                p.tmp = self.spool.rcv_tmp_name(self.origin, p.header.ident)
-                p.big = DirectWriter(p.tmp)
-            else:
-                p.tmp, p.fd, p.entry = self.spool.receive_file(self.origin, p.header, entry=self.entries > 0)
-                self.entries -= p.entry
+            p.w = self.spool.open_part(self.origin, p.header, entry=self.entries > 0)
+            p.tmp, p.fd, p.entry = p.w.path, p.w.fd, p.w.entry
+            self.entries -= p.entry
         if not chunk:
             return
         p.size += len(chunk)
@@ -155,10 +152,8 @@ class Upload:
             self._drop(p)
             return
         p.crc = m.crc32(chunk, p.crc)
-        if p.big is not None:
-            p.big.write(chunk)
-        else:
-            write_all(p.fd, chunk)
+        assert p.w is not None
+        p.w.write(chunk)
 
     def _end(self) -> None:
         p = self.cur
@@ -183,12 +178,12 @@ class Upload:
     def _close(p: _Part) -> None:
         """Close a part's tmp file: written out, not synced (the store syncs). An entry's
         descriptor stays open for the store (release closes it)."""
-        if p.fd >= 0 and not p.entry:
-            fd, p.fd = p.fd, -1
-            os.close(fd)
-        if p.big is not None:
-            big, p.big = p.big, None
-            big.close()
+        if p.w is not None:
+            w, p.w = p.w, None
+            try:
+                w.close()
+            finally:
+                p.fd = w.fd  # -1, or an entry's, still open
 
     def _drop(self, p: _Part) -> None:
         try:

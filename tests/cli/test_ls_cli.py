@@ -40,7 +40,7 @@ class World:
         batch.add(b"dead payload")
         [self.dead] = batch.commit()
         name = sp.find_out(self.dead)[0][2]
-        sp.out_fail("b", name, "HTTP 413 too large", dead=True)
+        sp.kill("b", [name], "HTTP 413 too large")
         sp.set_peer_state("a", {"last_ok": self.t0 - 30, "until": self.t0 + 90})
         sp.set_peer_state("b", {"last_error": "connection refused", "last_error_at": self.t0 - 5})
         for ident, ch in (("r1", "default"), ("r2", "default"), ("c1", "work")):

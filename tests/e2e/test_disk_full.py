@@ -90,8 +90,8 @@ def test_disk_full_exits_75_and_recovers(cmd: Any, small_fs: Path) -> None:
     sp = Spool(str(spool), create=False)
     [peer] = sp.out_peers()
     half = queued[: len(queued) // 2]
-    sp.out_move(peer, half, "queued", "sent")
-    sp.out_move(peer, half, "sent", "processed")
+    sp.mark_sent(peer, half)
+    sp.mark_processed(peer, half)
     assert sp.purge(now=time.time() + 30 * 86400) == len(half)
     assert free_bytes(small_fs) > 300_000
 

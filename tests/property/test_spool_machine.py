@@ -115,9 +115,11 @@ class SpoolMachine(RuleBasedStateMachine):
         ident, peer = pick
         msg = self.out[ident]
         if dst == "dead":
-            self.sp.out_fail(peer, msg.name, "refused for good", dead=True, src=msg.states[peer])
+            assert self.sp.kill(peer, [msg.name], "refused for good", state=msg.states[peer]) == 1
+        elif dst == "sent":
+            assert self.sp.mark_sent(peer, [msg.name]) == 1
         else:
-            assert self.sp.out_move(peer, [msg.name], msg.states[peer], dst) == 1
+            assert self.sp.mark_processed(peer, [msg.name]) == 1
         msg.states[peer] = dst
 
     @rule(data=st.data())
@@ -138,7 +140,7 @@ class SpoolMachine(RuleBasedStateMachine):
         pick = self._out_pick(data, ("sent", "processed", "dead"))
         if pick is not None:
             ident, peer = pick
-            assert self.sp.out_move(peer, [self.out[ident].name], "queued", "sent") == 0
+            assert self.sp.mark_sent(peer, [self.out[ident].name]) == 0
 
     # -- inbox ----------------------------------------------------------------
 
@@ -247,7 +249,7 @@ class SpoolMachine(RuleBasedStateMachine):
 
     @rule(channel=st.sampled_from(CHANNELS))
     def sweep(self, channel: str) -> None:
-        assert self.sp.sweep_channel(channel) == self._sweep_model(channel)
+        assert self.sp.leases.sweep_channel(channel) == self._sweep_model(channel)
 
     # -- crash ----------------------------------------------------------------
 

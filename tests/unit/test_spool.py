@@ -23,7 +23,8 @@ from dropr.errors import (
     NotFoundError,
     TempFailError,
 )
-from dropr.spool import Spool
+from dropr.spool import Spool, _fs, _layout
+from dropr.spool import wake as wake_mod
 from helpers import CLAIM_FIELDS, receive
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -130,7 +131,7 @@ def test_put_multicast_is_one_inode_linked_per_peer(sp: Spool) -> None:
 def test_multicast_copies_stay_one_inode_across_states(sp: Spool) -> None:
     [ident] = put(sp, [b"x"], peers=[A, B])
     [(_, _, name), _] = sp.find_out(ident)
-    assert sp.out_move("a", [name], "queued", "sent") == 1
+    assert sp.mark_sent("a", [name]) == 1
     ino_a = os.stat(out_path(sp, "a", "sent", name)).st_ino
     ino_b = os.stat(out_path(sp, "b", "queued", name)).st_ino
     assert ino_a == ino_b
@@ -211,7 +212,7 @@ def test_caller_id_noop_in_any_state_and_for_other_peers(sp: Spool) -> None:
     batch.add(b"first", "job-1")
     batch.commit()
     [(_, _, name)] = sp.find_out("job-1")
-    sp.out_move("a", [name], "queued", "sent")
+    sp.mark_sent("a", [name])
     batch = sp.batch([A, B])
     batch.add(b"again", "job-1")
     assert batch.commit() == ["job-1"]
@@ -328,7 +329,7 @@ def test_commit_fault_leaves_nothing_partial(sp: Spool, monkeypatch: pytest.Monk
     batch = sp.batch(peers)
     for i in range(count):
         batch.add(f"payload {i}".encode())
-    owner = spool_mod if what == "syncfs" else os
+    owner = _fs if what == "syncfs" else os
     monkeypatch.setattr(owner, what, failing(getattr(owner, what), fail_on))
     with pytest.raises(TempFailError) as exc:
         batch.commit()
@@ -494,15 +495,15 @@ def test_purge_after_retention(sp: Spool) -> None:
     ids = put(sp, [b"q", b"s", b"p", b"d"])
     names = {i: sp.find_out(i)[0][2] for i in ids}
     q, s, p, d = ids
-    sp.out_move("a", [names[s], names[p]], "queued", "sent")
-    sp.out_move("a", [names[p]], "sent", "processed")
-    sp.out_fail("a", names[d], "too large", dead=True)
+    sp.mark_sent("a", [names[s], names[p]])
+    sp.mark_processed("a", [names[p]])
+    sp.kill("a", [names[d]], "too large")
     batch = sp.batch([A])
     batch.add(b"c", "caller-id")
     batch.commit()
     cname = sp.find_out("caller-id")[0][2]
-    sp.out_move("a", [cname], "queued", "sent")
-    sp.out_move("a", [cname], "sent", "processed")
+    sp.mark_sent("a", [cname])
+    sp.mark_processed("a", [cname])
     for i, ident in enumerate(["r1", "c1", "k1", "x1"]):
         assert _inbox_message(sp, "web1", ident, str(i).encode()) == "stored"
     claims = {c.ident: c for c in sp.claim("default", 3, 300)}
@@ -529,7 +530,7 @@ def test_purge_after_retention(sp: Spool) -> None:
 
 def _dead_entry(sp: Spool) -> None:
     [ident] = put(sp, [b"x"])
-    sp.out_move("a", [sp.find_out(ident)[0][2]], "queued", "dead")
+    sp.kill("a", [sp.find_out(ident)[0][2]], "given up")
 
 
 def test_purge_if_due_runs_at_most_every_so_often(spool_dir: Path) -> None:
@@ -565,7 +566,7 @@ def test_purge_respects_configured_retention(spool_dir: Path) -> None:
     sp = Spool(str(spool_dir), Config({"limits": {"retention": "1h"}}))
     [ident] = put(sp, [b"x"])
     name = sp.find_out(ident)[0][2]
-    sp.out_move("a", [name], "queued", "dead")
+    sp.kill("a", [name], "given up")
     assert sp.purge(now=time.time() + 1800) == 0
     assert sp.purge(now=time.time() + 3700) == 1
 
@@ -706,7 +707,7 @@ def test_expired_lease_returns_to_ready(sp: Spool) -> None:
     [c] = sp.claim("default", 1, 300)
     assert sp.claim("default", 1, 300) == [], "the lease holds"
     backdate(c.path, 1)
-    assert sp.sweep_channel("default") == 1
+    assert sp.leases.sweep_channel("default") == 1
     assert sp.find_in("web1", "e")[1] == "ready"  # type: ignore[index]
     assert sp.in_meta("default", "web1", "e")["error"] == "lease expired"
     [c2] = sp.claim("default", 1, 300)
@@ -770,13 +771,13 @@ def test_claimed_index(sp: Spool) -> None:
 def test_out_transitions_and_meta(sp: Spool) -> None:
     [i1, i2] = put(sp, [b"1", b"2"])
     n1, n2 = sp.find_out(i1)[0][2], sp.find_out(i2)[0][2]
-    assert sp.out_move("a", [n1, n2], "queued", "sent") == 2
-    assert sp.out_move("a", [n1], "queued", "sent") == 0, "already moved"
-    assert sp.out_move("a", [n1], "sent", "processed") == 1
-    sp.out_fail("a", n2, "connection refused", dead=False, src="sent")
+    assert sp.mark_sent("a", [n1, n2]) == 2
+    assert sp.mark_sent("a", [n1]) == 0, "already moved"
+    assert sp.mark_processed("a", [n1]) == 1
+    sp.record_failure("a", n2, "connection refused")
     assert sp.find_out(i2)[0][1] == "sent"
     assert sp.out_meta("a", i2)["attempts"] == 1
-    sp.out_fail("a", n2, "forbidden", dead=True, src="sent")
+    sp.kill("a", [n2], "forbidden", state="sent")
     assert sp.find_out(i2)[0][1] == "dead"
     meta = sp.out_meta("a", i2)
     assert meta["attempts"] == 2 and meta["error"] == "forbidden"
@@ -808,7 +809,7 @@ def test_read_header_detects_truncation_and_corrupt_moves_aside(sp: Spool) -> No
 
 @pytest.fixture
 def waiter(sp: Spool) -> Iterator[spool_mod.Waiter]:
-    w = sp.waiter("send.sock")
+    w = sp.wakeups.sender()
     yield w
     w.close()
 
@@ -847,22 +848,22 @@ def test_put_succeeds_when_the_wake_up_fails(
     def broken() -> Any:
         raise OSError(errno.EMFILE, "too many open files")
 
-    monkeypatch.setattr(spool_mod, "_wake_socket", broken)
+    monkeypatch.setattr(wake_mod, "_wake_socket", broken)
     [ident] = put(sp, [b"x"])
     assert [state for _, state, _ in sp.find_out(ident)] == ["queued"]
 
 
 def test_wake_counts_only_matching_waiters(sp: Spool, waiter: spool_mod.Waiter) -> None:
-    with sp.waiter("recv-default-1.sock") as r:
-        assert sp.wake("send") == 1
-        assert sp.wake("recv-default-") == 1
-        assert sp.wake("recv-other-") == 0
+    with sp.wakeups.waiter(wake_mod.recv_sock("default", 1)) as r:
+        assert sp.wakeups.wake("send") == 1
+        assert sp.wakeups.wake_consumers("default") == 1
+        assert sp.wakeups.wake_consumers("other") == 0
         assert r.wait(5) is True
     assert not os.path.exists(sp.path("wake", "recv-default-1.sock")), "close unbinds"
 
 
 def test_store_wakes_consumers_of_the_channel(sp: Spool) -> None:
-    with sp.waiter("recv-jobs-42.sock") as w:
+    with sp.wakeups.waiter(wake_mod.recv_sock("jobs", 42)) as w:
         _fill_inbox(sp, [("j", 5)], channel="jobs")
         assert w.wait(5) is True
 
@@ -870,7 +871,7 @@ def test_store_wakes_consumers_of_the_channel(sp: Spool) -> None:
 def _record_store(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the store's syncs and wake-ups, in order."""
     steps: list[str] = []
-    sync, wake = sp.sync, sp.wake
+    sync, wake = sp.sync, sp.wakeups.wake
 
     def spy_sync(fds: Any = (), dirs: Any = (), many: bool = False) -> None:
         dirs = list(dirs)
@@ -882,7 +883,7 @@ def _record_store(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return wake(prefix)
 
     monkeypatch.setattr(sp, "sync", spy_sync)
-    monkeypatch.setattr(sp, "wake", spy_wake)
+    monkeypatch.setattr(sp.wakeups, "wake", spy_wake)
     return steps
 
 
@@ -896,10 +897,10 @@ def test_store_wakes_consumers_between_the_index_sync_and_the_ready_sync(
 
 
 def test_store_syncs_ready_even_when_the_wake_up_fails(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(wake: str) -> list[str]:
+    def broken() -> list[str]:
         raise PermissionError(errno.EACCES, "wake/ unreadable")
 
-    monkeypatch.setattr(sp, "_waiting", broken)
+    monkeypatch.setattr(sp.wakeups, "_waiting", broken)
     steps = _record_store(sp, monkeypatch)
     _fill_inbox(sp, [("j", 5)])
     assert steps == ["sync web1", "wake", "sync ready"]
@@ -907,14 +908,14 @@ def test_store_syncs_ready_even_when_the_wake_up_fails(sp: Spool, monkeypatch: p
 
 
 def test_wake_removes_the_socket_of_a_dead_waiter(sp: Spool) -> None:
-    w = sp.waiter("send.sock")
+    w = sp.wakeups.sender()
     w.sock.close()  # its owner died without unbinding
-    assert sp.wake("send") == 0
+    assert sp.wakeups.wake("send") == 0
     assert not os.path.exists(sp.path("wake", "send.sock"))
 
 
 def test_put_without_any_sender_costs_nothing(sp: Spool) -> None:
-    assert sp.wake("send") == 0
+    assert sp.wakeups.wake("send") == 0
     t0 = time.monotonic()
     put(sp, [b"x"])
     assert time.monotonic() - t0 < 5
@@ -924,10 +925,10 @@ def test_wake_by_name_needs_no_listing(sp: Spool, monkeypatch: pytest.MonkeyPatc
     def no_listing(path: str) -> list[str]:
         raise AssertionError(f"listed {path}")
 
-    monkeypatch.setattr(spool_mod.os, "listdir", no_listing)
-    assert sp.wake_one(spool_mod.SEND_SOCK) == 0, "nobody waits"
-    with sp.waiter("send.sock") as w:
-        assert sp.wake_one(spool_mod.SEND_SOCK) == 1
+    monkeypatch.setattr(os, "listdir", no_listing)
+    assert sp.wakeups.wake_sender() == 0, "nobody waits"
+    with sp.wakeups.sender() as w:
+        assert sp.wakeups.wake_sender() == 1
         assert w.wait(5) is True
 
 
@@ -940,9 +941,9 @@ def _age(folder: str, seconds: float) -> int:
 def test_wake_reaches_a_waiter_that_came_after_a_kept_listing(sp: Spool) -> None:
     wake = sp.path("wake")
     _age(wake, 10)  # settled: the listing is kept
-    assert sp.wake("recv-x-") == 0
-    with sp.waiter("recv-x-1.sock") as w:
-        assert sp.wake("recv-x-") == 1, "the bind changed the folder: listed again"
+    assert sp.wakeups.wake_consumers("x") == 0
+    with sp.wakeups.waiter(wake_mod.recv_sock("x", 1)) as w:
+        assert sp.wakeups.wake_consumers("x") == 1, "the bind changed the folder: listed again"
         assert w.wait(5) is True
 
 
@@ -951,10 +952,10 @@ def test_wake_keeps_no_listing_of_a_folder_changed_just_now(sp: Spool) -> None:
     # a listing of a folder that changed a moment ago must not be kept.
     wake = sp.path("wake")
     mtime = _age(wake, 0.01)
-    assert sp.wake("recv-x-") == 0
-    with sp.waiter("recv-x-1.sock") as w:
+    assert sp.wakeups.wake_consumers("x") == 0
+    with sp.wakeups.waiter(wake_mod.recv_sock("x", 1)) as w:
         os.utime(wake, ns=(mtime, mtime))  # the same mtime as at the listing
-        assert sp.wake("recv-x-") == 1
+        assert sp.wakeups.wake_consumers("x") == 1
         assert w.wait(5) is True
 
 
@@ -1155,12 +1156,12 @@ def test_purge_sweeps_entries_a_crash_left_mid_upload_twice_a_day(sp: Spool) -> 
     assert os.path.exists(old)
 
 
-def test_out_move_finishes_a_move_a_crash_left_half_done(sp: Spool) -> None:
+def test_mark_sent_finishes_a_move_a_crash_left_half_done(sp: Spool) -> None:
     [ident] = put(sp, [b"twice"])
     [(peer, _, name)] = sp.find_out(ident)
     queued, sent = sp.path("out", peer, "queued", name), sp.path("out", peer, "sent", name)
     os.link(queued, sent)  # killed between the link and the unlink
-    assert sp.out_move(peer, [name], "queued", "sent") == 1
+    assert sp.mark_sent(peer, [name]) == 1
     assert sp.find_out(ident) == [(peer, "sent", name)]
     assert Path(sent).read_bytes().endswith(b"twice")
 
@@ -1181,13 +1182,13 @@ def _write_in_pieces(path: str, data: bytes, pieces: list[int]) -> spool_mod.Dir
 
 @pytest.mark.parametrize(
     "size",
-    [0, 1, spool_mod.DIRECT_BLOCK - 1, spool_mod.DIRECT_BLOCK, 3 * spool_mod.DIRECT_BLOCK + 12345],
+    [0, 1, _fs.DIRECT_BLOCK - 1, _fs.DIRECT_BLOCK, 3 * _fs.DIRECT_BLOCK + 12345],
 )
 def test_direct_writer_is_byte_exact(tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
     path = str(tmp_path / "big")
     # odd pieces: block boundaries fall inside writes, and some writes are empty
-    _write_in_pieces(path, data, [7, 0, spool_mod.DIRECT_BLOCK + 3, 65536])
+    _write_in_pieces(path, data, [7, 0, _fs.DIRECT_BLOCK + 3, 65536])
     assert Path(path).read_bytes() == data
 
 
@@ -1206,8 +1207,8 @@ def test_direct_writer_on_tmpfs(tmp_path: Path) -> None:
     from helpers import tmpfs
 
     with tmpfs(tmp_path / "mnt", "size=16m") as mnt:
-        data = os.urandom(2 * spool_mod.DIRECT_BLOCK + 99)
-        _write_in_pieces(str(mnt / "big"), data, [spool_mod.DIRECT_BLOCK // 2])
+        data = os.urandom(2 * _fs.DIRECT_BLOCK + 99)
+        _write_in_pieces(str(mnt / "big"), data, [_fs.DIRECT_BLOCK // 2])
         assert (mnt / "big").read_bytes() == data
 
 
@@ -1217,7 +1218,7 @@ def test_direct_writer_full_disk_raises(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "mnt", "size=2m") as mnt:
         w = spool_mod.DirectWriter(str(mnt / "big"))
         with pytest.raises(OSError) as exc:
-            w.write(os.urandom(4 * spool_mod.DIRECT_BLOCK))
+            w.write(os.urandom(4 * _fs.DIRECT_BLOCK))
             w.close()
         assert exc.value.errno == errno.ENOSPC
         if w.fd >= 0:
@@ -1287,7 +1288,7 @@ def test_out_names_moves_strays_in_queued_to_corrupt(sp: Spool) -> None:
         assert [n.split(",", 1)[1] for n in names] == [ident]
     assert _corrupt_names(sp) == {f"out=a=queued={n}{w}" for n in STRAYS for w in ("", ".why")}
     assert sp.out_any("a", "queued")
-    sp.out_move("a", names, "queued", "sent")
+    sp.mark_sent("a", names)
     _touch_strays(sp.path("out", "a", "queued"), ("LATER",))
     assert not sp.out_any("a", "queued"), "a stray is no queued message"
 
@@ -1336,7 +1337,7 @@ def test_a_stray_that_cannot_be_moved_is_skipped(sp: Spool) -> None:
 def test_a_huge_lease_is_clamped_not_an_overflow(sp: Spool) -> None:
     _fill_inbox(sp, [("l", 5)])
     [c] = sp.claim("default", 1, 1e20)
-    assert c.expiry == spool_mod.MAX_STAMP
+    assert c.expiry == _layout.MAX_STAMP
     assert os.stat(c.path).st_mtime > time.time() + FAR_FUTURE  # the filesystem may clamp further
     assert c.renew(1e20) is True
     assert sp.claim("default", 1, 300) == [], "the lease holds"
@@ -1358,7 +1359,7 @@ def test_a_release_whose_due_time_fails_changes_nothing(sp: Spool, monkeypatch: 
     def refuse(*_a: Any, **_k: Any) -> None:
         raise OSError(errno.EPERM, "no")
 
-    monkeypatch.setattr(spool_mod.os, "utime", refuse)
+    monkeypatch.setattr(os, "utime", refuse)
     with pytest.raises(OSError):
         sp.finish("default", c.name, "release", delay=60)
     monkeypatch.undo()
@@ -1388,7 +1389,7 @@ def _check_both(box: str, name: str) -> None:
     """Few names are checked in Python (no `re` import at start-up), many by NAME_PATTERNS."""
     import re
 
-    stray = re.fullmatch(spool_mod.NAME_PATTERNS[box], name) is None
+    stray = re.fullmatch(_layout.NAME_PATTERNS[box], name) is None
     assert bool(spool_mod.stray_test(box, 1)(name)) == stray, name
     assert bool(spool_mod.stray_test(box, 10**6)(name)) == stray, name
     if not stray:
@@ -1406,5 +1407,5 @@ def test_the_python_and_regex_name_checks_agree(box: str, name: str) -> None:
 @given(data=st.data())
 def test_the_python_and_regex_name_checks_agree_on_any_name(box: str, data: st.DataObject) -> None:
     near = st.text(st.sampled_from("0123456789abcdefA,.z \n"), min_size=14, max_size=22)
-    valid = st.from_regex(spool_mod.NAME_PATTERNS[box], fullmatch=True)
+    valid = st.from_regex(_layout.NAME_PATTERNS[box], fullmatch=True)
     _check_both(box, data.draw(st.one_of(near, valid)))

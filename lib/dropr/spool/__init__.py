@@ -1,0 +1,332 @@
+"""The spool: the only code that creates, renames, links or unlinks spool files.
+
+Layout (one filesystem; ``tmp`` must be on the same one as everything else, or
+rename and link could not be atomic)::
+
+    node                         this node's name, fixed at first use
+    dropr.toml                   optional config
+    tmp/                         files being written; swept when untouched for 36 h
+    ids/<id>                     symlink -> "{p}{arrival}" for caller-chosen outbox ids
+    out/<peer>/url               where the peer is
+    out/<peer>/peer.json         backoff, last success, last error (write .new, rename)
+    out/<peer>/<state>/<name>    state: queued sent processed dead; hard links of one file
+    out/<peer>/meta/<id>         attempts and last error of one message (written on failure)
+    out/<peer>/ttl               empty: a message with a TTL was put for the peer
+    in/<channel>/<state>/<name>  state: ready wait claimed done dead
+    in/<channel>/meta/<origin>,<id>  returns, failures, last error
+    rcv/<origin>/<id>            every received id: a hard link of the message for a generated
+                                 id (its inbox name follows from the id; the upload is written
+                                 there), a symlink -> "{channel}/{p}{created}" for a chosen one
+    corrupt/                     unreadable files moved aside, and strays: files in a state
+                                 folder with no message name (_layout.message_names)
+    wake/                        datagram sockets of waiting senders and consumers
+    lock/                        send.lock (one sender), rcv-<origin>.lock (one committer)
+
+Names: outbox ``{p}{arrival:013x},{id}``, inbox ``{p}{created:013x},{origin},{id}``
+where created is the origin's put time, so the inbox keeps the origin's order
+(``message``). An outbox file is a 256-byte header and the payload; an inbox file
+is the payload alone. Nothing is modified after its final rename, except the
+mtime of ``claimed`` (the lease expiry) and ``wait`` (when due) entries.
+
+State table. Each transition is one rename, or a link then an unlink ("move", see
+FS.move) where only one process moves the file; "crash" says what a kill -9 or power
+loss between the steps leaves, and what recovery makes of it.
+
+===========  ==================================  ==================================================
+transition   steps                               crash windows
+===========  ==================================  ==================================================
+put          write tmp/F (header+payload);       before sync 1: tmp leftover, swept by age; nothing
+             sync 1; [symlink ids/ID];           was printed. After link to some peers only: those
+             link F to out/P/queued/N per peer;  peers get it, id never printed (retry with --id to
+             unlink F; wake the sender; sync 2;  be exact); so may the peers of a put whose sync 2
+             print ids                           failed. A dangling ids/ symlink (crash before
+                                                 the link) is older than 60 s and replaced.
+sent         move queued/N -> sent/N             before: sent again, the peer answers duplicate.
+                                                 Between link and unlink: in both; sent again
+                                                 (duplicate), and the next move drops queued/N.
+processed    move sent/N -> processed/N          before: the next status poll does it again.
+dead (out)   write meta/ID; move -> dead/N       before the move: still queued, meta says why.
+store (in)   write rcv/O/ID (generated id: made  the receiver holds lock/rcv-O.lock from the
+             O_EXCL, and still this upload's     index check to sync 2, so a duplicate is never
+             at the lock) or tmp/F; lock origin; answered before the first copy is durable, and
+             for tmp/F, link (or symlink)        no message is in the inbox before its index
+             rcv/O/ID, EEXIST: duplicate; sync 1 entry. An rcv entry whose message is nowhere
+             (F and rcv/O); link F -> ready/N;   (a crash before the link into ready) is
+             unlink tmp/F; wake consumers;       replaced under the lock; the sender resends.
+             sync 2; unlock; answer "stored"     The tmp sweep drops a stray tmp/F, and its rcv/
+                                                 hard link when only the two hold it; purge
+                                                 drops rcv/ files no inbox state links,
+                                                 untouched 36 h (an upload cut by a crash).
+claim        utime(ready/N, lease end);          between: the file sits in ready with a future
+             rename -> claimed/N; utime again    mtime, which ready ignores; after: a lease that is
+                                                 already set, so no sweeper can take it back early.
+ack          rename claimed/N -> done/N          before: the lease expires, redelivered (at least
+                                                 once).
+release      [utime(claimed/N, due)]; write      before the rename: the lease expires (at the due
+             meta; rename claimed/N -> ready/N   time, if set) and the count is raised once more
+             or wait/N                           (an over-count by one).
+reject       write meta; rename -> dead/N        as release.
+expire       write meta; rename claimed/N ->     two sweepers: one rename wins, the other gets
+             ready/N                             ENOENT and skips.
+due          rename wait/N -> ready/N            idempotent.
+purge        unlink done|processed|dead after    leftovers of a purge are purged again.
+             retention (ctime age), meta, index
+===========  ==================================  ==================================================
+
+Where each transition is: put PutBatch.commit; sent, processed, dead (out)
+Outbox.mark_sent, mark_processed, kill; store Inbox.store; claim to due the table
+leases.ACTIONS; purge Retention.purge.
+
+Syncing: "sync" is fsync of each written file and each touched directory for a
+few messages, and one syncfs(2) of the spool's filesystem for the files of a batch
+(group commit): the data of every file before any of its names, every name before
+the caller hears "stored". A sync of names alone (sync 2) fsyncs the few folders
+they are in, even for a batch: a syncfs would wait for every other writer's data.
+
+Modules, one per concern; the transitions above are named functions in them:
+
+    _fs.py        the I/O seam: every create, write, sync, rename, link, unlink, mkdir,
+                  symlink and utime of the spool (FS; TracingFS records and fails them)
+    _layout.py    the folders, states and limits; listing state folders, telling strays
+    outbox.py     put (PutBatch), lookups; mark_sent, mark_processed, record_failure, kill
+    inbox.py      the one store path (open_part, store, unreceive), lookups, receipts
+    leases.py     claim, ack, release, fail, reject, expire, due: a (state, event) table
+    wake.py       wake-up sockets and every name they are bound under
+    retention.py  purge, the tmp/ and rcv/ sweeps, corrupt/ and strays
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import message as m
+from ..config import Config, Peer
+from ..errors import ConfigError, NotFoundError, TempFailError, from_oserror
+from . import _fs
+from ._fs import GROUP_MODES, PRIVATE_MODES, DirectWriter, free_bytes, syncfs, write_all
+from ._layout import (
+    CHUNK,
+    DIRECT_MIN,
+    IN_STATES,
+    OUT_STATES,
+    PURGE_CHECK,
+    PURGE_EVERY,
+    STRAY_WHY,
+    SYNC_EACH_MAX,
+    TMP_MAX_AGE,
+    TOP,
+    stray_test,
+)
+from .inbox import Inbox, Part
+from .leases import ACTIONS, Claim, Leases
+from .outbox import Outbox, PutBatch
+from .retention import Retention
+from .wake import SEND_SOCK, Waiter, Wakeups
+
+TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+
+class Spool:
+    """One spool directory: its root, node name, paths and syncs, and one object per concern.
+
+    The concerns are ``outbox``, ``inbox``, ``leases``, ``wakeups`` and ``retention``;
+    the methods callers use are bound here under the names they have always had.
+    ``fs`` is the I/O seam every file operation goes through (``_fs.FS``).
+    """
+
+    def __init__(
+        self, root: str, config: Config | None = None, *, create: bool = True, fs: _fs.FS | None = None
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self.config = config or Config()
+        self.fs = fs if fs is not None else _fs.FS()
+        self.fs.file_mode, self.fs.dir_mode = GROUP_MODES if self.config.group is not None else PRIVATE_MODES
+        self.tmp = os.path.join(self.root, "tmp")
+        if create:
+            self._init_dirs()
+        elif not os.path.isdir(self.tmp):
+            raise NotFoundError(f"no spool at {self.root}; put a message first or pass --spool")
+        self.node = _fix_node(self.fs, self.root, os.environ.get("DROPR_NODE") or self.config.node or "")
+        self._tmpseq = 0
+        self.ids = m.IdMaker()
+        self.wakeups = Wakeups(self.path("wake"))
+        self.retention = Retention(self)
+        self.outbox = ob = Outbox(self)
+        self.inbox = ib = Inbox(self)
+        self.leases = le = Leases(self)
+        # The names callers use, bound once (no call layer on the hot paths):
+        self.peer_dir = ob.peer_dir
+        self.find_out = ob.find
+        self.out_peers = ob.peers
+        self.out_names = ob.names
+        self.out_has_ttl = ob.has_ttl
+        self.out_changed = ob.changed
+        self.out_any = ob.any
+        self.out_meta = ob.meta
+        self.out_note = ob.note
+        self.peer_url = ob.url
+        self.peer_state = ob.peer_state
+        self.set_peer_state = ob.set_peer_state
+        self.read_header = ob.read_header
+        self.peek = ob.peek
+        self.mark_sent = ob.mark_sent
+        self.mark_processed = ob.mark_processed
+        self.record_failure = ob.record_failure
+        self.kill = ob.kill
+        self.channel_dir = ib.channel_dir
+        self.channels = ib.channels
+        self.origins = ib.origins
+        self.find_in = ib.find
+        self.in_names = ib.names
+        self.in_meta = ib.meta
+        self.in_status = ib.status
+        self.open_part = ib.open_part
+        self.receive_file = ib.receive_file
+        self.unreceive = ib.unreceive
+        self.store = ib.store
+        self.claim = le.claim
+        self.finish = le.finish
+        self.forget_ready = le.forget_ready
+        self.claimed_index = le.claimed_index
+        self.waiter = self.wakeups.waiter
+        self.purge = self.retention.purge
+        self.purge_if_due = self.retention.purge_if_due
+        self.corrupt = self.retention.corrupt
+
+    def _init_dirs(self) -> None:
+        if os.path.isdir(os.path.join(self.root, "wake")):
+            return
+        group = self.config.group
+        gid = group_id(group) if group is not None and not os.path.isdir(self.root) else -1
+        try:
+            if self.fs.mkdirs(self.root) and group is not None:
+                self._give_to_group(group, gid)
+            for sub in TOP:
+                self.fs.mkdirs(os.path.join(self.root, sub))
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot create spool {self.root}") from None
+
+    def _give_to_group(self, group: str, gid: int) -> None:
+        """Make a new spool root the operators' group's, set-group-ID (see GROUP_MODES)."""
+        try:
+            self.fs.give_to_group(self.root, gid)
+        except PermissionError:
+            raise ConfigError(
+                f"cannot give spool {self.root} to group {group!r}: this user is not in it; "
+                "add the user to the group or drop group from the config"
+            ) from None
+
+    def path(self, *parts: str) -> str:
+        """Return a path inside the spool (parts are names, never absolute)."""
+        return "/".join((self.root, *parts))
+
+    def tmp_name(self, tag: str) -> str:
+        """Return a fresh path in tmp/ unique to this process."""
+        self._tmpseq += 1
+        return f"{self.tmp}/{os.getpid()}.{self._tmpseq}.{tag}"
+
+    def sync(self, fds: Iterable[int] = (), dirs: Iterable[str] = (), many: bool = False) -> None:
+        """Make written files and names durable: fsync each, or one syncfs for many."""
+        fs = self.fs
+        if many:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fs.syncfs(fd)
+            finally:
+                os.close(fd)
+            return
+        for fd in fds:
+            fs.fsync(fd)
+        for d in dirs:
+            fs.fsync_dir(d)
+
+    def batch(
+        self, peers: list[Peer], *, channel: str = "default", priority: int = 5, ttl: float = 0
+    ) -> PutBatch:
+        """Start a batch of messages to put durably in one commit."""
+        return PutBatch(self, peers, channel=channel, priority=priority, ttl=ttl)
+
+
+def group_id(group: str) -> int:
+    """Return the id of a group given by name or number, or raise ConfigError."""
+    import grp
+
+    try:
+        return grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"unknown group {group!r} in the config; create it or fix group") from None
+
+
+def _fix_node(fs: _fs.FS, root: str, wanted: str) -> str:
+    """Return the spool's node name, fixing it at first use (wanted, or the host's name)."""
+    path = os.path.join(root, "node")
+    try:
+        with open(path, encoding="ascii") as f:
+            node = f.read().strip()
+    except FileNotFoundError:
+        node = ""
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot read {path}") from None
+    if node:
+        if wanted and wanted != node:
+            raise ConfigError(
+                f"spool {root} belongs to node {node!r}, not {wanted!r}; the node name is fixed at first use"
+            )
+        return node
+    node = wanted or _safe_hostname()
+    try:
+        m.check_name(node, "node")
+    except ValueError as exc:
+        raise ConfigError(f"bad node name {node!r}: {exc}; set node in the config") from None
+    tmp = os.path.join(root, "tmp", f"node.{os.getpid()}")
+    try:
+        fs.write_file(tmp, node + "\n", flags=os.O_TRUNC)
+        fs.link(tmp, path)  # link, not rename: the first writer wins, all agree
+        fs.fsync_dir(root)
+    except FileExistsError:
+        with open(path, encoding="ascii") as f:
+            node = f.read().strip()
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot fix the node name in {path}") from None
+    finally:
+        try:
+            fs.unlink(tmp)
+        except OSError:
+            pass
+    return node
+
+
+def _safe_hostname() -> str:
+    host = os.uname().nodename.split(".")[0] or "localhost"
+    return "".join(c if c.isalnum() or c in "_-" else "-" for c in host)[: m.MAX_NAME].lstrip("-.")
+
+
+__all__ = [
+    "ACTIONS",
+    "CHUNK",
+    "DIRECT_MIN",
+    "GROUP_MODES",
+    "IN_STATES",
+    "OUT_STATES",
+    "PRIVATE_MODES",
+    "PURGE_CHECK",
+    "PURGE_EVERY",
+    "SEND_SOCK",
+    "STRAY_WHY",
+    "SYNC_EACH_MAX",
+    "TMP_MAX_AGE",
+    "Claim",
+    "DirectWriter",
+    "Part",
+    "PutBatch",
+    "Spool",
+    "TempFailError",
+    "Waiter",
+    "free_bytes",
+    "group_id",
+    "stray_test",
+    "syncfs",
+    "write_all",
+]
