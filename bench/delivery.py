@@ -214,7 +214,7 @@ def latency(ctx: Ctx) -> None:
 
 def _latency_run(ctx: Ctx, root: Path, n: int) -> None:
     from dropr.config import Config, Peer
-    from dropr.spool import Spool
+    from dropr.spool import Spool, wake
 
     srv = Server(ctx, root / "B")
     a_spool = root / "A"
@@ -230,7 +230,7 @@ def _latency_run(ctx: Ctx, root: Path, n: int) -> None:
         b.channel_dir("default")
         lat: list[float] = []
         puts: list[float] = []
-        with b.waiter("recv-default-bench.sock") as w:
+        with b.wakeups.waiter(wake.recv_sock("default", "bench")) as w:
             for _ in range(n):
                 w.drain()
                 t0 = time.perf_counter()
@@ -360,10 +360,12 @@ def _pipeline_run(ctx: Ctx, r: int, key: str, label: str, shell: str, target: fl
         procs.append(subprocess.Popen(["bash", "-c", consumer], env=_env(ctx, "b"), start_new_session=True))
         # The clock starts when both daemons wait for work (their wake-up sockets are
         # bound), as services that already run: the figure is the flow, not start-up.
+        from dropr.spool import wake
+
         deadline = time.monotonic() + 30
         while not (
-            (a / "wake" / "send.sock").exists()
-            and any(x.startswith("recv-default-") for x in os.listdir(b / "wake"))
+            (a / "wake" / wake.SEND_SOCK).exists()
+            and any(x.startswith(wake.recv_prefix("default")) for x in os.listdir(b / "wake"))
         ):
             if time.monotonic() > deadline:
                 raise RuntimeError("the sender or the consumer did not start")
@@ -371,9 +373,9 @@ def _pipeline_run(ctx: Ctx, r: int, key: str, label: str, shell: str, target: fl
         # Counting 10,000 names every 50 ms took ~4% of this 2-core machine from the
         # processes measured: count when the sender says receipts came in (the wake-up
         # dropr-put --wait sleeps on), and at least every 0.5 s.
-        from dropr.spool import Waiter
+        from dropr.spool import Waiter, wake
 
-        receipts = Waiter(str(a / "wake" / "put-bench.sock"))
+        receipts = Waiter(str(a / "wake" / wake.put_sock("bench")))
         t0 = time.perf_counter()
         _put_lines(ctx, a, srv.url, n)
         out = root / "A" / "out"

@@ -34,6 +34,9 @@ MAGIC = b"DROPR1"
 MAX_ID = 64
 MAX_NAME = 40
 
+NAME_PATTERNS = {"out": r"[0-9][0-9a-f]{13},[^,]+", "in": r"[0-9][0-9a-f]{13},[^,]+,[^,]+"}
+# the message names in the state folders of each box: what not_out_name and not_in_name check
+_DIGITS = frozenset("0123456789")
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _HEX = frozenset("0123456789abcdef")
 
@@ -120,6 +123,23 @@ def in_name_of(prefix: str, origin: str, ident: str) -> str:
 def prefix_time(prefix: str) -> int:
     """Return the µs time of a name's prefix "{p}{time:013x}"."""
     return int(prefix[1:], 16)
+
+
+def not_out_name(name: str) -> bool:
+    """Whether name is no outbox name: NAME_PATTERNS["out"] in Python (0.4 µs a name)."""
+    return (
+        len(name) < 16 or name[14] != "," or name[0] not in _DIGITS
+        or not _HEX.issuperset(name[1:14]) or name.count(",") != 1
+    )  # fmt: skip
+
+
+def not_in_name(name: str) -> bool:
+    """Whether name is no inbox name: NAME_PATTERNS["in"] in Python."""
+    return (
+        len(name) < 18 or name[14] != "," or name[0] not in _DIGITS
+        or not _HEX.issuperset(name[1:14]) or name.count(",") != 2
+        or ",," in name or name[-1] == ","
+    )  # fmt: skip
 
 
 def parse_out_name(name: str) -> tuple[int, int, str]:

@@ -1389,7 +1389,7 @@ def _check_both(box: str, name: str) -> None:
     """Few names are checked in Python (no `re` import at start-up), many by NAME_PATTERNS."""
     import re
 
-    stray = re.fullmatch(_layout.NAME_PATTERNS[box], name) is None
+    stray = re.fullmatch(m.NAME_PATTERNS[box], name) is None
     assert bool(spool_mod.stray_test(box, 1)(name)) == stray, name
     assert bool(spool_mod.stray_test(box, 10**6)(name)) == stray, name
     if not stray:
@@ -1407,5 +1407,5 @@ def test_the_python_and_regex_name_checks_agree(box: str, name: str) -> None:
 @given(data=st.data())
 def test_the_python_and_regex_name_checks_agree_on_any_name(box: str, data: st.DataObject) -> None:
     near = st.text(st.sampled_from("0123456789abcdefA,.z \n"), min_size=14, max_size=22)
-    valid = st.from_regex(_layout.NAME_PATTERNS[box], fullmatch=True)
+    valid = st.from_regex(m.NAME_PATTERNS[box], fullmatch=True)
     _check_both(box, data.draw(st.one_of(near, valid)))

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dropr import message as m
+from dropr import spool as spool_mod
 from dropr.config import Peer
 from dropr.errors import DroprError
 from dropr.spool import Spool
-from dropr.spool._fs import TracingFS
+from dropr.spool._trace import TracingFS
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
@@ -125,3 +128,41 @@ def test_an_fsync_that_fails_mid_put_leaves_the_spool_unchanged(spool_dir: Path)
         put_one(sp)
     assert snapshot(sp) == before
     assert ("fsync", fs.ops[0][1]) in fs.ops and not any(op[0] == "link" for op in fs.ops)
+
+
+# -- the facade ----------------------------------------------------------------
+
+
+def test_a_put_loads_no_inbox_lease_or_retention_code(tmp_path: Path) -> None:
+    # Start-up counts for dropr-put (a process per message in shell loops): the
+    # concerns it never uses are imported at their first use.
+    code = (
+        "import sys\n"
+        "from dropr.config import Peer\n"
+        "from dropr.spool import Spool\n"
+        f"b = Spool({str(tmp_path / 'spool')!r}).batch([Peer('a', 'http://127.0.0.1:9/')])\n"
+        "b.add(b'x')\n"
+        "b.commit()\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('dropr.spool'))))\n"
+    )
+    lib = Path(__file__).resolve().parents[2] / "lib"
+    env = {"DROPR_NODE": "t", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib)}
+    p = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    assert p.stdout.split() == [
+        b"dropr.spool",
+        b"dropr.spool._fs",
+        b"dropr.spool._layout",
+        b"dropr.spool.outbox",
+        b"dropr.spool.wake",
+    ]
+
+
+def test_the_facade_binds_each_late_name_to_its_concern(spool_dir: Path) -> None:
+    sp = Spool(str(spool_dir))
+    for name, (concern, attr) in spool_mod._LAZY.items():
+        assert getattr(sp, name) == getattr(getattr(sp, concern), attr), name
+        assert name in vars(sp), f"{name} is bound once, not looked up on every call"
+    with pytest.raises(AttributeError):
+        sp.no_such_name  # type: ignore[attr-defined]  # noqa: B018
+    assert spool_mod.Claim.__module__ == "dropr.spool.leases"

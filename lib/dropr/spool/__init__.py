@@ -103,7 +103,7 @@ from .. import message as m
 from ..config import Config, Peer
 from ..errors import ConfigError, NotFoundError, TempFailError, from_oserror
 from . import _fs
-from ._fs import GROUP_MODES, PRIVATE_MODES, DirectWriter, free_bytes, syncfs, write_all
+from ._fs import GROUP_MODES, PRIVATE_MODES, DirectWriter, free_bytes, syncfs
 from ._layout import (
     CHUNK,
     DIRECT_MIN,
@@ -117,15 +117,58 @@ from ._layout import (
     TOP,
     stray_test,
 )
-from .inbox import Inbox, Part
-from .leases import ACTIONS, Claim, Leases
 from .outbox import Outbox, PutBatch
-from .retention import Retention
 from .wake import SEND_SOCK, Waiter, Wakeups
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Any
+
+    from .inbox import Inbox, Part
+    from .leases import ACTIONS, Claim, Leases
+    from .retention import Retention
+
+# The concerns dropr-put never uses (inbox, leases, retention) are imported at their
+# first use: each module costs about 0.3 ms of start-up. See Spool.__getattr__.
+_LAZY = {  # Spool attribute -> (concern, its attribute), bound at first use
+    "channel_dir": ("inbox", "channel_dir"),
+    "channels": ("inbox", "channels"),
+    "origins": ("inbox", "origins"),
+    "find_in": ("inbox", "find"),
+    "in_names": ("inbox", "names"),
+    "in_meta": ("inbox", "meta"),
+    "in_status": ("inbox", "status"),
+    "open_part": ("inbox", "open_part"),
+    "receive_file": ("inbox", "receive_file"),
+    "unreceive": ("inbox", "unreceive"),
+    "store": ("inbox", "store"),
+    "claim": ("leases", "claim"),
+    "finish": ("leases", "finish"),
+    "forget_ready": ("leases", "forget_ready"),
+    "claimed_index": ("leases", "claimed_index"),
+    "purge": ("retention", "purge"),
+    "purge_if_due": ("retention", "purge_if_due"),
+    "corrupt": ("retention", "corrupt"),
+}
+
+
+if not TYPE_CHECKING:  # hidden from mypy, which sees the imports above instead
+
+    def __getattr__(name: str) -> Any:
+        """Import Part, Claim and ACTIONS at their first use (see _LAZY)."""
+        if name == "Part":
+            from . import inbox
+
+            value = inbox.Part
+        elif name in ("Claim", "ACTIONS"):
+            from . import leases
+
+            value = getattr(leases, name)
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        globals()[name] = value
+        return value
 
 
 class Spool:
@@ -152,11 +195,9 @@ class Spool:
         self._tmpseq = 0
         self.ids = m.IdMaker()
         self.wakeups = Wakeups(self.path("wake"))
-        self.retention = Retention(self)
         self.outbox = ob = Outbox(self)
-        self.inbox = ib = Inbox(self)
-        self.leases = le = Leases(self)
-        # The names callers use, bound once (no call layer on the hot paths):
+        # The names callers use, bound once (no call layer on the hot paths); those of
+        # inbox, leases and retention are bound by __getattr__ at their first use.
         self.peer_dir = ob.peer_dir
         self.find_out = ob.find
         self.out_peers = ob.peers
@@ -175,25 +216,43 @@ class Spool:
         self.mark_processed = ob.mark_processed
         self.record_failure = ob.record_failure
         self.kill = ob.kill
-        self.channel_dir = ib.channel_dir
-        self.channels = ib.channels
-        self.origins = ib.origins
-        self.find_in = ib.find
-        self.in_names = ib.names
-        self.in_meta = ib.meta
-        self.in_status = ib.status
-        self.open_part = ib.open_part
-        self.receive_file = ib.receive_file
-        self.unreceive = ib.unreceive
-        self.store = ib.store
-        self.claim = le.claim
-        self.finish = le.finish
-        self.forget_ready = le.forget_ready
-        self.claimed_index = le.claimed_index
         self.waiter = self.wakeups.waiter
-        self.purge = self.retention.purge
-        self.purge_if_due = self.retention.purge_if_due
-        self.corrupt = self.retention.corrupt
+        if TYPE_CHECKING:  # what __getattr__ makes, as mypy should see it
+            self.inbox = Inbox(self)
+            self.leases = Leases(self)
+            self.retention = Retention(self)
+            ib, le, rt = self.inbox, self.leases, self.retention
+            self.channel_dir, self.channels, self.origins = ib.channel_dir, ib.channels, ib.origins
+            self.find_in, self.in_names, self.in_meta, self.in_status = ib.find, ib.names, ib.meta, ib.status
+            self.open_part, self.receive_file, self.unreceive = ib.open_part, ib.receive_file, ib.unreceive
+            self.store = ib.store
+            self.claim, self.finish, self.forget_ready = le.claim, le.finish, le.forget_ready
+            self.claimed_index = le.claimed_index
+            self.purge, self.purge_if_due, self.corrupt = rt.purge, rt.purge_if_due, rt.corrupt
+
+    if not TYPE_CHECKING:  # hidden from mypy, which sees the attributes __init__ declares
+
+        def __getattr__(self, name: str) -> Any:
+            """Make a concern (inbox, leases, retention) or bind a name of one, at first use."""
+            if name == "inbox":
+                from .inbox import Inbox
+
+                value: Any = Inbox(self)
+            elif name == "leases":
+                from .leases import Leases
+
+                value = Leases(self)
+            elif name == "retention":
+                from .retention import Retention
+
+                value = Retention(self)
+            elif name in _LAZY:
+                concern, attr = _LAZY[name]
+                value = getattr(getattr(self, concern), attr)
+            else:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            self.__dict__[name] = value  # found there from now on: no second call here
+            return value
 
     def _init_dirs(self) -> None:
         if os.path.isdir(os.path.join(self.root, "wake")):
@@ -231,11 +290,7 @@ class Spool:
         """Make written files and names durable: fsync each, or one syncfs for many."""
         fs = self.fs
         if many:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                fs.syncfs(fd)
-            finally:
-                os.close(fd)
+            fs.syncfs(self.root)
             return
         for fd in fds:
             fs.fsync(fd)
@@ -328,5 +383,4 @@ __all__ = [
     "group_id",
     "stray_test",
     "syncfs",
-    "write_all",
 ]

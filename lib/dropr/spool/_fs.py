@@ -2,7 +2,7 @@
 
 The spool creates, writes, syncs, links, renames and unlinks through one ``FS``
 object (``Spool.fs``), and nowhere else; reads (stat, listdir, readlink) are
-direct. A test installs another FS (``Spool(root, fs=...)``): ``TracingFS``
+direct. A test installs another FS (``Spool(root, fs=...)``): ``_trace.TracingFS``
 records each operation with its path(s), and the path of the descriptor for
 write and fsync, and can make any of them fail. A crash-state explorer replays
 such a record.
@@ -20,7 +20,6 @@ import os
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
 PRIVATE_MODES = (0o600, 0o700)  # files, folders: no other local user reads a payload (as mail queues)
@@ -43,16 +42,6 @@ def syncfs(fd: int) -> None:
 
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
-
-
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    """Write every byte or raise: a nearly full disk may take only part of a write."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        view = view[n:]
 
 
 def free_bytes(path: str) -> int:
@@ -94,7 +83,7 @@ class FS:
         return os.pwrite(fd, data, offset)
 
     def write_all(self, fd: int, data: bytes | memoryview) -> None:
-        """Write every byte or raise (see write_all)."""
+        """Write every byte or raise: a nearly full disk may take only part of a write."""
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
@@ -110,9 +99,13 @@ class FS:
         """Make a file's data durable."""
         os.fdatasync(fd)
 
-    def syncfs(self, fd: int) -> None:
-        """Make everything written on the filesystem of fd durable."""
-        syncfs(fd)
+    def syncfs(self, path: str) -> None:
+        """Make everything written on the filesystem of a folder durable."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            syncfs(fd)
+        finally:
+            os.close(fd)
 
     def fsync_dir(self, path: str) -> None:
         """fsync a directory so the names in it are durable."""
@@ -244,68 +237,6 @@ def read_json(path: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-class TracingFS(FS):
-    """An FS that records every primitive as (name, path or paths) in ``ops`` and calls
-    ``hook(name, args)`` first, which may raise to inject a fault. A descriptor's
-    operations (write, fsync, close) record the path it was opened on."""
-
-    PRIMITIVES = (
-        "create", "open_sync", "close", "write", "pwrite", "fsync", "fdatasync", "syncfs",
-        "fsync_dir", "rename", "link", "unlink", "mkdir", "give_to_group", "symlink", "utime",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        hook: Callable[[str, tuple[Any, ...]], None] | None = None,
-        modes: tuple[int, int] = PRIVATE_MODES,
-    ) -> None:
-        super().__init__(modes)
-        self.ops: list[tuple[str, ...]] = []
-        self.hook = hook
-        self.fds: dict[int, str] = {}
-
-    def _do(self, name: str, args: tuple[Any, ...]) -> Any:
-        if name in _FD_OPS:
-            self.ops.append((name, self.fds.get(args[0], f"fd{args[0]}")))
-        elif name in ("rename", "link", "symlink", "give_to_group"):
-            self.ops.append((name, str(args[0]), str(args[1])))
-        else:
-            self.ops.append((name, str(args[0])))
-        if self.hook is not None:
-            self.hook(name, args)
-        result = getattr(FS, name)(self, *args)
-        if name in ("create", "open_sync"):
-            self.fds[result] = str(args[0])
-        elif name == "close":
-            self.fds.pop(args[0], None)
-        return result
-
-    def write_all(self, fd: int, data: bytes | memoryview) -> None:
-        """Write every byte, through write (so each write is recorded)."""
-        view = memoryview(data)
-        while view:
-            n = self.write(fd, view)
-            if n <= 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            view = view[n:]
-
-
-_FD_OPS = frozenset(("close", "write", "pwrite", "fsync", "fdatasync", "syncfs"))
-
-
-def _traced(name: str) -> Callable[..., Any]:
-    def op(self: TracingFS, *args: Any) -> Any:
-        return self._do(name, args)
-
-    op.__name__ = name
-    op.__doc__ = getattr(FS, name).__doc__
-    return op
-
-
-for _name in TracingFS.PRIMITIVES:
-    setattr(TracingFS, _name, _traced(_name))
 
 
 class DirectWriter:

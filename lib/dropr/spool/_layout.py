@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from ..message import NAME_PATTERNS, not_in_name, not_out_name
+
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,12 +35,8 @@ MAX_STAMP = 253402300799.0  # 9999-12-31 23:59:59: the latest lease end or due t
 # a later one overflows time_t (OverflowError), and the kernel clamps this one to what the
 # filesystem holds (ext4: 2446, or 2038 with 128-byte inodes), without an error
 STRAY_WHY = "not a message name"  # the .why of a stray file moved out of a state folder
-NAME_PATTERNS = {"out": r"[0-9][0-9a-f]{13},[^,]+", "in": r"[0-9][0-9a-f]{13},[^,]+,[^,]+"}
-# the message names spool makes in the state folders of each box (see the docstring)
 REGEX_FROM = 20000  # names: fewer are checked in Python (0.4 µs a name) rather than by
 # NAME_PATTERNS (0.15 µs), whose `re` import would add 6 ms to a dropr-recv or dropr-ack
-_DIGITS = frozenset("0123456789")
-_HEX = frozenset("0123456789abcdef")
 
 _stray_tests: dict[str, Callable[[str], object]] = {}
 
@@ -75,23 +73,6 @@ def sorted_dirs(path: str) -> list[str]:
         return []
 
 
-def _out_stray(name: str) -> bool:
-    """Whether name is no outbox name: NAME_PATTERNS["out"] in Python."""
-    return (
-        len(name) < 16 or name[14] != "," or name[0] not in _DIGITS
-        or not _HEX.issuperset(name[1:14]) or name.count(",") != 1
-    )  # fmt: skip
-
-
-def _in_stray(name: str) -> bool:
-    """Whether name is no inbox name: NAME_PATTERNS["in"] in Python."""
-    return (
-        len(name) < 18 or name[14] != "," or name[0] not in _DIGITS
-        or not _HEX.issuperset(name[1:14]) or name.count(",") != 2
-        or ",," in name or name[-1] == ","
-    )  # fmt: skip
-
-
 def stray_test(box: str, count: int = REGEX_FROM) -> Callable[[str], object]:
     """Return a test that is true for a name that is no message name of box ("out", "in"),
     for checking count names.
@@ -100,7 +81,7 @@ def stray_test(box: str, count: int = REGEX_FROM) -> Callable[[str], object]:
     expression fails on a message name, so the usual case makes no match object.
     """
     if count < REGEX_FROM:
-        return _out_stray if box == "out" else _in_stray
+        return not_out_name if box == "out" else not_in_name
     test = _stray_tests.get(box)
     if test is None:
         import re

@@ -24,8 +24,8 @@ RECV_PREFIX = "recv-"
 WAKE_SETTLE = 0.1  # wake/ unchanged this long (seconds) has a listing worth keeping: see _waiting
 
 
-def put_sock(pid: int) -> str:
-    """Return the socket name of a waiting dropr-put."""
+def put_sock(pid: int | str) -> str:
+    """Return the socket name of a waiting dropr-put (pid, or a tag unique in the spool)."""
     return f"{PUT_PREFIX}{pid}.sock"
 
 
@@ -34,8 +34,8 @@ def recv_prefix(channel: str) -> str:
     return f"{RECV_PREFIX}{channel}-"
 
 
-def recv_sock(channel: str, pid: int) -> str:
-    """Return the socket name of a consumer of a channel."""
+def recv_sock(channel: str, pid: int | str) -> str:
+    """Return the socket name of a consumer of a channel (pid, or a tag unique in the spool)."""
     return f"{recv_prefix(channel)}{pid}.sock"
 
 
