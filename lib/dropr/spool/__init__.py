@@ -251,7 +251,9 @@ class Spool:
                 value = getattr(getattr(self, concern), attr)
             else:
                 raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-            self.__dict__[name] = value  # found there from now on: no second call here
+            # Found there from now on: no second call here. Two threads (dropr-serve's)
+            # may both make a concern at first: it holds only caches, so either serves.
+            self.__dict__[name] = value
             return value
 
     def _init_dirs(self) -> None:
