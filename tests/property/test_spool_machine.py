@@ -108,7 +108,7 @@ class SpoolMachine(RuleBasedStateMachine):
         choices = sorted((i, p) for i, msg in self.out.items() for p, s in msg.states.items() if s in states)
         return data.draw(st.sampled_from(choices)) if choices else None
 
-    def _out_move(self, data: st.DataObject, src: str | tuple[str, ...], dst: str) -> None:
+    def _out_step(self, data: st.DataObject, src: str | tuple[str, ...], dst: str) -> None:
         pick = self._out_pick(data, src)
         if pick is None:
             return
@@ -124,15 +124,15 @@ class SpoolMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def mark_sent(self, data: st.DataObject) -> None:
-        self._out_move(data, "queued", "sent")
+        self._out_step(data, "queued", "sent")
 
     @rule(data=st.data())
     def mark_processed(self, data: st.DataObject) -> None:
-        self._out_move(data, "sent", "processed")
+        self._out_step(data, "sent", "processed")
 
     @rule(data=st.data())
     def mark_dead(self, data: st.DataObject) -> None:
-        self._out_move(data, ("queued", "sent"), "dead")
+        self._out_step(data, ("queued", "sent"), "dead")
 
     @rule(data=st.data())
     def resend_is_noop(self, data: st.DataObject) -> None:
