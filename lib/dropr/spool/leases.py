@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 
 from .. import message as m
+from .. import retry
 from ._fs import read_json
 from ._layout import SWEEP_EVERY, message_names, stamp
 
@@ -93,14 +94,14 @@ class Leases:
         return self._return(channel, name, "wait" if due else "ready", failed=True, reason=reason, due=due)
 
     def _reject(self, channel: str, name: str, reason: str, delay: float) -> bool:
-        return self._return(channel, name, "dead", failed=True, reason=reason or "rejected")
+        return self._return(channel, name, "dead", failed=True, reason=reason or retry.REJECTED)
 
     def _expire(self, channel: str, name: str, reason: str, delay: float) -> bool:
         _, _, origin, ident = m.parse_in_name(name)
         meta = self.sp.inbox.meta(channel, origin, ident)
         most = self.sp.config.max_attempts
         dead = bool(most) and int(meta.get("failures", 0)) + 1 >= most
-        why = "lease expired" + (" (out of attempts)" if dead else "")
+        why = retry.LEASE_EXPIRED_DEAD if dead else retry.LEASE_EXPIRED
         return self._return(channel, name, "dead" if dead else "ready", failed=True, reason=why)
 
     def _due(self, channel: str, name: str, reason: str, delay: float) -> bool:
