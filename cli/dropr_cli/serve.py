@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dropr import privacy
-from dropr.serving import ServeOptions, serve
+from dropr.serving import MAX_PER_ADDRESS, ServeOptions, serve
 
 from ._common import CONTEXT, DURATION, SIZE, click, common, main_for, obj
 
@@ -42,11 +42,20 @@ from ._common import CONTEXT, DURATION, SIZE, click, common, main_for, obj
     help="Drop a request that stalls this long, or whose headers take longer (nothing stored); 0: never.",
 )
 @click.option(
+    "--max-per-address",
+    type=click.IntRange(0, 1 << 20),
+    default=MAX_PER_ADDRESS,
+    show_default=True,
+    metavar="N",
+    help="Connections one client address may hold open in each worker; more are refused (503). 0: no cap.",
+)
+@click.option(
     "--insecure", is_flag=True, help="Allow a non-loopback address without serve.tokens (anyone may deliver)."
 )
 @common
 def cmd(listen: tuple[str, ...], workers: int, threads: int, certfile: str | None, keyfile: str | None,
-        max_size: int | None, read_timeout: float, insecure: bool, **kw: Any) -> int:  # fmt: skip
+        max_size: int | None, read_timeout: float, max_per_address: int, insecure: bool,
+        **kw: Any) -> int:  # fmt: skip
     """Receive messages from peers over HTTP(S) and store them in the inbox.
 
     Runs an embedded gunicorn in the foreground; TERM stops it gracefully.
@@ -73,6 +82,7 @@ def cmd(listen: tuple[str, ...], workers: int, threads: int, certfile: str | Non
         verbose=o.verbose - o.quiet,
         read_timeout=read_timeout,
         max_size=max_size,
+        max_per_address=max_per_address,
     )
     opts.settle(spool)
     return serve(spool, opts)

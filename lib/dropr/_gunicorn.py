@@ -4,10 +4,11 @@ gunicorn's public interface is the application class, its settings and its hooks
 (`Embedded`). The rest of this module reaches past it, into names gunicorn may change
 in any release: the gthread worker's methods, attributes and call order (`DroprWorker`),
 its request body reader and buffers (`read_body`), its socket reader's chunk
-(`bigger_reads`), and the blocking calls it makes on a TLS socket before each request
-(`TimedSSLSocket`). `layout_changes` lists what no longer has the shape used here; at
-start-up, any change makes dropr-serve run gunicorn's own gthread worker, and a request
-body whose reader is not the expected one is read through WSGI: slower, same answers.
+(`bigger_reads`), its parser factory and a connection's fields (`Doorman`), and the
+blocking calls it makes on a TLS socket before each request (`TimedSSLSocket`).
+`layout_changes` lists what no longer has the shape used here; at start-up, any change
+makes dropr-serve run gunicorn's own gthread worker, and a request body whose reader is
+not the expected one is read through WSGI: slower, same answers.
 tests/unit/test_gunicorn_internals.py checks all of it against the installed gunicorn.
 """
 
@@ -17,17 +18,21 @@ import io
 import logging
 import os
 import select
+import selectors
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.http import get_parser
 from gunicorn.workers.gthread import ThreadWorker
 
 from .server import READ_TIMEOUT, set_read_timeout
+from .serving import MAX_PER_ADDRESS
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,10 @@ HOLD_MAX = 0.020
 HOLD_STALE = 0.002  # woken later than this after its hold, a worker holds again
 LINGER = 5.0  # a thread that has answered waits this long for the connection's next request
 CHUNK = 1 << 20  # an upload's body is read from the socket this much at a time
+HEAD_MAX = 64 << 10  # request headers this long go to a thread whole or not (gunicorn refuses or reads on)
+HEAD_PEEK = 16 << 10  # a lingering thread looks this far for a whole request head
+REFUSED_LOG = 60.0  # one log line per refused address this often at most
+BUSY = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 # The gthread methods DroprWorker overrides or calls, with their parameters: gunicorn
 # calls them positionally, except wait_for_and_dispatch_events(timeout=...).
@@ -45,6 +54,7 @@ WORKER_METHODS = {
     "accept": ["self", "listener"],
     "set_accept_enabled": ["self", "enabled"],
     "wait_for_and_dispatch_events": ["self", "timeout"],
+    "murder_pending": ["self"],
     "handle": ["self", "conn"],
     "handle_request": ["self", "req", "conn"],
     "handle_exit": ["self", "sig", "frame"],
@@ -64,6 +74,8 @@ def layout_changes() -> list[str]:
             changes.append(f"gunicorn.workers.gthread.ThreadWorker.{name} is gone")
         elif (have := list(inspect.signature(method).parameters)) != params:
             changes.append(f"ThreadWorker.{name} takes {have}, not {params}")
+    if (have := list(inspect.signature(get_parser).parameters)[:3]) != ["cfg", "source", "source_addr"]:
+        changes.append(f"gunicorn.http.get_parser takes {have}, not cfg, source, source_addr")
     return changes
 
 
@@ -85,13 +97,16 @@ class Embedded(BaseApplication):  # type: ignore[misc]
         return self.wsgi_app
 
 
-def worker_class(*, spread: bool, read_timeout: float = READ_TIMEOUT) -> Any:
+def worker_class(
+    *, spread: bool, read_timeout: float = READ_TIMEOUT, max_per_address: int = MAX_PER_ADDRESS
+) -> Any:
     """Return DroprWorker set for this server, or "gthread" where gunicorn's worker is not
     the one it was written for (gunicorn before 27, or a later change: layout_changes)."""
     if layout_changes():
         return "gthread"
     DroprWorker.spread = spread  # one server per process: the forked workers inherit these
     DroprWorker.read_timeout = read_timeout
+    DroprWorker.max_per_address = max_per_address
     return DroprWorker
 
 
@@ -107,7 +122,9 @@ class DroprWorker(ThreadWorker):  # type: ignore[misc]
     client that sends a byte of its headers now and then (slowloris) would still hold
     the thread, before any token is checked. So a watchdog thread also closes a
     connection whose request headers (TLS handshake included) are not all in after
-    ``read_timeout``.
+    ``read_timeout``. Over plain HTTP, request headers no longer reach a thread before
+    they are all in (Doorman): the watchdog then bounds the TLS ones and heads of
+    more than HEAD_MAX.
 
     Lingering. gthread hands a kept-alive connection back to the worker's poller after
     each answer; its next request wakes the poller, which wakes a pool thread: two
@@ -115,7 +132,8 @@ class DroprWorker(ThreadWorker):  # type: ignore[misc]
     the connection itself for up to LINGER seconds, as a thread-per-connection server
     does for its keep-alive, while at least one other thread of the worker is free. A
     request that finds no free thread sends a lingering one back (a byte on a pipe), and
-    TERM sends them all back.
+    TERM sends them all back. A plain request whose head is not all in when it wakes the
+    lingering thread goes back to the poller (Doorman), for slowloris to hold no thread.
 
     Spreading (two or more workers). Every worker polls the one listening socket, and
     the worker that has just accepted a connection is awake while the others still
@@ -142,6 +160,7 @@ class DroprWorker(ThreadWorker):  # type: ignore[misc]
         self.lingering = 0
         self.recalled = 0  # lingering threads sent back, not yet gone
         self.heads: dict[Any, float] = {}  # connection -> when its request headers began
+        self.door = Doorman(self)
         if self.read_timeout > 0:
             threading.Thread(target=self._watch_heads, name="dropr-heads", daemon=True).start()
         super().init_process()  # runs the worker's loop
@@ -149,6 +168,15 @@ class DroprWorker(ThreadWorker):  # type: ignore[misc]
     # -- lingering --
 
     def enqueue_req(self, conn: Any) -> None:
+        if not getattr(conn, "dropr_admitted", False):  # accepted just now
+            conn.dropr_admitted = True
+            if not self.door.admit(conn):
+                return
+        if not self.door.wait_head(conn):
+            self.submit(conn)
+
+    def submit(self, conn: Any) -> None:
+        """Hand conn to the thread pool, sending a lingering thread back if none is free."""
         with self.counts:
             self.queued += 1
             free = self.cfg.threads - self.occupied + self.recalled
@@ -237,10 +265,21 @@ class DroprWorker(ThreadWorker):  # type: ignore[misc]
                 return False  # keep a thread free for the others
             self.lingering += 1
         try:
-            return self._wait_readable(conn.sock)
+            return self._wait_readable(conn.sock) and self._head_in(conn.sock)
         finally:
             with self.counts:
                 self.lingering -= 1
+
+    def _head_in(self, sock: Any) -> bool:
+        """Tell whether a whole request head waits on sock, for this thread to read; if not,
+        the connection goes back to the poller (Doorman). A TLS one is taken as it is."""
+        if self.cfg.is_ssl:
+            return True
+        try:
+            data = sock.recv(HEAD_PEEK, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return True  # gunicorn meets the error and closes
+        return not data or len(data) >= HEAD_PEEK or b"\n\r\n" in data or b"\n\n" in data
 
     def _wait_readable(self, sock: Any) -> bool:
         """Wait up to LINGER for sock to be readable; False if sent back or out of time."""
@@ -265,6 +304,12 @@ class DroprWorker(ThreadWorker):  # type: ignore[misc]
                 return False  # a request wants this thread
         return False
 
+    # -- the door --
+
+    def murder_pending(self) -> None:
+        super().murder_pending()
+        self.door.expire()
+
     # -- spreading --
 
     def accept(self, listener: Any) -> None:
@@ -286,6 +331,134 @@ class DroprWorker(ThreadWorker):  # type: ignore[misc]
         if left > 0:
             timeout = min(timeout, left)
         super().wait_for_and_dispatch_events(timeout)
+
+
+def _is_open(conn: Any) -> bool:
+    return bool(conn.sock.fileno() != -1)  # gunicorn closes, TLS wraps (the plain one then reads -1)
+
+
+def _end_of_head(head: bytearray, start: int) -> bool:
+    """Tell whether head holds a whole request head (an empty line), looking from start on."""
+    return head.find(b"\n\r\n", start) >= 0 or head.find(b"\n\n", start) >= 0
+
+
+class Doorman:
+    """A worker's door: a cap on each client address's open connections, and a wait in the
+    worker's poller, holding no thread, until a plain connection's request headers are in.
+
+    Slow clients (slowloris: headers a byte at a time) held a thread each while they
+    trickled, and with gunicorn's 4 threads per worker, a few dozen such connections from
+    one address stopped every peer: /v1/health unanswered, a sender's batch deferred.
+    Here a plain connection reaches a thread only with its whole request head read (or
+    HEAD_MAX of it); a head not in within read_timeout is dropped, as is a kept-alive
+    connection whose next request does not come in that time. TLS connections are read
+    on their thread as before (a handshake needs one; DroprWorker's watchdog bounds it).
+    Past max_per_address open connections from one address, a new one is answered 503
+    and closed at once, so one address cannot fill the worker's worker_connections nor
+    its descriptors; the count is per worker process (an address may hold that many in
+    each). (Figures: bench/README.md, "Serving".)
+    """
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.by_addr: dict[str, list[Any]] = {}  # address -> its connections, pruned as they close
+        self.waiting: dict[Any, list[float]] = {}  # connection -> [began, last data], oldest first
+        self.told: dict[str, float] = {}  # address -> when its last refusal was logged
+
+    def admit(self, conn: Any) -> bool:
+        """Count a new connection against its address; False (503, closed) past the cap."""
+        cap = self.worker.max_per_address
+        client = conn.client
+        addr = str(client[0]) if isinstance(client, tuple) and client else ""  # "" on a Unix socket
+        if cap <= 0 or not addr:
+            return True
+        live = [c for c in self.by_addr.get(addr, ()) if _is_open(c)]
+        self.by_addr[addr] = live
+        if len(live) < cap:
+            live.append(conn)
+            return True
+        if not self.worker.cfg.is_ssl:
+            try:
+                conn.sock.send(BUSY)  # non-blocking (gunicorn made it so): best effort
+            except OSError:
+                pass
+        conn.close()
+        self.worker.nr_conns -= 1
+        now = time.monotonic()
+        if now - self.told.get(addr, -REFUSED_LOG) >= REFUSED_LOG:
+            self.told[addr] = now
+            log.warning("refused connection addr=%s reason=%d open from this address (--max-per-address)",
+                        addr, cap)  # fmt: skip
+        return False
+
+    def wait_head(self, conn: Any) -> bool:
+        """Wait in the poller for conn's request head; False where a thread must read it."""
+        cfg = self.worker.cfg
+        if cfg.is_ssl or getattr(cfg, "http2_cleartext", "off") != "off":
+            return False  # a handshake, or an HTTP/2 preface, is read on the thread
+        if conn.parser is not None and conn.parser.unreader.buf.getvalue():
+            return False  # read already (pipelined)
+        now = time.monotonic()
+        conn.dropr_head = bytearray()
+        conn.sock.setblocking(False)
+        self.waiting[conn] = [now, now]
+        self.worker.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read, conn))
+        return True
+
+    def _read(self, conn: Any, _fileobj: Any) -> None:
+        try:
+            data = conn.sock.recv(HEAD_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)  # the client went away
+            return
+        head = conn.dropr_head
+        start = max(0, len(head) - 2)
+        head += data
+        self.waiting[conn][1] = time.monotonic()
+        if not _end_of_head(head, start) and len(head) < HEAD_MAX:
+            return
+        self._unwatch(conn)
+        if conn.parser is None:  # what TConn.init does for a plain HTTP/1 connection
+            conn.parser = get_parser(self.worker.cfg, conn.sock, conn.client)
+            conn.initialized = True
+        conn.parser.unreader.unread(bytes(head))
+        conn.dropr_head = None
+        conn.data_ready = True
+        self.worker.submit(conn)
+
+    def _unwatch(self, conn: Any) -> None:
+        self.worker.poller.unregister(conn.sock)
+        del self.waiting[conn]
+
+    def _close(self, conn: Any) -> None:
+        self._unwatch(conn)
+        self.worker.nr_conns -= 1
+        conn.close()
+
+    def expire(self) -> None:
+        """Close each connection whose head is not in after read_timeout (all, once stopping)."""
+        limit, alive = self.worker.read_timeout, self.worker.alive
+        now = time.monotonic()
+        due = []
+        for conn, (began, last) in self.waiting.items():
+            if alive and (limit <= 0 or now - began < limit):
+                break  # the others began later
+            due.append((conn, now - last >= limit / 2))
+        counts = {quiet: sum(1 for _, q in due if q is quiet) for quiet in (True, False)}
+        for quiet, n in counts.items():  # logged before the close, which the client may see at once
+            if n and alive:
+                why = f"{'no request data for' if quiet else 'request headers not complete in'} {limit:g}s"
+                log.warning("closed %s reason=%s", "connection" if n == 1 else f"connections={n}", why)
+        for conn, _ in due:
+            self._close(conn)
+        for addr, conns in list(self.by_addr.items()):
+            if not any(_is_open(c) for c in conns):
+                del self.by_addr[addr]
+                self.told.pop(addr, None)
 
 
 class TimedSSLSocket(ssl.SSLSocket):

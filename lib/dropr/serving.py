@@ -14,12 +14,14 @@ from .spool import PURGE_CHECK, Spool
 
 log = logging.getLogger(__name__)
 
+MAX_PER_ADDRESS = 64  # default: connections one client address may hold open in each worker
+
 
 class ServeOptions:
     """How dropr-serve runs. settle() fills in from the config what was not given."""
 
     __slots__ = ("listen", "workers", "threads", "certfile", "keyfile", "insecure", "verbose", "read_timeout",
-                 "max_size")  # fmt: skip
+                 "max_size", "max_per_address")  # fmt: skip
 
     def __init__(
         self,
@@ -33,8 +35,10 @@ class ServeOptions:
         verbose: int = 0,
         read_timeout: float = READ_TIMEOUT,
         max_size: int | None = None,
+        max_per_address: int = MAX_PER_ADDRESS,
     ) -> None:
         self.max_size = max_size
+        self.max_per_address = max_per_address
         self.read_timeout = read_timeout
         self.listen = listen
         self.workers = workers
@@ -282,7 +286,9 @@ def _settings(spool: Spool, opts: ServeOptions) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "bind": opts.listen,
         "workers": opts.workers,
-        "worker_class": _gunicorn.worker_class(spread=opts.workers > 1, read_timeout=opts.read_timeout),
+        "worker_class": _gunicorn.worker_class(
+            spread=opts.workers > 1, read_timeout=opts.read_timeout, max_per_address=opts.max_per_address
+        ),
         "threads": opts.threads,
         "timeout": 600,
         "graceful_timeout": 30,
