@@ -243,3 +243,33 @@ def test_connections_past_the_cap_of_an_address_are_refused(lone: Node) -> None:
         for s in held:
             s.close()
     assert "refused connection addr=127.0.0.1 reason=4 open from this address" in lone.serve_log.read_text()
+
+
+def test_clients_that_never_close_do_not_stop_the_worker(lone: Node) -> None:
+    # gunicorn waited on its event loop, up to 2 s each, for such a client to close
+    held = [_connect(lone.url) for _ in range(3)]
+    try:
+        for s in held:
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        for s in held:
+            assert s.recv(100).startswith(b"HTTP/1.1 200 ")  # answered; the client stays
+        t0 = time.monotonic()
+        assert _health(lone.url).startswith(b"HTTP/1.1 200 ")
+        assert time.monotonic() - t0 < 1
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_a_refused_body_trickling_in_holds_no_thread(lone: Node) -> None:
+    # gunicorn read the rest of a refused request's body on its thread, up to 5 s
+    s = _connect(lone.url)
+    try:
+        s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab")
+        assert s.recv(100).startswith(b"HTTP/1.1 400 ")  # no X-Dropr-Origin
+        s.sendall(b"cd")  # and on, slowly
+        t0 = time.monotonic()
+        assert _health(lone.url).startswith(b"HTTP/1.1 200 ")  # the worker's only thread
+        assert time.monotonic() - t0 < 1
+    finally:
+        s.close()
