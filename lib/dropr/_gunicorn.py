@@ -29,6 +29,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.http import get_parser
+from gunicorn.sock import ssl_context
 from gunicorn.workers.gthread import ThreadWorker
 
 from .server import READ_TIMEOUT, set_read_timeout
@@ -125,9 +126,9 @@ class DroprWorker(ThreadWorker):  # type: ignore[misc]
     client that sends a byte of its headers now and then (slowloris) would still hold
     the thread, before any token is checked. So a watchdog thread also closes a
     connection whose request headers (TLS handshake included) are not all in after
-    ``read_timeout``. Over plain HTTP, request headers no longer reach a thread before
-    they are all in (Doorman): the watchdog then bounds the TLS ones and heads of
-    more than HEAD_MAX.
+    ``read_timeout``. Request heads (and TLS handshakes) no longer reach a thread before
+    they are all in (Doorman): the watchdog then bounds heads of more than HEAD_MAX, and
+    a kept-alive TLS connection's next head, which a lingering thread reads.
 
     Lingering. gthread hands a kept-alive connection back to the worker's poller after
     each answer; its next request wakes the poller, which wakes a pool thread: two
@@ -136,7 +137,8 @@ class DroprWorker(ThreadWorker):  # type: ignore[misc]
     does for its keep-alive, while at least one other thread of the worker is free. A
     request that finds no free thread sends a lingering one back (a byte on a pipe), and
     TERM sends them all back. A plain request whose head is not all in when it wakes the
-    lingering thread goes back to the poller (Doorman), for slowloris to hold no thread.
+    lingering thread goes back to the poller (Doorman), for slowloris to hold no thread
+    (under TLS the thread cannot look ahead: it reads the head, bounded by the watchdog).
 
     Spreading (two or more workers). Every worker polls the one listening socket, and
     the worker that has just accepted a connection is awake while the others still
@@ -373,10 +375,11 @@ class Doorman:
     Slow clients (slowloris: headers a byte at a time) held a thread each while they
     trickled, and with gunicorn's 4 threads per worker, a few dozen such connections from
     one address stopped every peer: /v1/health unanswered, a sender's batch deferred.
-    Here a plain connection reaches a thread only with its whole request head read (or
-    HEAD_MAX of it); a head not in within read_timeout is dropped, as is a kept-alive
-    connection whose next request does not come in that time. TLS connections are read
-    on their thread as before (a handshake needs one; DroprWorker's watchdog bounds it).
+    Here a connection reaches a thread only with its TLS handshake done and its whole
+    request head read (or HEAD_MAX of it), both without blocking, in the poller; a head
+    not in within read_timeout is dropped, as is a kept-alive connection whose next
+    request does not come in that time. (Where gunicorn may speak HTTP/2, the preface or
+    ALPN choice is its thread's, as before, bounded by DroprWorker's watchdog.)
     Past max_per_address open connections from one address, a new one is answered 503
     and closed at once, so one address cannot fill the worker's worker_connections nor
     its descriptors; the count is per worker process (an address may hold that many in
@@ -417,12 +420,26 @@ class Doorman:
         return False
 
     def wait_head(self, conn: Any) -> bool:
-        """Wait in the poller for conn's request head; False where a thread must read it."""
+        """Wait in the poller for conn's request head (and TLS handshake); False where a thread
+        must read it."""
         cfg = self.worker.cfg
-        if cfg.is_ssl or getattr(cfg, "http2_cleartext", "off") != "off":
-            return False  # a handshake, or an HTTP/2 preface, is read on the thread
+        if getattr(cfg, "http2_cleartext", "off") != "off" or "h2" in str(getattr(cfg, "http_protocols", "")):
+            return False  # an HTTP/2 preface or ALPN choice is for gunicorn's thread to make
         if conn.parser is not None and conn.parser.unreader.buf.getvalue():
             return False  # read already (pipelined)
+        if cfg.is_ssl and conn.initialized and conn.sock.pending():
+            return False  # decrypted already, which the poller cannot see
+        if cfg.is_ssl and not conn.initialized:
+            try:  # what TConn.init does, but the handshake is left to _read
+                conn.sock = ssl_context(cfg).wrap_socket(
+                    conn.sock, server_side=True, suppress_ragged_eofs=cfg.suppress_ragged_eofs,
+                    do_handshake_on_connect=False,
+                )  # fmt: skip
+            except (OSError, ValueError):
+                self.worker.nr_conns -= 1
+                conn.close()
+                return True
+            conn.dropr_shake = True
         now = time.monotonic()
         conn.dropr_head = bytearray()
         conn.sock.setblocking(False)
@@ -431,11 +448,18 @@ class Doorman:
         return True
 
     def _read(self, conn: Any, _fileobj: Any) -> None:
+        sock = conn.sock
         try:
-            data = conn.sock.recv(HEAD_PEEK)
-        except (BlockingIOError, InterruptedError):
+            if getattr(conn, "dropr_shake", False):
+                sock.do_handshake()
+                conn.dropr_shake = False
+                self.waiting[conn][1] = time.monotonic()
+            data = sock.recv(HEAD_PEEK)
+            while data and getattr(sock, "pending", lambda: 0)():  # TLS: what the poller cannot see
+                data += sock.recv(HEAD_PEEK)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
-        except OSError:
+        except (OSError, ValueError):  # ssl.SSLError too: a failed handshake
             data = b""
         if not data:
             self._close(conn)  # the client went away
