@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import Node, Nodes, command_path, listdir, wait_until
+from helpers import Node, Nodes, command_path, listdir, make_ca, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
@@ -195,6 +196,29 @@ def lone(nodes: Nodes) -> Iterator[Node]:
     b = nodes("b")
     b.serve("--workers", "1", "--threads", "1", "--max-per-address", "4", "--read-timeout", "5s")
     yield b
+
+
+def test_tls_handshakes_and_headers_trickling_in_hold_no_thread(nodes: Nodes, tmp_path: Path) -> None:
+    b = nodes("b")
+    _, cert, key = make_ca(tmp_path / "certs")
+    b.serve("--workers", "1", "--threads", "1", "--certfile", str(cert), "--keyfile", str(key))
+    host, port = b.url.split("//")[1].rstrip("/").rsplit(":", 1)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    stalled = socket.create_connection((host, int(port)), timeout=5)
+    stalled.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's start
+    slow = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=5))
+    try:
+        slow.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n")  # and no more
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        with ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=5)) as s:
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200 ")  # the worker's only thread
+        assert time.monotonic() - t0 < 1
+    finally:
+        slow.close()
+        stalled.close()
 
 
 def _connect(url: str) -> socket.socket:
