@@ -1,4 +1,4 @@
-"""dropr-ack: finish claimed messages: ack, release for retry, or reject.
+"""dropr-ack: finish claimed messages: ack, release for retry, or reject; requeue dead ones.
 
 Called in pipelines as often as dropr-recv, so it has the same fast path.
 """
@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from dropr.consume import AckRequest
 
 PROG = "dropr-ack"
-_VALUED = frozenset({"--delay", "--reason"})
-_FLAGS = frozenset({"--release", "--reject"})
+_VALUED = frozenset({"--delay", "--reason", "--channel", "--peer"})
+_FLAGS = frozenset({"--release", "--reject", "--requeue", "--out", "--all"})
 
 
 def _fast_parse(argv: list[str]) -> dict[str, Any] | None:
@@ -44,7 +44,9 @@ def _request(o: dict[str, Any]) -> AckRequest:
     from ._fast import optional_duration
 
     return AckRequest(ids=o["args"], release=o["release"], reject=o["reject"],
-                      delay=optional_duration(o, "--delay"), reason=o.get("--reason"))  # fmt: skip
+                      delay=optional_duration(o, "--delay"), reason=o.get("--reason"), requeue=o["requeue"],
+                      out=o["out"], all_dead=o["all"], channel=o.get("--channel"),
+                      peer=o.get("--peer"))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,14 +70,23 @@ def command() -> Any:
         default=None,
         help="With --reject: why (shown by dropr-ls, sent back as the receipt).",
     )
+    @click.option("--requeue", is_flag=True, help="Dead messages back: inbox dead to ready, counts reset.")
+    @click.option("--out", is_flag=True, help="With --requeue: outbox dead to queued, for every peer.")
+    @click.option("--all", "all_dead", is_flag=True, help="With --requeue: every dead message (no ids).")
+    @click.option("--channel", metavar="NAME", default=None, help="With --requeue: only this inbox channel.")
+    @click.option("--peer", metavar="NAME", default=None, help="With --requeue: only this outbox peer.")
     @click.argument("ids", nargs=-1, metavar="ID... | -")
     @common
     def cmd(**kw: Any) -> int:
-        """Finish claimed messages: acknowledge (done), --release or --reject.
+        """Finish claimed messages: acknowledge (done), --release or --reject;
+        or --requeue dead ones.
 
         Ids come as arguments, or one per line on stdin with "-" (dropr-recv's
         ID<TAB>PATH lines are accepted as they are). An id that is not claimed is
-        an error for that id (exit 1); the others still succeed.
+        an error for that id (exit 1); the others still succeed. --requeue puts
+        dead messages back into the flow once the cause is fixed, and prints
+        each id: inbox dead to ready with the attempt count reset; with --out,
+        outbox dead to queued for every peer, attempts and TTL reset.
 
         \b
         Examples:
@@ -83,11 +94,15 @@ def command() -> Any:
           dropr-recv -n 500 | dropr-ack -
           dropr-ack --release --delay 10m ID
           dropr-ack --reject --reason "bad customer number" ID
+          dropr-ack --requeue ID
+          dropr-ack --requeue --all --channel jobs
+          dropr-ack --requeue --out --all --peer db1
         """
         from dropr.consume import AckRequest
 
         req = AckRequest(ids=list(kw["ids"]), release=kw["release"], reject=kw["reject"], delay=kw["delay"],
-                         reason=kw["reason"])  # fmt: skip
+                         reason=kw["reason"], requeue=kw["requeue"], out=kw["out"], all_dead=kw["all_dead"],
+                         channel=kw["channel"], peer=kw["peer"])  # fmt: skip
         return _start(common_options(kw), req)
 
     return cmd

@@ -363,12 +363,16 @@ class IdReader:
 
 
 class AckRequest:
-    """What dropr-ack was given: ids (or "-": read them from stdin) and how to finish them.
+    """What dropr-ack was given: ids (or "-": read them from stdin) and how to finish them,
+    or, with requeue, which dead messages to put back into the flow.
 
     None stands for an option not given; check() holds the rules between the options.
     """
 
-    __slots__ = ("ids", "release", "reject", "delay", "reason")
+    __slots__ = (
+        *("ids", "release", "reject", "delay", "reason"),
+        *("requeue", "out", "all_dead", "channel", "peer"),
+    )
 
     def __init__(
         self,
@@ -378,27 +382,62 @@ class AckRequest:
         reject: bool = False,
         delay: float | None = None,
         reason: str | None = None,
+        requeue: bool = False,
+        out: bool = False,
+        all_dead: bool = False,
+        channel: str | None = None,
+        peer: str | None = None,
     ) -> None:
         self.ids = ids
         self.release = release
         self.reject = reject
         self.delay = delay
         self.reason = reason
+        self.requeue = requeue
+        self.out = out
+        self.all_dead = all_dead
+        self.channel = channel
+        self.peer = peer
 
     def check(self) -> None:
         """Reject what is wrong with the options and ids alone, before any spool is touched."""
+        if self.requeue:
+            self._check_requeue()
+        elif self.out or self.all_dead or self.channel is not None or self.peer is not None:
+            raise UsageError("--out, --all, --channel and --peer go with --requeue")
         if self.release and self.reject:
             raise UsageError("--release and --reject exclude each other")
         if self.delay is not None and not self.release:
             raise UsageError("--delay goes with --release")
         if self.reason is not None and not self.reject:
             raise UsageError("--reason goes with --reject")
+        if self.all_dead:
+            return
         if not self.ids:
             raise UsageError("no ids; give ID... or - to read them from stdin")
         if "-" in self.ids and self.ids != ["-"]:
             raise UsageError("give ids as arguments or - to read them from stdin, not both")
         if not all(i.strip() for i in self.ids):
             raise UsageError("an empty id; give ID... or - to read them from stdin")
+
+    def _check_requeue(self) -> None:
+        from .message import check_name
+
+        if self.release or self.reject or self.delay is not None or self.reason is not None:
+            raise UsageError("--requeue goes alone: not with --release, --reject, --delay or --reason")
+        if self.channel is not None and (self.out or self.peer is not None):
+            raise UsageError("--channel picks an inbox channel, --out and --peer the outbox: give one")
+        if self.all_dead and self.ids:
+            raise UsageError("--all requeues every dead message there; give no ids with it")
+        if self.channel is not None:
+            _check_channel(self.channel)
+        if self.peer is not None:
+            from .errors import DataError
+
+            try:
+                check_name(self.peer, "peer")
+            except ValueError as exc:
+                raise DataError(f"bad peer {self.peer!r}: {exc}") from None
 
     @property
     def how(self) -> str:
@@ -417,6 +456,11 @@ class AckRequest:
                 return EX_NOTFOUND
             reader.push_back(first)
             todo = reader
+        if self.requeue:
+            from .requeue import requeue
+
+            return requeue(open_spool(), None if self.all_dead else todo, out=self.out, channel=self.channel,
+                           peer=self.peer)  # fmt: skip
         return ack(open_spool(), todo, self.how, reason=self.reason or "", delay=self.delay or 0)
 
 

@@ -104,7 +104,26 @@ ACK_AGREE: list[list[str]] = [
     ["-q", "--quiet", ID],
     ["--spool", "/s", ID],
     ["--spool=/s", "--config=/c.toml", "-"],
+    ["--requeue", ID],
+    ["--requeue", "-"],
+    ["--requeue", "--out", ID, "other"],
+    ["--requeue", "--all"],
+    ["--requeue", "--all", "--channel", "jobs"],
+    ["--requeue", "--all", "--channel=jobs"],
+    ["--requeue", "--out", "--all", "--peer", "db1"],
+    ["--all", "--peer=db1", "--requeue"],
+    ["--requeue", "--channel", "jobs", ID],
     # refused by AckRequest.check, but parsed alike
+    ["--requeue", "--release", ID],
+    ["--requeue", "--reject", "--reason", "x", ID],
+    ["--requeue", "--delay", "1s", ID],
+    ["--out", ID],
+    ["--all"],
+    ["--channel", "jobs", ID],
+    ["--peer", "db1", ID],
+    ["--requeue", "--all", ID],
+    ["--requeue", "--out", "--channel", "c", "--all"],
+    ["--requeue", "--channel", "../x", "--all"],
     [],
     ["--release", "--reject", ID],
     ["--delay", "1s", ID],
@@ -124,6 +143,11 @@ ACK_DEFER: list[list[str]] = [
     ["-vv", ID],
     ["--bogus", ID],
     ["-x", ID],
+    ["--channel"],
+    ["--peer"],
+    ["--requeue=yes", ID],
+    ["--all=1", "--requeue"],
+    ["--channel", "a", "--channel", "b", "--requeue", "--all"],
 ]
 
 
@@ -273,6 +297,24 @@ ACK_RULES: list[tuple[list[str], int, str]] = [
     (["-", ID], 64, "give ids as arguments or - to read them from stdin, not both"),
     ([" "], 64, "an empty id; give ID... or - to read them from stdin"),
     ([ID], 1, f"{ID} is not claimed (lease lost, already finished, or unknown)"),
+    (["--requeue", "--release", ID], 64, "--requeue goes alone: not with --release, --reject, --delay or"),
+    (["--requeue", "--reject", ID], 64, "--requeue goes alone"),
+    (["--requeue", "--reason", "x", ID], 64, "--requeue goes alone"),
+    (["--requeue", "--delay", "1s", ID], 64, "--requeue goes alone"),
+    (["--out", ID], 64, "--out, --all, --channel and --peer go with --requeue"),
+    (["--all"], 64, "--out, --all, --channel and --peer go with --requeue"),
+    (["--channel", "c", ID], 64, "--out, --all, --channel and --peer go with --requeue"),
+    (["--peer", "p", ID], 64, "--out, --all, --channel and --peer go with --requeue"),
+    (["--requeue", "--all", ID], 64, "--all requeues every dead message there; give no ids with it"),
+    (["--requeue"], 64, "no ids; give ID... or - to read them from stdin"),
+    (["--requeue", "--out", "--channel", "c", "--all"], 64, "--channel picks an inbox channel, --out and"),
+    (["--requeue", "--peer", "p", "--channel", "c", "--all"], 64, "--channel picks an inbox channel"),
+    (["--requeue", "--channel", "../x", "--all"], 65, "bad channel '../x'"),
+    (["--requeue", "--peer", "../x", "--all"], 65, "bad peer '../x'"),
+    (["--requeue", ID], 1, f"{ID} is not dead in the inbox (not finished, requeued already, or unknown)"),
+    (["--requeue", "--out", ID], 1, f"{ID} is not dead in the outbox (not given up, requeued already, or"),
+    (["--requeue", "--all", "--channel", "nope"], 1, "no channel 'nope' in the inbox of"),
+    (["--requeue", "--all", "--peer", "nope"], 1, "no peer 'nope' in the outbox of"),
 ]
 
 ACK_BAD_VALUES: list[list[str]] = [
@@ -367,3 +409,17 @@ def test_ack_finishes_alike(tmp_path: Path) -> None:
     slow_code = main_for(ack_cli.command())(["--reject", "--reason", "no", ids[1], "--spool", str(spool)])
     assert (fast_code, slow_code) == (0, 0)
     assert inbox_states(spool) == {ids[0]: "ready", ids[1]: "dead"}
+
+
+def test_requeue_alike(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    ids = fill_inbox(spool, [b"a", b"b"])
+    from helpers import call_main
+
+    assert call_main(recv_cli.main, ["--spool", str(spool), "--all"]).rc == 0
+    assert ack_cli.main(["--reject", *ids, "--spool", str(spool)]) == 0
+    fast = call_main(ack_cli.main, ["--requeue", ids[0], "--spool", str(spool)])
+    slow = call_main(main_for(ack_cli.command()), ["--requeue", "--all", "--spool", str(spool)])
+    assert (fast.rc, fast.out, fast.err) == (0, f"{ids[0]}\n".encode(), "")
+    assert (slow.rc, slow.out, slow.err) == (0, f"{ids[1]}\n".encode(), "")
+    assert inbox_states(spool) == {ids[0]: "ready", ids[1]: "ready"}

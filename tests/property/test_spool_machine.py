@@ -135,6 +135,20 @@ class SpoolMachine(RuleBasedStateMachine):
         self._out_step(data, ("queued", "sent"), "dead")
 
     @rule(data=st.data())
+    def requeue_out(self, data: st.DataObject) -> None:
+        """dropr-ack --requeue --out: a dead entry back to queued; any other state is left."""
+        pick = self._out_pick(data, ("queued", "sent", "processed", "dead"))
+        if pick is None:
+            return
+        ident, peer = pick
+        msg = self.out[ident]
+        was = msg.states[peer]
+        assert self.sp.outbox.requeue(peer, [msg.name]) == ([msg.name] if was == "dead" else [])
+        if was == "dead":
+            msg.states[peer] = "queued"
+            assert self.sp.out_meta(peer, ident)["attempts"] == 0
+
+    @rule(data=st.data())
     def resend_is_noop(self, data: st.DataObject) -> None:
         """A sender that lost track tries a move that already happened: nothing changes."""
         pick = self._out_pick(data, ("sent", "processed", "dead"))
@@ -234,6 +248,18 @@ class SpoolMachine(RuleBasedStateMachine):
             return
         msg = self.inbox[key]
         assert self.sp.finish(msg.channel, msg.name, "ack") is False
+
+    @rule(data=st.data())
+    def requeue_in(self, data: st.DataObject) -> None:
+        """dropr-ack --requeue: a dead inbox entry back to ready; any other state is left."""
+        key = self._in_pick(data, "ready", "claimed", "wait", "done", "dead")
+        if key is None or not self.inbox[key].name:
+            return
+        msg = self.inbox[key]
+        assert self.sp.leases.requeue(msg.channel, msg.name) is (msg.state == "dead")
+        if msg.state == "dead":
+            msg.state = "ready"
+            assert self.sp.in_meta(msg.channel, *key).get("failures") == 0
 
     @rule(data=st.data())
     def expire_lease(self, data: st.DataObject) -> None:

@@ -46,6 +46,12 @@ sent         move queued/N -> sent/N             before: sent again, the peer an
                                                  (duplicate), and the next move drops queued/N.
 processed    move sent/N -> processed/N          before: the next status poll does it again.
 dead (out)   write meta/ID; move -> dead/N       before the move: still queued, meta says why.
+requeue      write meta/ID (attempts 0; with a   before the rename: still dead, its record reset;
+(out)        TTL, deadline = now + TTL span);    requeuing again finishes it. One rename, so never
+             sync it; rename dead/N ->           in two states; an entry in queued/ too (a kill
+             queued/N; sync; wake the sender     mid-move) is left. The header keeps its first
+                                                 deadline: the sender takes the record's instead
+                                                 once the header's has passed (Outbox.peek).
 store (in)   write rcv/O/ID (generated id: made  the receiver holds lock/rcv-O.lock from the
              O_EXCL, and still this upload's     index check to sync 2, so a duplicate is never
              at the lock) or tmp/F; lock origin; answered before the first copy is durable, and
@@ -69,13 +75,16 @@ reject       write meta; rename -> dead/N        as release.
 expire       write meta; rename claimed/N ->     two sweepers: one rename wins, the other gets
              ready/N                             ENOENT and skips.
 due          rename wait/N -> ready/N            idempotent.
-purge        unlink done|processed|dead after    leftovers of a purge are purged again.
-             retention (ctime age), meta, index
+requeue      write meta (returns, failures 0);   before the rename: still dead, its counts reset;
+(in)         sync it; rename dead/N -> ready/N;  requeuing again finishes it. After: ready, counts
+             sync; wake consumers                reset, the last error kept.
+purge        unlink done|processed|dead after    leftovers of a purge are purged again. Held
+             retention (ctime age), meta, index  off while a requeue runs (lock/purge.lock).
 ===========  ==================================  ==================================================
 
-Where each transition is: put PutBatch.commit; sent, processed, dead (out)
-Outbox.mark_sent, mark_processed, kill; store Inbox.store; claim to due the table
-leases.ACTIONS; purge Retention.purge.
+Where each transition is: put PutBatch.commit; sent, processed, dead (out), requeue
+(out) Outbox.mark_sent, mark_processed, kill, requeue; store Inbox.store; claim to due
+and requeue (in) the table leases.ACTIONS; purge Retention.purge.
 
 Syncing: "sync" is fsync of each written file and each touched directory for a
 few messages, and one syncfs(2) of the spool's filesystem for the files of a batch
@@ -88,9 +97,9 @@ Modules, one per concern; the transitions above are named functions in them:
     _fs.py        the I/O seam: every create, write, sync, rename, link, unlink, mkdir,
                   symlink and utime of the spool (FS; TracingFS records and fails them)
     _layout.py    the folders, states and limits; listing state folders, telling strays
-    outbox.py     put (PutBatch), lookups; mark_sent, mark_processed, record_failure, kill
+    outbox.py     put (PutBatch), lookups; mark_sent, mark_processed, record_failure, kill, requeue
     inbox.py      the one store path (open_part, store, unreceive), lookups, receipts
-    leases.py     claim, ack, release, fail, reject, expire, due: a (state, event) table
+    leases.py     claim, ack, release, fail, reject, expire, due, requeue: a (state, event) table
     wake.py       wake-up sockets and every name they are bound under
     retention.py  purge, the tmp/ and rcv/ sweeps, corrupt/ and strays
 """

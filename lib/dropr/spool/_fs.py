@@ -200,18 +200,21 @@ class FS:
         finally:
             self.close(fd)
 
-    def write_json(self, path: str, data: dict[str, Any]) -> None:
-        """Replace a record file: write .new, rename.
+    def write_json(self, path: str, data: dict[str, Any], *, sync: bool = False) -> None:
+        """Replace a record file: write .new, rename; with sync, durably (file, then folder).
 
         Records beside messages (attempts, last error, backoff) are advice, not data:
         no fsync; a crash may lose the latest count or leave an empty file, read as {}.
+        A requeue's reset is synced: it must be on disk before the move it comes with.
         They may say why a payload failed: as private as the payload (file_mode).
         """
         import json
 
         tmp = f"{path}.{os.getpid()}.new"
-        self.write_file(tmp, json.dumps(data), sync=False, flags=os.O_TRUNC)
+        self.write_file(tmp, json.dumps(data), sync=sync, flags=os.O_TRUNC)
         self.rename(tmp, path)
+        if sync:
+            self.fsync_dir(os.path.dirname(path))
 
     def touch(self, path: str) -> None:
         """Create path if missing and set its mtime to now (a stamp file)."""

@@ -12,8 +12,13 @@ them: the loser gets ENOENT), chosen by the table ACTIONS, read as s6-supervise'
     claimed  reject   dead           returns + 1, failures + 1, error
     claimed  expire   ready | dead   as fail; dead once failures reach max_attempts
     wait     due      ready          -
+    dead     requeue  ready          returns = failures = 0, requeues + 1 (synced first)
 
 A handler returns False when the entry is gone (another consumer or sweeper won).
+A requeue (dropr-ack --requeue) writes its record before the rename, durably: a crash
+between leaves the message dead with its counts reset, and requeuing it again finishes
+the job; the rename is the one step that puts it back, so it is never in two states.
+The caller holds off purges meanwhile (Retention.hold): a purge unlinks dead entries.
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ class Leases:
         """Move a claimed message to dead, for good."""
         return self.handle("claimed", "reject", channel, name, reason=reason)
 
+    def requeue(self, channel: str, name: str) -> bool:
+        """Put a dead message back into ready, its counts reset; False if it is not dead."""
+        return self.handle("dead", "requeue", channel, name)
+
     def _ack(self, channel: str, name: str, reason: str, delay: float) -> bool:
         try:
             self.fs.rename(
@@ -109,6 +118,23 @@ class Leases:
             self.fs.rename(f"{self.root}/in/{channel}/wait/{name}", f"{self.root}/in/{channel}/ready/{name}")
         except FileNotFoundError:
             return False
+        return True
+
+    def _requeue(self, channel: str, name: str, reason: str, delay: float) -> bool:
+        cdir = f"{self.root}/in/{channel}"
+        src_path = f"{cdir}/dead/{name}"
+        if not os.path.lexists(src_path):
+            return False
+        _, _, origin, ident = m.parse_in_name(name)
+        meta_path = f"{cdir}/meta/{origin},{ident}"
+        meta = read_json(meta_path)  # the last error stays: it says why it was dead
+        meta.update(returns=0, failures=0, requeues=int(meta.get("requeues", 0)) + 1)
+        self.fs.write_json(meta_path, meta, sync=True)
+        try:
+            self.fs.rename(src_path, f"{cdir}/ready/{name}")
+        except FileNotFoundError:
+            return False
+        self.fs.fsync_dir(f"{cdir}/ready")
         return True
 
     def _return(
@@ -226,10 +252,15 @@ class Leases:
 
     def claimed_index(self) -> dict[str, list[tuple[str, str]]]:
         """Map every claimed id (and origin,id) to its (channel, name)s, in one scan."""
+        return self.index("claimed")
+
+    def index(self, state: str, channels: list[str] | None = None) -> dict[str, list[tuple[str, str]]]:
+        """Map every id (and origin,id) in one state of channels (default all) to its
+        (channel, name)s, in one scan."""
         index: dict[str, list[tuple[str, str]]] = {}
         inbox = self.sp.inbox
-        for ch in inbox.channels():
-            for name in inbox.names(ch, "claimed"):
+        for ch in inbox.channels() if channels is None else channels:
+            for name in inbox.names(ch, state):
                 try:
                     _, _, origin, ident = m.parse_in_name(name)
                 except ValueError:
@@ -246,6 +277,7 @@ ACTIONS: dict[tuple[str, str], Handler] = {
     ("claimed", "reject"): Leases._reject,
     ("claimed", "expire"): Leases._expire,
     ("wait", "due"): Leases._due,
+    ("dead", "requeue"): Leases._requeue,
 }
 # (state, event) -> handler(leases, channel, name, reason, delay): see the module docstring
 

@@ -5,10 +5,18 @@
     mark_processed  sent/N -> processed/N                          the peer's consumer acked it
     record_failure  meta/ID: attempts + 1, last error              a temporary failure
     kill            meta/ID, then queued/N or sent/N -> dead/N     given up, with a reason
+    requeue         meta/ID (synced), then dead/N -> queued/N      dropr-ack --requeue --out
 
-Each move is a link then an unlink (``FS.move``): only the sender moves outbox
-entries, and a crash between the two leaves the entry in both states, which the
-next move of it completes.
+Each move of the sender is a link then an unlink (``FS.move``): only the sender moves
+those entries, and a crash between the two leaves the entry in both states, which
+the next move of it completes. A requeue is another process's move: one rename(2),
+so a crash leaves the entry in one state, dead or queued. It resets the record
+first: attempts to 0, and, for a message with a TTL, a new deadline in the record
+(``deadline``: the requeue's time plus the message's TTL span), because the file is
+never changed after its final rename and its header keeps the first deadline. The
+sender takes the record's deadline where the header's has passed (``peek``). A
+crash between the two leaves the message dead with its record reset: requeuing it
+again finishes the job.
 """
 
 from __future__ import annotations
@@ -167,7 +175,8 @@ class Outbox:
         """Return (deadline µs or 0, payload size) of a queued message, reading only its header.
 
         The sender's fast path: three system calls, no full parse (the receiver checks
-        the whole header). ValueError if the file is not a dropr message.
+        the whole header). ValueError if the file is not a dropr message. A deadline
+        that has passed is replaced by a later one a requeue recorded (see above).
         """
         fd = os.open(f"{self.base}/{peer}/queued/{name}", os.O_RDONLY)
         try:
@@ -177,7 +186,12 @@ class Outbox:
             os.close(fd)
         if size < 0:
             raise ValueError("not a dropr message header")
-        return m.header_deadline(raw), size
+        deadline = m.header_deadline(raw)
+        if deadline and deadline < m.now_us():  # passed: a requeue may have set a later one
+            later = self.meta(peer, m.split_out_name(name)[1]).get("deadline")
+            if isinstance(later, int) and later > deadline:
+                return later, size
+        return deadline, size
 
     def meta(self, peer: str, ident: str) -> dict[str, Any]:
         """Return the attempt record of one outbox message."""
@@ -217,6 +231,45 @@ class Outbox:
         for name in names:
             self.record_failure(peer, name, reason)
         return self._move(peer, names, state, "dead")
+
+    def requeue(self, peer: str, names: Iterable[str]) -> list[str]:
+        """Put dead entries back into queued/ with their attempts and TTL reset (see the
+        module docstring); return the names moved. The caller holds off purges
+        (Retention.hold) and wakes the sender."""
+        base = f"{self.base}/{peer}"
+        moved = []
+        for name in names:
+            src = f"{base}/dead/{name}"
+            if not os.path.lexists(src) or os.path.lexists(f"{base}/queued/{name}"):
+                continue  # not dead; or queued too: a kill by the sender in progress
+            self._reset(peer, name, src)
+            try:
+                self.fs.rename(src, f"{base}/queued/{name}")
+            except FileNotFoundError:
+                continue
+            if os.path.lexists(src):  # the same file: the sender linked it into dead/ meanwhile
+                continue  # and unlinks queued/N next: it stays dead
+            moved.append(name)
+        if moved:
+            self.fs.fsync_dir(f"{base}/queued")
+        return moved
+
+    def _reset(self, peer: str, name: str, path: str) -> None:
+        """Write a requeued message's record: attempts 0, a new TTL deadline, durably."""
+        ident = m.split_out_name(name)[1]
+        meta = self.meta(peer, ident)
+        now = m.now_us()
+        meta.update(attempts=0, requeues=int(meta.get("requeues", 0)) + 1, requeued_at=now)
+        meta.pop("unknown_at", None)
+        meta.pop("deadline", None)
+        try:
+            with open(path, "rb") as f:
+                hdr = m.Header.parse(f.read(m.HEADER_SIZE))
+            if hdr.deadline:
+                meta["deadline"] = now + max(0, hdr.deadline - hdr.created)
+        except (OSError, ValueError):
+            pass  # no header to read: the sender moves the file aside as corrupt
+        self.fs.write_json(f"{self.base}/{peer}/meta/{ident}", meta, sync=True)
 
     def _move(self, peer: str, names: Iterable[str], src: str, dst: str) -> int:
         moved = 0

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from . import Spool
+    from ._fs import Flock
 
 log = _log.get(__name__)
 
@@ -82,6 +83,11 @@ class Retention:
                 return removed
         except BlockingIOError:
             return 0  # the other purge does the work
+
+    def hold(self) -> Flock:
+        """Hold off purges while a with block moves dead entries (dropr-ack --requeue), which
+        a purge would unlink, with their records, under the mover's hands."""
+        return self.fs.lock(self.sp.path("lock", "purge.lock"))
 
     def purge(self, now: float | None = None) -> int:
         """Remove done, processed and dead entries older than the retention, and old tmp files."""
