@@ -42,12 +42,13 @@ DISPOSITION = wire.PART_DISPOSITION.lower().encode()  # as a part header's name 
 
 
 class HTTPError(Exception):
-    """A whole-request refusal: status line and reason."""
+    """A whole-request refusal: status line, reason, and the headers its status calls for."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: str, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = headers
 
 
 class _Part:
@@ -315,6 +316,7 @@ class App:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", wire.GET)
         path = environ.get("PATH_INFO", "/").rstrip("/")
+        headers = [(wire.CONTENT_TYPE, wire.JSON)]
         try:
             body = _route(path, method)(self, environ)
             code = wire.HTTP_OK
@@ -323,10 +325,11 @@ class App:
         except Exception as exc:
             refusal = exc if isinstance(exc, HTTPError) else _unexpected(exc, path, method)
             code, body = refusal.status, {wire.ERROR: refusal.reason}
+            headers += refusal.headers
             if code not in QUIET:
                 log.info("refused request path=%s status=%s reason=%s", path, code[:3], refusal.reason)
         raw = json.dumps(body).encode()
-        headers = [(wire.CONTENT_TYPE, wire.JSON), (wire.CONTENT_LENGTH, str(len(raw)))]
+        headers.append((wire.CONTENT_LENGTH, str(len(raw))))
         if code == wire.HTTP_UNAVAILABLE:
             headers.append((wire.RETRY_AFTER, wire.RETRY_AFTER_SECONDS))
         start_response(code, headers)
@@ -343,8 +346,10 @@ class App:
             for tok, name in self.tokens.items():  # every one: the time taken tells nothing
                 if hmac.compare_digest(tok.encode(), token.encode()):
                     node = name
-            if node is None:
-                raise HTTPError(wire.HTTP_UNAUTHORIZED, "unknown or missing bearer token")
+            if node is None:  # RFC 6750 3: the scheme to use, and what was wrong with the token
+                why, challenge = ("unknown", wire.INVALID_TOKEN) if token else ("no", wire.BEARER)
+                headers = ((wire.WWW_AUTHENTICATE, challenge),)
+                raise HTTPError(wire.HTTP_UNAUTHORIZED, f"{why} bearer token", headers)
             if claimed and claimed != node:
                 raise HTTPError(wire.HTTP_FORBIDDEN, f"token of {node!r} cannot deliver as {claimed!r}")
             return node
@@ -439,7 +444,9 @@ def _route(path: str, method: str) -> Handler:
         raise HTTPError(wire.HTTP_NOT_FOUND, f"no such endpoint {path!r}")
     handler = methods.get(method)
     if handler is None:
-        raise HTTPError(wire.HTTP_NOT_ALLOWED, f"{method} is not allowed on {path or '/'}")
+        allow = ", ".join(methods)
+        why = f"{method} is not allowed on {path or '/'}, only {allow}"
+        raise HTTPError(wire.HTTP_NOT_ALLOWED, why, ((wire.ALLOW, allow),))
     return handler
 
 
