@@ -297,6 +297,7 @@ def _entry_budget(threads: int) -> int:
 Handler = Callable[["App", dict[str, Any]], dict[str, Any]]
 # Answers not logged as refusals: the common probes, and a 500 (logged with its traceback).
 QUIET = (wire.HTTP_UNAUTHORIZED, wire.HTTP_NOT_FOUND, wire.HTTP_NOT_ALLOWED, wire.HTTP_INTERNAL)
+TRUNCATED = "truncated upload; nothing stored"
 MALFORMED = f"malformed upload: not valid {wire.FORM_DATA}; nothing stored"
 BAD_FRAMING = "malformed request body: bad chunked encoding; nothing stored"
 INTERNAL = "internal error in the receiver; see its log"  # no "nothing stored": it may follow a store
@@ -382,7 +383,7 @@ class App:
             with _ReadTimeout(environ, self.read_timeout):
                 _read_body(environ, up)
             if not up.ended:
-                raise HTTPError(wire.HTTP_BAD_REQUEST, "truncated upload; nothing stored")
+                raise HTTPError(wire.HTTP_BAD_REQUEST, TRUNCATED)
             # every part has ended (_end closed it): only an entry's descriptor is open
             return self.spool.store(
                 origin, [(p.tmp, p.header, p.fd) for p in up.parts if not p.refused and p.header and p.tmp]
@@ -481,14 +482,27 @@ def _upload_refusal(exc: Exception, origin: str) -> HTTPError | None:
     """Return the answer to an upload that failed with exc; None for a bug of ours."""
     from python_multipart.exceptions import FormParserError
 
+    if _ended_early(exc):
+        return HTTPError(wire.HTTP_BAD_REQUEST, TRUNCATED)
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return HTTPError(wire.HTTP_UNAVAILABLE, "disk full; try later")
         log.error("error origin=%s reason=%s", origin, exc)
-        return HTTPError(wire.HTTP_UNAVAILABLE, f"I/O error: {exc.strerror}; try later")
+        why = f"I/O error: {exc.strerror}" if exc.strerror else "I/O error"
+        return HTTPError(wire.HTTP_UNAVAILABLE, f"{why}; try later")
     if isinstance(exc, FormParserError):  # the parser's detail is in its own log line
         return HTTPError(wire.HTTP_BAD_REQUEST, MALFORMED)
     return None
+
+
+def _ended_early(exc: Exception) -> bool:
+    """Tell whether exc says a request body ended before its end: the client went away
+    (gunicorn's NoMoreData, an OSError with no errno, raised by a chunked body's reader)."""
+    try:
+        from gunicorn.http.errors import NoMoreData
+    except ImportError:  # another WSGI server
+        return False
+    return isinstance(exc, NoMoreData)
 
 
 def _results(up: Upload, stored: list[str], origin: str) -> list[dict[str, str]]:
