@@ -334,7 +334,7 @@ class App:
         if code == wire.HTTP_UNAVAILABLE:
             headers.append((wire.RETRY_AFTER, wire.RETRY_AFTER_SECONDS))
         start_response(code, headers)
-        return [raw]
+        return [] if method == wire.HEAD else [raw]  # HEAD: the headers of GET's answer, no body
 
     def origin(self, environ: dict[str, Any]) -> str:
         """Return the node a request comes from: its token's, else the one it names."""
