@@ -89,6 +89,7 @@ class Embedded(BaseApplication):  # type: ignore[misc]
     def __init__(self, app: Any, settings: dict[str, Any]) -> None:
         self.wsgi_app = app
         self.dropr_settings = settings
+        json_errors()
         super().__init__()  # calls load_config
 
     def load_config(self) -> None:
@@ -647,3 +648,39 @@ def bigger_reads(size: int = 1 << 20) -> None:
 
     bigger._dropr = True  # type: ignore[attr-defined]
     cls.__init__ = bigger
+
+
+def json_errors() -> None:
+    """Make gunicorn answer the requests it refuses itself (a negative Content-Length, a
+    bad request line or header: 400, 414, 431...) as the application does, with JSON
+    {"error": REASON}, not with its HTML page (which dropr-send shows in its log).
+
+    gunicorn has no hook for those answers: its error writer, gunicorn.util.write_error,
+    is replaced, for gunicorn's own worker too. The workers are forked from the process
+    that calls this. Where that function has another shape, nothing is changed."""
+    import inspect
+    import json
+
+    from gunicorn import util
+
+    from . import protocol as wire
+    from .server import INTERNAL
+
+    write = getattr(util, "write_nonblock", None)
+    if write is None or list(inspect.signature(util.write_error).parameters) != [
+        "sock", "status_int", "reason", "mesg",
+    ]:  # fmt: skip
+        return
+
+    def write_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+        if status_int == 431:  # gunicorn's: "Error parsing headers: 'limit request headers fields size'"
+            mesg = "request headers too long or too many"
+        why = f"{mesg or reason}; nothing stored" if status_int < 500 else INTERNAL
+        body = json.dumps({wire.ERROR: why}).encode()
+        head = (
+            f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n{wire.CONTENT_TYPE}: {wire.JSON}\r\n"
+            f"{wire.CONTENT_LENGTH}: {len(body)}\r\n\r\n"
+        )
+        write(sock, head.encode("latin-1") + body)
+
+    util.write_error = write_error

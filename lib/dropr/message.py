@@ -205,27 +205,44 @@ class Header:
 
     @classmethod
     def parse(cls, raw: bytes) -> Header:
-        """Parse a header; raise ValueError with the reason if it is not a valid one."""
+        """Parse a header; raise ValueError with the reason if it is not a valid one.
+
+        As strict as dropr.7 (WIRE PROTOCOL) says: p, c, d and s ASCII digits only (no
+        sign, "_" or "0x", which int() takes), k 8 lowercase hex digits; a name not known
+        is skipped. Every reason is in words, never Python's."""
         if len(raw) != HEADER_SIZE or raw[-1:] != b"\n" or not raw.startswith(MAGIC + b" "):
             raise ValueError("not a dropr message header")
+        if not raw.isascii():
+            raise ValueError("bad message header: not ASCII")
+        words = raw[7:].decode("ascii").split()
         try:
-            fields = dict(f.split("=", 1) for f in raw[7:].decode("ascii").split())
-            hdr = cls(
-                check_id(fields["id"]),
-                check_name(fields["ch"], "a channel"),
-                int(fields["p"]),
-                int(fields["c"]),
-                int(fields["d"]),
-                int(fields["s"]),
-                int(fields["k"], 16),
-            )
+            fields = dict(word.split("=", 1) for word in words)
+        except ValueError:  # a word without "=": name it
+            bad = next(word for word in words if "=" not in word)
+            raise ValueError(f"bad message header: {bad[:16]!r} is not a key=value field") from None
+        if len(fields) != len(words):
+            names = [word.split("=", 1)[0] for word in words]
+            twice = next(name for name in names if names.count(name) > 1)
+            raise ValueError(f"bad message header: field {twice} given twice")
+        try:
+            ident, channel, k = fields["id"], fields["ch"], fields["k"]
+            p, c, d, s = fields["p"], fields["c"], fields["d"], fields["s"]
         except KeyError as exc:
             raise ValueError(f"bad message header: no {exc.args[0]}= field") from None
-        except (ValueError, UnicodeDecodeError) as exc:
+        if not (p.isdigit() and c.isdigit() and d.isdigit() and s.isdigit()):  # ASCII: 0-9 only
+            bad = next(f for f in "pcds" if not fields[f].isdigit())
+            raise ValueError(f"bad message header: field {bad} is not decimal digits")
+        if len(k) != 8 or not _HEX.issuperset(k):
+            raise ValueError("bad message header: field k is not 8 lowercase hex digits")
+        if len(p) != 1:
+            raise ValueError("bad message header: field p out of range: one digit, 0 to 9")
+        if int(c) >= 16**13:
+            raise ValueError("bad message header: field c out of range: below 16^13")
+        try:
+            ident, channel = check_id(ident), check_name(channel, "a channel")
+        except ValueError as exc:  # in words
             raise ValueError(f"bad message header: {exc}") from None
-        if not 0 <= hdr.priority <= 9 or hdr.size < 0 or not 0 <= hdr.created < 16**13 or hdr.deadline < 0:
-            raise ValueError("bad message header: field out of range")
-        return hdr
+        return cls(ident, channel, int(p), int(c), int(d), int(s), int(k, 16))
 
 
 def crc32(data: bytes | memoryview, value: int = 0) -> int:

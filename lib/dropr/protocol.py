@@ -67,6 +67,9 @@ CONTENT_LENGTH = "Content-Length"
 EXPECT = "Expect"  # sent empty by the sender: no 100-continue round trip before a body
 RETRY_AFTER = "Retry-After"
 RETRY_AFTER_SECONDS = "5"  # sent with every 503 (low on disk, I/O error): try again then
+ALLOW = "Allow"  # sent with every 405: the route's methods, "GET, HEAD" (RFC 9110 15.5.6)
+WWW_AUTHENTICATE = "WWW-Authenticate"  # sent with every 401: the scheme to use (RFC 6750 3)
+INVALID_TOKEN = f'{BEARER} error="invalid_token"'  # its value when a bearer token was not known
 
 # The receiver's answers to a whole request (HTTP status lines). Only 200 carries
 # per-message results; every other answer stores nothing and says why in "error".

@@ -42,12 +42,13 @@ DISPOSITION = wire.PART_DISPOSITION.lower().encode()  # as a part header's name 
 
 
 class HTTPError(Exception):
-    """A whole-request refusal: status line and reason."""
+    """A whole-request refusal: status line, reason, and the headers its status calls for."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: str, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = headers
 
 
 class _Part:
@@ -296,6 +297,7 @@ def _entry_budget(threads: int) -> int:
 Handler = Callable[["App", dict[str, Any]], dict[str, Any]]
 # Answers not logged as refusals: the common probes, and a 500 (logged with its traceback).
 QUIET = (wire.HTTP_UNAUTHORIZED, wire.HTTP_NOT_FOUND, wire.HTTP_NOT_ALLOWED, wire.HTTP_INTERNAL)
+TRUNCATED = "truncated upload; nothing stored"
 MALFORMED = f"malformed upload: not valid {wire.FORM_DATA}; nothing stored"
 BAD_FRAMING = "malformed request body: bad chunked encoding; nothing stored"
 INTERNAL = "internal error in the receiver; see its log"  # no "nothing stored": it may follow a store
@@ -315,6 +317,7 @@ class App:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", wire.GET)
         path = environ.get("PATH_INFO", "/").rstrip("/")
+        headers = [(wire.CONTENT_TYPE, wire.JSON)]
         try:
             body = _route(path, method)(self, environ)
             code = wire.HTTP_OK
@@ -323,14 +326,15 @@ class App:
         except Exception as exc:
             refusal = exc if isinstance(exc, HTTPError) else _unexpected(exc, path, method)
             code, body = refusal.status, {wire.ERROR: refusal.reason}
+            headers += refusal.headers
             if code not in QUIET:
                 log.info("refused request path=%s status=%s reason=%s", path, code[:3], refusal.reason)
         raw = json.dumps(body).encode()
-        headers = [(wire.CONTENT_TYPE, wire.JSON), (wire.CONTENT_LENGTH, str(len(raw)))]
+        headers.append((wire.CONTENT_LENGTH, str(len(raw))))
         if code == wire.HTTP_UNAVAILABLE:
             headers.append((wire.RETRY_AFTER, wire.RETRY_AFTER_SECONDS))
         start_response(code, headers)
-        return [raw]
+        return [] if method == wire.HEAD else [raw]  # HEAD: the headers of GET's answer, no body
 
     def origin(self, environ: dict[str, Any]) -> str:
         """Return the node a request comes from: its token's, else the one it names."""
@@ -343,8 +347,10 @@ class App:
             for tok, name in self.tokens.items():  # every one: the time taken tells nothing
                 if hmac.compare_digest(tok.encode(), token.encode()):
                     node = name
-            if node is None:
-                raise HTTPError(wire.HTTP_UNAUTHORIZED, "unknown or missing bearer token")
+            if node is None:  # RFC 6750 3: the scheme to use, and what was wrong with the token
+                why, challenge = ("unknown", wire.INVALID_TOKEN) if token else ("no", wire.BEARER)
+                headers = ((wire.WWW_AUTHENTICATE, challenge),)
+                raise HTTPError(wire.HTTP_UNAUTHORIZED, f"{why} bearer token", headers)
             if claimed and claimed != node:
                 raise HTTPError(wire.HTTP_FORBIDDEN, f"token of {node!r} cannot deliver as {claimed!r}")
             return node
@@ -377,7 +383,7 @@ class App:
             with _ReadTimeout(environ, self.read_timeout):
                 _read_body(environ, up)
             if not up.ended:
-                raise HTTPError(wire.HTTP_BAD_REQUEST, "truncated upload; nothing stored")
+                raise HTTPError(wire.HTTP_BAD_REQUEST, TRUNCATED)
             # every part has ended (_end closed it): only an entry's descriptor is open
             return self.spool.store(
                 origin, [(p.tmp, p.header, p.fd) for p in up.parts if not p.refused and p.header and p.tmp]
@@ -439,7 +445,9 @@ def _route(path: str, method: str) -> Handler:
         raise HTTPError(wire.HTTP_NOT_FOUND, f"no such endpoint {path!r}")
     handler = methods.get(method)
     if handler is None:
-        raise HTTPError(wire.HTTP_NOT_ALLOWED, f"{method} is not allowed on {path or '/'}")
+        allow = ", ".join(methods)
+        why = f"{method} is not allowed on {path or '/'}, only {allow}"
+        raise HTTPError(wire.HTTP_NOT_ALLOWED, why, ((wire.ALLOW, allow),))
     return handler
 
 
@@ -474,14 +482,27 @@ def _upload_refusal(exc: Exception, origin: str) -> HTTPError | None:
     """Return the answer to an upload that failed with exc; None for a bug of ours."""
     from python_multipart.exceptions import FormParserError
 
+    if _ended_early(exc):
+        return HTTPError(wire.HTTP_BAD_REQUEST, TRUNCATED)
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return HTTPError(wire.HTTP_UNAVAILABLE, "disk full; try later")
         log.error("error origin=%s reason=%s", origin, exc)
-        return HTTPError(wire.HTTP_UNAVAILABLE, f"I/O error: {exc.strerror}; try later")
+        why = f"I/O error: {exc.strerror}" if exc.strerror else "I/O error"
+        return HTTPError(wire.HTTP_UNAVAILABLE, f"{why}; try later")
     if isinstance(exc, FormParserError):  # the parser's detail is in its own log line
         return HTTPError(wire.HTTP_BAD_REQUEST, MALFORMED)
     return None
+
+
+def _ended_early(exc: Exception) -> bool:
+    """Tell whether exc says a request body ended before its end: the client went away
+    (gunicorn's NoMoreData, an OSError with no errno, raised by a chunked body's reader)."""
+    try:
+        from gunicorn.http.errors import NoMoreData
+    except ImportError:  # another WSGI server
+        return False
+    return isinstance(exc, NoMoreData)
 
 
 def _results(up: Upload, stored: list[str], origin: str) -> list[dict[str, str]]:

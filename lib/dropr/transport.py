@@ -109,20 +109,18 @@ def upload(peer: Peer, items: list[tuple[str, str]], node: str, timeouts: Timeou
     """Prepare a batch upload of (id, path) pairs; add it to a Pool to run it."""
     t = Transfer(peer, "send", items, [])
     c = _setup(t, node, timeouts, wire.MESSAGES)
-    c.setopt(
-        pycurl.HTTPPOST,
-        [
-            (
-                wire.PART_FIELD,
-                (
-                    pycurl.FORM_FILE, os.fsencode(path),
-                    pycurl.FORM_FILENAME, ident,
-                    pycurl.FORM_CONTENTTYPE, wire.PART_TYPE,
-                ),
-            )
-            for ident, path in items
-        ],
-    )  # fmt: skip
+    form = pycurl.CurlMime(c)  # pycurl keeps it with the handle, and frees it with it
+    for ident, path in items:
+        part = form.addpart()
+        part.name(wire.PART_FIELD)
+        try:
+            part.filedata(os.fsencode(path))  # libcurl reads the file as it sends it
+        except pycurl.error as exc:  # it looks the file up now: gone (acked, expired) since listed
+            t.error = f"cannot read the file of message {ident}: {exc.args[-1]}"
+            break
+        part.filename(ident)  # after filedata, which names the part after the file
+        part.type(wire.PART_TYPE)
+    c.setopt(pycurl.MIMEPOST, form)
     return t
 
 
