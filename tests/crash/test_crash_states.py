@@ -40,3 +40,14 @@ def test_a_spool_whose_last_top_folder_was_not_made_is_completed(tmp_path: Path)
     st = ce.state_at(rec, ce.point(rec, "mkdir", "/lock"))
     assert rec.root + "/wake" in st.entries and rec.root + "/lock" not in st.entries
     assert recover(rec, st, tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["sender", "receipts"])
+def test_an_outbox_move_makes_its_new_name_durable_before_the_old_one_goes(name: str, tmp_path: Path) -> None:
+    # A move was link, unlink, and an fsync of the new folder after both: a power loss
+    # could keep the unlink (its folder's other writes) and lose the link, and the
+    # printed id was in no state at all. Now the unlink follows that fsync.
+    rec = ce.record(name, tmp_path / "world")
+    k = ce.point(rec, "unlink", "") + 1
+    st = ce.state_at(rec, k, keep=lambda op: op.kind == "unlink")
+    assert recover(rec, st, tmp_path) == []

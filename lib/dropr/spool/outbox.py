@@ -6,9 +6,9 @@
     record_failure  meta/ID: attempts + 1, last error              a temporary failure
     kill            meta/ID, then queued/N or sent/N -> dead/N     given up, with a reason
 
-Each move is a link then an unlink (``FS.move``): only the sender moves outbox
-entries, and a crash between the two leaves the entry in both states, which the
-next move of it completes.
+Each move is a link, then, once the new name is durable, an unlink (as ``FS.move``,
+in that order for a whole batch): only the sender moves outbox entries, and a crash
+between the two leaves the entry in both states, which the next move of it completes.
 """
 
 from __future__ import annotations
@@ -219,17 +219,36 @@ class Outbox:
         return self._move(peer, names, state, "dead")
 
     def _move(self, peer: str, names: Iterable[str], src: str, dst: str) -> int:
-        moved = 0
+        """Link each name into dst, make dst durable, then unlink the names in src.
+
+        The new names are durable before any old one goes: a power loss may keep an
+        unlink and lose a link made before it in another folder, which left the entry
+        in no state. An unlink that is lost brings the old name back beside the new
+        one, which the next move of the entry completes (FS.move)."""
         base = f"{self.base}/{peer}"
+        linked = []
         for name in names:
-            try:
-                self.fs.move(f"{base}/{src}/{name}", f"{base}/{dst}/{name}")
-                moved += 1
-            except FileNotFoundError:
-                pass
-        if moved:
+            if self._link(f"{base}/{src}/{name}", f"{base}/{dst}/{name}"):
+                linked.append(name)
+        if linked:
             self.fs.fsync_dir(f"{base}/{dst}")
-        return moved
+        for name in linked:
+            self.fs.unlink_quiet(f"{base}/{src}/{name}")
+        return len(linked)
+
+    def _link(self, src: str, dst: str) -> bool:
+        """Link src to dst (there already from a cut move: fine); False if src is gone."""
+        try:
+            self.fs.link(src, dst)
+        except FileNotFoundError:
+            return False
+        except FileExistsError:
+            try:
+                if not os.path.samefile(src, dst):
+                    raise
+            except FileNotFoundError:
+                return False
+        return True
 
 
 class PutBatch:
