@@ -51,3 +51,13 @@ def test_an_outbox_move_makes_its_new_name_durable_before_the_old_one_goes(name:
     k = ce.point(rec, "unlink", "") + 1
     st = ce.state_at(rec, k, keep=lambda op: op.kind == "unlink")
     assert recover(rec, st, tmp_path) == []
+
+
+def test_a_purge_drops_an_index_entry_only_once_its_message_is_gone_for_good(tmp_path: Path) -> None:
+    # Purge unlinked done/N, its record and rcv/O/ID with no fsync between: a power loss
+    # could keep the index unlink alone, and done/N then had no index entry.
+    rec = ce.record("purge", tmp_path / "world")
+    k = ce.point(rec, "unlink", "", nth=-1) + 1  # the rcv/ entry's, the last
+    assert "/rcv/" in rec.events[k - 1].paths[0]
+    st = ce.state_at(rec, k, keep=lambda op: op.kind == "unlink" and "/rcv/" in op.path)
+    assert recover(rec, st, tmp_path) == []
