@@ -516,6 +516,7 @@ class State:
     data: dict[int, bytes]
     mtimes: dict[int, float]
     how: str  # the crash point and the choices, for a report
+    k: int = 0  # the crash point: the first k operations ran
 
     def key(self) -> str:
         """A digest that is equal for equal trees."""
@@ -562,7 +563,7 @@ def build(rec: Recording, ops: list[Op], k: int, keep: set[int], variants: dict[
                                            variants.get(ino, "durable"), rng)  # fmt: skip
     choices = ",".join(f"{ops[n].kind}:{_short(rec, ops[n].path)}" for n in sorted(keep))
     shown = ",".join(f"{ino}:{v}" for ino, v in sorted(variants.items()) if ino in pending)
-    return State(entries, data, mtimes, f"k={k} kept=[{choices}] data=[{shown}]")
+    return State(entries, data, mtimes, f"k={k} kept=[{choices}] data=[{shown}]", k)
 
 
 def _short(rec: Recording, path: str) -> str:
@@ -623,38 +624,48 @@ def choices(ops: list[Op], k: int) -> tuple[list[int], list[int]]:
 VARIANTS = ("durable", "all", "torn", "hole")
 
 
-def states(rec: Recording, budget: int, seed: int = 0) -> Iterator[State]:
-    """Yield distinct crash states of a recording, up to about budget of them: every
-    crash point, each with every combination of its choices when they are few, else a
-    seeded sample (each point gets a share of the budget; the first state of each is
-    everything that could be lost lost, the second everything kept)."""
+def states(rec: Recording, budget: int, seed: int = 0, seen: set[str] | None = None) -> Iterator[State]:
+    """Yield crash states of a recording not in seen (added to it), up to about budget
+    (distinct: in their tree, or in what was promised before the crash):
+    every crash point gets a share. A point with few choices gets each combination of
+    its names kept or lost and its unsynced files as synced or whole; then (and at a
+    point with many choices) a seeded sample, files also torn or holed at random."""
     ops = resolve(rec)
     rng = random.Random(seed)
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     points = list(range(len(rec.events) + 1))
     share = max(2, budget // len(points))
     for k in points:
         loose, inos = choices(ops, k)
-        combos = 2 ** len(loose) * len(VARIANTS) ** len(inos)
-        tries = 0
         made = 0
-        while made < min(share, combos) and tries < 4 * share:
-            if tries == 0:
-                keep: set[int] = set()
-                var = dict.fromkeys(inos, "durable")
-            elif tries == 1:
-                keep, var = set(loose), dict.fromkeys(inos, "all")
-            else:
-                keep = {n for n in loose if rng.random() < 0.5}
-                var = {ino: rng.choice(VARIANTS) for ino in inos}
-            tries += 1
+        due = sum(p.at <= k for p in rec.promises)  # a tree is checked anew once more is promised
+        for keep, var in _combinations(loose, inos, share, rng):
             st = build(rec, ops, k, keep, var, rng)
-            key = st.key()
+            key = f"{st.key()}:{due}"
             if key in seen:
                 continue
             seen.add(key)
             made += 1
             yield st
+            if made >= share:
+                break
+
+
+def _combinations(
+    loose: list[int], inos: list[int], share: int, rng: random.Random
+) -> Iterator[tuple[set[int], dict[int, str]]]:
+    """The choices to try at one crash point: all of them if there are at most share
+    of them (files synced or whole), then 4 * share seeded draws."""
+    if 2 ** (len(loose) + len(inos)) <= share:
+        for bits in range(2 ** (len(loose) + len(inos))):
+            keep = {n for j, n in enumerate(loose) if bits >> j & 1}
+            var = {ino: VARIANTS[bits >> (len(loose) + j) & 1] for j, ino in enumerate(inos)}
+            yield keep, var
+    else:
+        yield set(), dict.fromkeys(inos, "durable")
+        yield set(loose), dict.fromkeys(inos, "all")
+    for _ in range(4 * share):
+        yield {n for n in loose if rng.random() < 0.5}, {ino: rng.choice(VARIANTS) for ino in inos}
 
 
 def materialise(rec: Recording, st: State, dest: str) -> str:
@@ -817,34 +828,47 @@ class Report:
         return sum(self.states.values())
 
 
-def explore(names: list[str], budget: int, work: Path, seed: int = 0, stop_after: int = 20) -> Report:
-    """Record each scenario, check up to budget of its crash states; return the counts."""
+def explore(
+    names: list[str], budget: int, work: Path, seed: int = 0, stop_after: int = 20, target: int = 0
+) -> Report:
+    """Record each scenario and check up to budget of its crash states; then, until target
+    states in all are checked, more rounds with other seeds, while they find new ones."""
     report = Report()
+    recs = {}
+    seen: dict[str, set[str]] = {}
     for name in names:
         world = work / name / "world"
         world.mkdir(parents=True)
-        rec = record(name, world)
-        n = 0
-        for st in states(rec, budget, seed):
-            k = int(st.how.split()[0][2:])
-            dest = tempfile.mkdtemp(dir=work / name)
-            try:
-                bad = check(rec, materialise(rec, st, dest), k)
-            except Exception as exc:  # noqa: BLE001 - a crash of recovery is a finding too
-                bad = [f"recovery raised {type(exc).__name__}: {exc}"]
-            n += 1
-            if bad:
-                report.violations.append(_describe(rec, st, dest, bad))
-            else:
-                shutil.rmtree(dest)
-            if len(report.violations) >= stop_after:
-                break
-        report.states[name] = n
+        recs[name] = record(name, world)
+        seen[name] = set()
+        report.states[name] = 0
+    for rnd in range(64):
+        before = report.total
+        for name in names:
+            for st in states(recs[name], budget, seed + rnd, seen[name]):
+                report.states[name] += 1
+                _check_one(recs[name], st, work / name, report)
+                if len(report.violations) >= stop_after:
+                    return report
+        if report.total >= target or report.total - before < max(1, target // 1000):
+            break
     return report
 
 
+def _check_one(rec: Recording, st: State, work: Path, report: Report) -> None:
+    dest = tempfile.mkdtemp(dir=work)
+    try:
+        bad = check(rec, materialise(rec, st, dest), st.k)
+    except Exception as exc:  # noqa: BLE001 - a crash of recovery is a finding too
+        bad = [f"recovery raised {type(exc).__name__}: {exc}"]
+    if bad:
+        report.violations.append(_describe(rec, st, dest, bad))
+    else:
+        shutil.rmtree(dest)
+
+
 def _describe(rec: Recording, st: State, dest: str, bad: list[str]) -> str:
-    k = int(st.how.split()[0][2:])
+    k = st.k
     ops = "\n".join(f"  {i:3} {ev.name} {' '.join(_short(rec, p) for p in ev.paths)}"
                     for i, ev in enumerate(rec.events[:k]))  # fmt: skip
     tree = "\n".join(
@@ -868,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = -(-args.states // len(names))
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dropr-crash-") as work:
-        report = explore(names, budget, Path(work), args.seed, stop_after=50)
+        report = explore(names, budget, Path(work), args.seed, stop_after=50, target=args.states)
         for v in report.violations:
             print(v, end="\n\n")
     for name, n in report.states.items():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import crash_explorer as ce
 import pytest
+from dropr.spool._trace import TracingFS
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
@@ -17,7 +18,23 @@ pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 def recover(rec: ce.Recording, st: ce.State, tmp_path: Path) -> list[str]:
     dest = tmp_path / "state"
     dest.mkdir()
-    return ce.check(rec, ce.materialise(rec, st, str(dest)), int(st.how.split()[0][2:]))
+    return ce.check(rec, ce.materialise(rec, st, str(dest)), st.k)
+
+
+@pytest.mark.parametrize("name", list(ce.SCENARIOS))
+def test_a_seeded_sample_of_crash_states_loses_and_duplicates_nothing(name: str, tmp_path: Path) -> None:
+    # 18 scenarios at up to 24 states each: about 400 states, 6 s; make torture runs 12,000
+    report = ce.explore([name], 24, tmp_path, seed=16, stop_after=1)
+    assert report.states[name] >= 4
+    assert not report.violations, report.violations[0]
+
+
+def test_the_explorer_catches_a_put_that_never_syncs_its_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(TracingFS, "fsync_dir", lambda self, path: None)  # not done, not recorded
+    report = ce.explore(["put"], 50, tmp_path, stop_after=1)
+    assert report.violations and "is lost for peer a" in report.violations[0]
 
 
 def test_the_first_put_makes_the_spool_root_durable_before_it_prints(tmp_path: Path) -> None:
