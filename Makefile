@@ -1,11 +1,11 @@
-# dropr — make demo | make test | make check | make bench
+# dropr — make demo | make test | make check | make bench | make torture
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test check lint types docs completions bench clean sysdeps
+.PHONY: all demo test check lint types docs completions bench clean sysdeps torture
 
 all: test
 
@@ -29,6 +29,13 @@ demo: $(STAMP)
 
 test: $(STAMP) sysdeps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -x --durations=10 tests
+
+# The long runs, not in CI: every crash state a power loss can leave (at least
+# TORTURE_STATES of them, seeded by TORTURE_SEED), recovered and checked.
+TORTURE_STATES ?= 12000
+TORTURE_SEED ?= 0
+torture: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/crash_explorer.py --states $(TORTURE_STATES) --seed $(TORTURE_SEED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib cli tests bench
