@@ -48,6 +48,7 @@ from typing import Any
 from dropr import message as m
 from dropr.config import Peer
 from dropr.spool import DIRECT_MIN, IN_STATES, OUT_STATES, TMP_MAX_AGE, Spool
+from dropr.spool._fs import FS
 from dropr.spool._trace import Event, TracingFS
 
 PAGE = 4096
@@ -518,6 +519,10 @@ class State:
     how: str  # the crash point and the choices, for a report
     k: int = 0  # the crash point: the first k operations ran
 
+    def names_key(self) -> str:
+        """A digest that is equal for trees with equal names (contents aside)."""
+        return hashlib.sha256(repr(sorted(self.entries.items())).encode()).hexdigest()
+
     def key(self) -> str:
         """A digest that is equal for equal trees."""
         h = hashlib.sha256()
@@ -698,7 +703,7 @@ def check(rec: Recording, root: str, k: int) -> list[str]:
     due = [p for p in rec.promises if p.at <= k]
     if not os.path.isdir(os.path.join(root, "tmp")):
         return [f"spool lost: {p.box} id={p.ident} was promised" for p in due]
-    sp = Spool(root)  # as dropr-put, dropr-send and dropr-recv open it
+    sp = Spool(root, fs=NoSyncFS())  # as dropr-put, dropr-send and dropr-recv open it
     sp.purge(now=time.time() + TMP_MAX_AGE + 3600)  # the tmp and rcv sweeps see every leftover
     bad: list[str] = []
     out = _outbox_places(sp, bad)
@@ -716,6 +721,23 @@ def check(rec: Recording, root: str, k: int) -> list[str]:
                 bad.append(f"stored id={p.ident} is in {len(got)} inbox places: {got}")
     _resend(sp, rec, bad)
     return bad
+
+
+class NoSyncFS(FS):
+    """The real FS without its syncs: recovery is checked for what it does, not crashed
+    again, and a real fsync per step made a long run wait on the disk."""
+
+    def fsync(self, fd: int) -> None:
+        """Do not sync."""
+
+    def fdatasync(self, fd: int) -> None:
+        """Do not sync."""
+
+    def syncfs(self, path: str) -> None:
+        """Do not sync."""
+
+    def fsync_dir(self, path: str) -> None:
+        """Do not sync."""
 
 
 def _outbox_places(sp: Spool, bad: list[str]) -> dict[tuple[str, str], list[tuple[str, str, int]]]:
@@ -821,6 +843,7 @@ class Report:
     """What an exploration checked and found."""
 
     states: dict[str, int] = field(default_factory=dict)
+    layouts: dict[str, set[str]] = field(default_factory=dict)  # distinct in their names alone
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -829,10 +852,17 @@ class Report:
 
 
 def explore(
-    names: list[str], budget: int, work: Path, seed: int = 0, stop_after: int = 20, target: int = 0
+    names: list[str],
+    budget: int,
+    work: Path,
+    seed: int = 0,
+    stop_after: int = 20,
+    target: int = 0,
+    trees: Path | None = None,
 ) -> Report:
     """Record each scenario and check up to budget of its crash states; then, until target
-    states in all are checked, more rounds with other seeds, while they find new ones."""
+    states in all are checked, more rounds with other seeds, while they find new ones.
+    The recordings are made in work, the states' trees in trees (default: work)."""
     report = Report()
     recs = {}
     seen: dict[str, set[str]] = {}
@@ -842,12 +872,14 @@ def explore(
         recs[name] = record(name, world)
         seen[name] = set()
         report.states[name] = 0
+        report.layouts[name] = set()
     for rnd in range(64):
         before = report.total
         for name in names:
             for st in states(recs[name], budget, seed + rnd, seen[name]):
                 report.states[name] += 1
-                _check_one(recs[name], st, work / name, report)
+                report.layouts[name].add(f"{st.names_key()}:{sum(p.at <= st.k for p in recs[name].promises)}")
+                _check_one(recs[name], st, trees or work, report)
                 if len(report.violations) >= stop_after:
                     return report
         if report.total >= target or report.total - before < max(1, target // 1000):
@@ -891,13 +923,19 @@ def main(argv: list[str] | None = None) -> int:
     names = args.scenario or list(SCENARIOS)
     budget = -(-args.states // len(names))
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="dropr-crash-") as work:
-        report = explore(names, budget, Path(work), args.seed, stop_after=50, target=args.states)
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # trees made and dropped fast
+    with (
+        tempfile.TemporaryDirectory(prefix="dropr-crash-") as work,
+        tempfile.TemporaryDirectory(prefix="dropr-crash-", dir=shm) as trees,
+    ):
+        report = explore(names, budget, Path(work), args.seed, 50, args.states, Path(trees))
         for v in report.violations:
             print(v, end="\n\n")
+    print(f"{'scenario':20} {'states':>6} {'names':>6}  (names: distinct in their names alone)")
     for name, n in report.states.items():
-        print(f"{name:20} {n:6} states")
-    print(f"crash states checked: {report.total}, violations: {len(report.violations)}, "
+        print(f"{name:20} {n:6} {len(report.layouts[name]):6}")
+    print(f"crash states checked: {report.total} ({sum(map(len, report.layouts.values()))} in names), "
+          f"violations: {len(report.violations)}, "
           f"seed {args.seed}, {time.monotonic() - start:.0f} s")  # fmt: skip
     return 1 if report.violations else 0
 
