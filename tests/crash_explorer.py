@@ -27,7 +27,7 @@ pass would, resends every upload as a sender that got no answer would, and retur
 violations: a promised id missing or damaged, a partial file visible, an inbox holding
 a message twice or without its rcv/ entry, an outbox message in no or two states.
 
-Run it long: python tests/crash_explorer.py --states 12000 (make torture).
+Run it long: python tests/crash_explorer.py --states 30000 (make torture).
 """
 
 from __future__ import annotations
@@ -221,6 +221,12 @@ def sc_multicast_put(run: Run) -> None:
     put(run, run.record(), [b"to both", b"and again"], [A, B])
 
 
+def sc_bulk_multicast_put(run: Run) -> None:
+    """A batch of a dozen for two peers: many names unsynced at once before the fsyncs."""
+    run.plain().batch([A, B])
+    put(run, run.record(), [b"many %d" % i for i in range(12)], [A, B])
+
+
 def sc_put_chosen_id(run: Run) -> None:
     run.plain().batch([A])
     put(run, run.record(), [b"chosen"], [A], ident="order-42")
@@ -244,6 +250,32 @@ def sc_store_batch(run: Run) -> None:
     sp = run.plain()
     store(run, sp, [b"warm"])
     store(run, run.record(), [b"batch %d" % i for i in range(6)])
+
+
+def sc_store_mixed_batch(run: Run) -> None:
+    """A dozen received in one request: two channels, generated and chosen ids."""
+    sp = run.plain()
+    store(run, sp, [b"warm"])
+    sp = run.record()
+    items, payloads = [], []
+    for i in range(12):
+        gen, created = sp.ids.new()
+        p = b"mixed %d" % i
+        hdr = m.Header(
+            gen if i % 3 else f"job-{i}", ("default", "jobs")[i % 2], 5, created, 0, len(p), m.crc32(p)
+        )
+        items.append(_part(sp, "web2", hdr, p))
+        payloads.append(p)
+        run.uploads.append(Upload("web2", hdr, p))
+    try:
+        answers = sp.store("web2", items)
+    finally:
+        for _, _, fd in items:
+            if fd >= 0:
+                os.close(fd)
+    for (_, hdr, _), p, answer in zip(items, payloads, answers, strict=True):
+        assert answer == "stored", answer
+        run.promise("in", hdr.ident, p, "web2")
 
 
 def sc_store_big(run: Run) -> None:
@@ -368,10 +400,12 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
         sc_put,
         sc_bulk_put,
         sc_multicast_put,
+        sc_bulk_multicast_put,
         sc_put_chosen_id,
         sc_store,
         sc_store_new_channel,
         sc_store_batch,
+        sc_store_mixed_batch,
         sc_store_big,
         sc_duplicate_store,
         sc_claim,
@@ -916,7 +950,7 @@ def _describe(rec: Recording, st: State, dest: str, bad: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Explore every scenario's crash states; print the counts; exit 1 on a violation."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--states", type=int, default=12000, help="at least this many states in all")
+    ap.add_argument("--states", type=int, default=30000, help="at least this many states in all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scenario", action="append", help="only these (default: all)")
     args = ap.parse_args(argv)
