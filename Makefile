@@ -32,7 +32,7 @@ test: $(STAMP) sysdeps
 
 # The long runs, not in CI: every crash state a power loss can leave (at least
 # TORTURE_STATES of them, seeded by TORTURE_SEED), recovered and checked.
-TORTURE_STATES ?= 12000
+TORTURE_STATES ?= 30000
 TORTURE_SEED ?= 0
 torture: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/crash_explorer.py --states $(TORTURE_STATES) --seed $(TORTURE_SEED)
