@@ -477,10 +477,11 @@ def resolve(rec: Recording) -> list[Op]:
             ops.append(Op(i, "create", p, entry=ns[p], ino=nxt, dirs=(_up(p),)))
             nxt += 1
         elif name == "open_sync":
-            fds[ev.fd] = ns[paths[0]][1]
-        elif name in ("write", "pwrite"):
+            if ns.get(paths[0], ("",))[0] == "file":  # (strace: any open for reading)
+                fds[ev.fd] = ns[paths[0]][1]
+        elif name in ("write", "pwrite") and ev.fd in fds:
             ops.append(Op(i, "data", ino=fds[ev.fd], write=(ev.offset, ev.data), mtime=ev.at))
-        elif name in ("fsync", "fdatasync"):
+        elif name in ("fsync", "fdatasync") and ev.fd in fds:
             ops.append(Op(i, "fsync", ino=fds[ev.fd]))
         elif name == "syncfs":
             ops.append(Op(i, "syncfs"))
