@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 all: test
 
 # System packages the tests need (iproute2 for network namespaces, e2fsprogs for a
-# loop-mounted small filesystem, openssl for a test CA). Best effort: skipped when not root.
+# loop-mounted small filesystem, openssl for a test CA, strace for the crash states of the
+# real binaries). Best effort: skipped when not root.
 sysdeps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  missing=""; for c in ip:iproute2 mkfs.ext4:e2fsprogs openssl:openssl curl:curl mandoc:mandoc; do \
+	  missing=""; for c in ip:iproute2 mkfs.ext4:e2fsprogs openssl:openssl curl:curl mandoc:mandoc strace:strace; do \
 	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
 	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
 	fi
