@@ -52,6 +52,17 @@ from dropr.spool._fs import FS
 from dropr.spool._trace import Event, TracingFS
 
 PAGE = 4096
+# A violation found and left to the lead (the tests mark its states xfail, strict):
+CLAIM_NOT_SYNCED = (
+    "a claim's rename ready/ -> claimed/ is never synced, so a later rename of the entry (an "
+    "ack into done/, a release, an expiry) may reach the disk without it: the message is then "
+    "in ready/ and done/ at once (one file, two names; redelivered, and a purge after the "
+    "retention drops its rcv/ entry while ready/ keeps it). Fix: fsync claimed/ and ready/ "
+    "once per claim call (a rename is durable once both its folders are); left to the lead: "
+    "two fsyncs on the consumers' hot path (#16)"
+)
+KNOWN = {"claim_ack": CLAIM_NOT_SYNCED}  # scenario -> the violation its states show
+
 A = Peer("a", "http://127.0.0.1:9/a/")
 B = Peer("b", "http://127.0.0.1:9/b/")
 MOVES = {("queued", "sent"), ("sent", "processed"), ("queued", "dead"), ("sent", "dead")}
@@ -323,6 +334,14 @@ def sc_claim(run: Run) -> None:
     run.record().claim("default", 2, 60)
 
 
+def sc_claim_ack(run: Run) -> None:
+    """A claim and its ack, neither synced (dropr-recv, then dropr-ack)."""
+    _inbox(run, 1, claim=False)
+    sp = run.record()
+    [c] = sp.claim("default", 1, 60)
+    sp.leases.ack("default", c.name)
+
+
 def sc_ack(run: Run) -> None:
     sp = _inbox(run, 2)
     sp = run.record()
@@ -409,6 +428,7 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
         sc_store_big,
         sc_duplicate_store,
         sc_claim,
+        sc_claim_ack,
         sc_ack,
         sc_release,
         sc_reject,
@@ -879,6 +899,7 @@ class Report:
 
     states: dict[str, int] = field(default_factory=dict)
     layouts: dict[str, set[str]] = field(default_factory=dict)  # distinct in their names alone
+    bad: dict[str, int] = field(default_factory=dict)  # scenario -> states with a violation
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -908,6 +929,7 @@ def explore(
         seen[name] = set()
         report.states[name] = 0
         report.layouts[name] = set()
+        report.bad[name] = 0
     for rnd in range(64):
         before = report.total
         for name in names:
@@ -915,7 +937,7 @@ def explore(
                 report.states[name] += 1
                 report.layouts[name].add(f"{st.names_key()}:{sum(p.at <= st.k for p in recs[name].promises)}")
                 _check_one(recs[name], st, trees or work, report)
-                if len(report.violations) >= stop_after:
+                if sum(n for sc, n in report.bad.items() if sc not in KNOWN) >= stop_after:
                     return report
         if report.total >= target or report.total - before < max(1, target // 1000):
             break
@@ -929,9 +951,11 @@ def _check_one(rec: Recording, st: State, work: Path, report: Report) -> None:
     except Exception as exc:  # noqa: BLE001 - a crash of recovery is a finding too
         bad = [f"recovery raised {type(exc).__name__}: {exc}"]
     if bad:
-        report.violations.append(_describe(rec, st, dest, bad))
-    else:
-        shutil.rmtree(dest)
+        report.bad[rec.name] += 1
+        if report.bad[rec.name] <= 3:  # the first few of each scenario, described
+            report.violations.append(_describe(rec, st, dest, bad))
+            return
+    shutil.rmtree(dest)
 
 
 def _describe(rec: Recording, st: State, dest: str, bad: list[str]) -> str:
@@ -966,13 +990,15 @@ def main(argv: list[str] | None = None) -> int:
         report = explore(names, budget, Path(work), args.seed, 50, args.states, Path(trees))
         for v in report.violations:
             print(v, end="\n\n")
-    print(f"{'scenario':20} {'states':>6} {'names':>6}  (names: distinct in their names alone)")
+    known = sum(n for sc, n in report.bad.items() if sc in KNOWN)
+    found = sum(report.bad.values())
+    print(f"{'scenario':20} {'states':>6} {'names':>6} {'bad':>5}  (names: distinct in their names alone)")
     for name, n in report.states.items():
-        print(f"{name:20} {n:6} {len(report.layouts[name]):6}")
+        print(f"{name:20} {n:6} {len(report.layouts[name]):6} {report.bad[name]:5}")
     print(f"crash states checked: {report.total} ({sum(map(len, report.layouts.values()))} in names), "
-          f"violations: {len(report.violations)}, "
+          f"violations: {found} ({known} known, of {', '.join(KNOWN)}), "
           f"seed {args.seed}, {time.monotonic() - start:.0f} s")  # fmt: skip
-    return 1 if report.violations else 0
+    return 1 if found > known else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ they do at the seam (opens that create, writes, syncs, names, times); reads do n
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -157,6 +158,18 @@ def _name_event(name: str, a: list[str], path: object, now: float) -> Event | No
     return None
 
 
+def run_traced(world: Path, log: str, argv: list[str], stdin: bytes, env: dict[str, str]) -> bytes:
+    """Run an installed command under strace on world's spool (node "here"); return its stdout."""
+    exe = shutil.which(argv[0])
+    assert exe is not None, argv[0]
+    root = world / "var" / "spool" / "dropr"
+    full = {**env, "DROPR_SPOOL": str(root), "DROPR_NODE": "here"}
+    p = subprocess.run(
+        [*STRACE, "-o", log, exe, *argv[1:]], input=stdin, capture_output=True, env=full, check=True
+    )
+    return p.stdout
+
+
 def traced_put(world: Path, payload: bytes, url: str, env: dict[str, str]) -> Recording:
     """Run the installed dropr-put under strace into world's spool; return its recording,
     with the printed id promised after its last operation."""
@@ -164,12 +177,35 @@ def traced_put(world: Path, payload: bytes, url: str, env: dict[str, str]) -> Re
     (world / "var").mkdir(parents=True, exist_ok=True)
     snap, data, mtimes = read_tree(str(world))
     log = str(world.parent / "put.strace")
-    exe = shutil.which("dropr-put")
-    assert exe is not None
-    p = subprocess.run([*STRACE, "-o", log, exe, "--to", url], input=payload, capture_output=True,
-                       env={**env, "DROPR_SPOOL": str(root), "DROPR_NODE": "here"}, check=True)  # fmt: skip
+    ident = run_traced(world, log, ["dropr-put", "--to", url], payload, env).decode().strip()
     evs = events(log, str(world))
-    ident = p.stdout.decode().strip()
     peer = os.listdir(root / "out")[0]
     promise = Promise(len(evs), "out", ident, payload, (peer,))
     return Recording("strace_put", str(world), str(root), snap, data, mtimes, evs, [promise])
+
+
+def traced_recv_ack(world: Path, payloads: list[bytes], env: dict[str, str]) -> Recording:
+    """Store payloads from origin web1 (not traced), then run dropr-recv --all and dropr-ack
+    of the first id under strace; return the recording, every stored id promised."""
+    from crash_explorer import Run, store
+
+    run = Run("strace_recv_ack", world)
+    old = os.environ.get("DROPR_NODE")
+    os.environ["DROPR_NODE"] = "here"
+    try:
+        store(run, run.plain(), payloads)
+    finally:
+        if old is None:
+            del os.environ["DROPR_NODE"]
+        else:
+            os.environ["DROPR_NODE"] = old
+    snap, data, mtimes = read_tree(str(world))
+    evs: list[Event] = []
+    out = run_traced(
+        world, str(world.parent / "recv.strace"), ["dropr-recv", "--all", "--format", "json"], b"", env
+    )
+    evs += events(str(world.parent / "recv.strace"), str(world))
+    first = json.loads(out.decode().splitlines()[0])["id"]
+    run_traced(world, str(world.parent / "ack.strace"), ["dropr-ack", first], b"", env)
+    evs += events(str(world.parent / "ack.strace"), str(world))
+    return Recording(run.name, str(world), str(run.root), snap, data, mtimes, evs, run.promises, run.uploads)

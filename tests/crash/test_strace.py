@@ -37,12 +37,12 @@ def shapes(events: list[Event], root: str) -> list[tuple[str, ...]]:
     return out
 
 
-def test_dropr_put_makes_the_calls_the_seam_records(tmp_path: Path) -> None:
+def test_dropr_put_makes_the_calls_the_seam_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     traced = cs.traced_put(tmp_path / "bin" / "world", PAYLOAD, URL, clean_env())
     root = tmp_path / "lib" / "world" / "var" / "spool" / "dropr"
     root.parent.parent.mkdir(parents=True)  # as traced_put's world/var
     fs = TracingFS()
-    os.environ["DROPR_NODE"] = "here"
+    monkeypatch.setenv("DROPR_NODE", "here")
     batch = Spool(str(root), fs=fs).batch([Peer(url_peer_name(URL), URL)])
     r, w = os.pipe()
     os.write(w, PAYLOAD)
@@ -64,3 +64,17 @@ def test_every_crash_state_of_a_traced_put_keeps_the_printed_id(tmp_path: Path) 
         assert ce.check(rec, ce.materialise(rec, st, str(dest)), st.k) == [], st.how
         n += 1
     assert n >= 50
+
+
+@pytest.mark.xfail(strict=True, reason=ce.CLAIM_NOT_SYNCED)
+def test_every_crash_state_of_a_traced_recv_and_ack_keeps_each_message_once(tmp_path: Path) -> None:
+    rec = cs.traced_recv_ack(tmp_path / "world", [b"first", b"second"], clean_env())
+    names = [ev.name for ev in rec.events]
+    assert "rename" in names and "utime" in names, names  # claims, then the ack
+    n = 0
+    for st in ce.states(rec, 300, seed=16):
+        dest = tmp_path / f"state{n}"
+        dest.mkdir()
+        assert ce.check(rec, ce.materialise(rec, st, str(dest)), st.k) == [], st.how
+        n += 1
+    assert n >= 10
