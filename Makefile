@@ -1,20 +1,21 @@
-# dropr — make demo | make test | make check | make bench
+# dropr — make demo | make test | make check | make bench | make torture
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test check lint types docs completions bench clean sysdeps
+.PHONY: all demo test check lint types docs completions bench clean sysdeps torture
 
 all: test
 
 # System packages the tests need (iproute2 for network namespaces, e2fsprogs for a
-# loop-mounted small filesystem, openssl for a test CA, slowhttptest for slow clients). Best
-# effort: skipped when not root.
+# loop-mounted small filesystem, openssl for a test CA, slowhttptest for slow clients, nginx
+# for the proxy example, strace for the crash states of the real binaries). Best effort:
+# skipped when not root.
 sysdeps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  missing=""; for c in ip:iproute2 mkfs.ext4:e2fsprogs openssl:openssl curl:curl mandoc:mandoc slowhttptest:slowhttptest nginx:nginx-light; do \
+	  missing=""; for c in ip:iproute2 mkfs.ext4:e2fsprogs openssl:openssl curl:curl mandoc:mandoc slowhttptest:slowhttptest nginx:nginx-light strace:strace; do \
 	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
 	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
 	fi
@@ -30,6 +31,13 @@ demo: $(STAMP)
 
 test: $(STAMP) sysdeps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -x --durations=10 tests
+
+# The long runs, not in CI: every crash state a power loss can leave (at least
+# TORTURE_STATES of them, seeded by TORTURE_SEED), recovered and checked.
+TORTURE_STATES ?= 30000
+TORTURE_SEED ?= 0
+torture: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/crash_explorer.py --states $(TORTURE_STATES) --seed $(TORTURE_SEED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib cli tests bench

@@ -266,7 +266,10 @@ class Spool:
             return value
 
     def _init_dirs(self) -> None:
-        if os.path.isdir(os.path.join(self.root, "wake")):
+        # The folders are made in TOP's order, each made durable before the next: the
+        # last one there means all are. (A crash between making wake/ and lock/ left a
+        # spool without lock/, which every later start took for whole.)
+        if os.path.isdir(os.path.join(self.root, TOP[-1])):
             return
         group = self.config.group
         gid = group_id(group) if group is not None and not os.path.isdir(self.root) else -1

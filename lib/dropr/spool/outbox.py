@@ -7,16 +7,16 @@
     kill            meta/ID, then queued/N or sent/N -> dead/N     given up, with a reason
     requeue         meta/ID (synced), then dead/N -> queued/N      dropr-ack --requeue --out
 
-Each move of the sender is a link then an unlink (``FS.move``): only the sender moves
-those entries, and a crash between the two leaves the entry in both states, which
-the next move of it completes. A requeue is another process's move: one rename(2),
-so a crash leaves the entry in one state, dead or queued. It resets the record
-first: attempts to 0, and, for a message with a TTL, a new deadline in the record
-(``deadline``: the requeue's time plus the message's TTL span), because the file is
-never changed after its final rename and its header keeps the first deadline. The
-sender takes the record's deadline where the header's has passed (``peek``). A
-crash between the two leaves the message dead with its record reset: requeuing it
-again finishes the job.
+Each move of the sender is a link, then, once the new name is durable, an unlink (as
+``FS.move``, in that order for a whole batch): only the sender moves those entries, and
+a crash between the two leaves the entry in both states, which the next move of it
+completes. A requeue is another process's move: one rename(2), so a crash leaves the
+entry in one state, dead or queued. It resets the record first: attempts to 0, and,
+for a message with a TTL, a new deadline in the record (``deadline``: the requeue's time
+plus the message's TTL span), because the file is never changed after its final rename
+and its header keeps the first deadline. The sender takes the record's deadline where
+the header's has passed (``peek``). A crash between the two leaves the message dead
+with its record reset: requeuing it again finishes the job.
 """
 
 from __future__ import annotations
@@ -250,8 +250,9 @@ class Outbox:
             if os.path.lexists(src):  # the same file: the sender linked it into dead/ meanwhile
                 continue  # and unlinks queued/N next: it stays dead
             moved.append(name)
-        if moved:
-            self.fs.fsync_dir(f"{base}/queued")
+        if moved:  # a rename is durable with both folders: else dead/N may come back beside
+            self.fs.fsync_dir(f"{base}/queued")  # queued/N after a power loss
+            self.fs.fsync_dir(f"{base}/dead")
         return moved
 
     def _reset(self, peer: str, name: str, path: str) -> None:
@@ -272,17 +273,36 @@ class Outbox:
         self.fs.write_json(f"{self.base}/{peer}/meta/{ident}", meta, sync=True)
 
     def _move(self, peer: str, names: Iterable[str], src: str, dst: str) -> int:
-        moved = 0
+        """Link each name into dst, make dst durable, then unlink the names in src.
+
+        The new names are durable before any old one goes: a power loss may keep an
+        unlink and lose a link made before it in another folder, which left the entry
+        in no state. An unlink that is lost brings the old name back beside the new
+        one, which the next move of the entry completes (FS.move)."""
         base = f"{self.base}/{peer}"
+        linked = []
         for name in names:
-            try:
-                self.fs.move(f"{base}/{src}/{name}", f"{base}/{dst}/{name}")
-                moved += 1
-            except FileNotFoundError:
-                pass
-        if moved:
+            if self._link(f"{base}/{src}/{name}", f"{base}/{dst}/{name}"):
+                linked.append(name)
+        if linked:
             self.fs.fsync_dir(f"{base}/{dst}")
-        return moved
+        for name in linked:
+            self.fs.unlink_quiet(f"{base}/{src}/{name}")
+        return len(linked)
+
+    def _link(self, src: str, dst: str) -> bool:
+        """Link src to dst (there already from a cut move: fine); False if src is gone."""
+        try:
+            self.fs.link(src, dst)
+        except FileNotFoundError:
+            return False
+        except FileExistsError:
+            try:
+                if not os.path.samefile(src, dst):
+                    raise
+            except FileNotFoundError:
+                return False
+        return True
 
 
 class PutBatch:

@@ -140,11 +140,15 @@ class Retention:
         return removed
 
     def _purge_in(self, before: float) -> int:
+        """Remove old done and dead entries, then, once their removal is durable, their
+        rcv/ entries: a power loss that kept an index unlink alone left a message in the
+        inbox without its index entry, which a resend would then store a second time."""
         sp = self.sp
         removed = 0
         for ch in sp.inbox.channels():
             for state in ("done", "dead"):
                 folder = sp.path("in", ch, state)
+                index = []
                 for name in _old(folder, before):
                     if stray_test("in")(name):
                         self.strays(folder, [name])
@@ -152,8 +156,12 @@ class Retention:
                     _, _, origin, ident = m.parse_in_name(name)
                     self.fs.unlink_quiet(f"{folder}/{name}")
                     self.fs.unlink_quiet(sp.path("in", ch, "meta", f"{origin},{ident}"))
-                    self.fs.unlink_quiet(sp.path("rcv", origin, ident))
-                    removed += 1
+                    index.append(sp.path("rcv", origin, ident))
+                if index:
+                    self.fs.fsync_dir(folder)
+                for path in index:
+                    self.fs.unlink_quiet(path)
+                removed += len(index)
         return removed
 
     def _sweep_rcv(self, now: float) -> int:
