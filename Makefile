@@ -38,6 +38,7 @@ TORTURE_STATES ?= 30000
 TORTURE_SEED ?= 0
 torture: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/crash_explorer.py --states $(TORTURE_STATES) --seed $(TORTURE_SEED)
+	PATH="$(CURDIR)/$(BIN):$$PATH" DROPR_TORTURE=1 $(BIN)/python -m pytest -q tests/e2e/test_slow_clients.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib cli tests bench
