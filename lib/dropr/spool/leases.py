@@ -121,21 +121,12 @@ class Leases:
         return True
 
     def _requeue(self, channel: str, name: str, reason: str, delay: float) -> bool:
-        cdir = f"{self.root}/in/{channel}"
-        src_path = f"{cdir}/dead/{name}"
-        if not os.path.lexists(src_path):
+        def reset(meta: dict[str, Any]) -> None:  # the last error stays: it says why it was dead
+            meta.update(returns=0, failures=0, requeues=int(meta.get("requeues", 0)) + 1)
+
+        if not os.path.lexists(f"{self.root}/in/{channel}/dead/{name}"):
             return False
-        _, _, origin, ident = m.parse_in_name(name)
-        meta_path = f"{cdir}/meta/{origin},{ident}"
-        meta = read_json(meta_path)  # the last error stays: it says why it was dead
-        meta.update(returns=0, failures=0, requeues=int(meta.get("requeues", 0)) + 1)
-        self.fs.write_json(meta_path, meta, sync=True)
-        try:
-            self.fs.rename(src_path, f"{cdir}/ready/{name}")
-        except FileNotFoundError:
-            return False
-        self.fs.fsync_dir(f"{cdir}/ready")
-        return True
+        return self._record_and_move(channel, name, "dead", "ready", reset, sync=True)
 
     def _return(
         self, channel: str, name: str, dst: str, *, failed: bool, reason: str, due: float = 0
@@ -145,24 +136,41 @@ class Leases:
         The due time is set before the record is written: a claim already lost, or a
         time the file cannot take, then leaves both as they were.
         """
-        _, _, origin, ident = m.parse_in_name(name)
-        cdir = f"{self.root}/in/{channel}"
-        src_path = f"{cdir}/claimed/{name}"
         if due:
             try:
-                self.fs.utime(src_path, (stamp(due), stamp(due)))
+                self.fs.utime(f"{self.root}/in/{channel}/claimed/{name}", (stamp(due), stamp(due)))
             except FileNotFoundError:
                 return False
+
+        def count(meta: dict[str, Any]) -> None:
+            meta["returns"] = int(meta.get("returns", 0)) + 1
+            if failed:
+                meta["failures"] = int(meta.get("failures", 0)) + 1
+            if reason:
+                meta["error"] = reason
+
+        return self._record_and_move(channel, name, "claimed", dst, count, sync=False)
+
+    def _record_and_move(
+        self,
+        channel: str,
+        name: str,
+        src: str,
+        dst: str,
+        update: Callable[[dict[str, Any]], None],
+        *,
+        sync: bool,
+    ) -> bool:
+        """Update a message's record (synced first with sync), then rename it from src to dst
+        and sync dst; False if it is gone. Every inbox transition with a record takes this path."""
+        _, _, origin, ident = m.parse_in_name(name)
+        cdir = f"{self.root}/in/{channel}"
         meta_path = f"{cdir}/meta/{origin},{ident}"
         meta = read_json(meta_path)
-        meta["returns"] = int(meta.get("returns", 0)) + 1
-        if failed:
-            meta["failures"] = int(meta.get("failures", 0)) + 1
-        if reason:
-            meta["error"] = reason
-        self.fs.write_json(meta_path, meta)
+        update(meta)
+        self.fs.write_json(meta_path, meta, sync=sync)
         try:
-            self.fs.rename(src_path, f"{cdir}/{dst}/{name}")
+            self.fs.rename(f"{cdir}/{src}/{name}", f"{cdir}/{dst}/{name}")
         except FileNotFoundError:
             return False
         self.fs.fsync_dir(f"{cdir}/{dst}")
