@@ -92,19 +92,55 @@ def default_spool() -> str:
     return os.path.join(state, "dropr")
 
 
-class Peer:
-    """A destination: a name (the outbox folder), a base URL and optional credentials."""
+FAILOVER, SPREAD = "failover", "spread"  # the modes of a peer group (urls = [...])
+MODES = (FAILOVER, SPREAD)
+MEMBER_SEP = "+"  # a group member's outbox folder: "{group}+{crc32 of its url:08x}" (no peer
+# name has a "+", so it never meets a peer's folder)
 
-    __slots__ = ("name", "url", "token", "cafile")
+
+class Peer:
+    """A destination: a name (the outbox folder), a base URL and optional credentials.
+
+    The networks of hosts (dropr.7) add, each on its own kind of peer:
+      members  a group (urls = [...]): one Peer per member, named member_name(group, url),
+               with the group's token; ``url`` is the first member's; ``mode`` failover|spread
+      via      a peer reached through a relay: the relay's name; ``url``, ``token`` and
+               ``cafile`` are the relay's, and ``to`` is this peer's own name (X-Dropr-To)
+      hold     a peer that comes to fetch its messages (no url: nothing is pushed to it)
+      fetch    a peer this node fetches its own messages from (dropr-send --fetch)
+      group    of a member: the name of its group
+    """
+
+    __slots__ = ("name", "url", "token", "cafile", "members", "mode", "via", "to", "hold", "fetch", "group")
 
     def __init__(self, name: str, url: str, token: str | None = None, cafile: str | None = None):
         self.name = name
-        self.url = url if url.endswith("/") else url + "/"
+        self.url = url if url.endswith("/") or not url else url + "/"
         self.token = token
         self.cafile = cafile
+        self.members: list[Peer] = []
+        self.mode = FAILOVER
+        self.via: str | None = None
+        self.to: str | None = None
+        self.hold = False
+        self.fetch = False
+        self.group: str | None = None
 
     def __repr__(self) -> str:
         return f"Peer({self.name!r}, {self.url!r})"
+
+
+def member_name(group: str, url: str) -> str:
+    """Return the outbox folder of one member of a group: the group's name, "+", and the
+    CRC-32 of the member's URL (so reordering urls moves no message to another member)."""
+    url = url if url.endswith("/") else url + "/"
+    return f"{group}{MEMBER_SEP}{zlib.crc32(url.encode()) & 0xFFFFFFFF:08x}"
+
+
+def group_of(folder: str) -> str | None:
+    """Return the group of a member's outbox folder, or None for any other folder."""
+    group, sep, _ = folder.rpartition(MEMBER_SEP)
+    return group if sep else None
 
 
 def url_peer_name(url: str) -> str:
@@ -122,10 +158,10 @@ def is_url(text: str) -> bool:
 
 _KNOWN = {
     "": {"node", "group", "peers", "serve", "limits", "send"},
-    "peers.*": {"url", "token", "token_file", "cafile"},
-    "serve": {"listen", "tokens", "tokens_file", "min_free", "certfile", "keyfile"},
+    "peers.*": {"url", "urls", "mode", "via", "hold", "fetch", "token", "token_file", "cafile"},
+    "serve": {"listen", "tokens", "tokens_file", "min_free", "certfile", "keyfile", "relay", "trust_relays"},
     "limits": {"max_message_size", "max_attempts", "retention", "quota"},
-    "send": {"backoff_min", "backoff_max", "connect_timeout", "timeout", "cafile"},
+    "send": {"backoff_min", "backoff_max", "connect_timeout", "timeout", "cafile", "failover_after"},
 }
 
 
@@ -194,6 +230,9 @@ class Config:
     keyfile: str | None
     max_attempts: int
     cafile: str | None
+    relay: list[str]  # serve.relay: clients that may relay through this node
+    trust_relays: list[str]  # serve.trust_relays: clients whose messages keep their origin (o=)
+    failover_after: float
 
     def __init__(self, data: dict[str, Any] | None = None, path: str | None = None) -> None:
         data = data or {}
@@ -209,6 +248,7 @@ class Config:
                 raise ValueError('group must name a group, e.g. group = "dropr"; or leave it out')
             send = _table(data, "send", "")
             self.peers = {name: self._peer(name, p, send) for name, p in _table(data, "peers", "").items()}
+            self._resolve_via()
             self._serve(_table(data, "serve", ""))
             self._limits(_table(data, "limits", ""))
             self._send(send)
@@ -218,17 +258,22 @@ class Config:
             raise ConfigError(f"bad config {where}: {exc}") from None
 
     def _peer(self, name: str, p: Any, send: dict[str, Any]) -> Peer:
-        """Read one [peers.NAME] table (send.cafile is its default cafile)."""
+        """Read one [peers.NAME] table (send.cafile is its default cafile); ``via`` is
+        resolved once every peer is read (_resolve_via)."""
         check_name(name, f"peer name {name!r}")
         if not isinstance(p, dict):
             raise ValueError(f"peers.{name} must be a table: [peers.{name}] with url = ... below it")
-        self._unknown(p, "peers.*", f"peers.{name}.")
-        url = _text(p, "url", f"peers.{name}.")
-        if not url:
-            raise ValueError(f'peer {name!r} needs url = "http(s)://..."')
-        check_url(url)
-        token = _text(p, "token", f"peers.{name}.")
-        token_file = _text(p, "token_file", f"peers.{name}.")
+        where = f"peers.{name}."
+        self._unknown(p, "peers.*", where)
+        url = _text(p, "url", where)
+        urls = _urls(p.get("urls"), where)
+        via = _text(p, "via", where)
+        hold, fetch = _flag(p, "hold", where), _flag(p, "fetch", where)
+        _check_kind(name, url, urls, via, hold, fetch, p.get("mode"))
+        if url:
+            check_url(url)
+        token = _text(p, "token", where)
+        token_file = _text(p, "token_file", where)
         if token is None and token_file:
             token = _read_secret(token_file)
             self.secrets.append(token_file)
@@ -236,8 +281,36 @@ class Config:
             self.secrets.append(self.path)
         if token is not None:
             check_token(token, f"the token of peer {name!r}")
-        cafile = _text(p, "cafile", f"peers.{name}.") or _text(send, "cafile", "send.")
-        return Peer(name, url, token, cafile)
+        cafile = _text(p, "cafile", where) or _text(send, "cafile", "send.")
+        peer = Peer(name, url or (urls[0] if urls else ""), token, cafile)
+        peer.hold, peer.fetch, peer.via = hold, fetch, via
+        if urls:
+            peer.mode = p.get("mode", FAILOVER)
+            for u in urls:
+                member = Peer(member_name(name, u), u, token, cafile)
+                member.group = name
+                peer.members.append(member)
+        return peer
+
+    def _resolve_via(self) -> None:
+        """Give each peer reached through a relay the relay's url and credentials."""
+        for peer in self.peers.values():
+            if peer.via is None:
+                continue
+            relay = self.peers.get(peer.via)
+            if peer.via == peer.name:
+                raise ValueError(f"peers.{peer.name}.via names the peer itself; name the relay in between")
+            if relay is None:
+                known = ", ".join(sorted(self.peers)) or "none"
+                raise ValueError(f"peers.{peer.name}.via = {peer.via!r} is no peer (known: {known})")
+            if relay.members or relay.via or relay.hold or not relay.url:
+                raise ValueError(
+                    f"peers.{peer.name}.via = {peer.via!r}: the relay must be a peer with one url"
+                    " (not a group, a held peer or another via)"
+                )
+            peer.url, peer.to = relay.url, peer.name
+            peer.token = relay.token if peer.token is None else peer.token
+            peer.cafile = relay.cafile if peer.cafile is None else peer.cafile
 
     def _serve(self, serve: dict[str, Any]) -> None:
         """Read [serve]: listen addresses, client tokens, free-space floor, TLS files."""
@@ -267,6 +340,8 @@ class Config:
         self.min_free = parse_size(serve.get("min_free", "64MiB"))
         self.certfile = _text(serve, "certfile", "serve.")
         self.keyfile = _text(serve, "keyfile", "serve.")
+        self.relay = _names(serve, "relay", "clients that may relay through this node")
+        self.trust_relays = _names(serve, "trust_relays", "relays whose messages keep their origin")
 
     def _limits(self, limits: dict[str, Any]) -> None:
         """Read [limits]: message size, attempts, retention, quota."""
@@ -289,6 +364,7 @@ class Config:
         self.connect_timeout = parse_duration(send.get("connect_timeout", "10s"))
         self.timeout = parse_duration(send.get("timeout", "10m"))
         self.cafile = _text(send, "cafile", "send.")
+        self.failover_after = parse_duration(send.get("failover_after", "5m"))
 
     def _unknown(self, table: dict[str, Any], kind: str, prefix: str) -> None:
         self.unknown += [f"{prefix}{k}" for k in table if k not in _KNOWN[kind]]
@@ -312,6 +388,57 @@ class Config:
         raise UnavailableError(
             f"unknown peer {target!r} (known: {known}); add [peers.{target}] to the config or give a URL"
         )
+
+
+def _urls(value: Any, where: str) -> list[str]:
+    """Return a group's member URLs (checked), or [] when there is no urls key."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value or not all(isinstance(u, str) for u in value):
+        raise ValueError(f'{where}urls must be a list of one or more URLs, e.g. urls = ["https://db1:8443/"]')
+    for u in value:
+        check_url(u)
+    if len({u if u.endswith("/") else u + "/" for u in value}) != len(value):
+        raise ValueError(f"{where}urls names a member twice")
+    return value
+
+
+def _flag(table: dict[str, Any], key: str, where: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}{key} must be true or false")
+    return value
+
+
+def _check_kind(
+    name: str, url: str | None, urls: list[str], via: str | None, hold: bool, fetch: bool, mode: Any
+) -> None:
+    """Refuse the combinations of a peer's keys that mean nothing (dropr.7, CONFIGURATION)."""
+    if url and urls:
+        raise ValueError(f"peer {name!r} has both url and urls: give url for one host, urls for a group")
+    if via and (url or urls):
+        raise ValueError(f"peer {name!r} has via and a url: a peer reached through a relay has no url")
+    if hold and (url or urls or via):
+        raise ValueError(f"peer {name!r} has hold = true and a url or via: a held peer fetches, give neither")
+    if fetch and not url:
+        raise ValueError(f'peer {name!r} has fetch = true but no url: fetching needs url = "http(s)://..."')
+    if mode is not None and not urls:
+        raise ValueError(f"peer {name!r} has a mode but no urls: mode is for a group of urls")
+    if mode is not None and mode not in MODES:
+        raise ValueError(f'peers.{name}.mode = {mode!r}: write "failover" or "spread"')
+    if not (url or urls or via or hold):
+        need = 'url = "http(s)://...", urls = [...], via = "RELAY" or hold = true'
+        raise ValueError(f"peer {name!r} needs {need}")
+
+
+def _names(table: dict[str, Any], key: str, what: str) -> list[str]:
+    """Return a list of node names (serve.relay, serve.trust_relays), checked."""
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise ValueError(f'serve.{key} must be a list of node names ({what}), e.g. {key} = ["web1"]')
+    for n in value:
+        check_name(n, f"a node in serve.{key}")
+    return value
 
 
 def _node(data: dict[str, Any]) -> str | None:

@@ -5,6 +5,13 @@ payload, byte for byte. The header is one line of ``key=value`` fields padded
 with spaces and ended by a newline at byte 255::
 
     DROPR1 id=0190f3c2a1b4c5d6e7f8a9b0c1d2 ch=default p=5 c=<µs> d=<µs|0> s=<size> k=<crc32>
+           [y=<crc32 of the put's --key>] [o=<origin> h=<hops>]
+
+``y`` is written by ``dropr-put --key`` (a group's sender keeps one key on one
+member); ``o`` and ``h`` by a relay, for the message's first origin and the hops
+it has made (dropr.7, Relays). A reader skips a field it does not know, so a
+receiver of an earlier release takes these headers and ignores them. The longest
+header (64-character id, 40-character channel and origin, every field) is 251 bytes.
 
 The same bytes travel on the wire: the sender uploads the spool file as it is
 and the receiver reads the header from the stream, then writes only the
@@ -33,6 +40,7 @@ HEADER_SIZE = 256
 MAGIC = b"DROPR1"
 MAX_ID = 64
 MAX_NAME = 40
+MAX_HOPS = 8  # a relayed message makes at most this many hops from origin to destination
 
 NAME_PATTERNS = {"out": r"[0-9][0-9a-f]{13},[^,]+", "in": r"[0-9][0-9a-f]{13},[^,]+,[^,]+"}
 # the message names in the state folders of each box: what not_out_name and not_in_name check
@@ -173,9 +181,14 @@ def header_deadline(raw: bytes) -> int:
 
 
 class Header:
-    """The envelope of an outbox message; ``pack`` and ``parse`` are exact inverses."""
+    """The envelope of an outbox message; ``pack`` and ``parse`` are exact inverses.
 
-    __slots__ = ("ident", "channel", "priority", "created", "deadline", "size", "crc")
+    origin, hops: set by a relay (its client's origin, and the hops made so far,
+    counting the upload that reached the relay); key: the CRC-32 of dropr-put --key."""
+
+    __slots__ = (
+        "ident", "channel", "priority", "created", "deadline", "size", "crc", "key", "origin", "hops",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -186,6 +199,10 @@ class Header:
         deadline: int,
         size: int,
         crc: int,
+        *,
+        key: int | None = None,
+        origin: str | None = None,
+        hops: int = 0,
     ) -> None:
         self.ident = ident
         self.channel = channel
@@ -194,14 +211,21 @@ class Header:
         self.deadline = deadline
         self.size = size
         self.crc = crc
+        self.key = key
+        self.origin = origin
+        self.hops = hops
 
     def pack(self) -> bytes:
         """Return the 256-byte header."""
         line = (
             f"DROPR1 id={self.ident} ch={self.channel} p={self.priority} c={self.created}"
             f" d={self.deadline} s={self.size} k={self.crc:08x}"
-        ).encode("ascii")
-        return line.ljust(HEADER_SIZE - 1) + b"\n"
+        )
+        if self.key is not None:
+            line += f" y={self.key:08x}"
+        if self.origin is not None:
+            line += f" o={self.origin} h={self.hops}"
+        return line.encode("ascii").ljust(HEADER_SIZE - 1) + b"\n"
 
     @classmethod
     def parse(cls, raw: bytes) -> Header:
@@ -242,7 +266,34 @@ class Header:
             ident, channel = check_id(ident), check_name(channel, "a channel")
         except ValueError as exc:  # in words
             raise ValueError(f"bad message header: {exc}") from None
-        return cls(ident, channel, int(p), int(c), int(d), int(s), int(k, 16))
+        hdr = cls(ident, channel, int(p), int(c), int(d), int(s), int(k, 16))
+        if len(fields) > 7:  # y, o, h: only where --key or a relay wrote them
+            _network_fields(hdr, fields)
+        return hdr
+
+
+def _network_fields(hdr: Header, fields: dict[str, str]) -> None:
+    """Read the optional fields y (key), o (origin) and h (hops) into hdr, checked."""
+    y, o, h = fields.get("y"), fields.get("o"), fields.get("h")
+    if y is not None:
+        if len(y) != 8 or not _HEX.issuperset(y):
+            raise ValueError("bad message header: field y is not 8 lowercase hex digits")
+        hdr.key = int(y, 16)
+    if (o is None) != (h is None):
+        raise ValueError("bad message header: fields o and h go together")
+    if o is not None and h is not None:
+        try:
+            hdr.origin = check_name(o, "an origin")
+        except ValueError as exc:
+            raise ValueError(f"bad message header: {exc}") from None
+        if not h.isdigit() or len(h) > 2:
+            raise ValueError("bad message header: field h is not a number of hops, 0 to 99")
+        hdr.hops = int(h)
+
+
+def key_hash(key: str) -> int:
+    """Return the y= field of a dropr-put --key: the CRC-32 of the key's UTF-8 bytes."""
+    return zlib.crc32(key.encode("utf-8"))
 
 
 def crc32(data: bytes | memoryview, value: int = 0) -> int:

@@ -13,6 +13,15 @@ and written on the hot path, and this module must cost nothing to import.
                           (prefixes, optional: each id's "{p}{created:013x}", a lookup hint)
                           state: processed | dead | pending | unknown
   GET  {url}v1/health     {"ok": true, "node": NAME}   (HEAD too; and GET {url} itself)
+
+Networks of hosts (dropr.7, RELAYS and FETCH); a server of an earlier release answers
+these routes 404, so nothing meant for a relay lands in its inbox:
+  POST {url}v1/relay          as v1/messages, with X-Dropr-To: DESTINATION; the relay
+                              keeps each message in its outbox for DESTINATION
+  POST {url}v1/relay/status   as v1/status, with X-Dropr-To: the relay's outbox state
+  POST {url}v1/fetch          the client's own held messages (see FETCH below)
+A status poll may carry "origins": each id's first origin ("" for the client itself),
+as long as "ids"; a relay asks its destination so about what it relayed.
 """
 
 from __future__ import annotations
@@ -21,10 +30,15 @@ from __future__ import annotations
 MESSAGES = "v1/messages"
 STATUS = "v1/status"
 HEALTH = "v1/health"
+RELAY = "v1/relay"
+RELAY_STATUS = "v1/relay/status"
+FETCH = "v1/fetch"
 
 # Headers. The WSGI environ spells a request header HTTP_<NAME>, upper case, "_" for "-".
 ORIGIN_HEADER = "X-Dropr-Origin"
 ORIGIN_ENVIRON = "HTTP_X_DROPR_ORIGIN"
+TO_HEADER = "X-Dropr-To"  # the destination of a relayed upload or status poll
+TO_ENVIRON = "HTTP_X_DROPR_TO"
 AUTH_HEADER = "Authorization"
 AUTH_ENVIRON = "HTTP_AUTHORIZATION"
 BEARER = "Bearer"
@@ -46,6 +60,7 @@ UNKNOWN = "unknown"  # never received, or purged after the receiver's retention
 RESULTS = "results"
 IDS = "ids"
 PREFIXES = "prefixes"
+ORIGINS = "origins"  # of a status poll, optional: each id's first origin, "" for the client
 ID = "id"  # of each upload result
 STATUS_KEY = "status"  # of each upload result: one of the four answers above
 STATE = "state"  # of each polled id: one of the four states above

@@ -236,3 +236,32 @@ def test_header_created_beyond_13_hex_digits_is_refused() -> None:
     h = m.Header("a", "default", 5, 16**13, 0, 0, 0)
     with pytest.raises(ValueError, match="out of range"):
         m.Header.parse(h.pack())
+
+
+def test_network_fields_round_trip_and_fit_the_longest_header() -> None:
+    hdr = m.Header("i" * 64, "c" * 40, 9, 16**13 - 1, 16**13 - 1, 2**63 - 1, 0xFFFFFFFF,
+                   key=m.key_hash("user-42"), origin="o" * 40, hops=m.MAX_HOPS)  # fmt: skip
+    raw = hdr.pack()
+    assert len(raw) == m.HEADER_SIZE and raw.endswith(b"\n") and b"  \n" in raw
+    back = m.Header.parse(raw)
+    assert (back.key, back.origin, back.hops) == (m.key_hash("user-42"), "o" * 40, 8)
+    plain = m.Header("x", "d", 1, 2, 3, 4, 5)
+    assert b" y=" not in plain.pack() and b" o=" not in plain.pack()  # unchanged for old receivers
+    assert m.Header.parse(plain.pack()).origin is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (" y=XYZ", "field y"),
+        (" o=a", "o and h go together"),
+        (" h=1", "o and h go together"),
+        (" o=-a h=1", "an origin"),
+        (" o=a h=x", "field h"),
+        (" o=a h=100", "field h"),
+    ],
+)
+def test_bad_network_fields_are_refused_in_words(extra: str, says: str) -> None:
+    line = f"DROPR1 id=x ch=d p=1 c=2 d=3 s=4 k=00000005{extra}".encode()
+    with pytest.raises(ValueError, match=says):
+        m.Header.parse(line.ljust(m.HEADER_SIZE - 1) + b"\n")
