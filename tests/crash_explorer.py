@@ -52,19 +52,9 @@ from dropr.spool._fs import FS
 from dropr.spool._trace import Event, TracingFS
 
 PAGE = 4096
-# A violation found and left to the lead (the tests mark its states xfail, strict):
-CLAIM_NOT_SYNCED = (
-    "a claim's rename ready/ -> claimed/ is never synced, so a later rename of the entry (an "
-    "ack into done/, a release, an expiry) may reach the disk without it: the message is then "
-    "in ready/ and done/ at once (one file, two names; redelivered, and a purge after the "
-    "retention drops its rcv/ entry while ready/ keeps it). Fix: fsync claimed/ and ready/ "
-    "once per claim call (a rename is durable once both its folders are); left to the lead: "
-    "two fsyncs on the consumers' hot path (#16)"
-)
-KNOWN = {
-    "claim_ack": CLAIM_NOT_SYNCED,
-    "strace_recv_ack": CLAIM_NOT_SYNCED,
-}  # scenario -> the violation its states show
+KNOWN: dict[str, str] = {}  # scenario -> a violation its states show, found and not yet fixed
+# (CLAIM_NOT_SYNCED was one: a claim's rename never synced, fixed in Leases.claim, #16)
+
 
 A = Peer("a", "http://127.0.0.1:9/a/")
 B = Peer("b", "http://127.0.0.1:9/b/")

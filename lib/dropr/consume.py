@@ -541,10 +541,77 @@ class HandlerOptions:
         self.lease = lease
 
 
+class _ClaimSync:
+    """Make dropr-recv --exec's claims durable in a thread, while their handlers run.
+
+    A claim's rename must be durable before the claim ends (Leases.claim). Synced in the
+    loop, the two fsyncs held up the next claim and spawn (--exec took 1.5-1.8x the spawn
+    time of sh -c, against 1.3x); here claims made meanwhile share one sync, and a job
+    waits for its claim's sync only when it ends, by then long done."""
+
+    def __init__(self, spool: Spool, channel: str) -> None:
+        import threading
+
+        self.spool = spool
+        self.channel = channel
+        self.made = 0  # claim calls made
+        self.synced = 0  # of them, durable
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="claim-sync", daemon=True)
+        self.thread.start()
+
+    def claimed(self) -> int:
+        """Note a claim call just made; return the number its jobs wait for."""
+        with self.cond:
+            self.made += 1
+            self.cond.notify_all()
+            return self.made
+
+    def wait(self, made: int) -> None:
+        """Block until claim call number made is durable; raise what the sync raised."""
+        with self.cond:
+            while self.synced < made and self.error is None:
+                self.cond.wait()
+            if self.error is not None:
+                raise self.error
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while self.made == self.synced and not self.stopped:
+                    self.cond.wait()
+                if self.made == self.synced:
+                    return
+                made = self.made
+            try:
+                self.spool.leases.sync_claims(self.channel)
+            except BaseException as exc:  # handed to the loop by wait()
+                with self.cond:
+                    self.error = exc
+                    self.cond.notify_all()
+                return
+            with self.cond:
+                self.synced = made
+                self.cond.notify_all()
+
+    def close(self) -> None:
+        """Finish the syncs asked for and stop the thread."""
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        self.thread.join()
+
+
 class _Job:
-    __slots__ = ("claim", "proc", "pidfd", "started", "renewed", "stderr", "last_line", "killed", "termed")
+    __slots__ = (
+        "claim", "proc", "pidfd", "started", "renewed", "stderr", "last_line", "killed", "termed",
+        "synced_by",
+    )  # fmt: skip
 
     def __init__(self, claim: Claim, proc: subprocess.Popen[bytes]) -> None:
+        self.synced_by = 0  # the _ClaimSync number its claim is durable at
         self.claim = claim
         self.proc = proc
         self.pidfd = os.pidfd_open(proc.pid)
@@ -565,8 +632,9 @@ class Handlers:
         self.jobs: dict[int, _Job] = {}
         self.stopping = 0
         self.done = 0
+        self.syncer = _ClaimSync(spool, opts.channel)
 
-    def _spawn(self, c: Claim) -> None:
+    def _spawn(self, c: Claim) -> _Job:
         import subprocess
 
         info = c.info()
@@ -589,9 +657,11 @@ class Handlers:
         os.set_blocking(job.stderr.fileno(), False)
         self.jobs[job.pidfd] = job
         log.debug("started id=%s pid=%d attempt=%s", c.ident, proc.pid, info["attempt"])
+        return job
 
     def _finish(self, job: _Job) -> None:
         self._drain(job)
+        self.syncer.wait(job.synced_by)  # its claim durable before it ends (Leases.claim)
         os.close(job.pidfd)
         del self.jobs[job.pidfd]
         rc = job.proc.wait()
@@ -685,11 +755,12 @@ class Handlers:
             while True:
                 free = self.opts.jobs - len(self.jobs)
                 if free and not self.stopping and (not idle or time.monotonic() - last_claim > SWEEP_EVERY):
-                    claims = self.spool.claim(self.opts.channel, free, self.opts.lease, keep=True)
+                    claims = self.spool.claim(self.opts.channel, free, self.opts.lease, keep=True, sync=False)
                     last_claim = time.monotonic()
                     idle = not claims
+                    made = self.syncer.claimed() if claims else 0  # synced while the handlers run
                     for c in claims:
-                        self._spawn(c)
+                        self._spawn(c).synced_by = made
                 if not self.jobs and (self.stopping or (self.opts.once and idle)):
                     break
                 fds: list[Any] = [waiter, *self.jobs.keys()]
@@ -716,6 +787,7 @@ class Handlers:
                 self._tick()
         finally:
             waiter.close()
+            self.syncer.close()
         return EX_OK
 
 

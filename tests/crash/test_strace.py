@@ -66,7 +66,6 @@ def test_every_crash_state_of_a_traced_put_keeps_the_printed_id(tmp_path: Path) 
     assert n >= 50
 
 
-@pytest.mark.xfail(strict=True, reason=ce.CLAIM_NOT_SYNCED)
 def test_every_crash_state_of_a_traced_recv_and_ack_keeps_each_message_once(tmp_path: Path) -> None:
     rec = cs.traced_recv_ack(tmp_path / "world", [b"first", b"second"], clean_env())
     names = [ev.name for ev in rec.events]

@@ -166,3 +166,52 @@ def test_the_facade_binds_each_late_name_to_its_concern(spool_dir: Path) -> None
     with pytest.raises(AttributeError):
         sp.no_such_name  # type: ignore[attr-defined]  # noqa: B018
     assert spool_mod.Claim.__module__ == "dropr.spool.leases"
+
+
+def _claims_synced_before_their_ends(ops: list[tuple[str, ...]]) -> int:
+    """Check that every rename out of claimed/ follows fsyncs of claimed/ and ready/ made
+    after the rename that claimed it; return how many such ends there were."""
+    claimed_at: dict[str, int] = {}
+    ends = 0
+    for i, op in enumerate(ops):
+        if op[0] == "rename" and "/ready/" in op[1] and "/claimed/" in op[2]:
+            claimed_at[os.path.basename(op[2])] = i
+        elif op[0] == "rename" and "/claimed/" in op[1]:
+            at = claimed_at[os.path.basename(op[1])]
+            later = {os.path.basename(o[1]) for o in ops[at:i] if o[0] == "fsync_dir"}
+            assert {"claimed", "ready"} <= later, (op, ops[at:i])
+            ends += 1
+    return ends
+
+
+def test_claims_are_durable_before_anyone_hears_of_them(spool_dir: Path) -> None:
+    # An ack's rename (into done/, synced) could otherwise reach the disk without the
+    # claim's: after a power loss the message was in ready/ and done/ at once (#16).
+    from helpers import fill_inbox
+
+    fill_inbox(spool_dir, [b"one", b"two", b"three"])
+    fs = TracingFS()
+    sp = Spool(str(spool_dir), fs=fs)
+    heard: list[int] = []
+    got = sp.claim("default", 3, 60, each=lambda c: heard.append(len(fs.ops)))
+    assert len(got) == 3 and heard
+    first_heard = heard[0]
+    assert [os.path.basename(o[1]) for o in fs.ops[:first_heard] if o[0] == "fsync_dir"] == [
+        "claimed",
+        "ready",
+    ]
+    for c in got:
+        sp.finish(c.channel, c.name, "ack")
+    assert _claims_synced_before_their_ends(fs.ops) == 3
+
+
+def test_exec_handlers_end_no_claim_before_it_is_durable(spool_dir: Path) -> None:
+    from dropr.consume import HandlerOptions, Handlers
+    from helpers import fill_inbox
+
+    fill_inbox(spool_dir, [b"%d" % i for i in range(12)])
+    fs = TracingFS()
+    sp = Spool(str(spool_dir), fs=fs)
+    assert Handlers(sp, HandlerOptions(command="exit 0", jobs=3, once=True)).run() == 0
+    assert _claims_synced_before_their_ends(fs.ops) == 12
+    assert len(os.listdir(spool_dir / "in" / "default" / "done")) == 12

@@ -64,8 +64,10 @@ store (in)   write rcv/O/ID (generated id: made  the receiver holds lock/rcv-O.l
                                                  drops rcv/ files no inbox state links,
                                                  untouched 36 h (an upload cut by a crash).
 claim        utime(ready/N, lease end);          between: the file sits in ready with a future
-             rename -> claimed/N; utime again    mtime, which ready ignores; after: a lease that is
-                                                 already set, so no sweeper can take it back early.
+             rename -> claimed/N; utime again;   mtime, which ready ignores; after: a lease that is
+             (every claim of the call) sync      already set, so no sweeper can take it back early.
+             claimed/ and ready/; hand them out  A claim not yet synced is in ready/ or claimed/;
+                                                 nobody has it yet, so no ack can overtake it.
 ack          rename claimed/N -> done/N          before: the lease expires, redelivered (at least
                                                  once).
 release      [utime(claimed/N, due)]; write      before the rename: the lease expires (at the due

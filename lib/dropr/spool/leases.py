@@ -207,6 +207,7 @@ class Leases:
         *,
         keep: bool = False,
         each: Callable[[Claim], None] | None = None,
+        sync: bool = True,
     ) -> list[Claim]:
         """Claim up to n ready messages for a lease of `lease` seconds, most urgent first.
 
@@ -214,7 +215,13 @@ class Leases:
         (a handler loop claiming one at a time from a large inbox) the listing is kept
         between calls and renewed when used up, after SWEEP_EVERY, or by forget_ready:
         an expired lease or a more urgent arrival may then wait up to that long. each,
-        if given, is called with every claim as soon as it is made.
+        if given, is called with every claim once the claims are durable.
+
+        The claims' renames are made durable (sync_claims) before anyone hears of them:
+        else an ack's rename into done/ could reach the disk without the claim's, and a
+        power loss would leave the message in ready/ and done/ at once. With sync=False
+        the caller calls sync_claims before it ends any of them (dropr-recv --exec starts
+        the handlers first, so the two fsyncs overlap their run).
         """
         cdir = f"{self.root}/in/{channel}"
         if not os.path.isdir(cdir):
@@ -237,12 +244,22 @@ class Leases:
             if not self._take(f"{ready}/{name}", f"{cdir}/claimed/{name}", now, expiry):
                 continue  # another consumer won this one
             out.append(c)
-            if each is not None:
-                each(c)
         if keep:
             names.reverse()
             self._ready[channel] = (listed, names)
+        if out and sync:
+            self.sync_claims(channel)
+        if each is not None:
+            for c in out:
+                each(c)
         return out
+
+    def sync_claims(self, channel: str) -> None:
+        """Make the claims of a channel durable: fsync claimed/, then ready/ (a rename is
+        durable once both its folders are). One pair per claim call, not per message."""
+        cdir = f"{self.root}/in/{channel}"
+        self.fs.fsync_dir(f"{cdir}/claimed")
+        self.fs.fsync_dir(f"{cdir}/ready")
 
     def _take(self, src: str, dst: str, now: float, expiry: float) -> bool:
         """ready -> claimed: set the lease end, rename, set it again (see the state table)."""
