@@ -24,6 +24,7 @@ log = _log.get(__name__)
 
 SWEEP_EVERY = 1.0  # waiting consumers look for expired leases and due retries this often
 KILL_GRACE = 5.0  # seconds between TERM and KILL for a handler past its --timeout
+FAST_HANDLER = 0.05  # seconds: handlers quicker than this on average get their claims made ahead
 RETRY_BASE = 1.0
 RETRY_MAX = 300.0
 EMIT_EVERY = 64  # dropr-recv writes its lines in groups of this many
@@ -633,6 +634,37 @@ class Handlers:
         self.stopping = 0
         self.done = 0
         self.syncer = _ClaimSync(spool, opts.channel)
+        self.ahead: list[tuple[Claim, int, float]] = []  # (claim, its sync, renewed at): a few
+        self.mean_run = 0.0  # seconds a handler runs, a moving average
+
+    def _start_jobs(self, free: int) -> bool:
+        """Start up to free handlers; return whether there was anything to start.
+
+        Claims become durable in one sync per claim call (_ClaimSync), which a job waits
+        for when it ends. While handlers are quick (under FAST_HANDLER on average), each
+        call claims jobs more than it starts, so that the next handlers' claims are synced
+        while these run: one claim per job took a sync per job, which set the pace."""
+        if not self.ahead:
+            extra = self.opts.jobs if self.mean_run < FAST_HANDLER else 0
+            claims = self.spool.claim(self.opts.channel, free + extra, self.opts.lease, keep=True, sync=False)
+            if not claims:
+                return False
+            made = self.syncer.claimed()
+            now = time.monotonic()
+            self.ahead.extend((c, made, now) for c in claims)
+        while self.ahead and free:
+            c, made, renewed = self.ahead.pop(0)
+            job = self._spawn(c)
+            job.synced_by, job.renewed = made, renewed
+            free -= 1
+        return True
+
+    def _give_back_ahead(self) -> None:
+        """Release the claims made ahead that no handler has started (stopping)."""
+        while self.ahead:
+            c, made, _ = self.ahead.pop(0)
+            self.syncer.wait(made)
+            c.spool.finish(c.channel, c.name, "release")
 
     def _spawn(self, c: Claim) -> _Job:
         import subprocess
@@ -662,6 +694,7 @@ class Handlers:
     def _finish(self, job: _Job) -> None:
         self._drain(job)
         self.syncer.wait(job.synced_by)  # its claim durable before it ends (Leases.claim)
+        self.mean_run += (time.monotonic() - job.started - self.mean_run) / 8
         os.close(job.pidfd)
         del self.jobs[job.pidfd]
         rc = job.proc.wait()
@@ -721,6 +754,10 @@ class Handlers:
         import signal
 
         now = time.monotonic()
+        for i, (c, made, renewed) in enumerate(self.ahead):  # claimed ahead, not started yet
+            if now - renewed > self.opts.lease / 4:
+                self.ahead[i] = (c, made, now)
+                c.renew(self.opts.lease)
         for job in list(self.jobs.values()):
             if now - job.renewed > self.opts.lease / 4:
                 job.renewed = now
@@ -755,13 +792,11 @@ class Handlers:
             while True:
                 free = self.opts.jobs - len(self.jobs)
                 if free and not self.stopping and (not idle or time.monotonic() - last_claim > SWEEP_EVERY):
-                    claims = self.spool.claim(self.opts.channel, free, self.opts.lease, keep=True, sync=False)
+                    idle = not self._start_jobs(free)
                     last_claim = time.monotonic()
-                    idle = not claims
-                    made = self.syncer.claimed() if claims else 0  # synced while the handlers run
-                    for c in claims:
-                        self._spawn(c).synced_by = made
-                if not self.jobs and (self.stopping or (self.opts.once and idle)):
+                if self.stopping:
+                    self._give_back_ahead()
+                if not self.jobs and not self.ahead and (self.stopping or (self.opts.once and idle)):
                     break
                 fds: list[Any] = [waiter, *self.jobs.keys()]
                 fds += [j.stderr for j in self.jobs.values() if j.stderr is not None]
