@@ -542,77 +542,10 @@ class HandlerOptions:
         self.lease = lease
 
 
-class _ClaimSync:
-    """Make dropr-recv --exec's claims durable in a thread, while their handlers run.
-
-    A claim's rename must be durable before the claim ends (Leases.claim). Synced in the
-    loop, the two fsyncs held up the next claim and spawn (--exec took 1.5-1.8x the spawn
-    time of sh -c, against 1.3x); here claims made meanwhile share one sync, and a job
-    waits for its claim's sync only when it ends, by then long done."""
-
-    def __init__(self, spool: Spool, channel: str) -> None:
-        import threading
-
-        self.spool = spool
-        self.channel = channel
-        self.made = 0  # claim calls made
-        self.synced = 0  # of them, durable
-        self.error: BaseException | None = None
-        self.stopped = False
-        self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name="claim-sync", daemon=True)
-        self.thread.start()
-
-    def claimed(self) -> int:
-        """Note a claim call just made; return the number its jobs wait for."""
-        with self.cond:
-            self.made += 1
-            self.cond.notify_all()
-            return self.made
-
-    def wait(self, made: int) -> None:
-        """Block until claim call number made is durable; raise what the sync raised."""
-        with self.cond:
-            while self.synced < made and self.error is None:
-                self.cond.wait()
-            if self.error is not None:
-                raise self.error
-
-    def _run(self) -> None:
-        while True:
-            with self.cond:
-                while self.made == self.synced and not self.stopped:
-                    self.cond.wait()
-                if self.made == self.synced:
-                    return
-                made = self.made
-            try:
-                self.spool.leases.sync_claims(self.channel)
-            except BaseException as exc:  # handed to the loop by wait()
-                with self.cond:
-                    self.error = exc
-                    self.cond.notify_all()
-                return
-            with self.cond:
-                self.synced = made
-                self.cond.notify_all()
-
-    def close(self) -> None:
-        """Finish the syncs asked for and stop the thread."""
-        with self.cond:
-            self.stopped = True
-            self.cond.notify_all()
-        self.thread.join()
-
-
 class _Job:
-    __slots__ = (
-        "claim", "proc", "pidfd", "started", "renewed", "stderr", "last_line", "killed", "termed",
-        "synced_by",
-    )  # fmt: skip
+    __slots__ = ("claim", "proc", "pidfd", "started", "renewed", "stderr", "last_line", "killed", "termed")
 
     def __init__(self, claim: Claim, proc: subprocess.Popen[bytes]) -> None:
-        self.synced_by = 0  # the _ClaimSync number its claim is durable at
         self.claim = claim
         self.proc = proc
         self.pidfd = os.pidfd_open(proc.pid)
@@ -633,37 +566,36 @@ class Handlers:
         self.jobs: dict[int, _Job] = {}
         self.stopping = 0
         self.done = 0
-        self.syncer = _ClaimSync(spool, opts.channel)
-        self.ahead: list[tuple[Claim, int, float]] = []  # (claim, its sync, renewed at): a few
+        self.ahead: list[tuple[Claim, float]] = []  # (claim, lease renewed at): a few
         self.mean_run = 0.0  # seconds a handler runs, a moving average
 
     def _start_jobs(self, free: int) -> bool:
         """Start up to free handlers; return whether there was anything to start.
 
-        Claims become durable in one sync per claim call (_ClaimSync), which a job waits
-        for when it ends. While handlers are quick (under FAST_HANDLER on average), each
-        call claims jobs more than it starts, so that the next handlers' claims are synced
-        while these run: one claim per job took a sync per job, which set the pace."""
+        A claim call's renames are made durable (Leases.sync_claims) before any of its
+        claims ends, here while the first of its handlers runs. While handlers are quick
+        (under FAST_HANDLER on average) each call claims jobs more than it starts, so
+        that one sync serves several handlers: a sync per handler set the pace."""
         if not self.ahead:
             extra = self.opts.jobs if self.mean_run < FAST_HANDLER else 0
             claims = self.spool.claim(self.opts.channel, free + extra, self.opts.lease, keep=True, sync=False)
             if not claims:
                 return False
-            made = self.syncer.claimed()
             now = time.monotonic()
-            self.ahead.extend((c, made, now) for c in claims)
+            self.ahead = [(c, now) for c in claims]
+            self._spawn(self.ahead.pop(0)[0])
+            free -= 1
+            self.spool.leases.sync_claims(self.opts.channel)  # while that handler runs
         while self.ahead and free:
-            c, made, renewed = self.ahead.pop(0)
-            job = self._spawn(c)
-            job.synced_by, job.renewed = made, renewed
+            c, renewed = self.ahead.pop(0)
+            self._spawn(c).renewed = renewed
             free -= 1
         return True
 
     def _give_back_ahead(self) -> None:
         """Release the claims made ahead that no handler has started (stopping)."""
         while self.ahead:
-            c, made, _ = self.ahead.pop(0)
-            self.syncer.wait(made)
+            c, _ = self.ahead.pop(0)
             c.spool.finish(c.channel, c.name, "release")
 
     def _spawn(self, c: Claim) -> _Job:
@@ -693,7 +625,6 @@ class Handlers:
 
     def _finish(self, job: _Job) -> None:
         self._drain(job)
-        self.syncer.wait(job.synced_by)  # its claim durable before it ends (Leases.claim)
         self.mean_run += (time.monotonic() - job.started - self.mean_run) / 8
         os.close(job.pidfd)
         del self.jobs[job.pidfd]
@@ -754,9 +685,9 @@ class Handlers:
         import signal
 
         now = time.monotonic()
-        for i, (c, made, renewed) in enumerate(self.ahead):  # claimed ahead, not started yet
+        for i, (c, renewed) in enumerate(self.ahead):  # claimed ahead, not started yet
             if now - renewed > self.opts.lease / 4:
-                self.ahead[i] = (c, made, now)
+                self.ahead[i] = (c, now)
                 c.renew(self.opts.lease)
         for job in list(self.jobs.values()):
             if now - job.renewed > self.opts.lease / 4:
@@ -822,7 +753,6 @@ class Handlers:
                 self._tick()
         finally:
             waiter.close()
-            self.syncer.close()
         return EX_OK
 
 
