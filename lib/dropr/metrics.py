@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ from .server import HTTPError
 
 if TYPE_CHECKING:
     from .spool import Spool
+
+log = logging.getLogger(__name__)
 
 # Request latency buckets (seconds): a health probe takes a millisecond, a batch of
 # 500 messages tens of milliseconds, a 1 GiB message minutes.
@@ -152,15 +155,26 @@ class Meter:
             registry=own,
         )
         self._kids: dict[tuple[str, str], tuple[Any, Any]] = {}  # (path, status) -> its counter, histogram
+        self.failed = False  # counting failed once: said in the log
 
     def request(self, path: str, code: str, began: float) -> None:
         """Count one answer: its route, outcome and status, and the time since began (perf_counter)."""
         took = time.perf_counter() - began
         kids = self._kids.get((path, code))
-        if kids is None:
-            kids = self._labelled(path, code)
-        kids[0].inc()
-        kids[1].observe(took)
+        try:
+            if kids is None:
+                kids = self._labelled(path, code)
+            kids[0].inc()
+            kids[1].observe(took)
+        except (OSError, ValueError) as exc:  # ValueError: a file closed by a failed reopen
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """Say once that counting fails (its directory removed, or its disk full): the
+        request is answered all the same; the counts of this worker stop growing."""
+        if not self.failed:
+            self.failed = True
+            log.error("error metrics reason=cannot count: %s; requests are served all the same", exc)
 
     def _labelled(self, path: str, code: str) -> tuple[Any, Any]:
         known = path in self.routes
@@ -172,7 +186,13 @@ class Meter:
 
     def upload(self, sizes: Iterable[int], stored: list[str], results: list[dict[str, str]]) -> None:
         """Count an upload's messages by answer, and its payload bytes."""
-        self.received.inc(sum(sizes))
+        try:
+            self._upload(sum(sizes), stored, results)
+        except (OSError, ValueError) as exc:  # ValueError: a file closed by a failed reopen
+            self._failed(exc)
+
+    def _upload(self, size: int, stored: list[str], results: list[dict[str, str]]) -> None:
+        self.received.inc(size)
         n = stored.count(wire.STORED)
         if n:
             self.messages.labels(wire.STORED, "").inc(n)

@@ -350,3 +350,26 @@ def test_metrics_dir_is_private_per_run(nodes: Nodes) -> None:
     assert dirs[0] != dirs[1]
     assert b.spool not in dirs
     assert not any(p.name.endswith(".db") for p in b.spool.iterdir())
+
+
+def test_serving_goes_on_when_counting_fails(nodes: Nodes) -> None:
+    """The metrics directory removed under a running server (a /tmp cleaner): new workers
+    cannot count, and answer all the same, saying so once each in the log."""
+    b = nodes("b")
+    url = b.serve("--workers", "2")
+    assert b.serve_proc is not None
+    master = b.serve_proc.pid
+    shared = _metrics_dir(master)
+    assert shared is not None
+    shutil.rmtree(shared)
+    old = wait_until(lambda: children(master) if len(children(master)) == 2 else [], 20, "two workers")
+    for w in old:
+        os.kill(w, signal.SIGKILL)
+    wait_until(lambda: len(set(children(master)) - set(old)) == 2, 20, "two new workers")
+    for _ in range(6):
+        with urllib.request.urlopen(url + "v1/health", timeout=30) as r:
+            assert r.status == 200
+    assert scrape(url)[0] == 200
+    errors = [ln for ln in b.serve_log.read_text().splitlines() if "error metrics" in ln]
+    assert 1 <= len(errors) <= 2, errors  # once per worker that counted
+    assert all("requests are served all the same" in ln for ln in errors), errors
