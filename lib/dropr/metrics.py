@@ -13,7 +13,8 @@ is imported (the library chooses its mode on import: serving.metrics_dir); each
 worker writes its counts to memory-mapped files of its own there, a scrape sums
 every file (MultiProcessCollector), a worker that exits is marked dead (its counts
 stay in the sums: a counter never goes back while dropr-serve runs, HUP included),
-and the master removes the directory at exit: the counts start from 0 with each run.
+and the master removes the directory at exit (the next start, one a SIGKILL left):
+the counts start from 0 with each run.
 
 Who may read them: a loopback client, unless the request came through a proxy (it
 carries Forwarded, X-Forwarded-For or X-Real-IP: behind nginx every client is

@@ -261,16 +261,59 @@ def _purge_in_background(spool: Spool) -> None:
     threading.Thread(target=loop, name="dropr-purge", daemon=True).start()
 
 
-def metrics_dir() -> str:
-    """Make this run's private, empty directory for the workers' metrics and name it in
+METRICS_DIR = "dropr-serve-metrics."  # $TMPDIR/METRICS_DIR*: a run's metrics, locked by its .lock
+METRICS_LOCK = ".lock"
+
+
+def metrics_dir() -> tuple[str, int]:
+    """Make this run's private, empty directory for the workers' metrics, and name it in
     PROMETHEUS_MULTIPROC_DIR (whatever it named before: a directory shared with another
-    run would mix their counts), before prometheus_client is imported: the library
-    chooses its multiprocess mode on import (see metrics.py)."""
+    run would mix their counts) before prometheus_client is imported: the library
+    chooses its multiprocess mode on import (see metrics.py). Return it and the
+    descriptor of its lock, held (flock) while this run's master or a worker lives.
+
+    The directories of runs that were killed (SIGKILL: no exit removed them) are
+    removed first: those whose lock nobody holds. The directory gets its final name
+    only once locked, so that no other start can take a new one for a dead one.
+    """
+    import fcntl
     import tempfile
 
-    path = tempfile.mkdtemp(prefix="dropr-serve-metrics.")  # 0700, under $TMPDIR
+    parent = tempfile.gettempdir()
+    _sweep_metrics_dirs(parent)
+    new = tempfile.mkdtemp(prefix="." + METRICS_DIR, dir=parent)  # 0700
+    lock = os.open(os.path.join(new, METRICS_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    path = os.path.join(parent, os.path.basename(new)[1:])
+    os.rename(new, path)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    return path
+    return path, lock
+
+
+def _sweep_metrics_dirs(parent: str) -> None:
+    """Remove this user's metrics directories in parent whose run is gone (lock not held)."""
+    import fcntl
+    import shutil
+
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(METRICS_DIR)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue  # not ours to judge
+            fd = os.open(os.path.join(path, METRICS_LOCK), os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its dropr-serve runs
+        finally:
+            os.close(fd)  # (a lock taken goes with it: the directory goes next)
+        shutil.rmtree(path, ignore_errors=True)  # a symlink in its place is not followed
 
 
 def serve(spool: Spool, opts: ServeOptions) -> int:
@@ -282,7 +325,7 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
 
     _gunicorn.bigger_reads()
     _more_open_files()
-    shared, master = metrics_dir(), os.getpid()
+    (shared, lock), master = metrics_dir(), os.getpid()
     try:
         app = make_app(spool, threads=opts.threads, read_timeout=opts.read_timeout)
         # python-multipart logs each malformed upload; the client already gets the reason
@@ -293,6 +336,7 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
             import shutil
 
             shutil.rmtree(shared, ignore_errors=True)
+        os.close(lock)
     return 0
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Nodes, children, command_path, expect_error, serve_url, wait_until
+from helpers import Nodes, alive, children, command_path, expect_error, serve_url, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -373,3 +373,29 @@ def test_serving_goes_on_when_counting_fails(nodes: Nodes) -> None:
     errors = [ln for ln in b.serve_log.read_text().splitlines() if "error metrics" in ln]
     assert 1 <= len(errors) <= 2, errors  # once per worker that counted
     assert all("requests are served all the same" in ln for ln in errors), errors
+
+
+def test_a_killed_runs_directory_goes_at_the_next_start(nodes: Nodes, tmp_path: Path) -> None:
+    """SIGKILL leaves a run's directory behind; the next dropr-serve removes it, and not the
+    directory of a run still going."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    b, c, d = nodes("b"), nodes("c"), nodes("d")
+    for n in (b, c, d):
+        n.env["TMPDIR"] = str(tmpdir)
+    b.serve("--workers", "2")
+    c.serve("--workers", "2")
+    assert b.serve_proc is not None and c.serve_proc is not None
+    killed, running = _metrics_dir(b.serve_proc.pid), _metrics_dir(c.serve_proc.pid)
+    assert killed is not None and running is not None and killed.parent == tmpdir
+    workers = children(b.serve_proc.pid)
+    b.stop_serve(signal.SIGKILL)
+    wait_until(lambda: not any(alive(w) for w in workers), 20, "b's workers to exit")
+    assert killed.is_dir()  # nothing removed it
+    d.serve("--workers", "2")
+    assert d.serve_proc is not None
+    new = _metrics_dir(d.serve_proc.pid)
+    assert new is not None
+    assert not killed.exists()
+    assert running.is_dir()
+    assert sorted(p.name for p in tmpdir.iterdir()) == sorted([running.name, new.name])
