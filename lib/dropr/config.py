@@ -159,7 +159,17 @@ def is_url(text: str) -> bool:
 _KNOWN = {
     "": {"node", "group", "peers", "serve", "limits", "send"},
     "peers.*": {"url", "urls", "mode", "via", "hold", "fetch", "token", "token_file", "cafile"},
-    "serve": {"listen", "tokens", "tokens_file", "min_free", "certfile", "keyfile", "relay", "trust_relays"},
+    "serve": {
+        "listen",
+        "tokens",
+        "tokens_file",
+        "min_free",
+        "certfile",
+        "keyfile",
+        "relay",
+        "trust_relays",
+        "metrics_tokens",
+    },
     "limits": {"max_message_size", "max_attempts", "retention", "quota"},
     "send": {"backoff_min", "backoff_max", "connect_timeout", "timeout", "cafile", "failover_after"},
 }
@@ -232,6 +242,7 @@ class Config:
     cafile: str | None
     relay: list[str]  # serve.relay: clients that may relay through this node
     trust_relays: list[str]  # serve.trust_relays: clients whose messages keep their origin (o=)
+    metrics_tokens: list[str]  # serve.metrics_tokens: bearer tokens that may read GET /metrics
     failover_after: float
 
     def __init__(self, data: dict[str, Any] | None = None, path: str | None = None) -> None:
@@ -342,6 +353,21 @@ class Config:
         self.keyfile = _text(serve, "keyfile", "serve.")
         self.relay = _names(serve, "relay", "clients that may relay through this node")
         self.trust_relays = _names(serve, "trust_relays", "relays whose messages keep their origin")
+        self.metrics_tokens = self._metrics_tokens(serve)
+
+    def _metrics_tokens(self, serve: dict[str, Any]) -> list[str]:
+        """Return serve.metrics_tokens: the bearer tokens that may read GET /metrics from
+        an address other than loopback (a scraper), checked."""
+        value = serve.get("metrics_tokens", [])
+        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+            raise ValueError(
+                'serve.metrics_tokens must be a list of tokens in quotes, e.g. metrics_tokens = ["..."]'
+            )
+        for tok in value:
+            check_token(tok, "each token in serve.metrics_tokens")
+        if value and self.path:
+            self.secrets.append(self.path)
+        return value
 
     def _limits(self, limits: dict[str, Any]) -> None:
         """Read [limits]: message size, attempts, retention, quota."""

@@ -22,6 +22,10 @@ these routes 404, so nothing meant for a relay lands in its inbox:
   POST {url}v1/fetch          the client's own held messages (see FETCH below)
 A status poll may carry "origins": each id's first origin ("" for the client itself),
 as long as "ids"; a relay asks its destination so about what it relayed.
+
+Operations (dropr-serve.8, METRICS), for a Prometheus scraper, not for peers:
+  GET  {url}metrics       the Prometheus text format (HEAD too); loopback clients, or
+                          Authorization: Bearer TOKEN from serve.metrics_tokens
 """
 
 from __future__ import annotations
@@ -98,3 +102,8 @@ HTTP_TIMEOUT = "408 Request Timeout"  # the body stalled
 HTTP_TOO_LARGE = "413 Content Too Large"  # too many parts, or a status poll too large
 HTTP_INTERNAL = "500 Internal Server Error"  # a bug in the receiver, logged there
 HTTP_UNAVAILABLE = "503 Service Unavailable"  # low on disk or an I/O error: retry later
+
+# Operations: GET /metrics, the Prometheus text format (its content type is prometheus_client's).
+METRICS = "metrics"
+# A request with any of these headers came through a proxy: its loopback address is the proxy's.
+PROXY_ENVIRON = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")

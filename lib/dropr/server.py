@@ -22,12 +22,16 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 from . import message as m
 from . import protocol as wire
 from .config import Config
 from .spool import Part, Spool, free_bytes
+
+if TYPE_CHECKING:
+    from .metrics import Meter
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +298,8 @@ def _entry_budget(threads: int) -> int:
     return ENTRIES_MAX if soft == resource.RLIM_INFINITY else min(ENTRIES_MAX, soft // (2 * threads))
 
 
-Handler = Callable[["App", dict[str, Any]], dict[str, Any]]
+Answer = dict[str, Any] | tuple[bytes, str]  # a JSON body, or (bytes, content type): /metrics
+Handler = Callable[["App", dict[str, Any]], Answer]
 # Answers not logged as refusals: the common probes, and a 500 (logged with its traceback).
 QUIET = (wire.HTTP_UNAUTHORIZED, wire.HTTP_NOT_FOUND, wire.HTTP_NOT_ALLOWED, wire.HTTP_INTERNAL)
 TRUNCATED = "truncated upload; nothing stored"
@@ -305,7 +310,8 @@ INTERNAL = "internal error in the receiver; see its log"  # no "nothing stored":
 
 class App:
     """The WSGI application: answers each request by the handler ROUTES gives its path
-    and method; a handler returns the body of a 200 answer or raises HTTPError."""
+    and method; a handler returns the body of a 200 answer or raises HTTPError. The meter
+    (metrics.py) counts every answer, and the messages of every upload."""
 
     def __init__(self, spool: Spool, cfg: Config, *, entries: int, read_timeout: float) -> None:
         self.spool = spool
@@ -313,8 +319,10 @@ class App:
         self.tokens = dict(cfg.tokens)
         self.entries = entries  # see _entry_budget
         self.read_timeout = read_timeout
+        self.meter: Meter | None = None  # make_app's
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        began = perf_counter()
         method = environ.get("REQUEST_METHOD", wire.GET)
         path = environ.get("PATH_INFO", "/").rstrip("/")
         headers = [(wire.CONTENT_TYPE, wire.JSON)]
@@ -329,10 +337,15 @@ class App:
             headers += refusal.headers
             if code not in QUIET:
                 log.info("refused request path=%s status=%s reason=%s", path, code[:3], refusal.reason)
-        raw = json.dumps(body).encode()
+        if isinstance(body, tuple):
+            raw, headers[0] = body[0], (wire.CONTENT_TYPE, body[1])
+        else:
+            raw = json.dumps(body).encode()
         headers.append((wire.CONTENT_LENGTH, str(len(raw))))
         if code == wire.HTTP_UNAVAILABLE:
             headers.append((wire.RETRY_AFTER, wire.RETRY_AFTER_SECONDS))
+        if self.meter is not None:
+            self.meter.request(path, code, began)
         start_response(code, headers)
         return [] if method == wire.HEAD else [raw]  # HEAD: the headers of GET's answer, no body
 
@@ -375,7 +388,10 @@ class App:
             stored = self._receive(environ, up, origin)
         finally:
             up.release()
-        return {wire.RESULTS: _results(up, stored, origin)}
+        results = _results(up, stored, origin)
+        if self.meter is not None:
+            self.meter.upload((p.size for p in up.parts), stored, results)
+        return {wire.RESULTS: results}
 
     def _receive(self, environ: dict[str, Any], up: Upload, origin: str) -> list[str]:
         """Read the body into up, then store its good parts; on any failure remove its files."""
@@ -427,6 +443,12 @@ class App:
         """GET v1/health: this node's name (no origin needed)."""
         return {wire.OK: True, wire.NODE: self.spool.node}
 
+    def metrics(self, environ: dict[str, Any]) -> tuple[bytes, str]:
+        """GET metrics: the Prometheus text format, to loopback clients or a metrics token."""
+        if self.meter is None:
+            raise HTTPError(wire.HTTP_NOT_FOUND, f"no such endpoint '/{wire.METRICS}'")
+        return self.meter.answer(environ)
+
 
 # Every route, read top to bottom: path (PATH_INFO without a trailing "/") -> method -> handler.
 # A path not here is answered 404; a path here with a method not listed, 405.
@@ -435,6 +457,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/" + wire.STATUS: {wire.POST: App.status},
     "/" + wire.HEALTH: {wire.GET: App.health, wire.HEAD: App.health},
     "": {wire.GET: App.health, wire.HEAD: App.health},  # the base URL itself, as a probe asks
+    "/" + wire.METRICS: {wire.GET: App.metrics, wire.HEAD: App.metrics},  # dropr-serve.8, METRICS
 }
 
 
@@ -553,6 +576,9 @@ def make_app(
     a request body is given up (408, nothing stored), on gunicorn; 0: wait for ever."""
     entries = _entry_budget(max(1, threads))
     app = App(spool, config or spool.config, entries=entries, read_timeout=read_timeout)
+    from .metrics import Meter
+
+    app.meter = Meter(spool, app.cfg.metrics_tokens, ROUTES)
     # Load now what the first upload needs, so that it does not pay for the imports.
     import fcntl  # noqa: F401
 

@@ -261,6 +261,61 @@ def _purge_in_background(spool: Spool) -> None:
     threading.Thread(target=loop, name="dropr-purge", daemon=True).start()
 
 
+METRICS_DIR = "dropr-serve-metrics."  # $TMPDIR/METRICS_DIR*: a run's metrics, locked by its .lock
+METRICS_LOCK = ".lock"
+
+
+def metrics_dir() -> tuple[str, int]:
+    """Make this run's private, empty directory for the workers' metrics, and name it in
+    PROMETHEUS_MULTIPROC_DIR (whatever it named before: a directory shared with another
+    run would mix their counts) before prometheus_client is imported: the library
+    chooses its multiprocess mode on import (see metrics.py). Return it and the
+    descriptor of its lock, held (flock) while this run's master or a worker lives.
+
+    The directories of runs that were killed (SIGKILL: no exit removed them) are
+    removed first: those whose lock nobody holds. The directory gets its final name
+    only once locked, so that no other start can take a new one for a dead one.
+    """
+    import fcntl
+    import tempfile
+
+    parent = tempfile.gettempdir()
+    _sweep_metrics_dirs(parent)
+    new = tempfile.mkdtemp(prefix="." + METRICS_DIR, dir=parent)  # 0700
+    lock = os.open(os.path.join(new, METRICS_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    path = os.path.join(parent, os.path.basename(new)[1:])
+    os.rename(new, path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path, lock
+
+
+def _sweep_metrics_dirs(parent: str) -> None:
+    """Remove this user's metrics directories in parent whose run is gone (lock not held)."""
+    import fcntl
+    import shutil
+
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(METRICS_DIR)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue  # not ours to judge
+            fd = os.open(os.path.join(path, METRICS_LOCK), os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its dropr-serve runs
+        finally:
+            os.close(fd)  # (a lock taken goes with it: the directory goes next)
+        shutil.rmtree(path, ignore_errors=True)  # a symlink in its place is not followed
+
+
 def serve(spool: Spool, opts: ServeOptions) -> int:
     """Run gunicorn with the dropr app until TERM; return the exit code."""
     check_listen(spool, opts)
@@ -270,19 +325,26 @@ def serve(spool: Spool, opts: ServeOptions) -> int:
 
     _gunicorn.bigger_reads()
     _more_open_files()
+    (shared, lock), master = metrics_dir(), os.getpid()
+    try:
+        app = make_app(spool, threads=opts.threads, read_timeout=opts.read_timeout)
+        # python-multipart logs each malformed upload; the client already gets the reason
+        logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
+        _gunicorn.Embedded(app, _settings(spool, opts, shared)).run()
+    finally:
+        if os.getpid() == master:  # a worker's exit passes here too (gunicorn forks in this call)
+            import shutil
 
-    app = make_app(spool, threads=opts.threads, read_timeout=opts.read_timeout)
-    # python-multipart logs each malformed upload; the client already gets the reason
-    logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
-    _gunicorn.Embedded(app, _settings(spool, opts)).run()
+            shutil.rmtree(shared, ignore_errors=True)
+        os.close(lock)
     return 0
 
 
-def _settings(spool: Spool, opts: ServeOptions) -> dict[str, Any]:
-    """Return gunicorn's settings for opts."""
+def _settings(spool: Spool, opts: ServeOptions, shared: str = "") -> dict[str, Any]:
+    """Return gunicorn's settings for opts; shared: the workers' metrics directory."""
     from . import _gunicorn
 
-    hooks = _Hooks(spool, opts)
+    hooks = _Hooks(spool, opts, shared)
     settings: dict[str, Any] = {
         "bind": opts.listen,
         "workers": opts.workers,
@@ -300,6 +362,7 @@ def _settings(spool: Spool, opts: ServeOptions) -> dict[str, Any]:
         "when_ready": hooks.when_ready,
         "post_fork": hooks.post_fork,
         "post_worker_init": hooks.post_worker_init,
+        "child_exit": hooks.child_exit,
         "limit_request_line": 8190,
     }
     if opts.certfile:
@@ -312,9 +375,10 @@ def _settings(spool: Spool, opts: ServeOptions) -> dict[str, Any]:
 class _Hooks:
     """gunicorn's server hooks for one dropr-serve."""
 
-    def __init__(self, spool: Spool, opts: ServeOptions) -> None:
+    def __init__(self, spool: Spool, opts: ServeOptions, shared: str = "") -> None:
         self.spool = spool
         self.opts = opts
+        self.shared = shared  # the workers' metrics directory
 
     def when_ready(self, server: Any) -> None:
         """Log each address listened on (port 0 gets one): one line each, on stderr."""
@@ -348,3 +412,10 @@ class _Hooks:
         """Start the worker's purge thread and quiet its read-timeout tracebacks."""
         _purge_in_background(self.spool)
         logging.getLogger("gunicorn.error").addFilter(_QuietTimeouts(self.opts.read_timeout))
+
+    def child_exit(self, server: Any, worker: Any) -> None:
+        """Mark a worker that exited dead in the metrics directory (in the master)."""
+        if self.shared:
+            from .metrics import worker_gone
+
+            worker_gone(worker.pid, self.shared)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("click", "typing", "dataclasses", "json", "logging", "socket", "re", "urllib.parse", "ipaddress")
+HEAVY = ("click", "typing", "dataclasses", "json", "logging", "socket", "re", "urllib.parse", "ipaddress",
+         "prometheus_client")  # fmt: skip
 ROOT = Path(__file__).resolve().parents[2]
 
 
