@@ -287,6 +287,27 @@ def _importtime_report(ctx: Ctx, py: str, put: str, spool: Path, stdin: Path, ta
     )
 
 
+REAL_CONFIG = """\
+[peers.db1]
+url = "http://127.0.0.1:9/"
+token = "s3cr3t-db1-0123456789abcdef"
+[peers.db2]
+url = "http://127.0.0.1:9/db2/"
+token = "s3cr3t-db2-0123456789abcdef"
+[peers.mail]
+url = "http://127.0.0.1:9/mail/"
+token = "s3cr3t-mail-0123456789abcdef"
+[serve]
+listen = ["127.0.0.1:8443"]
+[serve.tokens]
+"tok-web2-0123456789abcdef" = "web2"
+[limits]
+max_message_size = "64MiB"
+retention = "3d"
+max_attempts = 10
+"""  # a deployment's dropr.toml: three peers with tokens, [serve], [limits] (#17)
+
+
 @section("put-single", "(c) one dropr-put per process against bare interpreter start-up")
 def put_single(ctx: Ctx) -> None:
     calls = ctx.n(200)
@@ -317,18 +338,30 @@ def put_single(ctx: Ctx) -> None:
         mem = shm / f"dropr-bench-{os.getpid()}"  # a spool in memory: no fsync wait
         _prepare_spool(mem)
         argv_mem = [put, "--spool", str(mem), "--to", URL]
-        everything = [argv_put, argv_py, argv_rput, argv_rpy, argv_mem]
+        cfg_spool = ctx.fresh("put-single-config") / "spool"  # what a deployment pays (#17)
+        _prepare_spool(cfg_spool)
+        (cfg_spool / "dropr.toml").write_text(REAL_CONFIG)
+        argv_cfg = [reg_put, "--spool", str(cfg_spool), "--to", "db1"]
+        cfg_mem = shm / f"dropr-bench-config-{os.getpid()}"  # the same in memory: start-up alone
+        _prepare_spool(cfg_mem)
+        (cfg_mem / "dropr.toml").write_text(REAL_CONFIG)
+        argv_cfg_mem = [reg_put, "--spool", str(cfg_mem), "--to", "db1"]
+        everything = [argv_put, argv_py, argv_rput, argv_rpy, argv_mem, argv_cfg, argv_cfg_mem]
         try:
             _time_calls(everything, stdin, env, 3)  # warm caches and .pyc files
-            put_ms, py_ms, rput_ms, rpy_ms, mem_ms = _time_calls(everything, stdin, env, calls)
+            timed = _time_calls(everything, stdin, env, calls)
+            put_ms, py_ms, rput_ms, rpy_ms, mem_ms, cfg_ms, cfg_mem_ms = timed
         finally:
             rm_rf(mem)
-        for sp in (spool, reg_spool):
-            queued = len(os.listdir(next((sp / "out").iterdir()) / "queued"))
+            rm_rf(cfg_mem)
+        for sp in (spool, reg_spool, cfg_spool):
+            out = sp / "out" / "db1" if sp is cfg_spool else next((sp / "out").iterdir())
+            queued = len(os.listdir(out / "queued"))
             if queued != calls + 3:
                 raise RuntimeError(f"{queued} messages queued in {sp}, wanted {calls + 3}")
         for what, ms in (("put", put_ms), ("bare", py_ms), ("regular put", rput_ms),
-                         ("regular bare", rpy_ms), ("put on tmpfs", mem_ms)):  # fmt: skip
+                         ("regular bare", rpy_ms), ("put on tmpfs", mem_ms),
+                         ("config put", cfg_ms), ("config, tmpfs", cfg_mem_ms)):  # fmt: skip
             d = q(ms, n=10)
             print(f"    {what:13} p10/p50/p90 {d[0]:.1f}/{statistics.median(ms):.1f}/{d[-1]:.1f} ms")
         pm, bm = statistics.median(put_ms), statistics.median(py_ms)
@@ -343,6 +376,12 @@ def put_single(ctx: Ctx) -> None:
                    "x", target=("<=", 2.0))  # fmt: skip
         ctx.figure("put.single.tmpfs", "single put, spool on tmpfs (info)",
                    statistics.median(mem_ms), "ms")  # fmt: skip
+        cm = statistics.median(cfg_ms)
+        ctx.figure("put.single.config", "single put --to NAME, real config, regular install", cm, "ms")
+        ctx.figure("put.single.config.ratio", "put --to NAME with a real config / bare, regular",
+                   cm / rbm, "x", target=("<=", 1.5))  # fmt: skip
+        ctx.figure("put.single.config.tmpfs.ratio", "the same, spool on tmpfs (no fsync wait) / bare",
+                   statistics.median(cfg_mem_ms) / rbm, "x")  # fmt: skip
     # where start-up time goes: the real put path, with -X importtime
     spool = ctx.fresh("importtime") / "spool"
     _prepare_spool(spool)

@@ -507,12 +507,11 @@ def load(spool: str, explicit: str | None = None) -> Config:
         return Config()  # no config: the spool's own problems are reported when it is opened
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    import tomllib
-
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"bad config {path}: {exc}; fix the TOML syntax") from None
+    cache = os.path.join(spool, CACHE_NAME)
+    data = _cached(cache, path, raw)
+    if data is None:
+        data = _parse(path, raw)
+        _keep(cache, path, raw, data)
     config = Config(data, path)
     if config.unknown:
         import sys
@@ -521,6 +520,63 @@ def load(spool: str, explicit: str | None = None) -> Config:
         keys = ", ".join(config.unknown)
         sys.stderr.write(f"{prog}: warning: {path}: unknown keys, ignored (a typo?): {keys}\n")
     return config
+
+
+CACHE_NAME = ".config.cache"  # in the spool: the last parse of the config, see _cached
+_CACHE_VERSION = 1
+
+
+def _parse(path: str, raw: bytes) -> dict[str, Any]:
+    """Parse the config's TOML (tomllib: 10-40 ms of imports at every start)."""
+    import tomllib
+
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"bad config {path}: {exc}; fix the TOML syntax") from None
+
+
+def _cached(cache: str, path: str, raw: bytes) -> dict[str, Any] | None:
+    """Return the parse of raw kept by an earlier start, or None.
+
+    Keyed by the file's whole content (read anyway), not its stat: the same bytes parse
+    to the same data, so the cache is exactly as strict as the parse, and no edit, clock
+    step or copy can make it stale. What the parse refused is never kept, and every
+    start still checks the data (Config). marshal is built in: nothing to import."""
+    import marshal
+
+    try:
+        with open(cache, "rb") as f:
+            version, where, text, data = marshal.loads(f.read())
+    except (OSError, ValueError, EOFError, TypeError):  # none, unreadable, torn or foreign
+        return None
+    if version != _CACHE_VERSION or where != path or text != raw or not isinstance(data, dict):
+        return None
+    return data
+
+
+def _keep(cache: str, path: str, raw: bytes, data: dict[str, Any]) -> None:
+    """Keep a parse for the next start: private (it holds tokens), written whole then
+    renamed (a reader sees the old file or the new); not synced: it is only a cache."""
+    import marshal
+
+    try:
+        blob = marshal.dumps((_CACHE_VERSION, path, raw, data))
+    except ValueError:  # TOML dates and times: marshal does not take them; parse each time
+        return
+    tmp = f"{cache}.{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, blob)
+        finally:
+            os.close(fd)
+        os.rename(tmp, cache)
+    except OSError:  # no spool yet (the first put makes it), or not ours to write
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def check_priority(p: int) -> int:
