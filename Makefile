@@ -12,11 +12,11 @@ all: test
 # System packages the tests need (iproute2 for network namespaces, e2fsprogs for a
 # loop-mounted small filesystem, openssl for a test CA, slowhttptest for slow clients, nginx
 # for the proxy example, strace for the crash states of the real binaries, prometheus for
-# promtool, the judge of the metrics and alerting rules: 14 s to install here). Best effort:
-# skipped when not root.
+# promtool, the judge of the metrics and alerting rules: 14 s to install here; fish and zsh for
+# their completion scripts: 5 s). Best effort: skipped when not root.
 sysdeps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  missing=""; for c in ip:iproute2 mkfs.ext4:e2fsprogs openssl:openssl curl:curl mandoc:mandoc slowhttptest:slowhttptest nginx:nginx-light strace:strace promtool:prometheus; do \
+	  missing=""; for c in ip:iproute2 mkfs.ext4:e2fsprogs openssl:openssl curl:curl mandoc:mandoc slowhttptest:slowhttptest nginx:nginx-light strace:strace promtool:prometheus fish:fish zsh:zsh; do \
 	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
 	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
 	fi

@@ -11,11 +11,24 @@ from dropr.config import Config, default_spool, load
 from dropr.errors import EX_USAGE, UsageError
 from dropr.spool import Spool
 
+from ._complete import DIR, FILE
 from ._guard import VERSION, guard, setup_logging
 from ._types import DURATION, SIZE
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Option(click.Option):
+    """click's option, showing a show_default text as it is: "[default: 1]", where click
+    writes "[default: (1)]". For an option whose default is None (not given) in the code
+    but has a value in effect: every --help writes its defaults one way."""
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.show_default, str):
+            extra["default"] = self.show_default
+        return extra
 
 
 class Obj:
@@ -50,8 +63,7 @@ def main_for(cmd: click.Command) -> Callable[[list[str] | None], int]:
                 click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
                 return EX_USAGE
             except click.UsageError as exc:
-                hint = f"; see '{prog} --help'"
-                raise UsageError(exc.format_message().replace("\n", " ") + hint) from None
+                raise UsageError(usage_line(exc.format_message(), prog)) from None
             except click.exceptions.Exit as exc:
                 return int(exc.exit_code)
             except click.Abort:
@@ -67,24 +79,39 @@ def main_for(cmd: click.Command) -> Callable[[list[str] | None], int]:
     return main
 
 
+def usage_line(message: str, prog: str) -> str:
+    """Return click's usage message as one line with a pointer to --help, and one stop:
+    click ends it with "." and the hint followed ("'-- CMD [ARG]...'.; see")."""
+    message = message.replace("\n", " ").replace(". (Did you mean", " (did you mean").rstrip()
+    if message.endswith(".") and not message.endswith("..."):
+        message = message[:-1]
+    return f"{message}; see '{prog} --help'"
+
+
 def common(fn: F) -> F:
     """Add --spool, --config, -v, -q, --version to a command and build ctx.obj."""
 
     opts = [
         click.option(
             "--spool",
+            cls=Option,
+            type=DIR,
             metavar="DIR",
             envvar="DROPR_SPOOL",
             default=None,
-            help="Spool directory [$DROPR_SPOOL, /var/spool/dropr for root, else ~/.local/state/dropr].",
+            show_default="$DROPR_SPOOL, else /var/spool/dropr for root, ~/.local/state/dropr for others",
+            help="Spool directory.",
         ),
         click.option(
             "--config",
             "config_file",
+            cls=Option,
+            type=FILE,
             metavar="FILE",
             envvar="DROPR_CONFIG",
             default=None,
-            help="Config file [$DROPR_CONFIG, else SPOOL/dropr.toml].",
+            show_default="$DROPR_CONFIG, else SPOOL/dropr.toml",
+            help="Config file.",
         ),
         click.option("-v", "--verbose", count=True, help="More detail on stderr (tracebacks)."),
         click.option("-q", "--quiet", count=True, help="Only errors on stderr."),
@@ -120,6 +147,9 @@ def common_options(kw: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "CONTEXT",
+    "DIR",
+    "FILE",
+    "Option",
     "DURATION",
     "SIZE",
     "Obj",

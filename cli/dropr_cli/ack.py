@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def command() -> Any:
     """Build the click command (for --help, completion and unusual command lines)."""
+    from . import _complete
     from ._common import CONTEXT, DURATION, click, common, common_options
 
     @click.command(PROG, context_settings=CONTEXT)
@@ -73,8 +74,10 @@ def command() -> Any:
     @click.option("--requeue", is_flag=True, help="Dead messages back: inbox dead to ready, counts reset.")
     @click.option("--out", is_flag=True, help="With --requeue: outbox dead to queued, for every peer.")
     @click.option("--all", "all_dead", is_flag=True, help="With --requeue: every dead message (no ids).")
-    @click.option("--channel", metavar="NAME", default=None, help="With --requeue: only this inbox channel.")
-    @click.option("--peer", metavar="NAME", default=None, help="With --requeue: only this outbox peer.")
+    @click.option("--channel", metavar="NAME", default=None, shell_complete=_complete.channels,
+                  help="With --requeue: only this inbox channel.")  # fmt: skip
+    @click.option("--peer", metavar="NAME", default=None, shell_complete=_complete.peers,
+                  help="With --requeue: only this outbox peer.")  # fmt: skip
     @click.argument("ids", nargs=-1, metavar="ID... | -")
     @common
     def cmd(**kw: Any) -> int:

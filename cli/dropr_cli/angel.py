@@ -7,7 +7,7 @@ from typing import Any
 from dropr import angel
 from dropr.errors import DroprError
 
-from ._common import CONTEXT, DURATION, SIZE, click, common, main_for, obj
+from ._common import CONTEXT, DURATION, FILE, SIZE, click, common, main_for, obj
 
 
 def _backoff(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, float]:
@@ -19,7 +19,9 @@ def _backoff(ctx: click.Context, param: click.Parameter, value: str) -> tuple[fl
 
 # interspersed args off: everything from CMD on belongs to CMD, even without --
 @click.command("dropr-angel", context_settings={**CONTEXT, "allow_interspersed_args": False})
-@click.option("--lock", metavar="FILE", help="Only one angel per lock file; a second exits 0 at once.")
+@click.option(
+    "--lock", type=FILE, metavar="FILE", help="Only one angel per lock file; a second exits 0 at once."
+)
 @click.option(
     "--backoff",
     metavar="MIN..MAX",
@@ -41,7 +43,7 @@ def _backoff(ctx: click.Context, param: click.Parameter, value: str) -> tuple[fl
     metavar="SIZE",
     help="Restart the child when its process group's RSS grows past SIZE.",
 )
-@click.option("--pidfile", metavar="FILE", help="Write the angel's pid to FILE; removed on exit.")
+@click.option("--pidfile", type=FILE, metavar="FILE", help="Write the angel's pid to FILE; removed on exit.")
 @click.argument("command", nargs=-1, required=True, metavar="-- CMD [ARG]...")
 @common
 def cmd(lock: str | None, backoff: tuple[float, float], max_restarts: int | None,

@@ -6,14 +6,15 @@ from typing import Any
 
 from dropr import report
 
+from . import _complete
 from ._common import CONTEXT, click, common, main_for, obj
 
 
 @click.command("dropr-ls", context_settings=CONTEXT)
 @click.option("--out", "only_out", is_flag=True, help="Only the outbox (per peer).")
 @click.option("--in", "only_in", is_flag=True, help="Only the inbox (per channel).")
-@click.option("--peer", metavar="P", help="Only this outbox peer.")
-@click.option("--channel", metavar="C", help="Only this inbox channel.")
+@click.option("--peer", metavar="NAME", shell_complete=_complete.peers, help="Only this outbox peer.")
+@click.option("--channel", metavar="NAME", shell_complete=_complete.channels, help="Only this inbox channel.")
 @click.option(
     "--state",
     type=click.Choice(["queued", "sent", "processed", "dead", "ready", "wait", "claimed", "done"]),

@@ -106,21 +106,23 @@ def command() -> Any:
 
 def _options() -> list[Any]:
     """Return dropr-put's own click options, in --help order."""
-    from ._common import DURATION, click
+    from . import _complete
+    from ._common import DURATION, FILE, click
 
     return [
-        click.option("--to", "to", multiple=True, metavar="PEER",
+        click.option("--to", "to", multiple=True, metavar="PEER", shell_complete=_complete.peers,
                      help="Destination: a peer name from the config or an http(s):// URL. "
                      "Repeat to multicast."),
-        click.option("--channel", default="default", show_default=True, help="Queue name at the receiver."),
-        click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True,
+        click.option("--channel", metavar="NAME", default="default", show_default=True,
+                     shell_complete=_complete.channels, help="Queue name at the receiver."),
+        click.option("--priority", type=click.IntRange(0, 9), metavar="N", default=5, show_default=True,
                      help="0 is most urgent, 9 least."),
         click.option("--ttl", type=DURATION, default=None,
                      help="Give up (dead letter) if not delivered within DUR."),
         click.option("--id", "ident", metavar="ID",
                      help="Caller-chosen id; putting an id already in the outbox is a no-op."),
-        click.option("--file", "file", metavar="PATH",
-                     help="Read the payload from PATH (streamed, any size) instead of stdin."),
+        click.option("--file", "file", type=FILE, metavar="FILE",
+                     help="Read the payload from FILE (streamed, any size) instead of stdin."),
         click.option("--lines", is_flag=True, help="Every line of stdin is one message (newline stripped)."),
         click.option("--null", is_flag=True, help="Every NUL-terminated record of stdin is one message."),
         click.option("--wait", is_flag=True,

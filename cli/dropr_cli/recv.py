@@ -104,16 +104,19 @@ def _options() -> list[Any]:
     """Return dropr-recv's own click options, in --help order."""
     from dropr.consume import FOLLOW_N, FORMATS
 
-    from ._common import DURATION, click
+    from . import _complete
+    from ._common import DURATION, Option, click
 
     return [
-        click.option("--channel", default="default", show_default=True, help="Inbox channel to consume."),
-        click.option("-n", "n", type=click.IntRange(1), default=None, help="Claim up to N messages [1]."),
+        click.option("--channel", metavar="NAME", default="default", show_default=True,
+                     shell_complete=_complete.channels, help="Inbox channel to consume."),
+        click.option("-n", "n", cls=Option, type=click.IntRange(1), metavar="N", default=None,
+                     show_default="1",
+                     help=f"Claim up to N messages (with --follow: N at a time, {FOLLOW_N} unless given)."),
         click.option("--all", "take_all", is_flag=True, help="Claim every ready message."),
         click.option("--wait", is_flag=True, help="Block until a message arrives (exit 75 on --timeout)."),
         click.option("--follow", is_flag=True,
-                     help="Keep claiming and printing as messages arrive, "
-                     f"N at a time [{FOLLOW_N}], until TERM."),
+                     help="Keep claiming and printing as messages arrive, -n at a time, until TERM."),
         click.option("--timeout", type=DURATION, default=None,
                      help="With --wait: give up after DUR (0: at once). "
                      "With --exec: kill a handler running longer."),
@@ -124,10 +127,10 @@ def _options() -> list[Any]:
         click.option("--ack", is_flag=True, help="Acknowledge right after output (at-most-once)."),
         click.option("--exec", "command", metavar="CMD",
                      help="Handler mode: run sh -c CMD per message, payload on stdin."),
-        click.option("--jobs", type=click.IntRange(1, 1024), default=None,
-                     help="With --exec: handlers at once [1]."),
-        click.option("--max-attempts", type=click.IntRange(0), default=None,
-                     help="With --exec: failed attempts before dead (0: never) [5]."),
+        click.option("--jobs", cls=Option, type=click.IntRange(1, 1024), metavar="N", default=None,
+                     show_default="1", help="With --exec: handlers at once."),
+        click.option("--max-attempts", cls=Option, type=click.IntRange(0), metavar="N", default=None,
+                     show_default="5", help="With --exec: failed attempts before dead (0: never)."),
         click.option("--once", is_flag=True, help="With --exec: drain what is ready, then exit."),
     ]  # fmt: skip
 

@@ -8,6 +8,7 @@ from typing import Any
 from dropr import privacy
 from dropr.sender import SendOptions, run
 
+from . import _complete
 from ._common import CONTEXT, SIZE, click, common, main_for, obj
 
 
@@ -22,6 +23,7 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
     "peers",
     multiple=True,
     metavar="NAME",
+    shell_complete=_complete.peers,
     help="Only deliver to this peer (a configured name or an outbox folder); repeatable; unknown: exit 69.",
 )
 @click.option(
@@ -30,6 +32,7 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
 @click.option(
     "--batch",
     type=click.IntRange(1, 100000),
+    metavar="N",
     default=500,
     show_default=True,
     help="Most messages per HTTP request.",
@@ -44,6 +47,7 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 256),
+    metavar="N",
     default=4,
     show_default=True,
     help="Requests in flight at once, over all peers.",
@@ -51,8 +55,10 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
 @click.option(
     "--max-messages",
     type=click.IntRange(0),
+    metavar="N",
     default=0,
-    help="Exit after delivering N messages (recycling under dropr-angel).",
+    show_default=True,
+    help="Exit after delivering N messages (recycling under dropr-angel); 0: never.",
 )
 @common
 def cmd(once: bool, peers: tuple[str, ...], now: bool, batch: int, batch_bytes: int, concurrency: int,

@@ -7,32 +7,45 @@ from typing import Any
 from dropr import privacy
 from dropr.serving import MAX_PER_ADDRESS, ServeOptions, serve
 
-from ._common import CONTEXT, DURATION, SIZE, click, common, main_for, obj
+from ._common import CONTEXT, DURATION, FILE, SIZE, Option, click, common, main_for, obj
 
 
 @click.command("dropr-serve", context_settings=CONTEXT)
 @click.option(
     "--listen",
+    cls=Option,
     multiple=True,
     metavar="HOST:PORT",
-    help="Address to listen on; repeatable. Port 0 picks a free port (logged). "
-    "[config serve.listen, else 127.0.0.1:8080]",
+    show_default="serve.listen of the config, else 127.0.0.1:8080",
+    help="Address to listen on; repeatable. Port 0 picks a free port (logged).",
 )
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker processes.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    metavar="N",
+    default=2,
+    show_default=True,
+    help="Worker processes.",
+)
 @click.option(
     "--threads",
     type=click.IntRange(1, 256),
+    metavar="N",
     default=4,
     show_default=True,
     help="Threads per worker (concurrent uploads).",
 )
-@click.option("--certfile", metavar="F", help="TLS certificate (PEM); with --keyfile serves HTTPS.")
-@click.option("--keyfile", metavar="F", help="TLS private key (PEM).")
+@click.option(
+    "--certfile", type=FILE, metavar="FILE", help="TLS certificate (PEM); with --keyfile serves HTTPS."
+)
+@click.option("--keyfile", type=FILE, metavar="FILE", help="TLS private key (PEM).")
 @click.option(
     "--max-size",
+    cls=Option,
     type=SIZE,
     default=None,
-    help="Largest message accepted [config limits.max_message_size, 1GiB].",
+    show_default="limits.max_message_size of the config, else 1GiB",
+    help="Largest message accepted.",
 )
 @click.option(
     "--read-timeout",
