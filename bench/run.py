@@ -502,6 +502,7 @@ def ls_million(ctx: Ctx) -> None:
 
 # -- later issues' sections: they register on import and run after the ones above ------------
 
+import checksums  # noqa: E402, F401  (#18: the inbox's checksums, dropr-ls --verify)
 import delivery  # noqa: E402, F401  (#3, #4: transfer, big file, latency, consume, pipeline)
 import serve_metrics  # noqa: E402, F401  (#18: what counting for /metrics costs a request)
 

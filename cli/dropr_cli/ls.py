@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from dropr import report
@@ -23,6 +24,11 @@ from ._common import CONTEXT, click, common, main_for, obj
 @click.option("-l", "--list", "listing", is_flag=True, help="One line per message.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 @click.option("--prom", "as_prom", is_flag=True, help="Prometheus text format (node_exporter textfile).")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Read every message and check its checksum; move failures to corrupt/ (exit 1 if any).",
+)
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @common
 def cmd(**kw: Any) -> int:
@@ -39,11 +45,12 @@ def cmd(**kw: Any) -> int:
       dropr-ls 0190f3c2a1b4c5d6e7f8a9b0 # everything about one message
       dropr-ls --json --in              # summary rows as JSON lines
       dropr-ls --prom > /var/lib/node_exporter/dropr.prom
+      dropr-ls --verify --in            # check every inbox message's checksum
     """
     o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-ls")
     req = report.LsRequest(**{k: kw[k] for k in report.LsRequest.__slots__})
     req.check()  # before the spool is opened
-    return req.run(o.spool(create=False))
+    return req.run(o.spool(create=False), progress=sys.stderr.isatty() and not o.quiet)
 
 
 main = main_for(cmd)

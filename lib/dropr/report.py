@@ -388,7 +388,9 @@ def prom(rows: list[dict[str, Any]], prs: list[dict[str, Any]], now: float | Non
 class LsRequest:
     """What dropr-ls was asked to show; check() holds the rules between its options."""
 
-    __slots__ = ("only_out", "only_in", "peer", "channel", "state", "listing", "as_json", "as_prom", "ids")
+    __slots__ = (
+        "only_out", "only_in", "peer", "channel", "state", "listing", "as_json", "as_prom", "ids", "verify",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -402,6 +404,7 @@ class LsRequest:
         as_json: bool = False,
         as_prom: bool = False,
         ids: list[str] | tuple[str, ...] = (),
+        verify: bool = False,
     ) -> None:
         self.only_out = only_out
         self.only_in = only_in
@@ -412,6 +415,7 @@ class LsRequest:
         self.as_json = as_json
         self.as_prom = as_prom
         self.ids = list(ids)
+        self.verify = verify
 
     def check(self) -> None:
         """Refuse options that exclude each other, rather than let the last one win quietly."""
@@ -423,6 +427,9 @@ class LsRequest:
             raise UsageError("--json and --prom exclude each other")
         if self.as_prom and (self.listing or self.ids):
             raise UsageError("--prom prints the summary; -l and ID do not apply")
+        if self.verify and (self.listing or self.ids or self.as_prom):
+            raise UsageError("--verify checks every message (of --in, --out, --peer, --channel, --state); "
+                             "-l, --prom and ID do not apply")  # fmt: skip
         for value, kind in ((self.channel, "channel"), (self.peer, "peer")):
             if value is not None:
                 try:
@@ -435,13 +442,22 @@ class LsRequest:
         box = "out" if self.only_out else "in" if self.only_in else None
         return Filter(box=box, peer=self.peer, channel=self.channel, state=self.state)
 
-    def run(self, spool: Spool, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
-        """Write the details of ids, one line per message, or the summary; 1 if an id is not found."""
+    def run(
+        self, spool: Spool, out: IO[str] | None = None, err: IO[str] | None = None, *, progress: bool = False
+    ) -> int:
+        """Write the details of ids, one line per message, or the summary; 1 if an id is not found
+        (or, with verify, if a message was corrupt). progress: a bar on stderr for --verify."""
         import sys
 
         from .errors import EX_NOTFOUND
 
         w = (out or sys.stdout).write
+        if self.verify:
+            from .verify import verify
+
+            counts = verify(spool, self.filter(), progress=progress)
+            w(json_line(counts.as_dict()) if self.as_json else counts.text())
+            return EX_NOTFOUND if counts.corrupt else 0
         if self.ids:
             missing = 0
             for ident in self.ids:

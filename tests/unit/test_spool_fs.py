@@ -62,7 +62,7 @@ def test_a_put_is_recorded_write_fsync_link_unlink_fsync_dir(spool_dir: Path) ->
     ]
 
 
-def test_a_store_is_recorded_entry_fsync_link_into_ready_fsync(spool_dir: Path) -> None:
+def test_a_store_is_recorded_entry_sum_fsync_link_into_ready_fsync(spool_dir: Path) -> None:
     sp, fs = traced(spool_dir)
     Spool(str(spool_dir)).channel_dir("default")
     ident, created = sp.ids.new()
@@ -82,6 +82,7 @@ def test_a_store_is_recorded_entry_fsync_link_into_ready_fsync(spool_dir: Path) 
         ("fsync_dir", sp.path("rcv")),  # rcv/web1 made
         ("create", f"{rcv}/{ident}"),
         ("write", f"{rcv}/{ident}"),
+        ("set_sum", f"{rcv}/{ident}"),  # the checksum, in the inode: dropr-ls --verify
         ("fsync", f"{rcv}/{ident}"),
         ("fsync_dir", rcv),
         ("link", f"{rcv}/{ident}", f"{ready}/{name}"),

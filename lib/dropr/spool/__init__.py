@@ -17,7 +17,8 @@ rename and link could not be atomic)::
     rcv/<origin>/<id>            every received id: a hard link of the message for a generated
                                  id (its inbox name follows from the id; the upload is written
                                  there), a symlink -> "{channel}/{p}{created}" for a chosen one
-    corrupt/                     unreadable files moved aside, and strays: files in a state
+    corrupt/                     unreadable files moved aside, messages that failed their
+                                 checksum (dropr-ls --verify), and strays: files in a state
                                  folder with no message name (_layout.message_names)
     wake/                        datagram sockets of waiting senders and consumers
     lock/                        send.lock (one sender), rcv-<origin>.lock (one committer)
@@ -25,8 +26,10 @@ rename and link could not be atomic)::
 Names: outbox ``{p}{arrival:013x},{id}``, inbox ``{p}{created:013x},{origin},{id}``
 where created is the origin's put time, so the inbox keeps the origin's order
 (``message``). An outbox file is a 256-byte header and the payload; an inbox file
-is the payload alone. Nothing is modified after its final rename, except the
-mtime of ``claimed`` (the lease expiry) and ``wait`` (when due) entries.
+is the payload alone, its checksum and size ("k=<crc32> s=<size>") kept in its inode
+as the extended attribute user.dropr.sum (none where the filesystem has none). Nothing
+is modified after its final rename, except the mtime of ``claimed`` (the lease expiry)
+and ``wait`` (when due) entries.
 
 State table. Each transition is one rename, or a link then an unlink ("move", see
 FS.move) where only one process moves the file; "crash" says what a kill -9 or power
@@ -56,13 +59,14 @@ store (in)   write rcv/O/ID (generated id: made  the receiver holds lock/rcv-O.l
              O_EXCL, and still this upload's     index check to sync 2, so a duplicate is never
              at the lock) or tmp/F; lock origin; answered before the first copy is durable, and
              for tmp/F, link (or symlink)        no message is in the inbox before its index
-             rcv/O/ID, EEXIST: duplicate; sync 1 entry. An rcv entry whose message is nowhere
-             (F and rcv/O); link F -> ready/N;   (a crash before the link into ready) is
-             unlink tmp/F; wake consumers;       replaced under the lock; the sender resends.
-             sync 2; unlock; answer "stored"     The tmp sweep drops a stray tmp/F, and its rcv/
-                                                 hard link when only the two hold it; purge
+             rcv/O/ID, EEXIST: duplicate; set the entry. An rcv entry whose message is nowhere
+             sum xattr of F; sync 1 (F and       (a crash before the link into ready) is
+             rcv/O); link F -> ready/N; unlink   replaced under the lock; the sender resends.
+             tmp/F; wake consumers; sync 2;      The tmp sweep drops a stray tmp/F, and its rcv/
+             unlock; answer "stored"             hard link when only the two hold it; purge
                                                  drops rcv/ files no inbox state links,
                                                  untouched 36 h (an upload cut by a crash).
+                                                 The sum is in F's inode, durable with sync 1.
 claim        utime(ready/N, lease end);          between: the file sits in ready with a future
              rename -> claimed/N; utime again;   mtime, which ready ignores; after: a lease that is
              (every claim of the call) sync      already set, so no sweeper can take it back early.
@@ -82,11 +86,17 @@ requeue      write meta (returns, failures 0);   before the rename: still dead, 
              sync; wake consumers                reset, the last error kept.
 purge        unlink done|processed|dead after    leftovers of a purge are purged again. Held
              retention (ctime age), meta, index  off while a requeue runs (lock/purge.lock).
+corrupt      rename B/X/S/N -> corrupt/B=X=S=N;  before: still in its state, found again by the
+             write its .why (neither synced)     next dropr-ls --verify. After: in corrupt/ only,
+                                                 perhaps without .why; a power loss may undo the
+                                                 rename (back in its state, found again). One
+                                                 rename: never in two places, never lost.
 ===========  ==================================  ==================================================
 
 Where each transition is: put PutBatch.commit; sent, processed, dead (out), requeue
 (out) Outbox.mark_sent, mark_processed, kill, requeue; store Inbox.store; claim to due
-and requeue (in) the table leases.ACTIONS; purge Retention.purge.
+and requeue (in) the table leases.ACTIONS; purge Retention.purge; corrupt Retention.move_corrupt
+(dropr-ls --verify, verify.py; strays and unreadable files, Retention.corrupt).
 
 Syncing: "sync" is fsync of each written file and each touched directory for a
 few messages, and one syncfs(2) of the spool's filesystem for the files of a batch

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 PRIVATE_MODES = (0o600, 0o700)  # files, folders: no other local user reads a payload (as mail queues)
 GROUP_MODES = (0o640, 0o2750)  # with an operators' group (config `group`): the spool root is
 # set-group-ID, so every folder and file made below it takes the group, and no chown is needed
+SUM_XATTR = "user.dropr.sum"  # an inbox file's "k=<crc32> s=<size>" (FS.set_sum, dropr-ls --verify)
 DIRECT_BLOCK = 1 << 20  # DirectWriter's unit: a multiple of every device's block size
 
 _libc: Any = None
@@ -143,6 +144,12 @@ class FS:
     def utime(self, path: str, times: tuple[float, float] | None = None) -> None:
         """Set (atime, mtime), or both to now."""
         os.utime(path, times)
+
+    def set_sum(self, file: int | str, value: bytes) -> None:
+        """Keep a received message's checksum in its inode (the extended attribute SUM_XATTR)
+        of a descriptor, else a path: it follows the file through every link and rename,
+        and the file's fsync keeps it."""
+        os.setxattr(file, SUM_XATTR, value)
 
     # -- sequences of primitives -----------------------------------------------
 

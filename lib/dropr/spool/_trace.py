@@ -40,7 +40,7 @@ class TracingFS(FS):
 
     PRIMITIVES = (
         "create", "open_sync", "close", "write", "pwrite", "fsync", "fdatasync", "syncfs",
-        "fsync_dir", "rename", "link", "unlink", "mkdir", "give_to_group", "symlink", "utime",
+        "fsync_dir", "rename", "link", "unlink", "mkdir", "give_to_group", "symlink", "utime", "set_sum",
     )  # fmt: skip
 
     def __init__(
@@ -55,7 +55,7 @@ class TracingFS(FS):
         self.events: list[Event] = []
 
     def _do(self, name: str, args: tuple[Any, ...]) -> Any:
-        if name in _FD_OPS:
+        if name in _FD_OPS or (name == "set_sum" and isinstance(args[0], int)):
             self.ops.append((name, self.fds.get(args[0], f"fd{args[0]}")))
         elif name in ("rename", "link", "symlink", "give_to_group"):
             self.ops.append((name, str(args[0]), str(args[1])))
@@ -95,7 +95,7 @@ def _event(name: str, args: tuple[Any, ...], result: Any, offset: int) -> Event:
         return Event(name, (), fd=args[0], offset=offset, data=bytes(args[1][:result]), at=now)
     if name == "pwrite":
         return Event(name, (), fd=args[0], offset=args[2], data=bytes(args[1][:result]), at=now)
-    if name in _FD_OPS:
+    if name in _FD_OPS or (name == "set_sum" and isinstance(args[0], int)):
         return Event(name, (), fd=args[0], at=now)
     if name == "utime":
         times = args[1] if len(args) > 1 else None

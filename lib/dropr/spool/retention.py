@@ -40,14 +40,18 @@ class Retention:
 
     def corrupt(self, path: str, why: str) -> str:
         """Move an unreadable file aside into corrupt/; return its new path."""
-        sp = self.sp
-        rel = os.path.relpath(path, sp.root).replace("/", "=")
-        dest = sp.path("corrupt", rel)
         try:
-            self.fs.rename(path, dest)
-            self.fs.write_file(dest + ".why", why + "\n", sync=False, flags=os.O_TRUNC)
+            return self.move_corrupt(path, why)
         except FileNotFoundError:
-            pass
+            return self.sp.path("corrupt", os.path.relpath(path, self.sp.root).replace("/", "="))
+
+    def move_corrupt(self, path: str, why: str) -> str:
+        """The corrupt transition: rename a file to corrupt/ (its spool path, "/" written
+        "="), then write why beside it as .why; return the new path. FileNotFoundError
+        when the file is no longer at path (a sender or consumer moved it on)."""
+        dest = self.sp.path("corrupt", os.path.relpath(path, self.sp.root).replace("/", "="))
+        self.fs.rename(path, dest)
+        self.fs.write_file(dest + ".why", why + "\n", sync=False, flags=os.O_TRUNC)
         return dest
 
     def strays(self, folder: str, names: list[str], keep: list[str] | None = None) -> None:
