@@ -157,7 +157,7 @@ def peers(spool: Spool, flt: Filter, rows: list[dict[str, Any]] | None = None) -
                 "backlog": count,
                 "bytes": size,
                 "oldest": oldest_s,
-                "last_ok": st.get("last_ok"),
+                "last_ok": st.get("last_ok") or None,  # 0: never (not the epoch)
                 "last_error": st.get("last_error"),
                 "last_error_at": st.get("last_error_at"),
                 "backoff_until": st.get("until"),
@@ -324,7 +324,7 @@ def summary_text(rows: list[dict[str, Any]], prs: list[dict[str, Any]]) -> str:
                     p["peer"],
                     str(p["backlog"]),
                     age(p["oldest"]),
-                    age(p["last_ok"]) + (" ago" if p["last_ok"] else ""),
+                    f"{age(p['last_ok'])} ago" if p["last_ok"] else "never",
                     f"{age(p['last_error_at'])} ago: {p['last_error']}" if p["last_error"] else "-",
                 ]
                 for p in prs
@@ -369,7 +369,7 @@ def prom(rows: list[dict[str, Any]], prs: list[dict[str, Any]], now: float | Non
     metric(
         "dropr_peer_last_success_timestamp_seconds",
         "Last successful delivery to a peer.",
-        [(f'peer="{p["peer"]}"', p["last_ok"] or 0) for p in prs],
+        [(f'peer="{p["peer"]}"', p["last_ok"]) for p in prs if p["last_ok"]],  # none: never
     )
     metric(
         "dropr_peer_failing",
@@ -467,8 +467,9 @@ class LsRequest:
                     err.write(f"dropr-ls: error: no message {ident!r} in {spool.root}\n")
                     err.flush()
                     missing += 1
+                render = json_line if self.as_json else message_line if self.listing else detail_text
                 for rec in recs:
-                    w(json_line(rec) if self.as_json else detail_text(rec))
+                    w(render(rec))
             return EX_NOTFOUND if missing else 0
         flt = self.filter()
         if self.listing:

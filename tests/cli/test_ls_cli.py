@@ -317,3 +317,38 @@ def test_installed_json_matches_in_process(
     assert res.returncode == 0 and res.stderr == b""
     _, out, _ = ls(world, capsys, "--json", "-l")
     assert res.stdout.decode() == out
+
+
+# -- -l with ids, a peer that never succeeded ------------------------------------------------
+
+
+def test_list_with_ids_is_one_line_per_place(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = ls(world, capsys, "-l", world.multi, "web9,c1")
+    assert code == 0
+    lines = out.splitlines()
+    assert sorted(line.split()[:4] for line in lines) == [
+        [world.multi, "out", "a", "queued"],
+        [world.multi, "out", "b", "queued"],
+        ["c1", "in", "work", "claimed"],
+    ]
+    assert "path" not in out, "not the KEY VALUE details"
+
+
+@pytest.mark.parametrize("state", [{}, {"last_ok": 0}, {"last_ok": 0.0, "last_error": "refused"}])
+def test_a_peer_that_never_succeeded_is_never_not_the_epoch(
+    spool_dir: Path, capsys: pytest.CaptureFixture[str], state: dict[str, Any]
+) -> None:
+    sp = Spool(str(spool_dir))
+    batch = sp.batch([A])
+    batch.add(b"x")
+    batch.commit()
+    sp.set_peer_state("a", {**state, "last_error_at": time.time()} if "last_error" in state else state)
+    assert ls_cli.main(["--spool", str(spool_dir)]) == 0
+    out = capsys.readouterr().out
+    [row] = [line for line in out.splitlines() if line.startswith("a ")]
+    assert row.split()[3] == "never", row
+    assert ls_cli.main(["--spool", str(spool_dir), "--prom"]) == 0
+    out = capsys.readouterr().out
+    assert "# TYPE dropr_peer_last_success_timestamp_seconds gauge" in out
+    assert "dropr_peer_last_success_timestamp_seconds{" not in out, "no sample: it never succeeded"
+    assert 'dropr_peer_failing{peer="a"}' in out
