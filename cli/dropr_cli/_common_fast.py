@@ -10,11 +10,17 @@ if TYPE_CHECKING:
 
 
 def logging_for(prog: str, o: dict[str, Any], always: bool = False) -> None:
-    """Configure logging from -v/-q counts (imports logging only when it matters)."""
-    if o.get("verbose") or o.get("quiet") or always:
-        from ._guard import setup_logging
+    """Configure logging from -v/-q counts: now when they are given (or always), else when
+    a library module first logs, so that its lines carry the prefix as every command's do
+    (and logging is imported only when it matters)."""
+    from ._guard import setup_logging
 
+    if o.get("verbose") or o.get("quiet") or always:
         setup_logging(prog, int(o.get("verbose", 0)), int(o.get("quiet", 0)))
+    else:
+        from dropr import log
+
+        log.at_first_use(lambda: setup_logging(prog, 0, 0))
 
 
 def open_spool(o: dict[str, Any]) -> Spool:

@@ -12,6 +12,17 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+_first_use: Any = None  # what the command set up for the first use (at_first_use)
+
+
+def at_first_use(setup: Any) -> None:
+    """Have setup() run when a module of the library first logs: a command that usually logs
+    nothing (dropr-recv, dropr-ack) sets up its handler, and the prefix its lines carry,
+    only then, so that logging is not imported on every call."""
+    global _first_use
+    _first_use = setup
+
+
 class _Lazy:
     __slots__ = ("_name", "_log")
 
@@ -21,8 +32,12 @@ class _Lazy:
 
     def __getattr__(self, attr: str) -> Any:
         if self._log is None:
+            global _first_use
             import logging
 
+            if _first_use is not None:
+                setup, _first_use = _first_use, None
+                setup()
             self._log = logging.getLogger(self._name)
         return getattr(self._log, attr)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dropr_cli import ack as ack_cli
@@ -186,3 +187,21 @@ def test_ack_release_and_reject_from_stdin(inbox: tuple[Path, list[str]]) -> Non
     res = ack(spool, *ids)
     assert res.rc == 1
     assert len(res.err.splitlines()) == 3
+
+
+# -- logging: library lines carry the command's prefix ----------------------------------------
+
+
+def test_library_lines_carry_the_prefix_without_v(cmd: Any, inbox: tuple[Path, list[str]]) -> None:
+    """A library warning (here: a stray file moved to corrupt/) is written as every command
+    writes its lines, "dropr-recv: ...", not bare by Python's last-resort handler."""
+    spool, _ = inbox
+    (spool / "in" / "default" / "ready" / "README").write_text("not a message")
+    res = cmd.run("dropr-recv", spool=spool)
+    assert res.returncode == 0
+    [line] = res.stderr.decode().splitlines()
+    assert line.startswith("dropr-recv: corrupt path=") and "README" in line, line
+    (spool / "in" / "default" / "dead" / "notes.txt").write_text("not a message")
+    res = cmd.run("dropr-ack", "--requeue", "--all", spool=spool)
+    [line] = res.stderr.decode().splitlines()
+    assert line.startswith("dropr-ack: corrupt path=") and "notes.txt" in line, line
