@@ -185,9 +185,17 @@ class Verifier:
                 dest = self.sp.retention.move_corrupt(p, why)
             except FileNotFoundError:
                 continue
+            self._end_bar_line()
             log.error("corrupt path=%s moved=%s reason=%s", p, dest, why)
             return
+        self._end_bar_line()
         log.error("corrupt path=%s reason=%s; gone before it could be moved", path, why)
+
+    def _end_bar_line(self) -> None:
+        """End the bar's line before a log line (the bar is drawn again below it)."""
+        if self.progress and self._shown:
+            sys.stderr.write("\n")
+            self._shown = 0.0
 
     def _show(self, final: bool = False) -> None:
         """Draw the progress bar on stderr (a terminal), at most every 0.2 s."""

@@ -50,6 +50,7 @@ def test_a_terminal_gets_a_progress_bar_a_pipe_does_not(pair: Pair) -> None:
     pair.a.run(
         "dropr-put", "--lines", "--to", pair.url, input="".join(f"m{i}\n" for i in range(50)), check=True
     )
+    flip(sorted((pair.peer_dir() / "queued").iterdir())[20])
     controller, terminal = pty.openpty()
     try:
         p = subprocess.run(
@@ -71,8 +72,9 @@ def test_a_terminal_gets_a_progress_bar_a_pipe_does_not(pair: Pair) -> None:
         os.close(controller)
         if terminal >= 0:
             os.close(terminal)
-    assert p.returncode == 0
+    assert p.returncode == 1
     assert b"\rdropr-ls: [" in shown and b"] 50/50 verified" in shown
+    assert b"\ndropr-ls: corrupt path=" in shown, "the log line starts a line of its own"
     piped = pair.a.run("dropr-ls", "--verify")
     assert piped.returncode == 0 and piped.stderr == b""
     assert pair.a.run("dropr-ls", "--verify", "-q").stderr == b""
