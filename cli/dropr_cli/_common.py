@@ -24,11 +24,12 @@ class Option(click.Option):
     writes "[default: (1)]". For an option whose default is None (not given) in the code
     but has a value in effect: every --help writes its defaults one way."""
 
-    def get_help_extra(self, ctx: click.Context) -> Any:
-        extra = super().get_help_extra(ctx)
-        if isinstance(self.show_default, str):
-            extra["default"] = self.show_default
-        return extra
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None or not isinstance(self.show_default, str):
+            return record
+        shown = self.show_default
+        return record[0], record[1].replace(f"default: ({shown})", f"default: {shown}")
 
 
 class Obj:

@@ -62,8 +62,8 @@ def test_defaults_show_one_way(prog: str) -> None:
         default = opt.get_default(ctx, call=False)
         if default not in (None, (), False) and not repr(default).endswith("UNSET"):
             assert opt.show_default, f"{prog} {name}: default {default!r} not shown"
-        extra = opt.get_help_extra(ctx).get("default", "")
-        assert not extra.startswith("("), f"{prog} {name}: [default: {extra}]; use cls=Option"
+        record = opt.get_help_record(ctx)
+        assert record is not None and "default: (" not in record[1], f"{prog} {name}: use cls=Option"
 
 
 def test_effective_defaults_are_shown() -> None:
