@@ -3,7 +3,10 @@
 Each file is exactly the script click itself prints for
 ``_DROPR_PUT_COMPLETE=bash_source dropr-put`` (zsh_source, fish_source): a small
 shell function that calls the command back with ``_DROPR_PUT_COMPLETE=bash_complete``
-and the words typed so far, so the completions always follow the installed options.
+and the words typed so far, so the completions always follow the installed options
+(and the config's peers and the inbox's channels: dropr_cli._complete). For fish, click
+prints the script of dropr_cli._complete.Fish, its own with each answer split at the
+first comma only, so that a description keeps its commas.
 The output is committed; ``tests/test_docs.py`` regenerates it and compares.
 
 Usage: python completions/generate.py [--out DIR]   (default: the folder of this file)
