@@ -167,6 +167,8 @@ class Verifier:
             why, n = check_out(path) if box == "out" else check_in(path)
         except (FileNotFoundError, NotADirectoryError):
             raise FileNotFoundError(path) from None
+        except PermissionError:
+            raise  # not damage: this user may not read the spool (exit 74, one line)
         except OSError as exc:
             why, n = f"unreadable: {exc.strerror or exc}", 0
         self.counts.bytes += n

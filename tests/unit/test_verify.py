@@ -237,3 +237,26 @@ def test_the_request_exits_1_on_corruption_and_prints_counts(spool_dir: Path) ->
     out = io.StringIO()
     assert LsRequest(verify=True, as_json=True).run(sp, out) == 1
     assert out.getvalue() == '{"checked": 1, "ok": 0, "corrupt": 1, "unchecked": 0, "bytes": 259}\n'
+
+
+def test_a_read_error_is_damage_a_permission_error_is_not(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [ident] = fill_inbox(spool_dir, [b"on a bad sector"])
+    path = in_file(spool_dir, ident)
+    sp = Spool(str(spool_dir))
+
+    def denied(p: str) -> tuple[str, int]:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), p)
+
+    monkeypatch.setattr(v, "check_in", denied)
+    with pytest.raises(PermissionError):
+        v.verify(sp, Filter())
+    assert path.exists() and not corrupt(spool_dir)
+
+    def eio(p: str) -> tuple[str, int]:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), p)
+
+    monkeypatch.setattr(v, "check_in", eio)
+    assert v.verify(sp, Filter()).corrupt == 1
+    assert corrupt(spool_dir) == {f"in=default=ready={path.name}": "unreadable: Input/output error\n"}
