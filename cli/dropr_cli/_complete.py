@@ -60,6 +60,15 @@ def _describe(table: Any) -> str:
 
 def peers(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """Complete a peer or group name from the config's [peers] table."""
+    return _names(ctx, incomplete, lambda p: True)
+
+
+def fetch_peers(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Complete the name of a peer one can fetch from: one with a url (dropr-send --fetch)."""
+    return _names(ctx, incomplete, lambda p: isinstance(p, dict) and isinstance(p.get("url"), str))
+
+
+def _names(ctx: click.Context, incomplete: str, fits: Any) -> list[CompletionItem]:
     try:
         table = _peers_table(_where(ctx)[1])
     except Exception:  # noqa: BLE001 - a completion never prints a traceback at the prompt
@@ -67,7 +76,7 @@ def peers(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[C
     return [
         CompletionItem(name, help=_describe(p) or None)
         for name, p in sorted(table.items())
-        if isinstance(name, str) and name.startswith(incomplete)
+        if isinstance(name, str) and name.startswith(incomplete) and fits(p)
     ]
 
 

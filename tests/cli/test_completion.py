@@ -187,3 +187,16 @@ def test_zsh_completes_peers_channels_and_paths(spool: Path) -> None:
     assert zsh_complete(spool, "dropr-recv", ["dropr-recv", "--channel", ""]) == ["jobs", "mail"]
     assert zsh_complete(spool, "dropr-ls", ["dropr-ls", "--spool", ""]) == ["PATH_FILES -/"]
     assert zsh_complete(spool, "dropr-put", ["dropr-put", "--file", ""]) == ["PATH_FILES -f"]
+
+
+def test_fetch_completes_peers_with_a_url(spool: Path) -> None:
+    """For dropr-send --fetch (NETWORKS.md 3): a peer one fetches from has a url; not a group,
+    nor a peer reached through a relay."""
+    import click
+    from dropr_cli import _complete
+
+    ctx = click.Context(click.Command("dropr-send"))
+    ctx.params = {"spool": str(spool), "config_file": None}
+    param = click.Option(["--fetch"])
+    assert [c.value for c in _complete.fetch_peers(ctx, param, "")] == ["db1"]
+    assert [c.value for c in _complete.peers(ctx, param, "")] == ["db1", "dbs", "far"]
