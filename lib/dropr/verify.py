@@ -50,8 +50,9 @@ class Counts:
         """Return the counts as one line for a person."""
         from .report import human_bytes
 
+        messages = "1 message" if self.checked == 1 else f"{self.checked} messages"
         return (
-            f"verified {self.checked} messages ({human_bytes(self.bytes)}): {self.ok} ok, "
+            f"verified {messages} ({human_bytes(self.bytes)}): {self.ok} ok, "
             f"{self.corrupt} corrupt (moved to corrupt/), {self.unchecked} unchecked (no checksum kept)\n"
         )
 

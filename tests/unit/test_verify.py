@@ -231,7 +231,7 @@ def test_the_request_exits_1_on_corruption_and_prints_counts(spool_dir: Path) ->
     out = io.StringIO()
     assert LsRequest(verify=True).run(sp, out) == 0
     assert out.getvalue() == (
-        "verified 1 messages (259B): 1 ok, 0 corrupt (moved to corrupt/), 0 unchecked (no checksum kept)\n"
+        "verified 1 message (259B): 1 ok, 0 corrupt (moved to corrupt/), 0 unchecked (no checksum kept)\n"
     )
     flip(out_file(sp, ident))
     out = io.StringIO()
