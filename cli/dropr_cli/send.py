@@ -27,6 +27,13 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
     help="Only deliver to this peer (a configured name or an outbox folder); repeatable; unknown: exit 69.",
 )
 @click.option(
+    "--fetch",
+    "fetch",
+    multiple=True,
+    metavar="NAME",
+    help="Fetch this node's messages from holder NAME (a peer with fetch = true); repeatable.",
+)
+@click.option(
     "--now", is_flag=True, help="Ignore the backoff from before this run: try failing peers at once."
 )
 @click.option(
@@ -61,8 +68,8 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
     help="Exit after delivering N messages (recycling under dropr-angel); 0: never.",
 )
 @common
-def cmd(once: bool, peers: tuple[str, ...], now: bool, batch: int, batch_bytes: int, concurrency: int,
-        max_messages: int, **kw: Any) -> int:  # fmt: skip
+def cmd(once: bool, peers: tuple[str, ...], fetch: tuple[str, ...], now: bool, batch: int, batch_bytes: int,
+        concurrency: int, max_messages: int, **kw: Any) -> int:  # fmt: skip
     """Deliver the outbox to peers over HTTP(S).
 
     As a daemon (the default) it sends what is due, then sleeps until
@@ -71,11 +78,16 @@ def cmd(once: bool, peers: tuple[str, ...], now: bool, batch: int, batch_bytes: 
     failing peer is backed off without holding up the others. Messages stay
     queued until the peer confirms them stored. One sender per spool.
 
+    It also fetches this node's messages from holders nobody else can reach
+    it through: the daemon from every peer with fetch = true, --once from
+    each --fetch NAME, in rounds until the holder has nothing more.
+
     \b
     Examples:
       dropr-send                        # daemon, e.g. under systemd or dropr-angel
       dropr-send --once                 # from cron or a systemd timer
       dropr-send --once --peer db1 --now
+      dropr-send --once --fetch hub     # fetch what hub holds for this node
       dropr-angel -- dropr-send --max-messages 1000000
     """
     o = obj(kw["spool"], kw["config_file"], kw["verbose"], kw["quiet"], "dropr-send")
@@ -88,6 +100,7 @@ def cmd(once: bool, peers: tuple[str, ...], now: bool, batch: int, batch_bytes: 
         concurrency=concurrency,
         max_messages=max_messages,
         progress=once and sys.stderr.isatty() and not o.quiet,
+        fetch=list(fetch),
     )
     spool = o.spool()
     privacy.warn(spool.root, spool.config, "dropr-send")  # once, at start

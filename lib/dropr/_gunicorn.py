@@ -21,6 +21,7 @@ import select
 import selectors
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -202,6 +203,9 @@ class DroprWorker(ThreadWorker):  # type: ignore[misc]
     def _stop_lingering(self) -> None:
         self.alive = False  # the pool's threads are joined at exit: none may linger
         self._send_back(self.cfg.threads)
+        fetch = sys.modules.get("dropr.fetch")
+        if fetch is not None:  # held fetches (up to 30 s) would hold the stop up
+            fetch.stop_holding()
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         super().handle_exit(sig, frame)

@@ -107,3 +107,21 @@ HTTP_UNAVAILABLE = "503 Service Unavailable"  # low on disk or an I/O error: ret
 METRICS = "metrics"
 # A request with any of these headers came through a proxy: its loopback address is the proxy's.
 PROXY_ENVIRON = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
+
+# Fetch (dropr.7, FETCH): a host nobody can reach fetches what a holder keeps for it.
+#   POST {url}v1/fetch  JSON {"wait": S, "max": N, "max_bytes": B, "results": [{"name",
+#                       "status", "reason"}], "receipts": [{"name", "state", "reason"}]}
+#                       -> 200 multipart/form-data: first a part named "fetch" (JSON
+#                       {"node", "more", "ask": [{"name", "origin"}]}), then one part "m"
+#                       per message, filename = the holder's outbox name, content = the
+#                       outbox file as it is (header + payload)
+FETCH_PART = "fetch"  # the field name of an answer's first part, its JSON control
+WAIT = "wait"  # seconds the holder may hold a fetch while it has nothing (0 to FETCH_WAIT_MAX)
+MAX = "max"  # most messages in the answer
+MAX_BYTES = "max_bytes"  # most payload bytes in the answer (one larger message still goes alone)
+RECEIPTS = "receipts"  # the fetcher's receipt states for the names the last answer asked about
+NAME = "name"  # a message as the holder knows it: its outbox name "{p}{arrival:013x},{id}"
+MORE = "more"  # the holder has more messages than this answer carries
+ASK = "ask"  # the sent messages whose receipts the holder wants: {"name", "origin"}
+ORIGIN = "origin"  # of each asked name: its first origin, "" for the holder itself
+FETCH_WAIT_MAX = 30  # seconds: the longest a holder holds a fetch

@@ -22,6 +22,7 @@ from .errors import EX_OK, EX_TEMPFAIL, LockedError, UnavailableError, UsageErro
 from .peerrun import ASK, DEFERRED, ERROR, NEWS, NO_NEWS, QUEUED, ROUND_OVER, SENT, SENT_DIR, START, PeerRun
 from .protocol import DEAD, DUPLICATE, PROCESSED, REFUSED, RETRY, STORED, UNKNOWN
 from .spool import PURGE_CHECK, Spool
+from .spool.outbox import HOLD_URL
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ STATUS_BATCH = 1000
 class SendOptions:
     """How dropr-send runs."""
 
-    __slots__ = ("once", "peers", "now", "batch", "batch_bytes", "concurrency", "max_messages", "progress")
+    __slots__ = (
+        "once", "peers", "now", "batch", "batch_bytes", "concurrency", "max_messages", "progress", "fetch",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -44,6 +47,7 @@ class SendOptions:
         concurrency: int = 4,
         max_messages: int = 0,
         progress: bool = False,
+        fetch: list[str] | None = None,
     ) -> None:
         self.once = once
         self.peers = peers or []
@@ -53,6 +57,7 @@ class SendOptions:
         self.concurrency = concurrency
         self.max_messages = max_messages
         self.progress = progress
+        self.fetch = fetch or []  # holders to fetch from (dropr-send --fetch; fetch.py)
 
 
 class Sender:
@@ -73,6 +78,9 @@ class Sender:
         self.stopping = False
         self.total = 0
         self._last_progress = 0.0
+        from .fetch import Fetches
+
+        self.fetches = Fetches(self)  # the holders this node fetches from (fetch = true)
 
     # -- peers ----------------------------------------------------------------
 
@@ -97,6 +105,8 @@ class Sender:
             except OSError as exc:
                 log.error("error peer=%s reason=cannot read its url: %s", name, exc.strerror)
                 continue
+            if peer.hold or peer.url == HOLD_URL + "/":  # it fetches its messages (fetch.py)
+                continue
             self.runs[name] = PeerRun(peer, self.spool, once=self.opts.once, now=self.opts.now)
 
     # -- sending --------------------------------------------------------------
@@ -108,14 +118,14 @@ class Sender:
         """Start batches to every peer that may take one, within the pool's limits."""
         wall = time.time()
         for run in self.runs.values():
-            if len(self.pool) >= self.opts.concurrency or self.stopping:
+            if len(self.pool) - self.fetches.inflight >= self.opts.concurrency or self.stopping:
                 return
             if run.send == DEFERRED:  # one try per pass: the next pass retries it
                 continue
             if run.backed_off(wall):
                 run.expire_waiting()
                 continue
-            while run.may_send(wall) and len(self.pool) < self.opts.concurrency:
+            while run.may_send(wall) and len(self.pool) - self.fetches.inflight < self.opts.concurrency:
                 room = self.opts.batch
                 if self.opts.max_messages:
                     room = min(room, self.opts.max_messages - self.delivered - self._inflight())
@@ -232,6 +242,8 @@ class Sender:
             try:
                 if t.kind == "send":
                     self._sent(t)
+                elif t.kind == "fetch":
+                    self.fetches.finished(t)
                 else:
                     self._polled(t)
             finally:
@@ -269,12 +281,13 @@ class Sender:
             self.drive(0.5)
         self._show_progress(final=True)
         self._poll_once()
+        fetched = self.fetches.run_once()
         self.spool.purge()
         left = [r.peer.name for r in self.runs.values() if self.spool.out_any(r.peer.name, QUEUED)]
         if left and not (self.opts.max_messages and self.delivered >= self.opts.max_messages):
             log.info("deferred peers=%s", ",".join(left))
             return EX_TEMPFAIL
-        return EX_OK
+        return fetched
 
     def _poll_once(self) -> None:
         """One status poll per peer, going on from where the last pass's poll stopped
@@ -299,6 +312,7 @@ class Sender:
                 self.refresh_peers()
                 self.start_sends()
                 self._start_polls()
+                self.fetches.start()
                 if time.monotonic() - last_purge > PURGE_CHECK:
                     self.spool.purge_if_due()
                     last_purge = time.monotonic()
@@ -306,8 +320,13 @@ class Sender:
                     log.info("exiting after max_messages=%d", self.opts.max_messages)
                     break
                 if len(self.pool):
-                    self.drive(0.05)
-                    if _readable(waiter):
+                    if self.fetches.inflight == len(self.pool):  # only held fetches: sleep
+                        woken = self.pool.wait(self.sleep_for(), waiter.fileno())
+                        self.drive(0)
+                    else:
+                        self.drive(0.05)
+                        woken = _readable(waiter)
+                    if woken:
                         waiter.drain()
                         self._mark_dirty()
                     continue
@@ -336,7 +355,7 @@ class Sender:
                     sleep = min(sleep, run.expire_at - now)
             elif run.queue:
                 sleep = 0
-        return max(0.0, sleep)
+        return max(0.0, self.fetches.sleep_for(sleep))
 
 
 def check_peers(spool: Spool, names: list[str], once: bool) -> None:
@@ -380,6 +399,9 @@ def _readable(waiter: Any) -> bool:
 def run(spool: Spool, opts: SendOptions) -> int:
     """Take the spool's send lock and deliver, once or as a daemon."""
     check_peers(spool, opts.peers, opts.once)
+    from .fetch import check_fetch
+
+    check_fetch(spool, opts.fetch)
     lock = spool.fs.lock(spool.path("lock", "send.lock"), wait=False)  # made as private as the spool
     try:
         lock.acquire()

@@ -298,7 +298,18 @@ def _entry_budget(threads: int) -> int:
     return ENTRIES_MAX if soft == resource.RLIM_INFINITY else min(ENTRIES_MAX, soft // (2 * threads))
 
 
-Answer = dict[str, Any] | tuple[bytes, str]  # a JSON body, or (bytes, content type): /metrics
+class Streamed:
+    """A 200 answer whose body is not JSON (v1/fetch's multipart): its headers and chunks."""
+
+    __slots__ = ("headers", "chunks")
+
+    def __init__(self, headers: list[tuple[str, str]], chunks: Iterable[bytes]) -> None:
+        self.headers = headers
+        self.chunks = chunks
+
+
+# A JSON body, (bytes, content type) (/metrics), or a body streamed as it is sent (v1/fetch)
+Answer = dict[str, Any] | tuple[bytes, str] | Streamed
 Handler = Callable[["App", dict[str, Any]], Answer]
 # Answers not logged as refusals: the common probes, and a 500 (logged with its traceback).
 QUIET = (wire.HTTP_UNAUTHORIZED, wire.HTTP_NOT_FOUND, wire.HTTP_NOT_ALLOWED, wire.HTTP_INTERNAL)
@@ -313,13 +324,16 @@ class App:
     and method; a handler returns the body of a 200 answer or raises HTTPError. The meter
     (metrics.py) counts every answer, and the messages of every upload."""
 
-    def __init__(self, spool: Spool, cfg: Config, *, entries: int, read_timeout: float) -> None:
+    def __init__(
+        self, spool: Spool, cfg: Config, *, entries: int, read_timeout: float, threads: int = 1
+    ) -> None:
         self.spool = spool
         self.cfg = cfg
         self.tokens = dict(cfg.tokens)
         self.entries = entries  # see _entry_budget
         self.read_timeout = read_timeout
         self.meter: Meter | None = None  # make_app's
+        self.threads = threads  # requests served at once per process (a held fetch takes one)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         began = perf_counter()
@@ -327,8 +341,13 @@ class App:
         path = environ.get("PATH_INFO", "/").rstrip("/")
         headers = [(wire.CONTENT_TYPE, wire.JSON)]
         try:
-            body = _route(path, method)(self, environ)
-            code = wire.HTTP_OK
+            answer = _route(path, method)(self, environ)
+            if isinstance(answer, Streamed):
+                if self.meter is not None:
+                    self.meter.request(path, wire.HTTP_OK, began)
+                start_response(wire.HTTP_OK, answer.headers)
+                return answer.chunks
+            body, code = answer, wire.HTTP_OK
         except OSError:
             raise  # the connection's, as the body is read: gunicorn closes it (quietly if gone)
         except Exception as exc:
@@ -450,12 +469,20 @@ class App:
         return self.meter.answer(environ)
 
 
+def _fetch(app: App, environ: dict[str, Any]) -> Streamed:
+    """POST v1/fetch: a held peer's messages (fetch.py, loaded at the first fetch)."""
+    from .fetch import answer
+
+    return answer(app, environ)
+
+
 # Every route, read top to bottom: path (PATH_INFO without a trailing "/") -> method -> handler.
 # A path not here is answered 404; a path here with a method not listed, 405.
 ROUTES: dict[str, dict[str, Handler]] = {
     "/" + wire.MESSAGES: {wire.POST: App.messages},
     "/" + wire.STATUS: {wire.POST: App.status},
     "/" + wire.HEALTH: {wire.GET: App.health, wire.HEAD: App.health},
+    "/" + wire.FETCH: {wire.POST: _fetch},
     "": {wire.GET: App.health, wire.HEAD: App.health},  # the base URL itself, as a probe asks
     "/" + wire.METRICS: {wire.GET: App.metrics, wire.HEAD: App.metrics},  # dropr-serve.8, METRICS
 }
@@ -575,7 +602,7 @@ def make_app(
     upload may keep; see _entry_budget). read_timeout: seconds without data after which
     a request body is given up (408, nothing stored), on gunicorn; 0: wait for ever."""
     entries = _entry_budget(max(1, threads))
-    app = App(spool, config or spool.config, entries=entries, read_timeout=read_timeout)
+    app = App(spool, config or spool.config, entries=entries, read_timeout=read_timeout, threads=threads)
     from .metrics import Meter
 
     app.meter = Meter(spool, app.cfg.metrics_tokens, ROUTES)

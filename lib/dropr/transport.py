@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any
 
@@ -43,7 +43,7 @@ class Transfer:
 
     def __init__(self, peer: Peer, kind: str, items: list[tuple[str, str]], ids: list[str]) -> None:
         self.peer = peer
-        self.kind = kind  # "send" or "status"
+        self.kind = kind  # "send", "status" or "fetch"
         self.items = items  # (id, path) for send
         self.ids = ids  # for status
         self.curl = pycurl.Curl()
@@ -69,7 +69,7 @@ def _setup(t: Transfer, node: str, timeouts: Timeouts, path: str) -> pycurl.Curl
     except ValueError as exc:
         t.error = str(exc)
         return c
-    if t.kind == "status":
+    if t.kind != "send":  # a status poll or a fetch
         headers.append(JSON_BODY)
     url = t.peer.url + path
     if not url.isascii() or "\0" in url:  # dropr-put and the config refuse them; an older outbox
@@ -137,6 +137,36 @@ def status(
     return t
 
 
+def fetch(
+    peer: Peer, body: bytes, node: str, timeouts: Timeouts, sink: Callable[[str, bytes], object], hold: float
+) -> Transfer:
+    """Prepare a fetch (v1/fetch) of body from a holder that may hold it hold seconds.
+
+    A 200 answer's body goes to sink(content type, chunk) as it arrives (it returns
+    False to abort the transfer); any other answer's to t.body, whose "error" _parse reads."""
+    t = Transfer(peer, "fetch", [], [])
+    c = _setup(t, node, timeouts, wire.FETCH)
+    head = {"code": 0, "type": ""}
+
+    def header(line: bytes) -> None:
+        if line.startswith(b"HTTP/"):  # a new status line: a new answer's headers
+            head["code"], head["type"] = int(line.split()[1]), ""
+        elif line[:13].lower() == b"content-type:":
+            head["type"] = line[13:].decode("latin-1").strip()
+
+    def write(data: bytes) -> int | None:
+        if head["code"] != 200:
+            t.body.write(data)
+            return None
+        return 0 if sink(str(head["type"]), data) is False else None
+
+    c.setopt(pycurl.HEADERFUNCTION, header)
+    c.setopt(pycurl.WRITEFUNCTION, write)
+    c.setopt(pycurl.POSTFIELDS, body)
+    c.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeouts.low_speed_time + hold)))  # a held fetch is quiet
+    return t
+
+
 class Pool:
     """Transfers running concurrently on one CurlMulti."""
 
@@ -177,6 +207,17 @@ class Pool:
                     break
             done = self._collect()
         yield from done
+
+    def wait(self, timeout: float, fd: int) -> bool:
+        """Wait up to timeout for the transfers' sockets, their next timer, or fd; return
+        whether fd is readable (then drive them with poll(0))."""
+        import select
+
+        r, w, x = self.multi.fdset()
+        due = self.multi.timeout()  # ms; -1: no timer set
+        if due >= 0:
+            timeout = min(timeout, due / 1000)
+        return fd in select.select([*r, fd], w, x, max(0.0, timeout))[0]
 
     def _collect(self) -> list[Transfer]:
         finished = []
@@ -221,6 +262,8 @@ def _parse(t: Transfer) -> None:
         reason = data.get(wire.ERROR) if isinstance(data, dict) else None
         t.error = f"HTTP {t.code}: {reason or raw[:200].decode('utf-8', 'replace').strip() or 'no answer'}"
         return
+    if t.kind == "fetch":
+        return  # a 200's body went to its sink
     results = data.get(wire.RESULTS) if isinstance(data, dict) else None
     if t.kind == "send" and isinstance(results, list):
         for r in results:

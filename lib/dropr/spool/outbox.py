@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from . import Spool
 
 Pending = tuple[str, str, "str | None", int]  # tmp path, outbox name, caller's id, fd or -1
+HOLD_URL = "hold"  # the url file of a held peer (hold = true): dropr-send never pushes to it
 
 
 class Outbox:
@@ -67,7 +68,8 @@ class Outbox:
                 self.fs.mkdirs(os.path.join(d, s))
             url = os.path.join(d, "url")
             if not os.path.exists(url):
-                self.fs.write_file(url + ".new", peer.url + "\n", flags=os.O_TRUNC)
+                where = HOLD_URL if peer.hold else peer.url  # a held peer fetches: no url
+                self.fs.write_file(url + ".new", where + "\n", flags=os.O_TRUNC)
                 self.fs.rename(url + ".new", url)
                 self.fs.fsync_dir(d)
         return d
@@ -322,6 +324,7 @@ class PutBatch:
         self._dup: list[str] = []
         try:
             self._dirs = [spool.outbox.peer_dir(p) for p in peers]
+            self._held = [p.name for p in peers if p.hold]  # their fetches are woken too
             if ttl:
                 for d in self._dirs:
                     if not os.path.exists(f"{d}/{TTL_MARK}"):
@@ -434,6 +437,8 @@ class PutBatch:
                 dirs.append(sp.path("ids"))
             if done:
                 sp.wakeups.wake_sender()  # before the fsync of queued/: see this docstring
+                for held in self._held:
+                    sp.wakeups.wake_fetchers(held)
             sp.sync(dirs=dirs)
         except OSError as exc:
             for p in pending:

@@ -6,6 +6,8 @@ a lost or failed wake-up delays and never loses. The names, all made here:
     send.sock                  the sender (one per spool: lock/send.lock)
     put-<pid>.sock             a dropr-put --wait, woken when receipts change
     recv-<channel>-<pid>.sock  a consumer of one channel, woken by a store into it
+    fetch-<peer>-<tag>.sock    a fetch a holder's dropr-serve holds for a held peer (tag:
+                               pid and a count), woken by a put or a relay store for it
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 SEND_SOCK = "send.sock"  # the sender's wake-up socket in wake/
 PUT_PREFIX = "put-"
 RECV_PREFIX = "recv-"
+FETCH_PREFIX = "fetch-"
 WAKE_SETTLE = 0.1  # wake/ unchanged this long (seconds) has a listing worth keeping: see _waiting
 
 
@@ -37,6 +40,16 @@ def recv_prefix(channel: str) -> str:
 def recv_sock(channel: str, pid: int | str) -> str:
     """Return the socket name of a consumer of a channel (pid, or a tag unique in the spool)."""
     return f"{recv_prefix(channel)}{pid}.sock"
+
+
+def fetch_prefix(peer: str) -> str:
+    """Return the prefix of the socket names of every fetch held for a held peer."""
+    return f"{FETCH_PREFIX}{peer}-"
+
+
+def fetch_sock(peer: str, tag: int | str) -> str:
+    """Return the socket name of one fetch held for a peer (tag unique in the spool)."""
+    return f"{fetch_prefix(peer)}{tag}.sock"
 
 
 class Wakeups:
@@ -71,6 +84,11 @@ class Wakeups:
     def wake_consumers(self, channel: str) -> int:
         """Wake every consumer of a channel; return how many."""
         return self.wake(recv_prefix(channel))
+
+    def wake_fetchers(self, peer: str) -> int:
+        """Wake every fetch held for a held peer (hold = true): a message was queued for
+        it. PutBatch.commit and the relay store call it for held peers only."""
+        return self.wake(fetch_prefix(peer))
 
     def sender_running(self) -> bool:
         """Tell whether a sender holds this spool's wake-up socket."""

@@ -1,0 +1,759 @@
+"""Fetch (dropr.7, FETCH): a host nobody can reach fetches what a holder keeps for it.
+
+The holder H (``[peers.laptop] hold = true``) queues messages for laptop in out/laptop/
+as for any peer; its dropr-send leaves that folder alone. laptop's dropr-send asks for
+them (POST v1/fetch, ``answer`` below, run by H's dropr-serve) and stores them in its
+own inbox through the one store path (``Fetcher``), then confirms them with its next
+request, and H moves them to sent/. Receipts flow back the same way: H's answer asks
+about sent/ names, laptop's next request says their state.
+
+Notes (the invariants):
+- The fetcher stores an answer's messages durably (Spool.store) before its next request
+  confirms them; a crash in between leaves them queued at H, the next fetch gets them
+  again, and the store answers duplicate: the inbox's rcv/ index, keyed by origin and id,
+  keeps them once. H keeps no state between requests but hints (when to ask for receipts).
+- A client fetches only out/<its node>/: its token's node (or X-Dropr-Origin, without
+  tokens), which must be a held peer in H's config.
+- A held fetch sleeps on a wake-up socket (wake.fetch_sock) that puts and relay stores
+  for the peer wake: no polling interval. It takes a server thread: at most threads - 1
+  are held per process, the others are answered at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
+
+from . import message as m
+from . import protocol as wire
+from . import retry
+from .server import DISPOSITION, HTTPError, Streamed, Upload, _boundary, _filename, _Part, _ReadTimeout
+from .spool.wake import fetch_sock
+
+if TYPE_CHECKING:
+    from .config import Peer
+    from .server import App
+    from .spool import Spool
+    from .transport import Transfer
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 4 << 20  # the largest fetch request (its results and receipts)
+MAX_COUNT = 10_000  # the most messages one answer carries
+ASK_MIN, ASK_MAX = 0.2, 5.0  # receipts are asked for this far apart, as the sender's polls
+ASK_BATCH = 1000  # names asked about in one answer, as the sender's STATUS_BATCH
+BUFFER = 256 << 10  # an answer is written in pieces of about this size
+CHUNK = 1 << 20
+QUEUED, SENT = "queued", "sent"
+
+
+# -- the holder: POST v1/fetch ------------------------------------------------------------
+
+
+class _Holding:
+    """What one dropr-serve process keeps across fetches: how many it holds, whether it
+    stops, and per peer when receipts are next asked for (due, gap, the last name asked)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.held = 0
+        self.seq = 0
+        self.stopping = False
+        self.waiters: set[Any] = set()
+        self.asks: dict[str, list[Any]] = {}
+        self.origins: dict[str, str] = {}  # "peer/name" -> o= of a sent entry: read once
+
+    def take(self, limit: int) -> int:
+        """Count one more held fetch if fewer than limit are; return its tag, or 0."""
+        with self.lock:
+            if self.held >= limit or self.stopping:
+                return 0
+            self.held += 1
+            self.seq += 1
+            return self.seq
+
+    def give(self) -> None:
+        with self.lock:
+            self.held -= 1
+
+    def ask_state(self, peer: str) -> list[Any]:
+        with self.lock:
+            return self.asks.setdefault(peer, [0.0, ASK_MIN, ""])
+
+
+_HOLDING = _Holding()
+
+
+def stop_holding() -> None:
+    """Answer every fetch this process holds now, and hold no more: its worker stops."""
+    _HOLDING.stopping = True
+    for w in list(_HOLDING.waiters):
+        try:
+            w.sock.sendto(b"!", w.path)
+        except OSError:
+            pass
+
+
+def answer(app: App, environ: dict[str, Any]) -> Streamed:
+    """POST v1/fetch: apply the client's results and receipts, then answer its held
+    messages (holding the request while there are none, up to its wait)."""
+    spool = app.spool
+    peer = _client(app, environ)
+    req = _request(app, environ)
+    if req[wire.RESULTS] or req[wire.RECEIPTS]:
+        with spool.fs.lock(spool.path("lock", f"fetch-{peer}.lock")):
+            changed = _confirm(spool, peer, req[wire.RESULTS])
+            changed |= _receipts(spool, peer, req[wire.RECEIPTS], app.cfg.retention)
+        if changed:
+            spool.wakeups.wake_putters()
+    choice = _Choice(spool, peer, req)
+    if choice.empty() and req[wire.WAIT] > 0:
+        choice = _hold(app, environ, peer, req)
+    return choice.streamed()
+
+
+def _client(app: App, environ: dict[str, Any]) -> str:
+    """Return the held peer a fetch is for: the client's own node, or raise the 403."""
+    try:
+        node = app.origin(environ)
+    except HTTPError as exc:
+        if exc.status == wire.HTTP_FORBIDDEN:  # a token naming another node
+            why = exc.reason.replace("cannot deliver as", "cannot fetch the messages of")
+            raise HTTPError(exc.status, why) from None
+        raise
+    peer = app.cfg.peers.get(node)
+    if peer is None or not peer.hold:
+        why = f"no messages are held for {node!r}: it is no peer with hold = true at {app.spool.node!r}"
+        raise HTTPError(wire.HTTP_FORBIDDEN, why)
+    return node
+
+
+def _request(app: App, environ: dict[str, Any]) -> dict[str, Any]:
+    """Read and check a fetch request's JSON body, or raise the 400 or 413."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    if length > MAX_BODY:
+        raise HTTPError(wire.HTTP_TOO_LARGE, "fetch request too large")
+    with _ReadTimeout(environ, app.read_timeout):
+        raw = environ["wsgi.input"].read(length)
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        raise HTTPError(wire.HTTP_BAD_REQUEST, "bad fetch request: not JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPError(wire.HTTP_BAD_REQUEST, "bad fetch request: expected a JSON object")
+    req: dict[str, Any] = {}
+    for key, top in ((wire.WAIT, wire.FETCH_WAIT_MAX), (wire.MAX, MAX_COUNT), (wire.MAX_BYTES, 1 << 62)):
+        value = data.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1 << 62:
+            raise HTTPError(wire.HTTP_BAD_REQUEST, f"bad fetch request: {key} must be a number, 0 or more")
+        req[key] = min(value, top)
+    for key in (wire.RESULTS, wire.RECEIPTS):
+        value = data.get(key, [])
+        if not isinstance(value, list):
+            raise HTTPError(wire.HTTP_BAD_REQUEST, f"bad fetch request: {key} must be a list")
+        req[key] = [e for e in value if isinstance(e, dict) and _name_ok(e.get(wire.NAME))]
+    return req
+
+
+def _name_ok(name: Any) -> bool:
+    """Tell whether name is an outbox name (so, no path): "{p}{arrival:013x},{id}"."""
+    if not isinstance(name, str) or m.not_out_name(name):
+        return False
+    try:
+        m.check_id(m.split_out_name(name)[1])
+    except ValueError:
+        return False
+    return True
+
+
+def _confirm(spool: Spool, peer: str, results: list[dict[str, Any]]) -> bool:
+    """Move what the fetcher stored to sent/, make what it refused dead; return whether
+    any died (dropr-put --wait then has news)."""
+    stored, refused = [], []
+    for r in results:
+        status = r.get(wire.STATUS_KEY)
+        if status in (wire.STORED, wire.DUPLICATE):
+            stored.append(r[wire.NAME])
+        elif status == wire.REFUSED:
+            refused.append((r[wire.NAME], str(r.get(wire.REASON) or "no reason given")))
+    if stored and spool.mark_sent(peer, stored):
+        state = _HOLDING.ask_state(peer)  # new sent entries: ask for their receipts soon
+        state[0], state[1] = min(state[0], time.monotonic() + ASK_MIN), ASK_MIN
+    died = False
+    for name, why in refused:
+        if os.path.lexists(spool.path("out", peer, QUEUED, name)):
+            died |= bool(spool.kill(peer, [name], retry.REFUSED.format(why)))
+            log.warning("dead id=%s peer=%s reason=%s", m.split_out_name(name)[1], peer, why)
+    return died
+
+
+def _receipts(spool: Spool, peer: str, receipts: list[dict[str, Any]], retention: float) -> bool:
+    """Record the receipt states the fetcher gave; return whether any message finished."""
+    if not receipts:
+        return False
+    done, changed = [], False
+    for r in receipts:
+        name, state, why = r[wire.NAME], r.get(wire.STATE), str(r.get(wire.REASON) or "")
+        if not os.path.lexists(spool.path("out", peer, SENT, name)):
+            continue
+        ident = m.split_out_name(name)[1]
+        if state == wire.PROCESSED:
+            done.append(name)
+            log.info("processed id=%s peer=%s", ident, peer)
+        elif state == wire.DEAD:
+            changed |= bool(spool.kill(peer, [name], retry.DEAD_AT_PEER.format(why), state=SENT))
+            log.warning("dead id=%s peer=%s reason=%s", ident, peer, why)
+        elif state == wire.UNKNOWN:
+            changed |= _receipt_lost(spool, peer, name, time.time() - retention)
+    changed |= bool(done and spool.mark_processed(peer, done))
+    state = _HOLDING.ask_state(peer)
+    state[1] = ASK_MIN if changed else min(ASK_MAX, state[1] * 1.5)
+    state[0] = time.monotonic() + state[1]
+    return changed
+
+
+def _receipt_lost(spool: Spool, peer: str, name: str, before: float) -> bool:
+    """Make a sent message dead when the fetcher twice did not know it and it has been
+    sent for the retention period (as PeerRun.receipt_lost does for a pushed one)."""
+    changed = spool.out_changed(peer, SENT, name)
+    if changed is None or changed >= before:
+        return False
+    ident = m.split_out_name(name)[1]
+    if not spool.out_meta(peer, ident).get("unknown_at"):
+        spool.out_note(peer, ident, unknown_at=m.now_us())
+        return False
+    spool.kill(peer, [name], retry.RECEIPT_LOST, state=SENT)
+    log.warning("dead id=%s peer=%s reason=%s", ident, peer, retry.RECEIPT_LOST_LOG)
+    return True
+
+
+def _hold(app: App, environ: dict[str, Any], peer: str, req: dict[str, Any]) -> _Choice:
+    """Hold a fetch until a message is queued for peer, receipts are due, the client
+    goes, the worker stops, or the wait passes; return what to answer then."""
+    spool = app.spool
+    deadline = time.monotonic() + float(req[wire.WAIT])
+    tag = _HOLDING.take(app.threads - 1)
+    if not tag:  # every other thread may be needed: answer at once
+        return _Choice(spool, peer, req)
+    import select
+
+    client = environ.get("gunicorn.socket")
+    watch = [client] if client is not None and hasattr(client, "fileno") else []
+    try:
+        with spool.wakeups.waiter(fetch_sock(peer, f"{os.getpid()}.{tag}")) as w:
+            _HOLDING.waiters.add(w)
+            try:
+                while True:
+                    choice = _Choice(spool, peer, req)  # after the bind: no put is missed
+                    now = time.monotonic()
+                    left = deadline - now
+                    if not choice.empty() or left <= 0 or _HOLDING.stopping:
+                        return choice
+                    if spool.out_any(peer, SENT):  # receipts to ask for: at most until due
+                        left = min(left, max(0.0, _HOLDING.ask_state(peer)[0] - now))
+                    ready = select.select([w.sock, *watch], [], [], left)[0]
+                    if watch and watch[0] in ready:  # the client went (or spoke out of turn)
+                        return _Choice(spool, peer, req)
+                    w.drain()
+            finally:
+                _HOLDING.waiters.discard(w)
+    finally:
+        _HOLDING.give()
+
+
+class _Choice:
+    """What one answer carries: queued messages (their open files), and the sent names
+    whose receipts are due."""
+
+    def __init__(self, spool: Spool, peer: str, req: dict[str, Any]) -> None:
+        self.spool = spool
+        self.peer = peer
+        self.files: list[tuple[str, int, int]] = []  # name, fd, size
+        self.more = False
+        self._pick(int(req[wire.MAX]), int(req[wire.MAX_BYTES]))
+        self.ask = self._asks()
+
+    def empty(self) -> bool:
+        """Tell whether there is nothing to answer yet."""
+        return not self.files and not self.ask
+
+    def _pick(self, count: int, max_bytes: int) -> None:
+        """Open up to count queued messages of up to max_bytes together (one larger goes alone)."""
+        if count <= 0:
+            return
+        names = self.spool.out_names(self.peer, QUEUED)
+        total = 0
+        for name in names:
+            if len(self.files) >= count:
+                self.more = True
+                return
+            opened = self._open(name)
+            if opened is None:
+                continue
+            fd, size = opened
+            if self.files and total + size > max_bytes:
+                os.close(fd)
+                self.more = True
+                return
+            self.files.append((name, fd, size))
+            total += size
+
+    def _open(self, name: str) -> tuple[int, int] | None:
+        """Open a queued message; None if it went, is corrupt (moved aside) or expired (dead)."""
+        path = self.spool.path("out", self.peer, QUEUED, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            deadline = m.header_deadline(os.pread(fd, m.HEADER_SIZE, 0))
+            if deadline and deadline < m.now_us():
+                deadline = self.spool.peek(self.peer, name)[0]  # a requeue may have set a later one
+        except (OSError, ValueError) as exc:
+            os.close(fd)
+            if isinstance(exc, ValueError):
+                self.spool.corrupt(path, str(exc))
+                log.error("corrupt path=%s reason=%s", path, exc)
+            return None
+        if deadline and deadline < m.now_us():
+            os.close(fd)
+            self.spool.kill(self.peer, [name], retry.TTL_EXPIRED)
+            self.spool.wakeups.wake_putters()
+            log.warning(
+                "dead id=%s peer=%s reason=%s", m.split_out_name(name)[1], self.peer, retry.TTL_EXPIRED_LOG
+            )
+            return None
+        return fd, size
+
+    def _asks(self) -> list[dict[str, str]]:
+        """Return the sent names whose receipts to ask for, if due (from where the last
+        ask stopped, as the sender's polls go, so unconsumed ones hold up none)."""
+        state = _HOLDING.ask_state(self.peer)
+        now = time.monotonic()
+        if now < state[0]:
+            return []
+        names = self.spool.out_names(self.peer, SENT, ASK_BATCH, state[2])[:ASK_BATCH]
+        if not names and state[2]:
+            names = self.spool.out_names(self.peer, SENT, ASK_BATCH)[:ASK_BATCH]
+        if not names:
+            return []
+        state[2] = names[-1] if len(names) >= ASK_BATCH else ""
+        state[0] = now + ASK_MAX  # unless the receipts come back sooner
+        return [{wire.NAME: n, wire.ORIGIN: self._origin(n)} for n in names]
+
+    def _origin(self, name: str) -> str:
+        """Return the first origin (o=) of a sent message, "" for this node's own."""
+        key = f"{self.peer}/{name}"
+        origin = _HOLDING.origins.get(key)
+        if origin is None:
+            try:
+                origin = self.spool.read_header(self.peer, SENT, name).origin or ""
+            except (OSError, ValueError):
+                origin = ""
+            if len(_HOLDING.origins) > 100_000:
+                _HOLDING.origins.clear()
+            _HOLDING.origins[key] = origin
+        return origin
+
+    def streamed(self) -> Streamed:
+        """Return the answer: a multipart body, the control part first, then each file."""
+        boundary = os.urandom(16).hex()
+        control = {wire.NODE: self.spool.node, wire.MORE: self.more, wire.ASK: self.ask}
+        first = _part_head(boundary, wire.FETCH_PART, "", wire.JSON, True) + json.dumps(control).encode()
+        heads = [_part_head(boundary, wire.PART_FIELD, name, wire.PART_TYPE) for name, _, _ in self.files]
+        end = f"\r\n--{boundary}--\r\n".encode()
+        length = len(first) + sum(len(h) for h in heads) + sum(s for _, _, s in self.files) + len(end)
+        headers = [
+            (wire.CONTENT_TYPE, f"{wire.FORM_DATA}; boundary={boundary}"),
+            (wire.CONTENT_LENGTH, str(length)),
+        ]
+        return Streamed(headers, _Body(first, heads, self.files, end))
+
+
+def _part_head(boundary: str, field: str, filename: str, ctype: str, first: bool = False) -> bytes:
+    name = f'; filename="{filename}"' if filename else ""
+    lead = "" if first else "\r\n"
+    return (
+        f'{lead}--{boundary}\r\n{wire.PART_DISPOSITION}: form-data; name="{field}"{name}\r\n'
+        f"{wire.CONTENT_TYPE}: {ctype}\r\n\r\n"
+    ).encode()
+
+
+class _Body:
+    """An answer's body, read from the queued files as it is sent, in pieces of about
+    BUFFER bytes; close() (which the server calls, sent or not) closes the files."""
+
+    def __init__(
+        self, first: bytes, heads: list[bytes], files: list[tuple[str, int, int]], end: bytes
+    ) -> None:
+        self.first, self.heads, self.files, self.end = first, heads, files, end
+
+    def __iter__(self) -> Iterator[bytes]:
+        buf = bytearray(self.first)
+        for head, (_, fd, size) in zip(self.heads, self.files, strict=True):
+            buf += head
+            off = 0
+            while off < size:
+                data = os.pread(fd, min(CHUNK, size - off), off)
+                if not data:
+                    raise OSError(errno.EIO, "a queued message got shorter while it was sent")
+                buf += data
+                off += len(data)
+                if len(buf) >= BUFFER:
+                    yield bytes(buf)
+                    buf.clear()
+        buf += self.end
+        yield bytes(buf)
+
+    def close(self) -> None:
+        files, self.files = self.files, []
+        for _, fd, _ in files:
+            os.close(fd)
+
+
+# -- the fetcher: dropr-send --fetch ---------------------------------------------------------
+
+
+class _Origins:
+    """The spool as an answer's parser (server.Upload) sees it: each message is written
+    and indexed under its own origin, its o= (relayed to the holder) or the holder's node."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.node = ""  # the holder's, from the answer's control part
+        self.of: dict[str, str] = {}  # path of a part -> its origin
+
+    def origin(self, hdr: m.Header) -> str:
+        if not self.node:
+            raise ValueError(f"the answer does not start with its {wire.FETCH_PART!r} part")
+        return hdr.origin or self.node
+
+    def open_part(self, origin: str, hdr: m.Header, *, entry: bool = True) -> Any:
+        o = self.origin(hdr)
+        part = self.spool.open_part(o, hdr, entry=entry)
+        self.of[part.path] = o
+        return part
+
+    def unreceive(self, origin: str, path: str, fd: int = -1) -> bool:
+        return self.spool.unreceive(self.of.get(path, origin), path, fd)
+
+
+class _Parts(Upload):
+    """The multipart parsing the server uses for uploads, taking an answer's control part
+    (the first, named FETCH_PART) aside and checking each part's name against its id."""
+
+    def __init__(self, origins: _Origins, max_size: int, boundary: bytes, entries: int) -> None:
+        super().__init__(cast("Spool", origins), "", max_size, boundary, entries)
+        self.origins = origins
+        self.control: bytearray | None = None  # while the control part is read
+        self.got: dict[str, Any] = {}
+
+    def _hend(self) -> None:
+        p = self.cur
+        assert p is not None
+        if p.hname.lower() == DISPOSITION and not self.got and len(self.parts) == 1:
+            from python_multipart.multipart import parse_options_header
+
+            if parse_options_header(p.hval)[1].get(b"name") == wire.FETCH_PART.encode():
+                self.control = bytearray()
+        super()._hend()
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self.control is None:
+            super()._data(data, start, end)
+            return
+        self.control += data[start:end]
+        if len(self.control) > MAX_BODY:
+            raise ValueError("the answer's control part is too large")
+
+    def _end(self) -> None:
+        if self.control is None:
+            super()._end()
+            p = self.parts[-1]
+            if (
+                not p.refused
+                and p.header is not None
+                and _filename(p.filename).partition(",")[2] != p.header.ident
+            ):
+                p.refused = "its name does not end in the id of its header"
+                self._drop(p)
+            return
+        got = json.loads(bytes(self.control))
+        node = got.get(wire.NODE) if isinstance(got, dict) else None
+        if not isinstance(node, str):
+            raise ValueError(f"the answer's {wire.FETCH_PART!r} part names no node")
+        self.origins.node = m.check_name(node, "the holder's node")
+        self.got, self.control = got, None
+        self.parts.pop()  # not a message
+        self.cur = None
+
+
+class _Answer:
+    """One fetch's answer as it streams in: its parts written into the spool."""
+
+    def __init__(self, spool: Spool, max_size: int, entries: int) -> None:
+        self.origins = _Origins(spool)
+        self.max_size = max_size
+        self.entries = entries
+        self.parts: _Parts | None = None
+        self.failed = ""
+
+    def sink(self, ctype: str, data: bytes) -> bool:
+        """Feed a piece of the body to the parser; False (abort the transfer) on a failure."""
+        try:
+            if self.parts is None:
+                self.parts = _Parts(self.origins, self.max_size, _boundary(ctype), self.entries)
+            self.parts.feed(data)
+            return True
+        except HTTPError as exc:
+            self.failed = f"malformed answer: {exc.reason}"
+        except OSError as exc:
+            self.failed = f"cannot store what was fetched: {exc.strerror or exc}"
+        except Exception as exc:  # the parser's, or json's: the holder's answer is bad
+            self.failed = f"malformed answer: {exc}"
+        return False
+
+    def discard(self) -> None:
+        """Remove every file this answer wrote that is not in the inbox."""
+        if self.parts is not None:
+            try:
+                self.parts.discard()
+            finally:
+                self.parts.release()
+
+    def store(self, peer: str) -> list[dict[str, str]]:
+        """Store the good parts (per origin) durably; return the result of each part."""
+        up = self.parts
+        assert up is not None
+        try:
+            good = [p for p in up.parts if not p.refused and p.header and p.tmp]
+            groups: dict[str, list[_Part]] = {}
+            for p in good:
+                assert p.header is not None
+                groups.setdefault(self.origins.origin(p.header), []).append(p)
+            answers: dict[int, str] = {}
+            for origin, ps in groups.items():
+                stored = self.origins.spool.store(origin, [(p.tmp, p.header, p.fd) for p in ps])  # type: ignore[misc]
+                answers.update(zip((id(p) for p in ps), stored, strict=True))
+        except BaseException:
+            up.discard()
+            raise
+        finally:
+            up.release()
+        return [_result(p, answers.get(id(p)), peer, self.origins) for p in up.parts]
+
+
+def _result(p: _Part, status: str | None, peer: str, origins: _Origins) -> dict[str, str]:
+    """Return what the fetcher tells the holder about one part: stored, duplicate or refused."""
+    name = _filename(p.filename)
+    if status is None:
+        why = p.refused or "truncated message header"
+        log.warning("refused name=%s peer=%s reason=%s", name, peer, why)
+        return {wire.NAME: name, wire.STATUS_KEY: wire.REFUSED, wire.REASON: why}
+    assert p.header is not None
+    dup = " duplicate" if status == wire.DUPLICATE else ""
+    log.info("fetched id=%s peer=%s origin=%s%s", p.header.ident, peer, origins.origin(p.header), dup)
+    return {wire.NAME: name, wire.STATUS_KEY: status}
+
+
+class Fetcher:
+    """One holder this node fetches its messages from: one request in flight at a time.
+
+    What the last answer brought is confirmed (results) and the receipts it asked for
+    are given (receipts) by the next request; a request that fails keeps them for the
+    one after (the holder applies them once: a second time moves nothing)."""
+
+    def __init__(self, peer: Peer, spool: Spool) -> None:
+        self.peer = peer
+        self.spool = spool
+        self.results: list[dict[str, str]] = []
+        self.receipts: list[dict[str, str]] = []
+        self.answer: _Answer | None = None  # of the request in flight
+        self.until = 0.0  # monotonic: no request before (a backoff, or a holder too busy to hold)
+        self.failures = 0
+        self.error = ""  # of the last request, "" if it went well
+        self.got = 0  # parts in the last answer
+        self.more = False  # the holder said it has more
+        self.asked = False  # the last answer asked for receipts
+        self.started = 0.0
+
+    def request(self, timeouts: Any, wait: float, count: int, max_bytes: int) -> Transfer:
+        """Prepare the next fetch: confirm, give receipts, ask for up to count messages."""
+        from . import transport as tp
+        from .server import ENTRIES_MAX
+
+        cfg = self.spool.config
+        body = {wire.WAIT: wait, wire.MAX: count, wire.MAX_BYTES: max_bytes,
+                wire.RESULTS: self.results, wire.RECEIPTS: self.receipts}  # fmt: skip
+        self.answer = _Answer(self.spool, cfg.max_message_size, min(ENTRIES_MAX, _open_files() // 4))
+        self.started = time.monotonic()
+        return tp.fetch(
+            self.peer, json.dumps(body).encode(), self.spool.node, timeouts, self.answer.sink, wait
+        )
+
+    def finished(self, t: Transfer, wait: float) -> None:
+        """Take in an answer: store its messages durably, note their results and receipts."""
+        ans, self.answer = self.answer, None
+        assert ans is not None
+        self.error = t.error or ans.failed
+        if not self.error and (ans.parts is None or not ans.parts.ended):
+            self.error = "truncated answer; nothing stored"
+        if self.error:
+            ans.discard()
+            if t.code == 404:
+                self.error += f" ({self.peer.name} holds no messages: an older dropr?)"
+            self._failed()
+            return
+        assert ans.parts is not None
+        try:
+            results = ans.store(self.peer.name)
+        except OSError as exc:
+            self.error = f"cannot store what was fetched: {exc.strerror or exc}"
+            self._failed()
+            return
+        got = ans.parts.got
+        self.results, self.got, self.more = results, len(results), got.get(wire.MORE) is True
+        self.receipts = self._receipts(got.get(wire.ASK), ans.origins.node)
+        self.asked = bool(self.receipts)
+        self.failures = 0
+        if wait and not results and not self.asked and time.monotonic() - self.started < wait / 2:
+            self.until = time.monotonic() + 1.0  # the holder could not hold it: do not spin
+
+    def _receipts(self, asked: Any, holder: str) -> list[dict[str, str]]:
+        """Return the inbox state of each message the holder asked about."""
+        if not isinstance(asked, list):
+            return []
+        channels = self.spool.channels()
+        out = []
+        for a in asked:
+            if not isinstance(a, dict) or not _name_ok(a.get(wire.NAME)):
+                continue
+            name, origin = str(a[wire.NAME]), a.get(wire.ORIGIN) or holder
+            try:
+                m.check_name(origin)
+            except (TypeError, ValueError):
+                continue
+            prefix, ident = m.split_out_name(name)
+            state, why = self.spool.in_status(origin, ident, prefix, channels)
+            r = {wire.NAME: name, wire.STATE: state}
+            if why:
+                r[wire.REASON] = why
+            out.append(r)
+        return out
+
+    def _failed(self) -> None:
+        cfg = self.spool.config
+        self.failures += 1
+        delay = retry.backoff(self.failures - 1, cfg.backoff_min, cfg.backoff_max, jitter=0.5)
+        self.until = time.monotonic() + delay
+        log.warning("deferred fetch peer=%s reason=%s retry_in=%.1fs", self.peer.name, self.error, delay)
+
+
+def _open_files() -> int:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+class Fetches:
+    """The holders a dropr-send fetches from, run on the sender's pool (hooks in sender.py).
+
+    The daemon keeps one fetch in flight per holder, each held up to FETCH_WAIT_MAX;
+    --once fetches in rounds that do not wait, until a holder has nothing more."""
+
+    def __init__(self, sender: Any) -> None:
+        self.sender = sender
+        spool: Spool = sender.spool
+        names = sender.opts.fetch or (
+            [] if sender.opts.once else [p.name for p in spool.config.peers.values() if p.fetch]
+        )
+        self.runs = {n: Fetcher(spool.config.peers[n], spool) for n in names}
+        self.inflight = 0
+
+    def start(self) -> None:
+        """Start a held fetch from every holder that has none in flight and is not backed off."""
+        now = time.monotonic()
+        for f in self.runs.values():
+            if f.answer is None and f.until <= now and not self.sender.stopping:
+                self._add(f, float(wire.FETCH_WAIT_MAX))
+
+    def _add(self, f: Fetcher, wait: float) -> None:
+        opts = self.sender.opts
+        count = opts.batch
+        if _low_on_disk(f.spool):
+            count = 0  # confirm and give receipts only
+        t = f.request(self.sender.timeouts, wait, count, opts.batch_bytes)
+        t.tag = wait
+        self.inflight += 1
+        self.sender.pool.add(t)
+
+    def finished(self, t: Transfer) -> None:
+        """Take in a fetch that ended."""
+        self.inflight -= 1
+        self.runs[t.peer.name].finished(t, float(t.tag))
+
+    def sleep_for(self, sleep: float) -> float:
+        """Return how long the daemon may sleep before a fetch is due again."""
+        now = time.monotonic()
+        for f in self.runs.values():
+            if f.answer is None:
+                sleep = min(sleep, f.until - now)
+        return sleep
+
+    def run_once(self) -> int:
+        """Fetch from each holder in rounds until it has nothing more; 0, or 75 if one failed."""
+        from .errors import EX_OK, EX_TEMPFAIL
+
+        failed = []
+        for f in self.runs.values():
+            extra = 0
+            while not self.sender.stopping:
+                self._add(f, 0.0)
+                while f.answer is not None:
+                    self.sender.drive(0.5)
+                if f.error:
+                    failed.append(f.peer.name)
+                    break
+                if f.got:
+                    continue
+                if not f.asked or extra:  # nothing more; receipts given once more at most
+                    break
+                extra += 1
+        if failed:
+            log.info("deferred fetch peers=%s", ",".join(failed))
+            return EX_TEMPFAIL
+        return EX_OK
+
+
+def _low_on_disk(spool: Spool) -> bool:
+    from .spool import free_bytes
+
+    try:
+        low = free_bytes(spool.root) < spool.config.min_free
+    except OSError:
+        return False
+    if low:
+        log.warning("deferred fetch reason=low on disk space: confirming only")
+    return low
+
+
+def check_fetch(spool: Spool, names: list[str]) -> None:
+    """Reject --fetch names that are no peer with fetch = true, before anything is sent."""
+    from .errors import UsageError
+
+    peers = spool.config.peers
+    for name in names:
+        if name not in peers or not peers[name].fetch:
+            known = ", ".join(sorted(n for n, p in peers.items() if p.fetch)) or "none"
+            what = "no configured peer" if name not in peers else "a peer without fetch = true"
+            raise UsageError(
+                f"bad --fetch {name!r}: {what} (peers with fetch = true: {known}); see 'dropr-send --help'"
+            )

@@ -1,0 +1,220 @@
+"""Fetch end to end: a laptop nobody can reach fetches what its hub holds for it.
+
+Real nodes on 127.0.0.1: "hub" serves and holds messages for "laptop" (hold = true);
+laptop runs dropr-send --fetch hub (--once, or the daemon). Every wait polls with a
+deadline; only processes these tests started are signalled, by pid.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from helpers import NOWHERE, Node, Nodes, command_path, expect_error, inbox_states, listdir, wait_until
+
+HUB_TOKEN = "tok-laptop-1"
+MALLORY_TOKEN = "tok-mallory-1"
+
+
+def hub_and_laptop(nodes: Nodes, *, laptop: str = "laptop", token: str = HUB_TOKEN) -> tuple[Node, Node]:
+    """Start hub (holding messages for laptop) and configure a fetching node; return both."""
+    hub = nodes("hub")
+    tokens = f'"{HUB_TOKEN}" = "laptop"\n"{MALLORY_TOKEN}" = "mallory"\n'
+    hub.config(f"[peers.laptop]\nhold = true\n[serve.tokens]\n{tokens}")
+    url = hub.serve()
+    lap = nodes(laptop)
+    lap.config(f'[peers.hub]\nurl = "{url}"\ntoken = "{token}"\nfetch = true\n')
+    return hub, lap
+
+
+def out_states(node: Node, peer: str) -> dict[str, str]:
+    """Map id -> outbox state of every message for one peer, from the folders."""
+    states = {}
+    for st in ("queued", "sent", "processed", "dead"):
+        for name in listdir(node.spool / "out" / peer / st):
+            states[name.split(",", 1)[1]] = st
+    return states
+
+
+def put_lines(node: Node, n: int, to: str = "laptop") -> list[str]:
+    p = node.run("dropr-put", "--lines", "--to", to, input="".join(f"m{i}\n" for i in range(n)), check=True)
+    ids = p.stdout.decode().split()
+    assert len(ids) == n
+    return ids
+
+
+def received(node: Node) -> list[str]:
+    """Return every inbox name of the default channel, in any state."""
+    return [
+        n for st in ("ready", "claimed", "done", "dead") for n in listdir(node.spool / "in" / "default" / st)
+    ]
+
+
+def consume_all(node: Node) -> None:
+    recv, ack = shlex.quote(command_path("dropr-recv")), shlex.quote(command_path("dropr-ack"))
+    p = subprocess.run(
+        ["/bin/sh", "-c", f"{recv} -n 1000 | {ack} -"], env=node.env, capture_output=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr.decode()
+
+
+def test_fetch_rounds_once(nodes: Nodes) -> None:
+    """--once fetches in rounds (batch 100) until the hub has nothing more; the hub's own
+    dropr-send never touches a held peer; a second run finds nothing and exits 0."""
+    hub, lap = hub_and_laptop(nodes)
+    ids = put_lines(hub, 250)
+    assert (hub.spool / "out" / "laptop" / "url").read_text().strip() == "hold"
+    hub.send_once(check=True)  # the hub's sender leaves the held queue alone
+    assert set(out_states(hub, "laptop").values()) == {"queued"}
+    p = lap.send_once("--fetch", "hub", "--batch", "100")
+    assert p.returncode == 0, p.stderr.decode()
+    names = received(lap)
+    assert sorted(n.split(",")[2] for n in names) == sorted(ids)
+    assert {n.split(",")[1] for n in names} == {"hub"}  # stored under the hub's node
+    assert out_states(hub, "laptop") == dict.fromkeys(ids, "sent")
+    assert (lap.spool / "in" / "default" / "ready" / names[0]).read_bytes() in {
+        f"m{i}".encode() for i in range(250)
+    }
+    assert lap.send_once("--fetch", "hub").returncode == 0
+    assert len(received(lap)) == 250
+
+
+def test_receipts_flow_back_and_put_wait_returns(nodes: Nodes) -> None:
+    """A message consumed at laptop becomes processed at hub with a later fetch, and a
+    dropr-put --wait at the hub returns 0 once the laptop's daemon has fetched it,
+    its consumer acked it, and the receipt came back; a rejected one goes dead there."""
+    hub, lap = hub_and_laptop(nodes)
+    first = hub.put("one", "--to", "laptop")
+    assert lap.send_once("--fetch", "hub").returncode == 0
+    consume_all(lap)
+    assert lap.send_once("--fetch", "hub").returncode == 0
+    assert out_states(hub, "laptop") == {first: "processed"}
+    lap.start_sender()
+    waiting = hub.start(
+        "dropr-put",
+        "--wait",
+        "--timeout",
+        "60",
+        "--to",
+        "laptop",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert waiting.stdin is not None
+    waiting.stdin.write(b"two")
+    waiting.stdin.close()
+    wait_until(lambda: len(received(lap)) == 2, 30, "the daemon to fetch the second message")
+    consume_all(lap)
+    assert waiting.wait(60) == 0
+    assert waiting.stdout is not None
+    second = waiting.stdout.read().decode().strip()
+    assert out_states(hub, "laptop") == {first: "processed", second: "processed"}
+    third = hub.put("three", "--to", "laptop")
+    wait_until(lambda: len(received(lap)) == 3, 30, "the third message")
+    rej = lap.run("dropr-recv", check=True).stdout.decode().split()
+    lap.run("dropr-ack", "--reject", "--reason", "no thanks", rej[0], check=True)
+    wait_until(lambda: out_states(hub, "laptop")[third] == "dead", 30, "the rejection to reach the hub")
+    assert "no thanks" in (hub.spool / "out" / "laptop" / "meta" / third).read_text()
+
+
+def test_long_poll_brings_a_put_without_polling(nodes: Nodes) -> None:
+    """The laptop's daemon holds a fetch open at the hub; a put there wakes it, and the
+    message is ready at the laptop within a second, where the hold lasts 30 s."""
+    hub, lap = hub_and_laptop(nodes)
+    lap.start_sender()
+    held = lambda: [n for n in listdir(hub.spool / "wake") if n.startswith("fetch-laptop-")]  # noqa: E731
+    for round_ in range(3):
+        wait_until(held, 20, "a fetch held at the hub")
+        time.sleep(0.2)  # well into the hold
+        t0 = time.monotonic()
+        ident = hub.put(f"ping {round_}", "--to", "laptop")
+        wait_until(lambda ident=ident: ident in inbox_states(lap.spool), 10, "the put to reach the laptop")
+        took = time.monotonic() - t0
+        assert took < 2.0, f"took {took:.2f} s: the held fetch was not woken"
+
+
+def test_a_client_fetches_only_its_own_messages(nodes: Nodes) -> None:
+    """mallory's token fetches nothing (no messages are held for mallory), and no token
+    fetches the laptop's messages as another node; the laptop's stay queued."""
+    hub, mallory = hub_and_laptop(nodes, laptop="mallory", token=MALLORY_TOKEN)
+    ids = put_lines(hub, 3)
+    p = mallory.send_once("--fetch", "hub")
+    assert p.returncode == 75, p.stderr.decode()
+    assert "no messages are held for 'mallory'" in p.stderr.decode()
+    assert received(mallory) == []
+    liar = nodes("liar")  # mallory's token, from a node calling itself laptop
+    liar.env["DROPR_NODE"] = "laptop"
+    (liar.spool / "dropr.toml").write_text(
+        f'[peers.hub]\nurl = "{hub.url}"\ntoken = "{MALLORY_TOKEN}"\nfetch = true\n'
+    )
+    p = liar.send_once("--fetch", "hub")
+    assert p.returncode == 75, p.stderr.decode()
+    assert "token of 'mallory' cannot fetch the messages of 'laptop'" in p.stderr.decode()
+    assert received(liar) == []
+    assert out_states(hub, "laptop") == dict.fromkeys(ids, "queued")
+
+
+def test_kill_between_store_and_confirm_loses_nothing_twice(nodes: Nodes, tmp_path: Path) -> None:
+    """The fetcher stores an answer, and its confirm hangs at the hub (this test holds the
+    hub's fetch lock, as a slow or stopped holder would); kill -9 the fetcher there: the
+    messages are in the laptop's inbox and still queued at the hub. A new fetcher gets
+    them again, and its inbox answers duplicate for each: every message is there once.
+    Once the hub goes on, it marks them sent, and nothing is fetched twice after."""
+    hub, lap = hub_and_laptop(nodes)
+    ids = put_lines(hub, 40)
+    fd = os.open(hub.spool / "lock" / "fetch-laptop.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    log = tmp_path / "second.log"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        first = lap.start("dropr-send", "--once", "--fetch", "hub", stderr=subprocess.DEVNULL)
+        wait_until(lambda: len(received(lap)) == 40, 30, "the first answer to be stored")
+        time.sleep(0.3)  # its confirm is on its way, and waits for the lock
+        assert first.poll() is None
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert out_states(hub, "laptop") == dict.fromkeys(ids, "queued")
+        with open(log, "wb") as err:
+            second = lap.start("dropr-send", "--once", "--fetch", "hub", stderr=err)
+        wait_until(
+            lambda: log.read_text().count(" duplicate") == 40, 30, "the second fetch to answer duplicate"
+        )
+        assert second.poll() is None  # its confirm waits for the lock too
+        assert sorted(n.split(",")[2] for n in received(lap)) == sorted(ids)
+    finally:
+        os.close(fd)
+    assert second.wait(30) == 0, log.read_text()
+    assert out_states(hub, "laptop") == dict.fromkeys(ids, "sent")
+    assert lap.send_once("--fetch", "hub").returncode == 0
+    assert sorted(n.split(",")[2] for n in received(lap)) == sorted(ids)
+    fetched = [line for line in log.read_text().splitlines() if "fetched id=" in line]
+    assert len(fetched) == 40 and all(line.endswith(" duplicate") for line in fetched), fetched
+
+
+def test_once_exit_codes(nodes: Nodes) -> None:
+    """--fetch of an unknown or non-fetch peer: one usage line, 64; an unreachable holder: 75."""
+    lap = nodes("laptop")
+    lap.config(f'[peers.hub]\nurl = "{NOWHERE}"\nfetch = true\n[peers.web]\nurl = "{NOWHERE}"\n')
+    line = expect_error(lap.send_once("--fetch", "nosuch"), 64, "dropr-send")
+    assert "bad --fetch 'nosuch': no configured peer" in line
+    line = expect_error(lap.send_once("--fetch", "web"), 64, "dropr-send")
+    assert "a peer without fetch = true" in line
+    p = lap.send_once("--fetch", "hub")
+    assert p.returncode == 75, p.stderr.decode()
+    assert "deferred fetch peer=hub" in p.stderr.decode()
+
+
+def test_fetch_from_a_server_that_holds_nothing_for_it(nodes: Nodes) -> None:
+    """A server with no held peer for this node answers 403 in words: exit 75, nothing stored."""
+    srv = nodes("plain")
+    url = srv.serve()
+    lap = nodes("laptop")
+    lap.config(f'[peers.hub]\nurl = "{url}"\nfetch = true\n')
+    p = lap.send_once("--fetch", "hub")
+    assert p.returncode == 75
+    assert "no messages are held for 'laptop'" in p.stderr.decode()
+    assert received(lap) == []
