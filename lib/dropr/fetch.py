@@ -28,6 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
 from . import message as m
@@ -51,6 +52,7 @@ ASK_BATCH = 1000  # names asked about in one answer, as the sender's STATUS_BATC
 BUFFER = 256 << 10  # an answer is written in pieces of about this size
 CHUNK = 1 << 20
 QUEUED, SENT = "queued", "sent"
+AFTER, LAST = wire.AFTER, wire.LAST
 
 
 # -- the holder: POST v1/fetch ------------------------------------------------------------
@@ -153,6 +155,10 @@ def _request(app: App, environ: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1 << 62:
             raise HTTPError(wire.HTTP_BAD_REQUEST, f"bad fetch request: {key} must be a number, 0 or more")
         req[key] = min(value, top)
+    after = data.get(AFTER, "")
+    if after and not _name_ok(after):
+        raise HTTPError(wire.HTTP_BAD_REQUEST, f"bad fetch request: {AFTER} must be an outbox name")
+    req[AFTER] = after
     for key in (wire.RESULTS, wire.RECEIPTS):
         value = data.get(key, [])
         if not isinstance(value, list):
@@ -276,18 +282,19 @@ class _Choice:
         self.peer = peer
         self.files: list[tuple[str, int, int]] = []  # name, fd, size
         self.more = False
-        self._pick(int(req[wire.MAX]), int(req[wire.MAX_BYTES]))
+        self._pick(int(req[wire.MAX]), int(req[wire.MAX_BYTES]), req[AFTER])
         self.ask = self._asks()
 
     def empty(self) -> bool:
         """Tell whether there is nothing to answer yet."""
         return not self.files and not self.ask
 
-    def _pick(self, count: int, max_bytes: int) -> None:
-        """Open up to count queued messages of up to max_bytes together (one larger goes alone)."""
+    def _pick(self, count: int, max_bytes: int, after: str) -> None:
+        """Open up to count queued messages (after a name) of up to max_bytes together (one
+        larger goes alone)."""
         if count <= 0:
             return
-        names = self.spool.out_names(self.peer, QUEUED)
+        names = self.spool.out_names(self.peer, QUEUED, after=after)
         total = 0
         for name in names:
             if len(self.files) >= count:
@@ -365,7 +372,9 @@ class _Choice:
     def streamed(self) -> Streamed:
         """Return the answer: a multipart body, the control part first, then each file."""
         boundary = os.urandom(16).hex()
-        control = {wire.NODE: self.spool.node, wire.MORE: self.more, wire.ASK: self.ask}
+        control: dict[str, Any] = {wire.NODE: self.spool.node, wire.MORE: self.more, wire.ASK: self.ask}
+        if self.files:
+            control[LAST] = self.files[-1][0]
         first = _part_head(boundary, wire.FETCH_PART, "", wire.JSON, True) + json.dumps(control).encode()
         heads = [_part_head(boundary, wire.PART_FIELD, name, wire.PART_TYPE) for name, _, _ in self.files]
         end = f"\r\n--{boundary}--\r\n".encode()
@@ -477,11 +486,8 @@ class _Parts(Upload):
         if self.control is None:
             super()._end()
             p = self.parts[-1]
-            if (
-                not p.refused
-                and p.header is not None
-                and _filename(p.filename).partition(",")[2] != p.header.ident
-            ):
+            p.filename = _name_of(p.filename)  # the holder's name for it, from here on
+            if not p.refused and p.header is not None and p.filename.partition(",")[2] != p.header.ident:
                 p.refused = "its name does not end in the id of its header"
                 self._drop(p)
             return
@@ -493,6 +499,15 @@ class _Parts(Upload):
         self.got, self.control = got, None
         self.parts.pop()  # not a message
         self.cur = None
+
+
+def _name_of(disposition: str) -> str:
+    """Return the filename of a part's Content-Disposition: at once where it is the last
+    parameter, quoted and plain, as a holder writes it; else as the server parses it."""
+    head, sep, tail = disposition.rpartition('; filename="')
+    if sep and tail.endswith('"') and '"' not in tail[:-1] and "\\" not in tail:
+        return tail[:-1]
+    return _filename(disposition)
 
 
 class _Answer:
@@ -519,6 +534,10 @@ class _Answer:
         except Exception as exc:  # the parser's, or json's: the holder's answer is bad
             self.failed = f"malformed answer: {exc}"
         return False
+
+    def control(self) -> dict[str, Any] | None:
+        """Return the answer's control part, once it has come in."""
+        return self.parts.got if self.parts is not None and self.parts.got else None
 
     def discard(self) -> None:
         """Remove every file this answer wrote that is not in the inbox."""
@@ -552,7 +571,7 @@ class _Answer:
 
 def _result(p: _Part, status: str | None, peer: str, origins: _Origins) -> dict[str, str]:
     """Return what the fetcher tells the holder about one part: stored, duplicate or refused."""
-    name = _filename(p.filename)
+    name = p.filename  # made the bare name by _Parts._end
     if status is None:
         why = p.refused or "truncated message header"
         log.warning("refused name=%s peer=%s reason=%s", name, peer, why)
@@ -563,67 +582,135 @@ def _result(p: _Part, status: str | None, peer: str, origins: _Origins) -> dict[
     return {wire.NAME: name, wire.STATUS_KEY: status}
 
 
-class Fetcher:
-    """One holder this node fetches its messages from: one request in flight at a time.
+PIPELINE = 2  # fetches in flight per holder: the next starts once the last one's answer begins
 
-    What the last answer brought is confirmed (results) and the receipts it asked for
-    are given (receipts) by the next request; a request that fails keeps them for the
-    one after (the holder applies them once: a second time moves nothing)."""
+
+class _Flight:
+    """One fetch request in flight: its answer, and what it carries (given back on a failure)."""
+
+    __slots__ = ("answer", "wait", "after", "results", "receipts", "started")
+
+    def __init__(self, answer: _Answer, wait: float, after: str, results: list[Any], receipts: list[Any]):
+        self.answer = answer
+        self.wait = wait
+        self.after = after
+        self.results = results
+        self.receipts = receipts
+        self.started = time.monotonic()
+
+
+class Fetcher:
+    """One holder this node fetches its messages from.
+
+    What an answer brought is confirmed (results) and the receipts it asked for are
+    given (receipts) by a later request; a request that fails gives them back for the
+    next (the holder applies them once: a second time moves nothing). While the holder
+    says it has more, a second request starts as soon as the first one's answer begins,
+    asking for the names after the last one that answer carries (``after``): the holder
+    reads and sends the next batch while this node stores the last one."""
 
     def __init__(self, peer: Peer, spool: Spool) -> None:
         self.peer = peer
         self.spool = spool
         self.results: list[dict[str, str]] = []
         self.receipts: list[dict[str, str]] = []
-        self.answer: _Answer | None = None  # of the request in flight
+        self.flights: list[Transfer] = []
+        self.storing: list[tuple[_Flight, Future[list[dict[str, str]]]]] = []  # answers in, being stored
         self.until = 0.0  # monotonic: no request before (a backoff, or a holder too busy to hold)
         self.failures = 0
-        self.error = ""  # of the last request, "" if it went well
-        self.got = 0  # parts in the last answer
-        self.more = False  # the holder said it has more
-        self.asked = False  # the last answer asked for receipts
-        self.started = 0.0
+        self.error = ""  # of the last request that ended, "" if it went well
+        self.drained = False  # a request from the oldest name found nothing more (--once ends)
+        self.extra = False  # a request from the oldest gave receipts and found nothing
 
-    def request(self, timeouts: Any, wait: float, count: int, max_bytes: int) -> Transfer:
-        """Prepare the next fetch: confirm, give receipts, ask for up to count messages."""
+    def next_request(self, wait: float) -> tuple[float, str] | None:
+        """Return (wait, after) of the request that may start now, or None."""
+        self.collect()
+        if not self.flights and not self.storing:
+            return (wait, "") if self.until <= time.monotonic() else None
+        if len(self.flights) >= PIPELINE or len(self.flights) + len(self.storing) > PIPELINE:
+            return None
+        last = self.flights[-1].tag if self.flights else self.storing[-1][0]
+        got = last.answer.control()
+        if got is None or got.get(wire.MORE) is not True or not _name_ok(got.get(LAST)):
+            return None
+        return 0.0, str(got[LAST])
+
+    def request(self, timeouts: Any, wait: float, after: str, count: int, max_bytes: int) -> Transfer:
+        """Start a fetch: confirm, give receipts, ask for up to count messages (after a name)."""
         from . import transport as tp
         from .server import ENTRIES_MAX
 
         cfg = self.spool.config
-        body = {wire.WAIT: wait, wire.MAX: count, wire.MAX_BYTES: max_bytes,
-                wire.RESULTS: self.results, wire.RECEIPTS: self.receipts}  # fmt: skip
-        self.answer = _Answer(self.spool, cfg.max_message_size, min(ENTRIES_MAX, _open_files() // 4))
-        self.started = time.monotonic()
-        return tp.fetch(
-            self.peer, json.dumps(body).encode(), self.spool.node, timeouts, self.answer.sink, wait
-        )
+        ans = _Answer(self.spool, cfg.max_message_size, min(ENTRIES_MAX, _open_files() // (4 * PIPELINE)))
+        flight = _Flight(ans, wait, after, self.results, self.receipts)
+        self.results, self.receipts = [], []
+        body: dict[str, Any] = {wire.WAIT: wait, wire.MAX: count, wire.MAX_BYTES: max_bytes,
+                                wire.RESULTS: flight.results, wire.RECEIPTS: flight.receipts}  # fmt: skip
+        if after:
+            body[AFTER] = after
+        t = tp.fetch(self.peer, json.dumps(body).encode(), self.spool.node, timeouts, ans.sink, wait)
+        t.tag = flight
+        self.flights.append(t)
+        return t
 
-    def finished(self, t: Transfer, wait: float) -> None:
-        """Take in an answer: store its messages durably, note their results and receipts."""
-        ans, self.answer = self.answer, None
-        assert ans is not None
+    def finished(self, t: Transfer) -> None:
+        """Take in an answer: store its messages durably (on the store thread, while the
+        next answer streams in), or give what the request carried back on a failure."""
+        self.flights.remove(t)
+        flight: _Flight = t.tag
+        ans = flight.answer
         self.error = t.error or ans.failed
         if not self.error and (ans.parts is None or not ans.parts.ended):
             self.error = "truncated answer; nothing stored"
-        if self.error:
-            ans.discard()
-            if t.code == 404:
-                self.error += f" ({self.peer.name} holds no messages: an older dropr?)"
-            self._failed()
+        if not self.error:
+            self.storing.append((flight, _store_thread().submit(self._store, ans)))
             return
-        assert ans.parts is not None
+        if t.code == 404:
+            self.error += f" ({self.peer.name} holds no messages: an older dropr?)"
+        self._lost(flight)
+
+    def _store(self, ans: _Answer) -> list[dict[str, str]]:
         try:
-            results = ans.store(self.peer.name)
-        except OSError as exc:
-            self.error = f"cannot store what was fetched: {exc.strerror or exc}"
-            self._failed()
-            return
-        got = ans.parts.got
-        self.results, self.got, self.more = results, len(results), got.get(wire.MORE) is True
-        self.receipts = self._receipts(got.get(wire.ASK), ans.origins.node)
-        self.asked = bool(self.receipts)
+            return ans.store(self.peer.name)
+        finally:
+            self.spool.wakeups.wake_sender()  # the daemon's loop takes the results in
+
+    def collect(self, timeout: float = 0.0) -> None:
+        """Take in the stores that are done (waiting up to timeout for the first one)."""
+        while self.storing:
+            flight, fut = self.storing[0]
+            try:
+                results = fut.result(timeout)
+            except TimeoutError:
+                return
+            except OSError as exc:
+                self.storing.pop(0)
+                self.error = f"cannot store what was fetched: {exc.strerror or exc}"
+                self._lost(flight)
+                continue
+            self.storing.pop(0)
+            self._took(flight, results)
+            timeout = 0.0
+
+    def _lost(self, flight: _Flight) -> None:
+        """A request failed: give what it carried back for the next one, back off."""
+        flight.answer.discard()
+        self.results[:0], self.receipts[:0] = flight.results, flight.receipts
+        self._failed()
+
+    def _took(self, flight: _Flight, results: list[dict[str, str]]) -> None:
+        """Note a stored answer: its results and asked receipts go with the next request."""
+        assert flight.answer.parts is not None
+        got = flight.answer.parts.got
+        receipts = self._receipts(got.get(wire.ASK), flight.answer.origins.node)
+        self.results += results
+        self.receipts += receipts
         self.failures = 0
-        if wait and not results and not self.asked and time.monotonic() - self.started < wait / 2:
+        if not flight.after:  # a request from the oldest: is there anything left?
+            self.drained = not results and (not receipts or self.extra)
+            self.extra = not results and bool(receipts)
+        quick = time.monotonic() - flight.started < flight.wait / 2
+        if flight.wait and not results and not receipts and quick:
             self.until = time.monotonic() + 1.0  # the holder could not hold it: do not spin
 
     def _receipts(self, asked: Any, holder: str) -> list[dict[str, str]]:
@@ -656,6 +743,18 @@ class Fetcher:
         log.warning("deferred fetch peer=%s reason=%s retry_in=%.1fs", self.peer.name, self.error, delay)
 
 
+_STORE: ThreadPoolExecutor | None = None
+
+
+def _store_thread() -> ThreadPoolExecutor:
+    """The one thread that stores fetched answers: its syncs and links wait for the disk
+    without the GIL, while the sender's thread parses the next answer."""
+    global _STORE
+    if _STORE is None:
+        _STORE = ThreadPoolExecutor(1, thread_name_prefix="dropr-fetch-store")
+    return _STORE
+
+
 def _open_files() -> int:
     import resource
 
@@ -676,57 +775,53 @@ class Fetches:
             [] if sender.opts.once else [p.name for p in spool.config.peers.values() if p.fetch]
         )
         self.runs = {n: Fetcher(spool.config.peers[n], spool) for n in names}
-        self.inflight = 0
 
-    def start(self) -> None:
-        """Start a held fetch from every holder that has none in flight and is not backed off."""
-        now = time.monotonic()
+    @property
+    def inflight(self) -> int:
+        """Fetches in flight, over all holders."""
+        return sum(len(f.flights) for f in self.runs.values())
+
+    def start(self, wait: float = float(wire.FETCH_WAIT_MAX)) -> None:
+        """Start the fetches that may start now: one held per holder, one more while it has more."""
         for f in self.runs.values():
-            if f.answer is None and f.until <= now and not self.sender.stopping:
-                self._add(f, float(wire.FETCH_WAIT_MAX))
-
-    def _add(self, f: Fetcher, wait: float) -> None:
-        opts = self.sender.opts
-        count = opts.batch
-        if _low_on_disk(f.spool):
-            count = 0  # confirm and give receipts only
-        t = f.request(self.sender.timeouts, wait, count, opts.batch_bytes)
-        t.tag = wait
-        self.inflight += 1
-        self.sender.pool.add(t)
+            while not self.sender.stopping and (nxt := f.next_request(wait)) is not None:
+                count = 0 if _low_on_disk(f.spool) else self.sender.opts.batch  # 0: only confirm
+                t = f.request(self.sender.timeouts, nxt[0], nxt[1], count, self.sender.opts.batch_bytes)
+                self.sender.pool.add(t)
 
     def finished(self, t: Transfer) -> None:
         """Take in a fetch that ended."""
-        self.inflight -= 1
-        self.runs[t.peer.name].finished(t, float(t.tag))
+        self.runs[t.peer.name].finished(t)
 
     def sleep_for(self, sleep: float) -> float:
         """Return how long the daemon may sleep before a fetch is due again."""
         now = time.monotonic()
         for f in self.runs.values():
-            if f.answer is None:
+            if f.storing:
+                sleep = min(sleep, 0.01)  # the store thread wakes the sender; this in case
+            elif not f.flights:
                 sleep = min(sleep, f.until - now)
         return sleep
 
     def run_once(self) -> int:
-        """Fetch from each holder in rounds until it has nothing more; 0, or 75 if one failed."""
+        """Fetch from each holder, without holding, until it has nothing more; 0, or 75 if
+        one failed."""
         from .errors import EX_OK, EX_TEMPFAIL
 
-        failed = []
         for f in self.runs.values():
-            extra = 0
-            while not self.sender.stopping:
-                self._add(f, 0.0)
-                while f.answer is not None:
-                    self.sender.drive(0.5)
-                if f.error:
-                    failed.append(f.peer.name)
-                    break
-                if f.got:
-                    continue
-                if not f.asked or extra:  # nothing more; receipts given once more at most
-                    break
-                extra += 1
+            f.drained, f.extra = False, False
+        while not self.sender.stopping:
+            for f in self.runs.values():
+                if f.error and not f.flights or f.drained:
+                    f.until = float("inf")  # done with it, or it failed: no more requests
+            self.start(0.0)
+            if self.inflight:
+                self.sender.drive(0.5)
+            elif any(f.storing for f in self.runs.values()):
+                next(f for f in self.runs.values() if f.storing).collect(0.5)
+            else:
+                break
+        failed = [f.peer.name for f in self.runs.values() if not f.drained]
         if failed:
             log.info("deferred fetch peers=%s", ",".join(failed))
             return EX_TEMPFAIL

@@ -109,16 +109,19 @@ METRICS = "metrics"
 PROXY_ENVIRON = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
 
 # Fetch (dropr.7, FETCH): a host nobody can reach fetches what a holder keeps for it.
-#   POST {url}v1/fetch  JSON {"wait": S, "max": N, "max_bytes": B, "results": [{"name",
-#                       "status", "reason"}], "receipts": [{"name", "state", "reason"}]}
-#                       -> 200 multipart/form-data: first a part named "fetch" (JSON
-#                       {"node", "more", "ask": [{"name", "origin"}]}), then one part "m"
+#   POST {url}v1/fetch  JSON {"wait": S, "max": N, "max_bytes": B, ["after": NAME,]
+#                       "results": [{"name", "status", "reason"}], "receipts": [{"name",
+#                       "state", "reason"}]} -> 200 multipart/form-data: first a part named
+#                       "fetch" (JSON {"node", "more", ["last",] "ask": [{"name", "origin"}]}),
+#                       then one part "m"
 #                       per message, filename = the holder's outbox name, content = the
 #                       outbox file as it is (header + payload)
 FETCH_PART = "fetch"  # the field name of an answer's first part, its JSON control
 WAIT = "wait"  # seconds the holder may hold a fetch while it has nothing (0 to FETCH_WAIT_MAX)
 MAX = "max"  # most messages in the answer
 MAX_BYTES = "max_bytes"  # most payload bytes in the answer (one larger message still goes alone)
+AFTER = "after"  # optional: only names that sort after this one (a second fetch in flight)
+LAST = "last"  # of an answer's control part: the last name it carries (absent if none)
 RECEIPTS = "receipts"  # the fetcher's receipt states for the names the last answer asked about
 NAME = "name"  # a message as the holder knows it: its outbox name "{p}{arrival:013x},{id}"
 MORE = "more"  # the holder has more messages than this answer carries
