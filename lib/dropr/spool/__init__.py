@@ -7,7 +7,7 @@ rename and link could not be atomic)::
     dropr.toml                   optional config
     tmp/                         files being written; swept when untouched for 36 h
     ids/<id>                     symlink -> "{p}{arrival}" for caller-chosen outbox ids
-    out/<peer>/url               where the peer is
+    out/<peer>/url               where the peer is ("hold" for a held peer: it fetches)
     out/<peer>/peer.json         backoff, last success, last error (write .new, rename)
     out/<peer>/<state>/<name>    state: queued sent processed dead; hard links of one file
     out/<peer>/meta/<id>         attempts and last error of one message (written on failure)
@@ -20,8 +20,9 @@ rename and link could not be atomic)::
     corrupt/                     unreadable files moved aside, messages that failed their
                                  checksum (dropr-ls --verify), and strays: files in a state
                                  folder with no message name (_layout.message_names)
-    wake/                        datagram sockets of waiting senders and consumers
-    lock/                        send.lock (one sender), rcv-<origin>.lock (one committer)
+    wake/                        datagram sockets of waiting senders, consumers and held fetches
+    lock/                        send.lock (one sender), rcv-<origin>.lock (one committer),
+                                 fetch-<peer>.lock (one fetch of a held peer confirms at a time)
 
 Names: outbox ``{p}{arrival:013x},{id}``, inbox ``{p}{created:013x},{origin},{id}``
 where created is the origin's put time, so the inbox keeps the origin's order
@@ -91,12 +92,20 @@ corrupt      rename B/X/S/N -> corrupt/B=X=S=N;  before: still in its state, fou
                                                  perhaps without .why; a power loss may undo the
                                                  rename (back in its state, found again). One
                                                  rename: never in two places, never lost.
+fetch        holder: answer queued/N as it is;   nothing is moved until the fetcher confirms: a
+(held peer)  the fetcher stores it (store (in),  crash of either before the store leaves it queued
+             under the holder's node or o=),     (fetched again). After the store, before the
+             then its next request confirms:     confirm: queued at the holder and in the
+             under lock/fetch-P.lock, sent for   fetcher's inbox; the next fetch gets it again,
+             stored/duplicate (the sent move),   the store answers duplicate (rcv/ index), the
+             dead (out) for refused              confirm moves it: once in the inbox, never lost.
 ===========  ==================================  ==================================================
 
 Where each transition is: put PutBatch.commit; sent, processed, dead (out), requeue
 (out) Outbox.mark_sent, mark_processed, kill, requeue; store Inbox.store; claim to due
 and requeue (in) the table leases.ACTIONS; purge Retention.purge; corrupt Retention.move_corrupt
-(dropr-ls --verify, verify.py; strays and unreadable files, Retention.corrupt).
+(dropr-ls --verify, verify.py; strays and unreadable files, Retention.corrupt); fetch
+dropr.fetch (answer at the holder, Fetcher at the fetcher), with the moves above.
 
 Syncing: "sync" is fsync of each written file and each touched directory for a
 few messages, and one syncfs(2) of the spool's filesystem for the files of a batch
