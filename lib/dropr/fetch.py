@@ -283,7 +283,9 @@ class _Choice:
         self.files: list[tuple[str, int, int]] = []  # name, fd, size
         self.more = False
         self._pick(int(req[wire.MAX]), int(req[wire.MAX_BYTES]), req[AFTER])
-        self.ask = self._asks()
+        # A fetch that does not wait, from the oldest name (a --once round), asks whenever
+        # receipts are outstanding, as a --once pass polls once; others when due.
+        self.ask = self._asks(force=not req[wire.WAIT] and not req[AFTER])
 
     def empty(self) -> bool:
         """Tell whether there is nothing to answer yet."""
@@ -339,12 +341,12 @@ class _Choice:
             return None
         return fd, size
 
-    def _asks(self) -> list[dict[str, str]]:
+    def _asks(self, force: bool) -> list[dict[str, str]]:
         """Return the sent names whose receipts to ask for, if due (from where the last
         ask stopped, as the sender's polls go, so unconsumed ones hold up none)."""
         state = _HOLDING.ask_state(self.peer)
         now = time.monotonic()
-        if now < state[0]:
+        if now < state[0] and not force:
             return []
         names = self.spool.out_names(self.peer, SENT, ASK_BATCH, state[2])[:ASK_BATCH]
         if not names and state[2]:

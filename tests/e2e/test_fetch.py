@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from helpers import NOWHERE, Node, Nodes, command_path, expect_error, inbox_states, listdir, wait_until
 
 HUB_TOKEN = "tok-laptop-1"
@@ -218,3 +219,148 @@ def test_fetch_from_a_server_that_holds_nothing_for_it(nodes: Nodes) -> None:
     assert p.returncode == 75
     assert "no messages are held for 'laptop'" in p.stderr.decode()
     assert received(lap) == []
+
+
+def _fetch(
+    url: str, body: object, node: str = "laptop", method: str = "POST"
+) -> tuple[int, dict[str, str], bytes]:
+    """POST v1/fetch by hand (no tokens: X-Dropr-Origin names the client); return the
+    status, the headers and the body."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url + "v1/fetch",
+        data=data if method == "POST" else None,
+        method=method,
+        headers={"X-Dropr-Origin": node, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _parts(headers: dict[str, str], body: bytes) -> list[tuple[str, bytes]]:
+    """Split a multipart answer into (Content-Disposition, content) pairs, in order."""
+    boundary = headers["Content-Type"].split("boundary=")[1].encode()
+    pieces = body.split(b"--" + boundary)
+    assert pieces[0] == b"" and pieces[-1] == b"--\r\n", body[:200]
+    out = []
+    for piece in pieces[1:-1]:
+        head, _, content = piece.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        disposition = next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-disposition"))
+        out.append((disposition.decode(), content.removesuffix(b"\r\n")))
+    return out
+
+
+@pytest.fixture
+def open_hub(nodes: Nodes) -> Node:
+    """A hub without tokens, holding messages for laptop, with two threads per worker."""
+    hub = nodes("hub")
+    hub.config("[peers.laptop]\nhold = true\n")
+    hub.serve("--threads", "2", "--workers", "1")
+    return hub
+
+
+def test_the_answer_on_the_wire(open_hub: Node) -> None:
+    """The answer is multipart/form-data: the control part "fetch" first, then each
+    message as its outbox file (header and payload), named by the hub's outbox name.
+    Confirming one moves it to sent; the next answer has the other only."""
+    import json
+
+    hub = open_hub
+    ids = [hub.put(p, "--to", "laptop") for p in ("first", "second")]
+    code, headers, body = _fetch(hub.url, {"max": 10, "max_bytes": 1 << 20})
+    assert code == 200, body
+    assert headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    assert int(headers["Content-Length"]) == len(body)
+    parts = _parts(headers, body)
+    assert 'name="fetch"' in parts[0][0]
+    control = json.loads(parts[0][1])
+    names = sorted(os.listdir(hub.spool / "out" / "laptop" / "queued"))
+    assert control == {"node": "hub", "more": False, "ask": [], "last": names[-1]}
+    for (disposition, content), name, ident, payload in zip(
+        parts[1:], names, ids, (b"first", b"second"), strict=True
+    ):
+        assert disposition == f'Content-Disposition: form-data; name="m"; filename="{name}"'
+        assert name.endswith("," + ident)
+        assert content == (hub.spool / "out" / "laptop" / "queued" / name).read_bytes()
+        assert content[256:] == payload
+    code, headers, body = _fetch(hub.url, {"max": 10, "max_bytes": 1 << 20, "results": [
+        {"name": names[0], "status": "stored"}]})  # fmt: skip
+    assert code == 200
+    assert out_states(hub, "laptop") == {ids[0]: "sent", ids[1]: "queued"}
+    assert [d for d, _ in _parts(headers, body)][1:] == [
+        f'Content-Disposition: form-data; name="m"; filename="{names[1]}"'
+    ]
+    code, _, body = _fetch(hub.url, {"max": 1, "after": names[1]})
+    assert code == 200 and json.loads(_parts(_, body)[0][1])["more"] is False
+    assert len(_parts(_, body)) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "method", "code", "why"),
+    [
+        (b"not json", "POST", 400, "bad fetch request: not JSON"),
+        ({"wait": -1}, "POST", 400, "wait must be a number, 0 or more"),
+        ({"after": "../x"}, "POST", 400, "after must be an outbox name"),
+        ({"results": {}}, "POST", 400, "results must be a list"),
+        (b"", "GET", 405, "GET is not allowed on /v1/fetch, only POST"),
+    ],
+)
+def test_bad_fetch_requests_are_refused_in_words(
+    open_hub: Node, body: object, method: str, code: int, why: str
+) -> None:
+    import json
+
+    ident = open_hub.put("kept", "--to", "laptop")
+    got, _, raw = _fetch(open_hub.url, body, method=method)
+    assert got == code
+    assert why in json.loads(raw)["error"]
+    assert out_states(open_hub, "laptop") == {ident: "queued"}
+
+
+def test_a_worker_holds_at_most_threads_minus_one_fetches(open_hub: Node) -> None:
+    """With two threads, one fetch is held (until a put wakes it); a second one, while
+    the first is held, is answered at once, empty: the worker keeps a thread free."""
+    import json
+    import threading
+
+    hub = open_hub
+    held: list[float] = []
+
+    def first() -> None:
+        t0 = time.monotonic()
+        code, _, _ = _fetch(hub.url, {"wait": 20, "max": 10})
+        held.append(time.monotonic() - t0)
+        assert code == 200
+
+    th = threading.Thread(target=first)
+    th.start()
+    wait_until(
+        lambda: [n for n in listdir(hub.spool / "wake") if n.startswith("fetch-laptop-")], 10, "a held fetch"
+    )
+    t0 = time.monotonic()
+    code, headers, body = _fetch(hub.url, {"wait": 20, "max": 10})
+    assert code == 200 and time.monotonic() - t0 < 5
+    assert len(_parts(headers, body)) == 1 and json.loads(_parts(headers, body)[0][1])["ask"] == []
+    hub.put("wake up", "--to", "laptop")
+    th.join(30)
+    assert held and held[0] < 15
+
+
+def test_stopping_the_holder_does_not_wait_for_held_fetches(nodes: Nodes) -> None:
+    """TERM to the hub's dropr-serve answers its held fetch at once: it stops well within
+    the 30 s a fetch may be held."""
+    hub, lap = hub_and_laptop(nodes)
+    lap.start_sender()
+    wait_until(
+        lambda: [n for n in listdir(hub.spool / "wake") if n.startswith("fetch-laptop-")], 20, "a held fetch"
+    )
+    t0 = time.monotonic()
+    hub.stop_serve()
+    assert time.monotonic() - t0 < 15
