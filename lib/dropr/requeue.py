@@ -13,6 +13,7 @@ import sys
 
 from .errors import EX_NOTFOUND, EX_OK, NotFoundError
 from .message import parse_in_name
+from .spool.wake import FETCH_PREFIX
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
@@ -135,3 +136,4 @@ def _outbox(spool: Spool, ids: Iterable[str] | None, peer: str | None, report: _
                 report.error(ident, "is not dead in the outbox (not given up, requeued already, or unknown)")
     if moved:
         spool.wakeups.wake_sender()
+        spool.wakeups.wake(FETCH_PREFIX)  # a held peer's are fetched: wake what it holds open
