@@ -51,6 +51,7 @@ ASK_MIN, ASK_MAX = 0.2, 5.0  # receipts are asked for this far apart, as the sen
 ASK_BATCH = 1000  # names asked about in one answer, as the sender's STATUS_BATCH
 BUFFER = 256 << 10  # an answer is written in pieces of about this size
 CHUNK = 1 << 20
+SEEN_EVERY = 10.0  # a held peer's last fetch is recorded at most this often
 QUEUED, SENT = "queued", "sent"
 AFTER, LAST = wire.AFTER, wire.LAST
 
@@ -114,10 +115,25 @@ def answer(app: App, environ: dict[str, Any]) -> Streamed:
             changed |= _receipts(spool, peer, req[wire.RECEIPTS], app.cfg.retention)
         if changed:
             spool.wakeups.wake_putters()
+    _seen(spool, peer)
     choice = _Choice(spool, peer, req)
     if choice.empty() and req[wire.WAIT] > 0:
         choice = _hold(app, environ, peer, req)
     return choice.streamed()
+
+
+def _seen(spool: Spool, peer: str) -> None:
+    """Record in the held peer's peer.json that it fetched (dropr-ls: last success), at
+    most every SEEN_EVERY seconds: nobody else writes it (dropr-send leaves the peer alone)."""
+    st = spool.peer_state(peer)
+    now = time.time()
+    last = st.get("last_ok")
+    if not isinstance(last, int | float) or not 0 <= now - last < SEEN_EVERY:
+        st["last_ok"] = now
+        try:
+            spool.set_peer_state(peer, st)
+        except FileNotFoundError:
+            pass  # nothing was ever queued for it: no folder yet
 
 
 def _client(app: App, environ: dict[str, Any]) -> str:

@@ -196,6 +196,18 @@ def test_kill_between_store_and_confirm_loses_nothing_twice(nodes: Nodes, tmp_pa
     assert len(fetched) == 40 and all(line.endswith(" duplicate") for line in fetched), fetched
 
 
+def test_nothing_ever_held_is_nothing_to_fetch(nodes: Nodes) -> None:
+    """A held peer nothing was ever put for: the fetch finds nothing, exit 0; dropr-ls at
+    the hub shows when it last fetched."""
+    hub, lap = hub_and_laptop(nodes)
+    assert lap.send_once("--fetch", "hub").returncode == 0
+    assert received(lap) == []
+    hub.put("now one", "--to", "laptop")
+    assert lap.send_once("--fetch", "hub").returncode == 0
+    assert len(received(lap)) == 1
+    assert "ago" in hub.run("dropr-ls", check=True).stdout.decode().split("laptop")[-1]
+
+
 def test_once_exit_codes(nodes: Nodes) -> None:
     """--fetch of an unknown or non-fetch peer: one usage line, 64; an unreachable holder: 75."""
     lap = nodes("laptop")
