@@ -811,6 +811,13 @@ class Fetches:
         """Take in a fetch that ended."""
         self.runs[t.peer.name].finished(t)
 
+    def close(self) -> None:
+        """Drop what the answers in flight wrote (the pool aborts them next): their
+        messages stay queued at the holder; stores already under way finish."""
+        for f in self.runs.values():
+            for t in f.flights:
+                t.tag.answer.discard()
+
     def sleep_for(self, sleep: float) -> float:
         """Return how long the daemon may sleep before a fetch is due again."""
         now = time.monotonic()

@@ -118,14 +118,14 @@ class Sender:
         """Start batches to every peer that may take one, within the pool's limits."""
         wall = time.time()
         for run in self.runs.values():
-            if len(self.pool) - self.fetches.inflight >= self.opts.concurrency or self.stopping:
+            if self._pushing() >= self.opts.concurrency or self.stopping:
                 return
             if run.send == DEFERRED:  # one try per pass: the next pass retries it
                 continue
             if run.backed_off(wall):
                 run.expire_waiting()
                 continue
-            while run.may_send(wall) and len(self.pool) - self.fetches.inflight < self.opts.concurrency:
+            while run.may_send(wall) and self._pushing() < self.opts.concurrency:
                 room = self.opts.batch
                 if self.opts.max_messages:
                     room = min(room, self.opts.max_messages - self.delivered - self._inflight())
@@ -316,7 +316,8 @@ class Sender:
                 if time.monotonic() - last_purge > PURGE_CHECK:
                     self.spool.purge_if_due()
                     last_purge = time.monotonic()
-                if self.opts.max_messages and self.delivered >= self.opts.max_messages and not len(self.pool):
+                done = self.opts.max_messages and self.delivered >= self.opts.max_messages
+                if done and not self._pushing():
                     log.info("exiting after max_messages=%d", self.opts.max_messages)
                     break
                 if len(self.pool):
@@ -334,8 +335,13 @@ class Sender:
                     self._mark_dirty()
         finally:
             waiter.close()
+            self.fetches.close()
             self.pool.close()
         return EX_OK
+
+    def _pushing(self) -> int:
+        """Return the transfers in flight but fetches (a held one never ends the daemon)."""
+        return len(self.pool) - self.fetches.inflight
 
     def _mark_dirty(self) -> None:
         for run in self.runs.values():
