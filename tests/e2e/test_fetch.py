@@ -376,3 +376,24 @@ def test_stopping_the_holder_does_not_wait_for_held_fetches(nodes: Nodes) -> Non
     t0 = time.monotonic()
     hub.stop_serve()
     assert time.monotonic() - t0 < 15
+
+
+def test_a_message_relayed_to_the_holder_keeps_its_origin(nodes: Nodes) -> None:
+    """A message the hub relayed (its header says o=a h=1, as the relay store writes it)
+    is stored at the laptop under origin a, and its receipt is asked for under a."""
+    from dropr import message as m
+
+    hub, lap = hub_and_laptop(nodes)
+    hub.put("own", "--to", "laptop")  # makes the folder
+    ident, t = "relayed-1", m.now_us()
+    hdr = m.Header(ident, "default", 5, t, 0, 7, m.crc32(b"relayed"), origin="a", hops=1)
+    tmp = hub.spool / "tmp" / "relayed"
+    tmp.write_bytes(hdr.pack() + b"relayed")
+    os.link(tmp, hub.spool / "out" / "laptop" / "queued" / m.out_name(5, t, ident))
+    tmp.unlink()
+    assert lap.send_once("--fetch", "hub").returncode == 0
+    assert sorted(n.split(",")[1] for n in received(lap)) == ["a", "hub"]
+    assert os.path.lexists(lap.spool / "rcv" / "a" / ident)
+    consume_all(lap)
+    assert lap.send_once("--fetch", "hub").returncode == 0
+    assert set(out_states(hub, "laptop").values()) == {"processed"}
