@@ -92,8 +92,8 @@ def enqueue(opts: PutOptions, spool_dir: str | None, config_file: str | None = N
     peers = resolve(config, opts.to)
     spool = Spool(spool_dir, config)
     ids = run(spool, opts, peers=peers)
-    if opts.wait:
-        return wait_for(spool, ids, opts.timeout, quiet=quiet)
+    if opts.wait:  # held peers fetch their messages: no dropr-send here moves those
+        return wait_for(spool, ids, opts.timeout, quiet=quiet or all(p.hold for p in peers))
     return 0
 
 

@@ -105,6 +105,7 @@ def test_receipts_flow_back_and_put_wait_returns(nodes: Nodes) -> None:
         "laptop",
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert waiting.stdin is not None
     waiting.stdin.write(b"two")
@@ -112,7 +113,8 @@ def test_receipts_flow_back_and_put_wait_returns(nodes: Nodes) -> None:
     wait_until(lambda: len(received(lap)) == 2, 30, "the daemon to fetch the second message")
     consume_all(lap)
     assert waiting.wait(60) == 0
-    assert waiting.stdout is not None
+    assert waiting.stdout is not None and waiting.stderr is not None
+    assert waiting.stderr.read() == b""  # no "no dropr-send is running": the laptop fetches
     second = waiting.stdout.read().decode().strip()
     assert out_states(hub, "laptop") == {first: "processed", second: "processed"}
     third = hub.put("three", "--to", "laptop")
