@@ -601,6 +601,9 @@ def _result(p: _Part, status: str | None, peer: str, origins: _Origins) -> dict[
 
 
 PIPELINE = 2  # fetches in flight per holder: the next starts once the last one's answer begins
+ENTRY_FILES = 256  # most parts of an answer whose files stay open until the store (the rest
+# go through tmp/): with PIPELINE answers in flight and one being stored, every descriptor
+# stays below 1024, which select(2) (libcurl's and the wake-ups') cannot go past
 
 
 class _Flight:
@@ -656,10 +659,9 @@ class Fetcher:
     def request(self, timeouts: Any, wait: float, after: str, count: int, max_bytes: int) -> Transfer:
         """Start a fetch: confirm, give receipts, ask for up to count messages (after a name)."""
         from . import transport as tp
-        from .server import ENTRIES_MAX
 
         cfg = self.spool.config
-        ans = _Answer(self.spool, cfg.max_message_size, min(ENTRIES_MAX, _open_files() // (4 * PIPELINE)))
+        ans = _Answer(self.spool, cfg.max_message_size, min(ENTRY_FILES, _open_files() // (4 * PIPELINE)))
         flight = _Flight(ans, wait, after, self.results, self.receipts)
         self.results, self.receipts = [], []
         body: dict[str, Any] = {wire.WAIT: wait, wire.MAX: count, wire.MAX_BYTES: max_bytes,
