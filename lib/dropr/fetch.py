@@ -61,7 +61,8 @@ AFTER, LAST = wire.AFTER, wire.LAST
 
 class _Holding:
     """What one dropr-serve process keeps across fetches: how many it holds, whether it
-    stops, and per peer when receipts are next asked for (due, gap, the last name asked)."""
+    stops, and per peer when receipts are next asked for (due, gap, the last name asked,
+    when last asked)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -87,7 +88,7 @@ class _Holding:
 
     def ask_state(self, peer: str) -> list[Any]:
         with self.lock:
-            return self.asks.setdefault(peer, [0.0, ASK_MIN, ""])
+            return self.asks.setdefault(peer, [0.0, ASK_MIN, "", 0.0])
 
 
 _HOLDING = _Holding()
@@ -364,13 +365,15 @@ class _Choice:
         now = time.monotonic()
         if now < state[0] and not force:
             return []
+        if self.files and not force and now - state[3] < ASK_MAX:
+            return []  # busy sending: the fetcher's thread is better spent storing, for a while
         names = self.spool.out_names(self.peer, SENT, ASK_BATCH, state[2])[:ASK_BATCH]
         if not names and state[2]:
             names = self.spool.out_names(self.peer, SENT, ASK_BATCH)[:ASK_BATCH]
         if not names:
             return []
         state[2] = names[-1] if len(names) >= ASK_BATCH else ""
-        state[0] = now + ASK_MAX  # unless the receipts come back sooner
+        state[0], state[3] = now + ASK_MAX, now  # due again unless the receipts come back sooner
         return [{wire.NAME: n, wire.ORIGIN: self._origin(n)} for n in names]
 
     def _origin(self, name: str) -> str:
