@@ -127,7 +127,8 @@ def test_receipts_flow_back_and_put_wait_returns(nodes: Nodes) -> None:
 
 def test_long_poll_brings_a_put_without_polling(nodes: Nodes) -> None:
     """The laptop's daemon holds a fetch open at the hub; a put there wakes it, and the
-    message is ready at the laptop within a second, where the hold lasts 30 s."""
+    message is ready at the laptop at once (within 3 s on a loaded machine), where the hold
+    lasts 30 s."""
     hub, lap = hub_and_laptop(nodes)
     lap.start_sender()
     held = lambda: [n for n in listdir(hub.spool / "wake") if n.startswith("fetch-laptop-")]  # noqa: E731
@@ -138,7 +139,7 @@ def test_long_poll_brings_a_put_without_polling(nodes: Nodes) -> None:
         ident = hub.put(f"ping {round_}", "--to", "laptop")
         wait_until(lambda ident=ident: ident in inbox_states(lap.spool), 10, "the put to reach the laptop")
         took = time.monotonic() - t0
-        assert took < 2.0, f"took {took:.2f} s: the held fetch was not woken"
+        assert took < 3.0, f"took {took:.2f} s: the held fetch (held up to 30 s) was not woken"
 
 
 def test_a_client_fetches_only_its_own_messages(nodes: Nodes) -> None:
