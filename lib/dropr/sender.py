@@ -320,13 +320,10 @@ class Sender:
                 if done and not self._pushing():
                     log.info("exiting after max_messages=%d", self.opts.max_messages)
                     break
-                if len(self.pool):
-                    if self.fetches.inflight == len(self.pool):  # only held fetches: sleep
-                        woken = self.pool.wait(self.sleep_for(), waiter.fileno())
-                        self.drive(0)
-                    else:
-                        self.drive(0.05)
-                        woken = _readable(waiter)
+                if len(self.pool):  # only held fetches in flight: sleep as when idle
+                    held = self.fetches.inflight == len(self.pool)
+                    woken = self.pool.wait(self.sleep_for() if held else 0.05, waiter.fileno())
+                    self.drive(0)
                     if woken:
                         waiter.drain()
                         self._mark_dirty()
@@ -394,12 +391,6 @@ def check_peers(spool: Spool, names: list[str], once: bool) -> None:
         raise UnavailableError(
             f"unknown peer {name!r} (known: {shown}); give a configured peer or an outbox folder of dropr-ls"
         )
-
-
-def _readable(waiter: Any) -> bool:
-    import select
-
-    return bool(select.select([waiter], [], [], 0)[0])
 
 
 def run(spool: Spool, opts: SendOptions) -> int:
