@@ -31,6 +31,7 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
     "fetch",
     multiple=True,
     metavar="NAME",
+    shell_complete=_complete.fetch_peers,
     help="Fetch this node's messages from holder NAME (a peer with fetch = true); repeatable.",
 )
 @click.option(
