@@ -501,6 +501,7 @@ def load(spool: str, explicit: str | None = None) -> Config:
     try:
         with open(path, "rb") as f:
             raw = f.read()
+            mode = os.fstat(f.fileno()).st_mode
     except (FileNotFoundError, NotADirectoryError):
         if named:
             raise ConfigError(f"config file {path} does not exist; create it or drop --config") from None
@@ -511,7 +512,8 @@ def load(spool: str, explicit: str | None = None) -> Config:
     data = _cached(cache, path, raw)
     if data is None:
         data = _parse(path, raw)
-        _keep(cache, path, raw, data)
+        # as private as the spool's files, and never more readable than the config itself
+        _keep(cache, path, raw, data, 0o640 & mode if isinstance(data.get("group"), str) else 0o600)
     config = Config(data, path)
     if config.unknown:
         import sys
@@ -555,9 +557,9 @@ def _cached(cache: str, path: str, raw: bytes) -> dict[str, Any] | None:
     return data
 
 
-def _keep(cache: str, path: str, raw: bytes, data: dict[str, Any]) -> None:
-    """Keep a parse for the next start: private (it holds tokens), written whole then
-    renamed (a reader sees the old file or the new); not synced: it is only a cache."""
+def _keep(cache: str, path: str, raw: bytes, data: dict[str, Any], mode: int) -> None:
+    """Keep a parse for the next start with mode (it holds the config's tokens), written
+    whole then renamed (a reader sees the old file or the new); not synced: a cache."""
     import marshal
 
     try:
@@ -568,6 +570,7 @@ def _keep(cache: str, path: str, raw: bytes, data: dict[str, Any]) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            os.fchmod(fd, mode)  # whatever the umask: a group spool's members read it too
             os.write(fd, blob)
         finally:
             os.close(fd)

@@ -86,3 +86,15 @@ def test_no_spool_yet_is_no_error(tmp_path: Path) -> None:
     conf = tmp_path / "c.toml"
     conf.write_text(TEXT)
     assert c.load(str(tmp_path / "none"), str(conf)).peers["db1"].token == "secret"
+
+
+def test_a_group_spools_cache_is_no_more_readable_than_the_config(tmp_path: Path) -> None:
+    sp = spool(tmp_path, 'group = "0"\n' + TEXT)
+    conf = sp / "dropr.toml"
+    conf.chmod(0o644)
+    c.load(str(sp))
+    assert stat.S_IMODE((sp / c.CACHE_NAME).stat().st_mode) == 0o640  # the group's, not others'
+    (sp / c.CACHE_NAME).unlink()
+    conf.chmod(0o600)
+    c.load(str(sp))
+    assert stat.S_IMODE((sp / c.CACHE_NAME).stat().st_mode) == 0o600  # not wider than the config
