@@ -43,13 +43,14 @@ class Transfer:
 
     def __init__(self, peer: Peer, kind: str, items: list[tuple[str, str]], ids: list[str]) -> None:
         self.peer = peer
-        self.kind = kind  # "send", "status" or "fetch"
+        self.kind = kind  # "send", "status", "fetch" or "health" (a group member's probe)
         self.items = items  # (id, path) for send
         self.ids = ids  # for status
         self.curl = pycurl.Curl()
         self.body = BytesIO()
         self.error = ""
         self.code = 0
+        self.curl_errno = 0  # libcurl's error number of a failed transfer (groups.ambiguous)
         self.results: dict[str, tuple[str, str]] = {}
         self.tag: Any = None
 
@@ -167,6 +168,13 @@ def fetch(
     return t
 
 
+def health(peer: Peer, node: str, timeouts: Timeouts) -> Transfer:
+    """Prepare a GET v1/health probe of a peer (a group member whose backoff is over)."""
+    t = Transfer(peer, "health", [], [])
+    _setup(t, node, timeouts, wire.HEALTH)
+    return t
+
+
 class Pool:
     """Transfers running concurrently on one CurlMulti."""
 
@@ -225,17 +233,18 @@ class Pool:
             _, ok, failed = self.multi.info_read()
             for c in ok:
                 finished.append(self._finish(c, ""))
-            for c, _errno, msg in failed:
-                finished.append(self._finish(c, msg or f"curl error {_errno}"))
+            for c, errno, msg in failed:
+                finished.append(self._finish(c, msg or f"curl error {errno}", errno))
             if not ok and not failed:
                 break
         return finished
 
-    def _finish(self, c: pycurl.Curl, error: str) -> Transfer:
+    def _finish(self, c: pycurl.Curl, error: str, errno: int = 0) -> Transfer:
         t = self.running.pop(id(c))
         self.multi.remove_handle(c)
         t.code = int(c.getinfo(pycurl.RESPONSE_CODE) or 0)
         t.error = error
+        t.curl_errno = errno
         if not error:
             _parse(t)
         return t
@@ -269,6 +278,8 @@ def _parse(t: Transfer) -> None:
         for r in results:
             if isinstance(r, dict) and isinstance(r.get(wire.ID), str):
                 t.results[r[wire.ID]] = (str(r.get(wire.STATUS_KEY, wire.RETRY)), str(r.get(wire.REASON, "")))
+    elif t.kind == "health":
+        pass  # any 200 answer: the member is up
     elif t.kind == "status" and isinstance(results, dict):
         for ident, r in results.items():
             if isinstance(r, dict):
