@@ -300,6 +300,7 @@ class GroupRun:
                 sleep = 0.0
         return max(0.0, sleep)
 
+
 def track(sender: Sender, folder: str) -> bool:
     """Track a configured group's folder or a member's: a GroupRun in sender.groups, a
     PeerRun per member in sender.runs; return False for any other folder."""
