@@ -8,8 +8,8 @@ each sent and polled by an ordinary PeerRun. The GroupRun sits beside them:
   batch's messages from the group queue (Outbox.assign), so what is assigned and not
   yet tried stays small. failover: the first member in config order that is healthy;
   spread: the healthy members in turn, a batch each; a message with a key (header
-  y=) goes to the healthy member with the highest crc32(f"{key:08x}{url}")
-  (rendezvous: a key moves only while its member is down, and comes back after).
+  y=) goes to the healthy member with the highest weight of (key, url) (rendezvous:
+  a key moves only while its member is down, and comes back after).
 - Healthy: not backed off, and fine at its last attempt (PeerRun.failing_since 0).
   A member whose backoff is over after a failure is probed with GET v1/health
   before it is given new messages; no message is risked on a probe. What is
@@ -32,10 +32,10 @@ for receipts) but is given nothing new. A crash mid-assign is settled at start
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
-import zlib
 from typing import TYPE_CHECKING
 
 import pycurl
@@ -74,8 +74,16 @@ def ambiguous(t: tp.Transfer) -> bool:
 
 
 def rendezvous(key: int, members: list[PeerRun]) -> PeerRun:
-    """Return the member a key goes to among members: the highest crc32(key, url)."""
-    return max(members, key=lambda r: zlib.crc32(f"{key:08x}{r.peer.url}".encode()))
+    """Return the member a key goes to among members: the highest weight(key, url).
+
+    The weight is a BLAKE2b digest, not a CRC-32 as first planned: a CRC is linear, so
+    crc(key + url1) and crc(key + url2) differ by the same XOR for every key, and which
+    is higher comes down to one bit of the key: three members got 50, 25 and 25 %."""
+    return max(members, key=lambda r: _weight(key, r.peer.url))
+
+
+def _weight(key: int, url: str) -> bytes:
+    return hashlib.blake2b(f"{key:08x}{url}".encode(), digest_size=8).digest()
 
 
 def member_peer(spool: Spool, folder: str) -> Peer | None:

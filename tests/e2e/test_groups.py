@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -238,9 +239,41 @@ def test_dropr_ls_member_rows(nodes: Nodes, tmp_path: Path) -> None:
     p = a.run("dropr-ls", "--out", check=True)
     text = p.stdout.decode()
     assert m1.url in text and m2.url in text, text
-    rows = [json.loads(x) for x in a.run("dropr-ls", "--json", "--out", check=True).stdout.decode().splitlines()]
+    out = a.run("dropr-ls", "--json", "--out", check=True).stdout.decode()
+    rows = [json.loads(x) for x in out.splitlines()]
     assert {r["member"] for r in rows} >= {"", m1.url, m2.url}, rows
     assert all(r["name"] == "g" for r in rows), rows
     prom = a.run("dropr-ls", "--prom", check=True).stdout.decode()
     assert f'member="{m1.url}"' in prom
     assert a.run("dropr-send", "--once", "--peer", "g").returncode == 0
+
+
+def test_put_wait_and_requeue_cover_the_members(nodes: Nodes) -> None:
+    a = nodes("a")
+    m1, m2 = members(nodes, 2)
+    group_config(a, [m1.url, m2.url])
+    m1.stop_serve()
+    a.start_sender()
+    waiting = a.start("dropr-put", "--to", "g", "--wait", "--timeout", "60s", stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE)  # fmt: skip
+    assert waiting.stdin is not None and waiting.stdout is not None
+    waiting.stdin.write(b"job")
+    waiting.stdin.close()
+    ident = waiting.stdout.readline().decode().strip()
+    wait_until(lambda: ident in stored(m2), 30, "stored at m2")
+    assert waiting.poll() is None  # not processed yet
+    m2.run("dropr-recv", "--ack", check=True)
+    assert waiting.wait(30) == 0
+    assert where([m1, m2]) == {ident: ["m2"]}
+    [rec] = a.ls(ident)
+    assert rec["state"] == "processed" and rec["name"] == member(a, m2)
+    # a message dead at a member is requeued there by --peer GROUP
+    m2.stop_serve()
+    p = a.run("dropr-put", "--to", "g", "--ttl", "1s", input=b"late")
+    [late] = p.stdout.decode().split()
+    wait_until(lambda: a.ls(late)[0]["state"] == "dead", 20, "the TTL to kill it")
+    restart_serve(m2)
+    p = a.run("dropr-ack", "--requeue", "--out", "--peer", "g", late, check=True)
+    assert p.stdout.decode().split() == [late]
+    wait_until(lambda: late in where([m1, m2]), 30, "the requeued message stored")
+    once_each([m1, m2], [ident, late])
