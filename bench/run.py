@@ -506,6 +506,7 @@ import checksums  # noqa: E402, F401  (#18: the inbox's checksums, dropr-ls --ve
 import delivery  # noqa: E402, F401  (#3, #4: transfer, big file, latency, consume, pipeline)
 import fetching  # noqa: E402, F401  (#15: fetch against push)
 import serve_metrics  # noqa: E402, F401  (#18: what counting for /metrics costs a request)
+import failover  # noqa: E402, F401  (#15: a peer group's failover)
 
 # -- main -----------------------------------------------------------------------------------
 
