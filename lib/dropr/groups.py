@@ -194,7 +194,7 @@ class GroupRun:
         if member.dirty:  # a wake-up (a put) marks every run dirty: the group queue too
             self.queue.dirty = True
         healthy = self.healthy(wall)
-        if member not in healthy:
+        if member not in healthy or (not self.spread and member is not healthy[0]):
             return
         names = self._pick(member, want, healthy)
         if not names:
@@ -216,6 +216,9 @@ class GroupRun:
         now = m.now_us()
         while q.queue and len(taken) < want and len(skipped) < SCAN_MAX:
             name = q.queue.popleft()
+            if self._target(name, healthy, turn) is not member:
+                skipped.append(name)  # another member's (its key's, or its turn): left in place
+                continue
             try:
                 deadline, _ = self.spool.peek(self.name, name)
             except FileNotFoundError:
@@ -227,7 +230,7 @@ class GroupRun:
                 q.kill(name, retry.TTL_EXPIRED, retry.TTL_EXPIRED_LOG)
                 q.wake_waiters()
                 continue
-            (taken if self._target(name, healthy, turn) is member else skipped).append(name)
+            taken.append(name)
         q.queue.extendleft(reversed(skipped))
         return taken
 

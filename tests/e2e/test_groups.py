@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import time
@@ -227,6 +228,29 @@ def test_no_message_at_two_members_without_failover_after(nodes: Nodes) -> None:
     restart_serve(m1)
     wait_until(lambda: len(where([m1, m2])) == len(ids), 60, "all stored")
     once_each([m1, m2], ids)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill_9_of_members_mid_stream_stores_each_message_at_one_member(nodes: Nodes, seed: int) -> None:
+    """Members killed -9 at random moments while batches flow (some stored, their answer
+    lost: pinned), and restarted; failover_after is long: never at two members."""
+    rng = random.Random(seed)
+    a = nodes("a")
+    ms = members(nodes, 2)
+    group_config(a, [m.url for m in ms], mode="spread", send=FAST + 'failover_after = "1h"\n')
+    a.start_sender("--batch", "50")
+    ids: list[str] = []
+    for victim in (ms[0], ms[1], ms[0]):
+        ids += put_lines(a, 400)
+        time.sleep(rng.uniform(0.0, 0.3))
+        kill_serve(victim)
+        time.sleep(rng.uniform(0.1, 0.5))
+        restart_serve(victim)
+    wait_until(lambda: len(where(ms)) == len(ids), 90, "every message stored")
+    once_each(ms, ids)
+    wait_until(lambda: not any(listdir(a.spool / "out" / f / "queued") for f in os.listdir(a.spool / "out")),
+               30, "every queue empty")  # fmt: skip
 
 
 def test_dropr_ls_member_rows(nodes: Nodes, tmp_path: Path) -> None:
