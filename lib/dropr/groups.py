@@ -44,7 +44,7 @@ from . import message as m
 from . import retry
 from . import transport as tp
 from .config import SPREAD, Peer, group_of
-from .peerrun import IDLE, PIPELINE, QUEUED, SENDING, PeerRun
+from .peerrun import IDLE, PIPELINE, QUEUED, SENDING, SENT, SENT_DIR, PeerRun
 
 if TYPE_CHECKING:
     from .sender import Sender
@@ -130,13 +130,24 @@ class GroupRun:
         self._join(run)
 
     def settle(self) -> None:
-        """Finish the assigns and unassigns a crash cut (the spool's state table)."""
+        """Finish the assigns and unassigns a crash cut (the spool's state table); hand the
+        sent/ entries of the folder from before it was a group to the member at its url."""
         names = [r.peer.name for r in (*self.members, *self.others)]
         fixed = self.spool.outbox.settle(self.name, names)
         if fixed:
-            log.info(
-                "settled group=%s entries=%d reason=a move between queues cut by a crash", self.name, fixed
+            log.info("settled group=%s entries=%d reason=a move cut by a crash", self.name, fixed)
+        sent = self.spool.out_names(self.name, SENT_DIR)
+        if not sent:
+            return
+        url = self.spool.peer_url(self.name)
+        home = next((r for r in (*self.members, *self.others) if r.peer.url == url), None)
+        if home is None:
+            log.warning(
+                "unpolled group=%s sent=%d reason=sent to %s, no member now", self.name, len(sent), url
             )
+            return
+        self.spool.outbox.assign(self.name, home.peer.name, sent, state=SENT_DIR)
+        home.fire(SENT)  # their receipts are polled there, soon
 
     def _read_pins(self, member: str) -> set[str]:
         """Return the queued names of a member whose record says pinned_at."""

@@ -264,3 +264,19 @@ def test_every_crash_state_of_assign_and_unassign_keeps_each_message_in_one_plac
         assert len(places) == 3, (st.k, places)
         checked += 1
     assert checked >= 20
+
+
+def test_a_peer_that_became_a_group_has_its_sent_polled_at_the_member_at_its_url(spool_dir: Path) -> None:
+    old = Spool(str(spool_dir))
+    b = old.batch([Peer("g", URLS[1])])
+    b.add(b"before")
+    b.add(b"queued")
+    b.commit()
+    n1, n2 = queued(old, "g")
+    old.mark_sent("g", [n1])
+    sp = group_spool(spool_dir, n=2)
+    s, g, (m1, m2) = sender(sp)
+    assert sp.out_names(m2.peer.name, "sent") == [n1] and sp.out_names("g", "sent") == []
+    assert m2.poll == "due"
+    assert queued(sp, "g") == [n2]  # the queued one waits for a member, as any put
+    s.pool.close()

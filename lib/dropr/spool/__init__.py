@@ -74,11 +74,14 @@ store (in)   write rcv/O/ID (generated id: made  the receiver holds lock/rcv-O.l
                                                  untouched 36 h (an upload cut by a crash).
                                                  The sum is in F's inode, durable with sync 1.
 assign       link out/G/queued/N ->              between link and unlink: in both queues; the next
-(group)      out/M/queued/N; sync M's queued/;   sender's start (groups.recover) unlinks the
+(group)      out/M/queued/N; sync M's queued/;   sender's start (Outbox.settle) unlinks the
              unlink G's; sync G's queued/        member's copy (nothing sent it: the member sends
                                                  only once both folders are synced). A name in
                                                  G's queued/ and in M's sent/ processed/ dead/
                                                  (a lost unlink of G's): G's copy is unlinked.
+hand over    link out/G/sent/N -> out/M/sent/N   once, for a peer that became a group: its sent/
+(group)      (M: the member at G's url); sync   entries are polled at that member. Cut: in
+             both; unlink G's; sync both         both sent/; the next start unlinks G's copy.
 unassign     link out/M/queued/N ->              between link and unlink: in both queues; as
 (group)      out/G/queued/N; sync G's queued/;   assign, the member's copy is unlinked. Only
              unlink M's; sync M's queued/        after a failure that stored nothing, or after

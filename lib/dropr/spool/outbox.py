@@ -276,12 +276,15 @@ class Outbox:
             pass  # no header to read: the sender moves the file aside as corrupt
         self.fs.write_json(f"{self.base}/{peer}/meta/{ident}", meta, sync=True)
 
-    def assign(self, group: str, member: str, names: Iterable[str]) -> list[str]:
+    def assign(self, group: str, member: str, names: Iterable[str], state: str = "queued") -> list[str]:
         """Give queued entries of a group to one of its members (group queued/ -> member
         queued/), their records along; return the names moved. Both folders are synced
         before the member sends any: a crash leaves an entry in both queues, never in a
-        member's sent/ beside the group queue (settle keeps the group's copy)."""
-        moved = self._move_dirs(f"{self.base}/{group}/queued", f"{self.base}/{member}/queued", names, True)
+        member's sent/ beside the group queue (settle keeps the group's copy). With
+        state "sent": hand a sent/ entry of the folder from before it was a group to the
+        member at its recorded url (settle keeps the member's copy)."""
+        src, dst = f"{self.base}/{group}/{state}", f"{self.base}/{member}/{state}"
+        moved = self._move_dirs(src, dst, names, True)
         _carry(self, group, member, moved)
         return moved
 
@@ -356,20 +359,23 @@ def settle(ob: Outbox, group: str, members: Iterable[str]) -> int:
 
     An entry in the group queue and a member's queued/ loses the member's name
     (nothing sent it: the member sends only once both folders are synced); one in
-    the group queue and a member's sent/, processed/ or dead/ loses the group's."""
-    gq = f"{ob.base}/{group}/queued"
-    names = _listing(gq)
+    the group queue and a member's sent/, processed/ or dead/ loses the group's, and
+    so does one in the group's sent/ (a hand-over) found at a member."""
     fixed = 0
-    for member in members if names else ():
-        for state in OUT_STATES:
-            folder = f"{ob.base}/{member}/{state}"
-            both = names.intersection(_listing(folder))
-            for name in both:
-                ob.fs.unlink_quiet(f"{folder}/{name}" if state == "queued" else f"{gq}/{name}")
-                names.discard(name)
-            if both:
-                ob.fs.fsync_dir(folder if state == "queued" else gq)
-            fixed += len(both)
+    for gstate in ("queued", "sent"):
+        gdir = f"{ob.base}/{group}/{gstate}"
+        names = _listing(gdir)
+        for member in members if names else ():
+            for state in OUT_STATES:
+                folder = f"{ob.base}/{member}/{state}"
+                both = names.intersection(_listing(folder))
+                drop = folder if (gstate, state) == ("queued", "queued") else gdir
+                for name in both:
+                    ob.fs.unlink_quiet(f"{drop}/{name}")
+                    names.discard(name)
+                if both:
+                    ob.fs.fsync_dir(drop)
+                fixed += len(both)
     return fixed
 
 
