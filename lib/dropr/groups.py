@@ -62,14 +62,16 @@ SCAN_MAX = 5000  # group queue names looked at per fill (a spread group's keys f
 def ambiguous(t: tp.Transfer) -> bool:
     """Tell whether a failed upload may have stored some of its messages at the peer.
 
-    Not: no connection (resolve, connect), failed before it started, an HTTP answer
-    but 200 and 500 (dropr.7: every other answer stores nothing), or per-message
-    retry answers in a 200. Yes: a timeout, a connection cut, 500, an unreadable 200.
+    Not: no connection (resolve, connect), not one byte of the request sent (a
+    connect timeout), failed before it started, an HTTP answer but 200 and 500
+    (dropr.7: every other answer stores nothing), or per-message retry answers in a
+    200. Yes: a timeout or a connection cut once the request was on its way, 500,
+    an unreadable 200.
     """
     if not t.error:
         return False
     if t.curl_errno:
-        return t.curl_errno not in NOT_CONNECTED
+        return t.curl_errno not in NOT_CONNECTED and t.request_bytes > 0
     return t.code in (200, 500)
 
 

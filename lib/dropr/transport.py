@@ -51,6 +51,7 @@ class Transfer:
         self.error = ""
         self.code = 0
         self.curl_errno = 0  # libcurl's error number of a failed transfer (groups.ambiguous)
+        self.request_bytes = 0  # bytes of request libcurl sent: 0, nothing can have been stored
         self.results: dict[str, tuple[str, str]] = {}
         self.tag: Any = None
 
@@ -245,6 +246,7 @@ class Pool:
         t.code = int(c.getinfo(pycurl.RESPONSE_CODE) or 0)
         t.error = error
         t.curl_errno = errno
+        t.request_bytes = int(c.getinfo(pycurl.REQUEST_SIZE) or 0)
         if not error:
             _parse(t)
         return t

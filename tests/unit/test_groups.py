@@ -127,9 +127,9 @@ def test_rendezvous_moves_only_the_keys_of_a_member_that_is_gone() -> None:
 # -- failures -----------------------------------------------------------------------------
 
 
-def transfer(error: str = "", code: int = 0, errno: int = 0) -> tp.Transfer:
+def transfer(error: str = "", code: int = 0, errno: int = 0, sent: int = 300) -> tp.Transfer:
     t = tp.Transfer(Peer("p", URLS[0]), "send", [], [])
-    t.error, t.code, t.curl_errno = error, code, errno
+    t.error, t.code, t.curl_errno, t.request_bytes = error, code, errno, sent
     t.close()
     return t
 
@@ -144,6 +144,7 @@ def transfer(error: str = "", code: int = 0, errno: int = 0) -> tp.Transfer:
         (transfer("HTTP 401: token", code=401), False),
         (transfer("", code=200), False),  # per-message retry answers
         (transfer("timed out", errno=pycurl.E_OPERATION_TIMEDOUT), True),
+        (transfer("connect timed out", errno=pycurl.E_OPERATION_TIMEDOUT, sent=0), False),
         (transfer("reset", errno=pycurl.E_RECV_ERROR), True),
         (transfer("empty reply", errno=pycurl.E_GOT_NOTHING), True),
         (transfer("HTTP 500: oops", code=500), True),
