@@ -38,8 +38,6 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-import pycurl
-
 from . import message as m
 from . import retry
 from . import transport as tp
@@ -52,26 +50,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# libcurl's failures that leave nothing stored for sure: no connection was made
-NOT_CONNECTED = frozenset(
-    {pycurl.E_COULDNT_RESOLVE_PROXY, pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT}
-)
 SCAN_MAX = 5000  # group queue names looked at per fill (a spread group's keys for others)
 
 
 def ambiguous(t: tp.Transfer) -> bool:
     """Tell whether a failed upload may have stored some of its messages at the peer.
 
-    Not: no connection (resolve, connect), not one byte of the request sent (a
-    connect timeout), failed before it started, an HTTP answer but 200 and 500
-    (dropr.7: every other answer stores nothing), or per-message retry answers in a
-    200. Yes: a timeout or a connection cut once the request was on its way, 500,
-    an unreadable 200.
+    Not: libcurl failed before one byte of the request went out (no connection: host
+    not found, refused, a connect timeout), the transfer failed before it started,
+    an HTTP answer but 200 and 500 (dropr.7: every other answer stores nothing), or
+    per-message retry answers in a 200. Yes: any libcurl failure once bytes went out
+    (a timeout, a connection cut; even "could not connect": libcurl sends a request
+    again on a new connection when a kept-alive one dies without an answer, and the
+    dead one may have delivered it whole), 500, a 200 that cannot be read.
     """
     if not t.error:
         return False
     if t.curl_errno:
-        return t.curl_errno not in NOT_CONNECTED and t.request_bytes > 0
+        return t.request_bytes > 0
     return t.code in (200, 500)
 
 
