@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAYBE_STORED = frozenset({200, 500, 502, 504})  # HTTP answers after which a message may be stored
 SCAN_MAX = 5000  # group queue names looked at per fill (a spread group's keys for others)
 
 
@@ -58,17 +59,19 @@ def ambiguous(t: tp.Transfer) -> bool:
 
     Not: libcurl failed before one byte of the request went out (no connection: host
     not found, refused, a connect timeout), the transfer failed before it started,
-    an HTTP answer but 200 and 500 (dropr.7: every other answer stores nothing), or
-    per-message retry answers in a 200. Yes: any libcurl failure once bytes went out
-    (a timeout, a connection cut; even "could not connect": libcurl sends a request
-    again on a new connection when a kept-alive one dies without an answer, and the
-    dead one may have delivered it whole), 500, a 200 that cannot be read.
+    an HTTP answer of dropr-serve but 200 and 500 (dropr.7: every other answer
+    stores nothing), or per-message retry answers in a 200. Yes: any libcurl failure
+    once bytes went out (a timeout, a connection cut; even "could not connect":
+    libcurl sends a request again on a new connection when a kept-alive one dies
+    without an answer, and the dead one may have delivered it whole), 500, a 200
+    that cannot be read, and a proxy's 502 or 504 (it may have passed the request on
+    to a dropr-serve that stored it and died, or was slow).
     """
     if not t.error:
         return False
     if t.curl_errno:
         return t.request_bytes > 0
-    return t.code in (200, 500)
+    return t.code in MAYBE_STORED
 
 
 def rendezvous(key: int, members: list[PeerRun]) -> PeerRun:

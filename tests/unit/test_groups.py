@@ -151,6 +151,8 @@ def transfer(error: str = "", code: int = 0, errno: int = 0, sent: int = 300) ->
         (transfer("reset", errno=pycurl.E_RECV_ERROR), True),
         (transfer("empty reply", errno=pycurl.E_GOT_NOTHING), True),
         (transfer("HTTP 500: oops", code=500), True),
+        (transfer("HTTP 502: bad gateway", code=502), True),  # a proxy in front: it may have passed it on
+        (transfer("HTTP 504: gateway timeout", code=504), True),
         (transfer("malformed answer from peer", code=200), True),
     ],
 )
