@@ -301,3 +301,17 @@ def test_put_wait_and_requeue_cover_the_members(nodes: Nodes) -> None:
     assert p.stdout.decode().split() == [late]
     wait_until(lambda: late in where([m1, m2]), 30, "the requeued message stored")
     once_each([m1, m2], [ident, late])
+
+
+def test_send_peer_group_delivers_the_group_only(nodes: Nodes) -> None:
+    a = nodes("a")
+    m1, m2, other = members(nodes, 3)
+    quoted = f'"{m1.url}", "{m2.url}"'
+    a.config(f'[peers.g]\nurls = [{quoted}]\n[peers.other]\nurl = "{other.url}"\n[send]\n{FAST}')
+    ids = put_lines(a, 5)
+    a.run("dropr-put", "--lines", "--to", "other", input="x\ny\n", check=True)
+    p = a.run("dropr-send", "--once", "--peer", "g")
+    assert p.returncode == 0, p.stderr.decode()
+    once_each([m1, m2], ids)
+    assert stored(other) == []
+    assert len(listdir(a.spool / "out" / "other" / "queued")) == 2
