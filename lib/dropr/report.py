@@ -380,7 +380,10 @@ def prom(rows: list[dict[str, Any]], prs: list[dict[str, Any]], now: float | Non
         return f'box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"' + member(r)
 
     def member(r: dict[str, Any]) -> str:
-        return f',member="{r["member"]}"' if "member" in r else ""
+        if "member" not in r:
+            return ""
+        value = r["member"].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f',member="{value}"'
 
     metric("dropr_messages", "Messages in a spool state.", [(where(r), r["count"]) for r in rows])
     metric("dropr_bytes", "Payload bytes in a spool state.", [(where(r), r["bytes"]) for r in rows])
