@@ -76,7 +76,11 @@ def _failover_run(ctx: Ctx, root: Path) -> None:
         if not got:
             ctx.errors.append("failover: nothing stored at the second member within 30 s")
             return
-        print(f"  kill -9 of m1 after {_count(ready1)} stored there; first at m2 {el * 1000:.0f} ms later")
+        from dropr.config import member_name
+
+        pinned = _count(a_spool / "out" / member_name("g", m1.url) / "queued")
+        print(f"  kill -9 of m1 after {_count(ready1)} stored there; first at m2 {el * 1000:.0f} ms later;"
+              f" {pinned} pinned at m1 (in flight: retried there, or after failover_after)")  # fmt: skip
         ctx.figure("failover.time", f"kill to first stored at member 2 (limit {limit:g} s)", el, "s",
                    target=("<=", limit))  # fmt: skip
         ctx.figure("failover.ratio", "  as a share of send.backoff_min + 1 s", el / limit, percent=True,

@@ -66,6 +66,11 @@ def ambiguous(t: tp.Transfer) -> bool:
     without an answer, and the dead one may have delivered it whole), 500, a 200
     that cannot be read, and a proxy's 502 or 504 (it may have passed the request on
     to a dropr-serve that stored it and died, or was slow).
+
+    So uploads to members open a new connection each (transport.upload): libcurl
+    takes a kept-alive connection used less than a second ago for alive without a
+    look, and a batch sent on one whose server had died in between read as maybe
+    stored: pinned for failover_after after nearly every crash of a member.
     """
     if not t.error:
         return False

@@ -111,6 +111,9 @@ def upload(peer: Peer, items: list[tuple[str, str]], node: str, timeouts: Timeou
     """Prepare a batch upload of (id, path) pairs; add it to a Pool to run it."""
     t = Transfer(peer, "send", items, [])
     c = _setup(t, node, timeouts, wire.MESSAGES)
+    if peer.group is not None:  # a group member: "could not connect" must mean nothing was sent
+        c.setopt(pycurl.FRESH_CONNECT, 1)  # (groups.ambiguous): libcurl resends a request on a
+        # new connection when a kept-alive one, used < 1 s ago and not checked, is dead
     form = pycurl.CurlMime(c)  # pycurl keeps it with the handle, and frees it with it
     for ident, path in items:
         part = form.addpart()
