@@ -218,7 +218,7 @@ class GroupRun:
             return
         moved = self.spool.outbox.assign(self.name, member.peer.name, names)
         member.queue.extend(moved)
-        if self.spread and any(self.keys.get(n) is None for n in moved):
+        if self.spread and any(self.keys.get(n) is None for n in moved):  # some went by turn
             self.turn = (self.members.index(member) + 1) % len(self.members)
         for n in names:
             self.keys.pop(n, None)
@@ -239,11 +239,14 @@ class GroupRun:
             try:
                 deadline, _ = self.spool.peek(self.name, name)
             except FileNotFoundError:
+                self.keys.pop(name, None)
                 continue
             except (OSError, ValueError) as exc:
+                self.keys.pop(name, None)
                 q.set_aside(self.spool.path("out", self.name, QUEUED, name), exc)
                 continue
             if deadline and deadline < now:
+                self.keys.pop(name, None)
                 q.kill(name, retry.TTL_EXPIRED, retry.TTL_EXPIRED_LOG)
                 q.wake_waiters()
                 continue
