@@ -43,7 +43,7 @@ class Filter:
     def places(self, spool: Spool) -> Iterator[tuple[str, str, str]]:
         """Yield (box, name, state) folders that match (--peer GROUP: its members' too)."""
         if self.box in (None, "out") and self.channel is None:
-            for peer in spool.out_peers():
+            for peer in out_folders(spool):
                 if self.peer in (None, peer, group_of(peer)):
                     for st in OUT_STATES:
                         if self.state in (None, st):
@@ -106,6 +106,20 @@ def _report_strays(folder: str, count: int) -> None:
     )
 
 
+def out_folders(spool: Spool) -> list[str]:
+    """Return the outbox folders by name, a group's members after it in config order."""
+
+    def key(folder: str) -> tuple[str, int, str]:
+        group = group_of(folder)
+        peer = spool.config.peers.get(group or "")
+        if group is None or peer is None:
+            return folder, -1, ""
+        names = [p.name for p in peer.members]
+        return group, names.index(folder) if folder in names else len(names), folder
+
+    return sorted(spool.out_peers(), key=key)
+
+
 def member_of(spool: Spool, folder: str, folders: list[str]) -> tuple[str, str | None]:
     """Return (the name dropr-ls shows, member) for an outbox folder: a group member's
     folder shows as its group with the member's url; the group's own queue as the group
@@ -152,7 +166,7 @@ def peers(spool: Spool, flt: Filter, rows: list[dict[str, Any]] | None = None) -
     out: list[dict[str, Any]] = []
     if flt.box not in (None, "out") or flt.channel is not None:
         return out
-    folders = spool.out_peers()
+    folders = out_folders(spool)
     for peer in folders:
         if flt.peer not in (None, peer, group_of(peer)):
             continue
@@ -321,11 +335,11 @@ def table(rows: list[list[str]]) -> str:
 
 def summary_text(rows: list[dict[str, Any]], prs: list[dict[str, Any]]) -> str:
     """Render the summary table and, when there are peers, their health; a MEMBER column
-    when there is a peer group (its queue's member shows as "-")."""
+    when there is a peer group (its queue's member shows as "-", other peers' blank)."""
     grouped = any("member" in r for r in (*rows, *prs))
 
-    def member(r: dict[str, Any]) -> list[str]:
-        return [r.get("member") or "-"] if grouped else []
+    def member(r: dict[str, Any]) -> list[str]:  # blank: no group; "-": the group's queue
+        return [(r["member"] or "-") if "member" in r else ""] if grouped else []
 
     out = table(
         [["BOX", "NAME", *(["MEMBER"] if grouped else []), "STATE", "COUNT", "BYTES", "OLDEST"]]

@@ -284,7 +284,9 @@ class Sender:
         """One pass over everything due, then status polling; 0 if nothing is left due, else 75."""
         self.refresh_peers()
         if self.opts.progress:  # the bar's total: a listing of every queue, only for the bar
-            self.total = sum(len(os.listdir(self.spool.path("out", n, QUEUED))) for n in self.runs)
+            self.total = sum(
+                len(os.listdir(self.spool.path("out", n, QUEUED))) for n in (*self.runs, *self.groups)
+            )
         while not self.stopping:
             self.start_sends()
             if not len(self.pool):
