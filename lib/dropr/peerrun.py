@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from .config import Peer
     from .groups import GroupRun
     from .spool import Spool
+    from .transport import Transfer
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,11 @@ class PeerRun:
             self.spool.set_peer_state(self.peer.name, st)
         self.until = 0.0
         self.failing_since = 0.0
+
+    def came_back(self, t: Transfer, failed: list[str]) -> None:
+        """A batch came back, failed names to retry (recorded): a group member's group acts on them."""
+        if self.group is not None:
+            self.group.batch_back(self, t, failed)
 
     def batch_failed(self, reason: str) -> None:
         """A batch came back failed: back the peer off (peer.json) and log it."""

@@ -147,9 +147,7 @@ class Sender:
 
     def _sent(self, t: tp.Transfer) -> None:
         run = self.runs[t.peer.name]
-        failed = self._sent_run(run, t)
-        if run.group is not None:
-            run.group.batch_back(run, t, failed)
+        run.came_back(t, self._sent_run(run, t))
 
     def _sent_run(self, run: PeerRun, t: tp.Transfer) -> list[str]:
         """Take in a batch that came back; return the names to retry."""
@@ -263,22 +261,7 @@ class Sender:
                     self._polled(t)
             finally:
                 t.close()
-        self._show_progress()
-
-    def _show_progress(self, final: bool = False) -> None:
-        if not self.opts.progress:
-            return
-        now = time.monotonic()
-        if not final and now - self._last_progress < 0.2:
-            return
-        self._last_progress = now
-        width = 30
-        frac = self.delivered / self.total if self.total else 1.0
-        bar = "#" * int(width * min(frac, 1.0))
-        sys.stderr.write(f"\rdropr-send: [{bar:<{width}}] {self.delivered}/{self.total} sent")
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        show_progress(self)
 
     def run_once(self) -> int:
         """One pass over everything due, then status polling; 0 if nothing is left due, else 75."""
@@ -296,7 +279,7 @@ class Sender:
                 break
         while len(self.pool):
             self.drive(0.5)
-        self._show_progress(final=True)
+        show_progress(self, final=True)
         self._poll_once()
         fetched = self.fetches.run_once()
         self.spool.purge()
@@ -377,6 +360,23 @@ class Sender:
                 sleep = 0
         sleep = min([sleep, *(g.sleep_for(wall) for g in self.groups.values())])
         return max(0.0, self.fetches.sleep_for(sleep))
+
+
+def show_progress(sender: Sender, final: bool = False) -> None:
+    """Draw dropr-send --once's progress bar on stderr (at most every 0.2 s but the last)."""
+    if not sender.opts.progress:
+        return
+    now = time.monotonic()
+    if not final and now - sender._last_progress < 0.2:
+        return
+    sender._last_progress = now
+    width = 30
+    frac = sender.delivered / sender.total if sender.total else 1.0
+    bar = "#" * int(width * min(frac, 1.0))
+    sys.stderr.write(f"\rdropr-send: [{bar:<{width}}] {sender.delivered}/{sender.total} sent")
+    if final:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
 
 
 def check_peers(spool: Spool, names: list[str], once: bool) -> None:
