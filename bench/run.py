@@ -504,6 +504,7 @@ def ls_million(ctx: Ctx) -> None:
 
 import checksums  # noqa: E402, F401  (#18: the inbox's checksums, dropr-ls --verify)
 import delivery  # noqa: E402, F401  (#3, #4: transfer, big file, latency, consume, pipeline)
+import failover  # noqa: E402, F401  (#15: a peer group's failover)
 import fetching  # noqa: E402, F401  (#15: fetch against push)
 import serve_metrics  # noqa: E402, F401  (#18: what counting for /metrics costs a request)
 

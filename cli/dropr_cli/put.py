@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from dropr.put import PutOptions
 
 PROG = "dropr-put"
-_VALUED = frozenset({"--channel", "--priority", "--ttl", "--id", "--file", "--timeout"})
+_VALUED = frozenset({"--channel", "--priority", "--ttl", "--id", "--file", "--timeout", "--key"})
 _FLAGS = frozenset({"--lines", "--null", "--wait"})
 
 
@@ -60,7 +60,7 @@ def _options_from(o: dict[str, Any]) -> PutOptions:
     return put.PutOptions(
         to=o["to"], channel=o.get("--channel", "default"), priority=priority,
         ttl=duration_option(o, "--ttl", 0), ident=o.get("--id"), file=o.get("--file"), split=split,
-        wait=bool(o.get("wait")), timeout=optional_duration(o, "--timeout"),
+        wait=bool(o.get("wait")), timeout=optional_duration(o, "--timeout"), key=o.get("--key"),
     )  # fmt: skip
 
 
@@ -92,13 +92,14 @@ def command() -> Any:
           tail -F app.log | dropr-put --lines --to http://logs.example.net:8080/
           dropr-put --to db1 --id order-4711 --priority 0 < order.json
           dropr-put --to db1 --wait --timeout 30s < job.json
+          dropr-put --to shards --key customer-17 < order.json
         """
         from dropr.put import PutOptions, split_for
 
         opts = PutOptions(to=list(kw["to"]), channel=kw["channel"], priority=kw["priority"],
                           ttl=kw["ttl"] or 0, ident=kw["ident"], file=kw["file"],
                           split=split_for(kw["lines"], kw["null"]), wait=kw["wait"],
-                          timeout=kw["timeout"])  # fmt: skip
+                          timeout=kw["timeout"], key=kw["key"])  # fmt: skip
         return _start(common_options(kw), opts)
 
     return cmd
@@ -125,6 +126,9 @@ def _options() -> list[Any]:
                      help="Read the payload from FILE (streamed, any size) instead of stdin."),
         click.option("--lines", is_flag=True, help="Every line of stdin is one message (newline stripped)."),
         click.option("--null", is_flag=True, help="Every NUL-terminated record of stdin is one message."),
+        click.option("--key", metavar="KEY",
+                     help="Keep the messages of one KEY on one member of a spread group while it "
+                     "is up (per-key order)."),
         click.option("--wait", is_flag=True,
                      help="Block until every destination processed the message (0), it died (1) "
                      "or --timeout (75)."),

@@ -52,7 +52,9 @@ from .message import now_us, split_out_name
 
 if TYPE_CHECKING:
     from .config import Peer
+    from .groups import GroupRun
     from .spool import Spool
+    from .transport import Transfer
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,10 @@ class PeerRun:
         self.poll_gap = POLL_MIN
         self.poll_after = ""  # the last sent name of a full status poll: the next one goes on from it
         # this sender is the only writer of peer.json: its backoff end is read once
-        self.until = 0.0 if now else _number(spool.peer_state(peer.name).get("until"))
+        st = spool.peer_state(peer.name)
+        self.until = 0.0 if now else _number(st.get("until"))
+        self.failing_since = _number(st.get("failing_since"))  # 0: its last attempt went well
+        self.group: GroupRun | None = None  # of a group member: its group's run (groups.py)
         self.send = BACKOFF if self.until > time.time() else IDLE
         self.poll = QUIET
 
@@ -133,22 +138,43 @@ class PeerRun:
 
     def batch_ok(self) -> None:
         """A batch came back without a failure: record the peer as fine in peer.json."""
+        self.record_ok()
+        self.fire(OK)
+
+    def record_ok(self) -> None:
+        """Record the peer as fine in peer.json (a batch, or a group member's probe, went well)."""
         st = self.spool.peer_state(self.peer.name)
         if st.get("failures") or st.get("until") or time.time() - _number(st.get("last_ok")) > 1:
             st.update(failures=0, until=0, last_ok=time.time())
+            st.pop("failing_since", None)
             self.spool.set_peer_state(self.peer.name, st)
-        self.fire(OK)
+        self.until = 0.0
+        self.failing_since = 0.0
+
+    def came_back(self, t: Transfer, failed: list[str]) -> None:
+        """A batch came back, failed names to retry (recorded): a group member's group acts on them."""
+        if self.group is not None:
+            self.group.batch_back(self, t, failed)
 
     def batch_failed(self, reason: str) -> None:
         """A batch came back failed: back the peer off (peer.json) and log it."""
+        self.back_off(reason)
+        self.fire(FAIL)
+
+    def back_off(self, reason: str) -> None:
+        """Back the peer off in peer.json (failing_since: its first failure since it was
+        fine) and log it."""
         cfg = self.spool.config
         st = self.spool.peer_state(self.peer.name)
         failures = _count(st.get("failures")) + 1
         delay = retry.backoff(failures - 1, cfg.backoff_min, cfg.backoff_max, jitter=BACKOFF_JITTER)
-        st.update(failures=failures, until=time.time() + delay, last_error=reason, last_error_at=time.time())
+        now = time.time()
+        st.update(failures=failures, until=now + delay, last_error=reason, last_error_at=now)
+        if failures == 1 or not _number(st.get("failing_since")):
+            st["failing_since"] = now
         self.spool.set_peer_state(self.peer.name, st)
         self.until = st["until"]
-        self.fire(FAIL)
+        self.failing_since = st["failing_since"]
         log.warning("deferred peer=%s reason=%s retry_in=%.1fs", self.peer.name, reason, delay)
 
     # -- the outbox's transitions: every spool call that moves a message --------

@@ -8,6 +8,7 @@ import time
 
 from .config import Config, Peer, check_priority
 from .errors import DataError, NoInputError, TempFailError, UsageError
+from .message import key_hash
 from .spool import Spool
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
@@ -20,12 +21,13 @@ if TYPE_CHECKING:
 GROUP_WINDOW = 0.05  # a line waits at most this long before its commit starts
 GROUP_MAX = 20000  # and at most this many lines share one commit
 READ_SIZE = 1 << 16
+MAX_KEY = 256  # characters of a --key
 
 
 class PutOptions:
     """What dropr-put was asked to do."""
 
-    __slots__ = ("to", "channel", "priority", "ttl", "ident", "file", "split", "wait", "timeout")
+    __slots__ = ("to", "channel", "priority", "ttl", "ident", "file", "split", "wait", "timeout", "key")
 
     def __init__(
         self,
@@ -39,6 +41,7 @@ class PutOptions:
         split: bytes | None = None,
         wait: bool = False,
         timeout: float | None = None,
+        key: str | None = None,
     ) -> None:
         self.to = to
         self.channel = channel
@@ -49,6 +52,7 @@ class PutOptions:
         self.split = split
         self.wait = wait
         self.timeout = timeout
+        self.key = key  # a spread group keeps the messages of one key on one member
 
     def check(self) -> None:
         """Reject what is wrong with the options alone, before any spool is touched."""
@@ -70,6 +74,19 @@ class PutOptions:
                 check_id(self.ident)
             except ValueError as exc:
                 raise DataError(f"bad id {self.ident!r}: {exc}") from None
+        if self.key is not None and not (0 < len(self.key) <= MAX_KEY and _plain(self.key)):
+            raise DataError(
+                f"bad --key {self.key[:40]!r}: give 1 to {MAX_KEY} characters of UTF-8, no NUL or line break"
+            )
+
+
+def _plain(text: str) -> bool:
+    """Tell whether text is UTF-8 encodable and free of NUL and line breaks."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: bytes of the command line that are no UTF-8
+        return False
+    return not any(c in text for c in "\0\r\n")
 
 
 def split_for(lines: bool, null: bool) -> bytes | None:
@@ -118,7 +135,8 @@ def run(
         peers = resolve(spool.config, opts.to)
     fd = -1 if opts.file is None else _open_input(opts.file)  # before the outbox of a new peer
     try:
-        batch = spool.batch(peers, channel=opts.channel, priority=opts.priority, ttl=opts.ttl)
+        key = None if opts.key is None else key_hash(opts.key)
+        batch = spool.batch(peers, channel=opts.channel, priority=opts.priority, ttl=opts.ttl, key=key)
         limit = spool.config.max_message_size
         _check_quota(spool)
         if opts.split is not None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from . import message as m
+from .config import group_of
 from .spool import IN_STATES, OUT_STATES, STRAY_WHY, Spool, stray_test
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,10 @@ class Filter:
         self.state = state
 
     def places(self, spool: Spool) -> Iterator[tuple[str, str, str]]:
-        """Yield (box, name, state) folders that match."""
+        """Yield (box, name, state) folders that match (--peer GROUP: its members' too)."""
         if self.box in (None, "out") and self.channel is None:
-            for peer in spool.out_peers():
-                if self.peer in (None, peer):
+            for peer in out_folders(spool):
+                if self.peer in (None, peer, group_of(peer)):
                     for st in OUT_STATES:
                         if self.state in (None, st):
                             yield "out", peer, st
@@ -105,25 +106,52 @@ def _report_strays(folder: str, count: int) -> None:
     )
 
 
+def out_folders(spool: Spool) -> list[str]:
+    """Return the outbox folders by name, a group's members after it in config order."""
+
+    def key(folder: str) -> tuple[str, int, str]:
+        group = group_of(folder)
+        peer = spool.config.peers.get(group or "")
+        if group is None or peer is None:
+            return folder, -1, ""
+        names = [p.name for p in peer.members]
+        return group, names.index(folder) if folder in names else len(names), folder
+
+    return sorted(spool.out_peers(), key=key)
+
+
+def member_of(spool: Spool, folder: str, folders: list[str]) -> tuple[str, str | None]:
+    """Return (the name dropr-ls shows, member) for an outbox folder: a group member's
+    folder shows as its group with the member's url; the group's own queue as the group
+    with member ""; any other peer as itself with no member (None)."""
+    group = group_of(folder)
+    if group is not None:
+        try:
+            return group, spool.peer_url(folder)
+        except OSError:
+            return group, folder
+    if any(group_of(f) == folder for f in folders):
+        return folder, ""
+    return folder, None
+
+
 def summary(spool: Spool, flt: Filter) -> list[dict[str, Any]]:
-    """Return one row per (box, name, state) with count, bytes and oldest arrival (epoch s)."""
+    """Return one row per (box, name, state) with count, bytes and oldest arrival (epoch s);
+    a peer group's rows carry "member" (member_of)."""
     rows = []
+    folders = spool.out_peers() if flt.box != "in" else []
     for box, name, state in flt.places(spool):
         folder = spool.path(box, name, state)
         count, size, oldest, strays = _scan(folder, box)
         if strays:
             _report_strays(folder, strays)
         if count or flt.state or state in ("queued", "ready"):
-            rows.append(
-                {
-                    "box": box,
-                    "name": name,
-                    "state": state,
-                    "count": count,
-                    "bytes": size,
-                    "oldest": int(oldest, 16) / 1e6 if oldest else None,
-                }
-            )
+            shown, member = member_of(spool, name, folders) if box == "out" else (name, None)
+            row = {"box": box, "name": shown, "state": state, "count": count, "bytes": size}
+            row["oldest"] = int(oldest, 16) / 1e6 if oldest else None
+            if member is not None:
+                row["member"] = member
+            rows.append(row)
     return rows
 
 
@@ -132,15 +160,19 @@ def peers(spool: Spool, flt: Filter, rows: list[dict[str, Any]] | None = None) -
 
     Pass the summary's rows to reuse its scans of queued/ (each one a stat per file).
     """
-    queued = {r["name"]: r for r in rows or () if r["box"] == "out" and r["state"] == "queued"}
+    queued = {
+        (r["name"], r.get("member")): r for r in rows or () if r["box"] == "out" and r["state"] == "queued"
+    }
     out: list[dict[str, Any]] = []
     if flt.box not in (None, "out") or flt.channel is not None:
         return out
-    for peer in spool.out_peers():
-        if flt.peer not in (None, peer):
+    folders = out_folders(spool)
+    for peer in folders:
+        if flt.peer not in (None, peer, group_of(peer)):
             continue
-        if peer in queued:
-            row = queued[peer]
+        shown, member = member_of(spool, peer, folders)
+        if (shown, member) in queued:
+            row = queued[shown, member]
             count, size, oldest_s = row["count"], row["bytes"], row["oldest"]
         else:
             count, size, oldest, _ = _scan(spool.path("out", peer, "queued"), "out")
@@ -150,19 +182,13 @@ def peers(spool: Spool, flt: Filter, rows: list[dict[str, Any]] | None = None) -
             url = spool.peer_url(peer)
         except OSError:
             url = ""
-        out.append(
-            {
-                "peer": peer,
-                "url": url,
-                "backlog": count,
-                "bytes": size,
-                "oldest": oldest_s,
-                "last_ok": st.get("last_ok") or None,  # 0: never (not the epoch)
-                "last_error": st.get("last_error"),
-                "last_error_at": st.get("last_error_at"),
-                "backoff_until": st.get("until"),
-            }
-        )
+        row = {"peer": shown, "url": url, "backlog": count, "bytes": size, "oldest": oldest_s}
+        row.update(last_ok=st.get("last_ok") or None)  # 0: never (not the epoch)
+        row.update(last_error=st.get("last_error"), last_error_at=st.get("last_error_at"))
+        row.update(backoff_until=st.get("until"))
+        if member is not None:
+            row["member"] = member
+        out.append(row)
     return out
 
 
@@ -308,20 +334,28 @@ def table(rows: list[list[str]]) -> str:
 
 
 def summary_text(rows: list[dict[str, Any]], prs: list[dict[str, Any]]) -> str:
-    """Render the summary table and, when there are peers, their health."""
+    """Render the summary table and, when there are peers, their health; a MEMBER column
+    when there is a peer group (its queue's member shows as "-", other peers' blank)."""
+    grouped = any("member" in r for r in (*rows, *prs))
+
+    def member(r: dict[str, Any]) -> list[str]:  # blank: no group; "-": the group's queue
+        return [(r["member"] or "-") if "member" in r else ""] if grouped else []
+
     out = table(
-        [["BOX", "NAME", "STATE", "COUNT", "BYTES", "OLDEST"]]
+        [["BOX", "NAME", *(["MEMBER"] if grouped else []), "STATE", "COUNT", "BYTES", "OLDEST"]]
         + [
-            [r["box"], r["name"], r["state"], str(r["count"]), human_bytes(r["bytes"]), age(r["oldest"])]
+            [r["box"], r["name"], *member(r), r["state"], str(r["count"]), human_bytes(r["bytes"])]
+            + [age(r["oldest"])]
             for r in rows
         ]
     )
     if prs:
         out += "\n" + table(
-            [["PEER", "BACKLOG", "OLDEST", "LAST-OK", "LAST-ERROR"]]
+            [["PEER", *(["MEMBER"] if grouped else []), "BACKLOG", "OLDEST", "LAST-OK", "LAST-ERROR"]]
             + [
                 [
                     p["peer"],
+                    *member(p),
                     str(p["backlog"]),
                     age(p["oldest"]),
                     f"{age(p['last_ok'])} ago" if p["last_ok"] else "never",
@@ -357,7 +391,13 @@ def prom(rows: list[dict[str, Any]], prs: list[dict[str, Any]], now: float | Non
         lines.extend(f"{name}{{{labels}}} {value}" for labels, value in samples)
 
     def where(r: dict[str, Any]) -> str:
-        return f'box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"'
+        return f'box="{r["box"]}",name="{r["name"]}",state="{r["state"]}"' + member(r)
+
+    def member(r: dict[str, Any]) -> str:
+        if "member" not in r:
+            return ""
+        value = r["member"].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f',member="{value}"'
 
     metric("dropr_messages", "Messages in a spool state.", [(where(r), r["count"]) for r in rows])
     metric("dropr_bytes", "Payload bytes in a spool state.", [(where(r), r["bytes"]) for r in rows])
@@ -369,14 +409,14 @@ def prom(rows: list[dict[str, Any]], prs: list[dict[str, Any]], now: float | Non
     metric(
         "dropr_peer_last_success_timestamp_seconds",
         "Last successful delivery to a peer.",
-        [(f'peer="{p["peer"]}"', p["last_ok"]) for p in prs if p["last_ok"]],  # none: never
+        [(f'peer="{p["peer"]}"' + member(p), p["last_ok"]) for p in prs if p["last_ok"]],  # none: never
     )
     metric(
         "dropr_peer_failing",
         "Whether the last attempt to a peer failed.",
         [
             (
-                f'peer="{p["peer"]}"',
+                f'peer="{p["peer"]}"' + member(p),
                 1 if p["last_error"] and (p["last_error_at"] or 0) > (p["last_ok"] or 0) else 0,
             )
             for p in prs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .config import group_of
 from .errors import EX_NOTFOUND, EX_OK, NotFoundError
 from .message import parse_in_name
 from .spool.wake import FETCH_PREFIX
@@ -112,7 +113,7 @@ def _outbox(spool: Spool, ids: Iterable[str] | None, peer: str | None, report: _
     if peer is not None:
         if peer not in peers:
             raise NotFoundError(f"no peer {peer!r} in the outbox of {spool.root}")
-        peers = [peer]
+        peers = [p for p in peers if p == peer or group_of(p) == peer]  # a group: its members too
     outbox = spool.outbox
     moved = False
     if ids is None:

@@ -17,8 +17,9 @@ from typing import Any
 from . import message as m
 from . import retry
 from . import transport as tp
-from .config import Peer, is_url
+from .config import Peer, group_of, is_url
 from .errors import EX_OK, EX_TEMPFAIL, LockedError, UnavailableError, UsageError
+from .groups import GroupRun, track
 from .peerrun import ASK, DEFERRED, ERROR, NEWS, NO_NEWS, QUEUED, ROUND_OVER, SENT, SENT_DIR, START, PeerRun
 from .protocol import DEAD, DUPLICATE, PROCESSED, REFUSED, RETRY, STORED, UNKNOWN
 from .spool import PURGE_CHECK, Spool
@@ -74,6 +75,7 @@ class Sender:
         self.timeouts = tp.Timeouts(connect=self.cfg.connect_timeout, total=self.cfg.timeout)
         self.pool = tp.Pool()
         self.runs: dict[str, PeerRun] = {}
+        self.groups: dict[str, GroupRun] = {}  # peer groups: their queues; members are in runs
         self.delivered = 0
         self.stopping = False
         self.total = 0
@@ -96,9 +98,9 @@ class Sender:
     def refresh_peers(self) -> None:
         """Start tracking every peer with an outbox folder (of --peer, if given)."""
         for name in self.spool.out_peers():
-            if self.opts.peers and name not in self.opts.peers:
+            if self.opts.peers and name not in self.opts.peers and group_of(name) not in self.opts.peers:
                 continue
-            if name in self.runs:
+            if name in self.runs or name in self.groups or track(self, name):
                 continue
             try:
                 peer = self._peer(name)
@@ -117,6 +119,8 @@ class Sender:
     def start_sends(self) -> None:
         """Start batches to every peer that may take one, within the pool's limits."""
         wall = time.time()
+        for g in self.groups.values():
+            g.tick(self.pool, self.spool.node, self.timeouts, wall)
         for run in self.runs.values():
             if self._pushing() >= self.opts.concurrency or self.stopping:
                 return
@@ -131,6 +135,8 @@ class Sender:
                     room = min(room, self.opts.max_messages - self.delivered - self._inflight())
                     if room <= 0:
                         return
+                if run.group is not None:
+                    run.group.fill(run, room, wall)
                 items = run.next_batch(room, self.opts.batch_bytes)
                 if not items:
                     break
@@ -141,6 +147,10 @@ class Sender:
 
     def _sent(self, t: tp.Transfer) -> None:
         run = self.runs[t.peer.name]
+        run.came_back(t, self._sent_run(run, t))
+
+    def _sent_run(self, run: PeerRun, t: tp.Transfer) -> list[str]:
+        """Take in a batch that came back; return the names to retry."""
         names = {m.split_out_name(n)[1]: n for n in t.tag}
         run.inflight.difference_update(t.tag)
         if t.error:
@@ -148,7 +158,7 @@ class Sender:
             if self.cfg.max_attempts:
                 for name in names.values():
                     run.note_failure(name, t.error)
-            return
+            return list(t.tag)
         ok, again = self._sort_answers(run, t, names)
         run.mark_sent(ok)
         self.delivered += len(ok)
@@ -159,6 +169,7 @@ class Sender:
             run.batch_failed(again[0][1] or retry.PEER_RETRY)
         else:
             run.batch_ok()
+        return [n for n, _ in again]
 
     def _sort_answers(
         self, run: PeerRun, t: tp.Transfer, names: dict[str, str]
@@ -244,32 +255,21 @@ class Sender:
                     self._sent(t)
                 elif t.kind == "fetch":
                     self.fetches.finished(t)
+                elif t.kind == "health":
+                    t.tag.group.probed(t)
                 else:
                     self._polled(t)
             finally:
                 t.close()
-        self._show_progress()
-
-    def _show_progress(self, final: bool = False) -> None:
-        if not self.opts.progress:
-            return
-        now = time.monotonic()
-        if not final and now - self._last_progress < 0.2:
-            return
-        self._last_progress = now
-        width = 30
-        frac = self.delivered / self.total if self.total else 1.0
-        bar = "#" * int(width * min(frac, 1.0))
-        sys.stderr.write(f"\rdropr-send: [{bar:<{width}}] {self.delivered}/{self.total} sent")
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        show_progress(self)
 
     def run_once(self) -> int:
         """One pass over everything due, then status polling; 0 if nothing is left due, else 75."""
         self.refresh_peers()
         if self.opts.progress:  # the bar's total: a listing of every queue, only for the bar
-            self.total = sum(len(os.listdir(self.spool.path("out", n, QUEUED))) for n in self.runs)
+            self.total = sum(
+                len(os.listdir(self.spool.path("out", n, QUEUED))) for n in (*self.runs, *self.groups)
+            )
         while not self.stopping:
             self.start_sends()
             if not len(self.pool):
@@ -279,11 +279,11 @@ class Sender:
                 break
         while len(self.pool):
             self.drive(0.5)
-        self._show_progress(final=True)
+        show_progress(self, final=True)
         self._poll_once()
         fetched = self.fetches.run_once()
         self.spool.purge()
-        left = [r.peer.name for r in self.runs.values() if self.spool.out_any(r.peer.name, QUEUED)]
+        left = [n for n in (*self.runs, *self.groups) if self.spool.out_any(n, QUEUED)]
         if left and not (self.opts.max_messages and self.delivered >= self.opts.max_messages):
             log.info("deferred peers=%s", ",".join(left))
             return EX_TEMPFAIL
@@ -358,7 +358,25 @@ class Sender:
                     sleep = min(sleep, run.expire_at - now)
             elif run.queue:
                 sleep = 0
+        sleep = min([sleep, *(g.sleep_for(wall) for g in self.groups.values())])
         return max(0.0, self.fetches.sleep_for(sleep))
+
+
+def show_progress(sender: Sender, final: bool = False) -> None:
+    """Draw dropr-send --once's progress bar on stderr (at most every 0.2 s but the last)."""
+    if not sender.opts.progress:
+        return
+    now = time.monotonic()
+    if not final and now - sender._last_progress < 0.2:
+        return
+    sender._last_progress = now
+    width = 30
+    frac = sender.delivered / sender.total if sender.total else 1.0
+    bar = "#" * int(width * min(frac, 1.0))
+    sys.stderr.write(f"\rdropr-send: [{bar:<{width}}] {sender.delivered}/{sender.total} sent")
+    if final:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
 
 
 def check_peers(spool: Spool, names: list[str], once: bool) -> None:

@@ -43,13 +43,15 @@ class Transfer:
 
     def __init__(self, peer: Peer, kind: str, items: list[tuple[str, str]], ids: list[str]) -> None:
         self.peer = peer
-        self.kind = kind  # "send", "status" or "fetch"
+        self.kind = kind  # "send", "status", "fetch" or "health" (a group member's probe)
         self.items = items  # (id, path) for send
         self.ids = ids  # for status
         self.curl = pycurl.Curl()
         self.body = BytesIO()
         self.error = ""
         self.code = 0
+        self.curl_errno = 0  # libcurl's error number of a failed transfer (groups.ambiguous)
+        self.request_bytes = 0  # bytes of request libcurl sent: 0, nothing can have been stored
         self.results: dict[str, tuple[str, str]] = {}
         self.tag: Any = None
 
@@ -109,6 +111,9 @@ def upload(peer: Peer, items: list[tuple[str, str]], node: str, timeouts: Timeou
     """Prepare a batch upload of (id, path) pairs; add it to a Pool to run it."""
     t = Transfer(peer, "send", items, [])
     c = _setup(t, node, timeouts, wire.MESSAGES)
+    if peer.group is not None:  # a group member: "could not connect" must mean nothing was sent
+        c.setopt(pycurl.FRESH_CONNECT, 1)  # (groups.ambiguous): libcurl resends a request on a
+        # new connection when a kept-alive one, used < 1 s ago and not checked, is dead
     form = pycurl.CurlMime(c)  # pycurl keeps it with the handle, and frees it with it
     for ident, path in items:
         part = form.addpart()
@@ -164,6 +169,13 @@ def fetch(
     c.setopt(pycurl.WRITEFUNCTION, write)
     c.setopt(pycurl.POSTFIELDS, body)
     c.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeouts.low_speed_time + hold)))  # a held fetch is quiet
+    return t
+
+
+def health(peer: Peer, node: str, timeouts: Timeouts) -> Transfer:
+    """Prepare a GET v1/health probe of a peer (a group member whose backoff is over)."""
+    t = Transfer(peer, "health", [], [])
+    _setup(t, node, timeouts, wire.HEALTH)
     return t
 
 
@@ -225,17 +237,19 @@ class Pool:
             _, ok, failed = self.multi.info_read()
             for c in ok:
                 finished.append(self._finish(c, ""))
-            for c, _errno, msg in failed:
-                finished.append(self._finish(c, msg or f"curl error {_errno}"))
+            for c, errno, msg in failed:
+                finished.append(self._finish(c, msg or f"curl error {errno}", errno))
             if not ok and not failed:
                 break
         return finished
 
-    def _finish(self, c: pycurl.Curl, error: str) -> Transfer:
+    def _finish(self, c: pycurl.Curl, error: str, errno: int = 0) -> Transfer:
         t = self.running.pop(id(c))
         self.multi.remove_handle(c)
         t.code = int(c.getinfo(pycurl.RESPONSE_CODE) or 0)
         t.error = error
+        t.curl_errno = errno
+        t.request_bytes = int(c.getinfo(pycurl.REQUEST_SIZE) or 0)
         if not error:
             _parse(t)
         return t
@@ -269,6 +283,8 @@ def _parse(t: Transfer) -> None:
         for r in results:
             if isinstance(r, dict) and isinstance(r.get(wire.ID), str):
                 t.results[r[wire.ID]] = (str(r.get(wire.STATUS_KEY, wire.RETRY)), str(r.get(wire.REASON, "")))
+    elif t.kind == "health":
+        pass  # any 200 answer: the member is up
     elif t.kind == "status" and isinstance(results, dict):
         for ident, r in results.items():
             if isinstance(r, dict):

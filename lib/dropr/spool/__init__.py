@@ -12,6 +12,11 @@ rename and link could not be atomic)::
     out/<peer>/<state>/<name>    state: queued sent processed dead; hard links of one file
     out/<peer>/meta/<id>         attempts and last error of one message (written on failure)
     out/<peer>/ttl               empty: a message with a TTL was put for the peer
+    out/<group>/queued/<name>    a peer group's queue: put, not yet given to a member
+    out/<group>+<crc>/...        one member of a group (config.member_name): a full outbox
+                                 folder; its queued/ holds what was given to it, its meta/ID
+                                 pinned_at (an ambiguous failure: retried there only), its
+                                 peer.json failing_since (groups.py)
     in/<channel>/<state>/<name>  state: ready wait claimed done dead
     in/<channel>/meta/<origin>,<id>  returns, failures, last error
     rcv/<origin>/<id>            every received id: a hard link of the message for a generated
@@ -68,6 +73,21 @@ store (in)   write rcv/O/ID (generated id: made  the receiver holds lock/rcv-O.l
                                                  drops rcv/ files no inbox state links,
                                                  untouched 36 h (an upload cut by a crash).
                                                  The sum is in F's inode, durable with sync 1.
+assign       link out/G/queued/N ->              between link and unlink: in both queues; the next
+(group)      out/M/queued/N; sync M's queued/;   sender's start (Outbox.settle) unlinks the
+             unlink G's; sync G's queued/        member's copy (nothing sent it: the member sends
+                                                 only once both folders are synced). A name in
+                                                 G's queued/ and in M's sent/ processed/ dead/
+                                                 (a lost unlink of G's): G's copy is unlinked.
+hand over    link out/G/sent/N -> out/M/sent/N   once, for a peer that became a group: its sent/
+(group)      (M: the member at G's url); sync   entries are polled at that member. Cut: in
+             both; unlink G's; sync both         both sent/; the next start unlinks G's copy.
+unassign     link out/M/queued/N ->              between link and unlink: in both queues; as
+(group)      out/G/queued/N; sync G's queued/;   assign, the member's copy is unlinked. Only
+             unlink M's; sync M's queued/        after a failure that stored nothing, or after
+                                                 send.failover_after (the message may then be
+                                                 stored at two members: at least once across a
+                                                 group, exactly once in each member's inbox).
 claim        utime(ready/N, lease end);          between: the file sits in ready with a future
              rename -> claimed/N; utime again;   mtime, which ready ignores; after: a lease that is
              (every claim of the call) sync      already set, so no sweeper can take it back early.
@@ -102,10 +122,11 @@ fetch        holder: answer queued/N as it is;   nothing is moved until the fetc
 ===========  ==================================  ==================================================
 
 Where each transition is: put PutBatch.commit; sent, processed, dead (out), requeue
-(out) Outbox.mark_sent, mark_processed, kill, requeue; store Inbox.store; claim to due
-and requeue (in) the table leases.ACTIONS; purge Retention.purge; corrupt Retention.move_corrupt
-(dropr-ls --verify, verify.py; strays and unreadable files, Retention.corrupt); fetch
-dropr.fetch (answer at the holder, Fetcher at the fetcher), with the moves above.
+(out), assign, unassign Outbox.mark_sent, mark_processed, kill, requeue, assign,
+unassign; store Inbox.store; claim to due and requeue (in) the table leases.ACTIONS; purge
+Retention.purge; corrupt Retention.move_corrupt (dropr-ls --verify, verify.py; strays and
+unreadable files, Retention.corrupt); fetch dropr.fetch (answer at the holder, Fetcher at
+the fetcher), with the moves above.
 
 Syncing: "sync" is fsync of each written file and each touched directory for a
 few messages, and one syncfs(2) of the spool's filesystem for the files of a batch
@@ -118,7 +139,8 @@ Modules, one per concern; the transitions above are named functions in them:
     _fs.py        the I/O seam: every create, write, sync, rename, link, unlink, mkdir,
                   symlink and utime of the spool (FS; TracingFS records and fails them)
     _layout.py    the folders, states and limits; listing state folders, telling strays
-    outbox.py     put (PutBatch), lookups; mark_sent, mark_processed, record_failure, kill, requeue
+    outbox.py     put (PutBatch), lookups; mark_sent, mark_processed, record_failure, kill, requeue,
+                  assign, unassign
     inbox.py      the one store path (open_part, store, unreceive), lookups, receipts
     leases.py     claim, ack, release, fail, reject, expire, due, requeue: a (state, event) table
     wake.py       wake-up sockets and every name they are bound under
@@ -333,10 +355,16 @@ class Spool:
             fs.fsync_dir(d)
 
     def batch(
-        self, peers: list[Peer], *, channel: str = "default", priority: int = 5, ttl: float = 0
+        self,
+        peers: list[Peer],
+        *,
+        channel: str = "default",
+        priority: int = 5,
+        ttl: float = 0,
+        key: int | None = None,
     ) -> PutBatch:
-        """Start a batch of messages to put durably in one commit."""
-        return PutBatch(self, peers, channel=channel, priority=priority, ttl=ttl)
+        """Start a batch of messages to put durably in one commit (key: header y=)."""
+        return PutBatch(self, peers, channel=channel, priority=priority, ttl=ttl, key=key)
 
 
 def group_id(group: str) -> int:

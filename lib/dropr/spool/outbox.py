@@ -6,6 +6,8 @@
     record_failure  meta/ID: attempts + 1, last error              a temporary failure
     kill            meta/ID, then queued/N or sent/N -> dead/N     given up, with a reason
     requeue         meta/ID (synced), then dead/N -> queued/N      dropr-ack --requeue --out
+    assign          out/G/queued/N -> out/M/queued/N               a group member takes it (groups.py)
+    unassign        out/M/queued/N -> out/G/queued/N               back to the group queue
 
 Each move of the sender is a link, then, once the new name is durable, an unlink (as
 ``FS.move``, in that order for a whole batch): only the sender moves those entries, and
@@ -274,23 +276,53 @@ class Outbox:
             pass  # no header to read: the sender moves the file aside as corrupt
         self.fs.write_json(f"{self.base}/{peer}/meta/{ident}", meta, sync=True)
 
+    def assign(self, group: str, member: str, names: Iterable[str], state: str = "queued") -> list[str]:
+        """Give queued entries of a group to one of its members (group queued/ -> member
+        queued/), their records along; return the names moved. Both folders are synced
+        before the member sends any: a crash leaves an entry in both queues, never in a
+        member's sent/ beside the group queue (settle keeps the group's copy). With
+        state "sent": hand a sent/ entry of the folder from before it was a group to the
+        member at its recorded url (settle keeps the member's copy)."""
+        src, dst = f"{self.base}/{group}/{state}", f"{self.base}/{member}/{state}"
+        moved = self._move_dirs(src, dst, names, True)
+        _carry(self, group, member, moved)
+        return moved
+
+    def unassign(self, member: str, group: str, names: Iterable[str]) -> list[str]:
+        """Take queued entries back from a group member into the group queue, their records
+        along without pinned_at (a pin is one member's); return the names moved."""
+        moved = self._move_dirs(f"{self.base}/{member}/queued", f"{self.base}/{group}/queued", names, True)
+        _carry(self, member, group, moved)
+        return moved
+
+    def settle(self, group: str, members: Iterable[str]) -> int:
+        """Finish the assigns and unassigns of a group a crash cut; return how many (settle)."""
+        return settle(self, group, members)
+
     def _move(self, peer: str, names: Iterable[str], src: str, dst: str) -> int:
-        """Link each name into dst, make dst durable, then unlink the names in src.
+        """Move names from one state of a peer to another (_move_dirs); return how many moved."""
+        base = f"{self.base}/{peer}"
+        return len(self._move_dirs(f"{base}/{src}", f"{base}/{dst}", names))
+
+    def _move_dirs(self, src: str, dst: str, names: Iterable[str], sync_src: bool = False) -> list[str]:
+        """Link each name into dst, make dst durable, then unlink the names in src (and
+        with sync_src make that durable too); return the names moved.
 
         The new names are durable before any old one goes: a power loss may keep an
         unlink and lose a link made before it in another folder, which left the entry
         in no state. An unlink that is lost brings the old name back beside the new
         one, which the next move of the entry completes (FS.move)."""
-        base = f"{self.base}/{peer}"
         linked = []
         for name in names:
-            if self._link(f"{base}/{src}/{name}", f"{base}/{dst}/{name}"):
+            if self._link(f"{src}/{name}", f"{dst}/{name}"):
                 linked.append(name)
         if linked:
-            self.fs.fsync_dir(f"{base}/{dst}")
+            self.fs.fsync_dir(dst)
         for name in linked:
-            self.fs.unlink_quiet(f"{base}/{src}/{name}")
-        return len(linked)
+            self.fs.unlink_quiet(f"{src}/{name}")
+        if linked and sync_src:
+            self.fs.fsync_dir(src)
+        return linked
 
     def _link(self, src: str, dst: str) -> bool:
         """Link src to dst (there already from a cut move: fine); False if src is gone."""
@@ -307,10 +339,67 @@ class Outbox:
         return True
 
 
+def _carry(ob: Outbox, src: str, dst: str, names: list[str]) -> None:
+    """Move the records (attempts, last error) of moved entries from src's meta/ to dst's."""
+    try:
+        metas = set(os.listdir(f"{ob.base}/{src}/meta")) if names else set()
+    except FileNotFoundError:
+        return
+    for name in names:
+        ident = m.split_out_name(name)[1]
+        if ident in metas:
+            meta = ob.meta(src, ident)
+            meta.pop("pinned_at", None)
+            ob.fs.write_json(f"{ob.base}/{dst}/meta/{ident}", meta)
+            ob.fs.unlink_quiet(f"{ob.base}/{src}/meta/{ident}")
+
+
+def settle(ob: Outbox, group: str, members: Iterable[str]) -> int:
+    """Finish the assigns and unassigns a crash cut (the state table); return how many.
+
+    An entry in the group queue and a member's queued/ loses the member's name
+    (nothing sent it: the member sends only once both folders are synced); one in
+    the group queue and a member's sent/, processed/ or dead/ loses the group's, and
+    so does one in the group's sent/ (a hand-over) found at a member."""
+    fixed = 0
+    for gstate in ("queued", "sent"):
+        gdir = f"{ob.base}/{group}/{gstate}"
+        names = _listing(gdir)
+        for member in members if names else ():
+            for state in OUT_STATES:
+                folder = f"{ob.base}/{member}/{state}"
+                both = names.intersection(_listing(folder))
+                drop = folder if (gstate, state) == ("queued", "queued") else gdir
+                for name in both:
+                    ob.fs.unlink_quiet(f"{drop}/{name}")
+                    names.discard(name)
+                if both:
+                    ob.fs.fsync_dir(drop)
+                fixed += len(both)
+    return fixed
+
+
+def _listing(folder: str) -> set[str]:
+    """Return the names in a folder (none if it is missing)."""
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
+
+
 class PutBatch:
     """Messages written to tmp/ and committed together: one durable commit for many."""
 
-    def __init__(self, spool: Spool, peers: list[Peer], *, channel: str, priority: int, ttl: float) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        peers: list[Peer],
+        *,
+        channel: str,
+        priority: int,
+        ttl: float,
+        key: int | None = None,
+    ) -> None:
         if not peers:
             raise DataError("no destination; give --to PEER")
         self.spool = spool
@@ -319,6 +408,7 @@ class PutBatch:
         self.channel = m.check_name(channel, "a channel")
         self.priority = priority
         self.ttl_us = int(ttl * 1e6)
+        self.key = key  # header y=: message.key_hash of dropr-put --key
         self.pending: list[Pending] = []
         self.ids: list[str] = []  # ids committed, in order, including no-op duplicates
         self._dup: list[str] = []
@@ -346,7 +436,7 @@ class PutBatch:
 
     def _header(self, ident: str, arrival: int, size: int, crc: int) -> bytes:
         deadline = arrival + self.ttl_us if self.ttl_us else 0
-        return m.Header(ident, self.channel, self.priority, arrival, deadline, size, crc).pack()
+        return m.Header(ident, self.channel, self.priority, arrival, deadline, size, crc, key=self.key).pack()
 
     def _write(self, ident: str | None, fill: Callable[[int, str, int], None]) -> None:
         """Start a tmp file for one message and let fill(fd, id, arrival) write it."""
