@@ -35,10 +35,18 @@ test: $(STAMP) sysdeps
 
 # The long runs, not in CI: every crash state a power loss can leave (at least
 # TORTURE_STATES of them, seeded by TORTURE_SEED), recovered and checked.
+# Then FUZZ_INPUTS requests to a real dropr-serve (tests/fuzz/wire.py) and FUZZ_PARSER_INPUTS
+# inputs to each of the header, name and config parsers (tests/fuzz/parsers.py); their counts
+# also go to TORTURE_OUT/fuzz-*.json.
 TORTURE_STATES ?= 30000
 TORTURE_SEED ?= 0
+FUZZ_INPUTS ?= 100000
+FUZZ_PARSER_INPUTS ?= 20000
+TORTURE_OUT ?= .torture
 torture: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/crash_explorer.py --states $(TORTURE_STATES) --seed $(TORTURE_SEED)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/fuzz/wire.py --inputs $(FUZZ_INPUTS) --seed $(TORTURE_SEED) --json $(TORTURE_OUT)/fuzz-wire.json
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=tests $(BIN)/python tests/fuzz/parsers.py --inputs $(FUZZ_PARSER_INPUTS) --seed $(TORTURE_SEED) --json $(TORTURE_OUT)/fuzz-parsers.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" DROPR_TORTURE=1 $(BIN)/python -m pytest -q tests/e2e/test_slow_clients.py
 
 lint: $(STAMP)
