@@ -282,7 +282,9 @@ def _read_body(environ: dict[str, Any], up: Upload) -> None:
 def _filename(disposition: str) -> str:
     from python_multipart.multipart import parse_options_header
 
-    _, params = parse_options_header(disposition)
+    # As bytes: the parser takes them as latin-1, as it must for a str, and any text is
+    # bytes (a str with a character past U+00FF, as a filename in UTF-8 is, raised in it)
+    _, params = parse_options_header(disposition.encode("utf-8", "surrogateescape"))
     return str(params.get(b"filename", b"").decode("utf-8", "replace"))
 
 

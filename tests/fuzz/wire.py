@@ -69,7 +69,7 @@ class Req:
     method: str
     raw: bytes
     half_close: bool = False  # shut our side after the request: a body shorter than announced
-    good: list[tuple[str, int]] = field(default_factory=list)  # well-formed parts: (id, crc)
+    good: list[tuple[str, int]] = field(default_factory=list)  # an authenticated upload's well-formed parts
     intact: bool = False  # authenticated, framed right: its good parts must be answered stored
 
 
@@ -145,6 +145,8 @@ class Maker:
             h["Authorization"] = r.choice([f"Basic {TOKEN}", TOKEN, "Bearer", "Bearer ", f"Token {TOKEN}"])
         elif pick == "junk":
             h["Authorization"] = self.text(r.randint(0, 80))
+        if r.random() < 0.1:  # a relay's destination: a peer, itself, no peer, anything
+            h["X-Dropr-To"] = r.choice(["c", "c", "b", "a", "zz", "", "../c", self.text(r.randint(0, 50))])
         if r.random() < 0.25:
             h["X-Dropr-Origin"] = r.choice(["a", "a", "b", "", "../a", self.text(r.randint(0, 50))])
         return h
@@ -299,14 +301,14 @@ class Maker:
                 "POST", route, {**headers, "Content-Type": ctype}, b"", length=length or "", extra=extra
             )
             raw = raw.replace(b"Content-Length: \r\n", b"") + body
-            return Req(route, "POST", raw, half, [])
+            return Req(route, "POST", raw, half, good if self.authenticated(headers) else [])
         raw = self.head("POST", route, {**headers, "Content-Type": ctype}, body, length=length, extra=extra)
         self.sent += [(ok[0], c) for c in contents if (ok := well_formed(c))]
         self.sent = self.sent[-500:]
         # the parts of any upload may be stored if it parses in the end: the oracle allows every
         # well-formed part, and requires those of an intact upload to be answered stored
         intact = how == "good" and self.authenticated(headers) and route == "/v1/messages"
-        return Req(route, "POST", raw, half, good, intact)
+        return Req(route, "POST", raw, half, good if self.authenticated(headers) else [], intact)
 
     def multipart(self, contents: list[bytes], boundary: str) -> list[tuple[bool, bytes]]:
         """The body as (framing?, bytes) segments."""
@@ -329,20 +331,22 @@ class Maker:
         return out
 
     def chunked(self, body: bytes) -> bytes:
+        """The body in chunks; in one of three, the chunk sizes, their ends or the last one broken."""
         r = self.r
+        broken = r.random() < 0.35
         out = bytearray()
         i = 0
         while i < len(body):
             n = r.randint(1, max(1, len(body) // 3 + 1))
-            size = (
-                f"{n:x}"
-                if r.random() > 0.05
-                else r.choice(["zz", "-1", "", f"{n + 5:x}", "fffffffffffffffffff"])
-            )
+            size, end = f"{n:x}", b"\r\n"
+            if broken and r.random() < 0.2:
+                size = r.choice(["zz", "-1", "", f"{n + 5:x}", "fffffffffffffffffff", f"{n:X}"])
+            if broken and r.random() < 0.1:
+                end = r.choice([b"", b"\n", b"xx"])
             ext = r.choice(["", "", ";x=1", ";" + "e" * 300])
-            out += f"{size}{ext}\r\n".encode() + body[i : i + n] + (b"\r\n" if r.random() > 0.03 else b"")
+            out += f"{size}{ext}\r\n".encode() + body[i : i + n] + end
             i += n
-        if r.random() > 0.1:
+        if not broken or r.random() < 0.5:
             out += b"0\r\n\r\n"
         return bytes(out)
 
@@ -426,7 +430,7 @@ class Sandbox:
         (root / "home").mkdir()
         (root / "tmpdir").mkdir()
         (self.spool / "dropr.toml").write_text(
-            f'node = "b"\n[serve]\nmin_free = 0\n[serve.tokens]\n"{TOKEN}" = "a"\n'
+            f'node = "b"\n[serve]\nmin_free = 0\nrelay = ["a"]\n[serve.tokens]\n"{TOKEN}" = "a"\n'
             '[peers.c]\nurl = "http://127.0.0.1:9/"\n'
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("DROPR_")}
@@ -580,6 +584,7 @@ def run(inputs: int, seed: int, work: Path, log_every: float = 30.0) -> Tally:
     box = Sandbox(work)
     allowed: dict[str, set[int]] = {}
     answered: dict[str, int] = {}
+    reported: set[str] = set()
     try:
         before = box.tree()
         last = time.monotonic()
@@ -594,9 +599,9 @@ def run(inputs: int, seed: int, work: Path, log_every: float = 30.0) -> Tally:
                 tally.findings.append(f"input {i} (seed {seed}): {f}; request {req.raw[:300]!r}")
             if (i + 1) % BATCH == 0 or i + 1 == inputs:
                 tally.batches += 1
-                tally.findings += [
-                    f"after input {i}: {f}" for f in check_sandbox(box, before, allowed, answered, tally)
-                ]
+                new = [f for f in check_sandbox(box, before, allowed, answered, tally) if f not in reported]
+                reported.update(new)  # a bad file stays: reported once
+                tally.findings += [f"after input {i}: {f}" for f in new]
             if len(tally.findings) >= 20:
                 break
             if time.monotonic() - last > log_every:
