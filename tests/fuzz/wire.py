@@ -113,14 +113,15 @@ class Maker:
         self.r = random.Random(seed)
         self.ids = m.IdMaker()
         self.sent: list[tuple[str, bytes]] = []  # earlier well-formed parts, for replays
+        self.held: list[str] = []  # the outbox names of the messages held for a (fetch)
         self.n = 0
 
     def request(self) -> Req:
         r = self.r
         kind = r.choices(["upload", "status", "probe", "random"], [55, 18, 10, 17])[0]
         if kind == "upload":
-            route = r.choices(["/v1/messages", "/v1/relay", "/v1/fetch"], [85, 10, 5])[0]
-            return self.upload(route)
+            route = r.choices(["/v1/messages", "/v1/relay", "/v1/fetch"], [85, 8, 7])[0]
+            return self.fetch() if route == "/v1/fetch" and r.random() < 0.8 else self.upload(route)
         if kind == "status":
             return self.status(r.choice(["/v1/status", "/v1/status", "/v1/relay/status"]))
         if kind == "probe":
@@ -350,6 +351,41 @@ class Maker:
             out += b"0\r\n\r\n"
         return bytes(out)
 
+    # -- fetches
+
+    def fetch(self) -> Req:
+        """POST v1/fetch: JSON of numbers, names, results and receipts, right and wrong."""
+        r = self.r
+        names = self.held + ["0" * 14 + ",x", "5661e068710504,../x", "a,b", "", self.text(20)]
+
+        def num(top: int) -> Any:  # no wait above 0.05 s: a held fetch would stall the run
+            if r.random() < 0.85:
+                return r.choice([0, 1, 2, 5, top, 1.5])
+            return r.choice([-1, "5", None, True, [], 2**70, 1e300])
+
+        data: dict[str, Any] = {
+            "wait": r.choice([0, 0.01, 0.05]) if r.random() < 0.85 else r.choice([-1, "1", None, 2**70]),
+            "max": num(1000), "max_bytes": num(1 << 20),
+        }  # fmt: skip
+        if r.random() < 0.3:
+            data["after"] = r.choice([*names, 5, None])
+        for key, words in (("results", ["stored", "duplicate", "retry", "refused", "x"]),
+                           ("receipts", ["processed", "dead", "pending", "unknown", "x"])):  # fmt: skip
+            if r.random() < 0.4:
+                word = "status" if key == "results" else "state"
+                data[key] = [
+                    {"name": r.choice(names), word: r.choice(words), "reason": self.text(r.randint(0, 30))}
+                    if r.random() < 0.8 else r.choice([None, 1, "x", [], {}])
+                    for _ in range(r.randint(0, 6))
+                ]  # fmt: skip
+        if r.random() < 0.1:
+            data = r.choice([[], None, "x", {"results": "x"}, {"receipts": {}}])  # type: ignore[assignment]
+        body = json.dumps(data, allow_nan=True).encode()
+        if r.random() < 0.1:
+            body = r.choice([body[: r.randint(0, len(body))], self.blob(100), b"[" * 100000, b"{" * 5000])
+        headers = {**self.auth(), "Content-Type": "application/json"}
+        return Req("/v1/fetch", "POST", self.head("POST", "/v1/fetch", headers, body), False)
+
     # -- status polls and the rest
 
     def status(self, route: str) -> Req:
@@ -431,11 +467,12 @@ class Sandbox:
         (root / "tmpdir").mkdir()
         (self.spool / "dropr.toml").write_text(
             f'node = "b"\n[serve]\nmin_free = 0\nrelay = ["a"]\n[serve.tokens]\n"{TOKEN}" = "a"\n'
-            '[peers.c]\nurl = "http://127.0.0.1:9/"\n'
+            '[peers.c]\nurl = "http://127.0.0.1:9/"\n[peers.a]\nhold = true\n'
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("DROPR_")}
         env.update(DROPR_SPOOL=str(self.spool), HOME=str(root / "home"), TMPDIR=str(root / "tmpdir"))
         self.log = root / "serve.log"
+        self.held = self.put_held(env)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [command_path("dropr-serve"), "--listen", "127.0.0.1:0", "--workers", str(workers),
@@ -445,6 +482,15 @@ class Sandbox:
         url = serve_url(self.proc, self.log, 30)
         self.port = int(url.rstrip("/").rsplit(":", 1)[1])
         self.workers = set(wait_until(lambda: _enough(children(self.proc.pid), workers), 30, "the workers"))
+
+    def put_held(self, env: dict[str, str], n: int = 8) -> dict[str, int]:
+        """Put n messages for the held peer a (v1/fetch answers them); return id -> crc."""
+        held = {}
+        for p in [b"held %d" % i for i in range(n)]:
+            res = subprocess.run([command_path("dropr-put"), "--to", "a"], input=p, env=env,
+                                 capture_output=True, check=True)  # fmt: skip
+            held[res.stdout.decode().split()[-1]] = m.crc32(p)
+        return held
 
     def send(self, req: Req) -> tuple[str, dict[str, str], bytes]:
         """Write a request; return the answer's status ("closed" if none), headers, body."""
@@ -508,6 +554,8 @@ def check_answer(req: Req, status: str, headers: dict[str, str], body: bytes, ta
             return bad + [f"{what}: the answer is not JSON with an error in words: {body[:200]!r}"]
         if PYTHON_NAMES.search(err):
             bad.append(f"{what}: the error names Python's internals: {err!r}")
+    if status == "200" and req.target == "/v1/fetch" and "multipart" in headers.get("content-type", ""):
+        return bad  # the held messages: out/ is checked after the batch
     if status == "200" and req.target in ("/v1/messages", "/v1/relay", "/v1/fetch") and req.method == "POST":
         good = dict(req.good)
         try:
@@ -567,9 +615,9 @@ def check_sandbox(box: Sandbox, before: set[str], allowed: dict[str, set[int]],
                 bad.append(f"inbox file {rel}: its payload is no well-formed part's (CRC)")
         elif len(parts) == 4 and parts[:2] == ["b", "rcv"] and (parts[2] != "a" or parts[3] not in allowed):
             bad.append(f"rcv entry {rel}: no well-formed part of a's carried it")
-        elif len(parts) == 5 and parts[:2] == ["b", "out"] and not path.is_dir():
+        elif len(parts) == 5 and parts[:2] == ["b", "out"] and not m.not_out_name(parts[4]):
             ident = m.split_out_name(parts[4])[1]
-            if ident not in allowed:
+            if ident not in allowed and ident not in box.held:
                 bad.append(f"outbox file {rel}: no well-formed part carried it")
     missing = [i for i in answered if i not in seen]
     if missing:
@@ -587,6 +635,7 @@ def run(inputs: int, seed: int, work: Path, log_every: float = 30.0) -> Tally:
     reported: set[str] = set()
     try:
         before = box.tree()
+        maker.held = sorted(os.listdir(box.spool / "out" / "a" / "queued"))
         last = time.monotonic()
         for i in range(inputs):
             req = maker.request()
