@@ -32,6 +32,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -672,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the counts to this file")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server (finally) on a kill too
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dropr-fuzz-") as work:
         tally = run(args.inputs, args.seed, Path(work))
