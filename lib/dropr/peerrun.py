@@ -226,10 +226,13 @@ class PeerRun:
         max_attempts = self.spool.config.max_attempts
         metas = self._metas() if max_attempts else set()
         base = self.spool.path("out", self.peer.name, QUEUED)
+        ids: set[str] = set()  # relayed ids are unique per origin only: one batch has each once
         while self.queue and len(items) < room:
             name = self.queue[0]
             path = f"{base}/{name}"
             ident = split_out_name(name)[1]
+            if ident in ids:
+                break  # the next batch takes it
             try:
                 deadline, hsize = self.spool.peek(self.peer.name, name)
             except FileNotFoundError:
@@ -254,6 +257,7 @@ class PeerRun:
                 break
             self.queue.popleft()
             size += hsize
+            ids.add(ident)
             items.append((ident, path, name))
             self.inflight.add(name)
         return items

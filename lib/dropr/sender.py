@@ -210,9 +210,17 @@ class Sender:
                 run.fire(ROUND_OVER)
                 continue
             run.poll_after = names[-1] if len(names) >= STATUS_BATCH else ""
+            origins = None
+            if self.spool.relays.marked(run.peer.name):  # relayed messages: ask by first origin
+                names, origins = self.spool.relays.poll_origins(run.peer.name, names)
             split = [m.split_out_name(n) for n in names]
             t = tp.status(
-                run.peer, [i for _, i in split], self.spool.node, self.timeouts, [p for p, _ in split]
+                run.peer,
+                [i for _, i in split],
+                self.spool.node,
+                self.timeouts,
+                [p for p, _ in split],
+                origins,
             )
             t.tag = names
             run.fire(ASK)

@@ -58,6 +58,7 @@ class HTTPError(Exception):
 class _Part:
     __slots__ = (
         "filename", "hbuf", "header", "fd", "w", "tmp", "entry", "size", "crc", "refused", "hname", "hval",
+        "origin", "result",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -73,16 +74,32 @@ class _Part:
         self.refused = ""
         self.hname = b""
         self.hval = b""
+        self.origin = ""  # the origin it is stored under: the client's, or its header's o=
+        self.result = ""  # the store's answer (commit)
 
 
 class Upload:
-    """One multipart upload being parsed into files in the spool (Spool.open_part)."""
+    """One multipart upload being parsed into files in the spool (Spool.open_part).
 
-    def __init__(self, spool: Spool, origin: str, max_size: int, boundary: bytes, entries: int = 0) -> None:
+    A part whose header names another origin (o=, a relayed message) is stored under that
+    origin if ``trusted`` (the client is in serve.trust_relays, or there are no tokens),
+    else refused. relay.RelayUpload keeps the parsing and changes vet, open and commit."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        origin: str,
+        max_size: int,
+        boundary: bytes,
+        entries: int = 0,
+        *,
+        trusted: bool = False,
+    ) -> None:
         from python_multipart.multipart import MultipartParser
 
         self.spool = spool
         self.origin = origin
+        self.trusted = trusted
         self.max_size = max_size
         self.entries = entries  # how many more parts may be written as their rcv/ entry
         self.parts: list[_Part] = []
@@ -146,7 +163,10 @@ class Upload:
             if p.header.size > self.max_size:
                 p.refused = f"too large: {p.header.size} bytes, limit {self.max_size}"
                 return
-            p.w = self.spool.open_part(self.origin, p.header, entry=self.entries > 0)
+            p.origin, p.refused = self.vet(p.header)
+            if p.refused:
+                return
+            p.w = self.open(p.origin, p.header, self.entries > 0)
             p.tmp, p.fd, p.entry = p.w.path, p.w.fd, p.w.entry
             self.entries -= p.entry
         if not chunk:
@@ -179,6 +199,30 @@ class Upload:
     def _finished(self) -> None:
         self.ended = True
 
+    def vet(self, hdr: m.Header) -> tuple[str, str]:
+        """Return (the origin to store a part under, "") or ("", why it is refused)."""
+        if hdr.origin is None or hdr.origin == self.origin:
+            return self.origin, ""
+        if self.trusted:
+            return hdr.origin, ""
+        node = self.spool.node
+        return "", f"{node} does not take messages relayed by {self.origin}: add it to serve.trust_relays"
+
+    def open(self, origin: str, hdr: m.Header, entry: bool) -> Part:
+        """Open the file a part's payload is written to."""
+        return self.spool.open_part(origin, hdr, entry=entry)
+
+    def commit(self) -> None:
+        """Store the good parts, by origin (Spool.store is per origin); set each one's result."""
+        by_origin: dict[str, list[_Part]] = {}
+        for p in self.parts:
+            if not p.refused and p.header and p.tmp:
+                by_origin.setdefault(p.origin, []).append(p)
+        for origin, parts in by_origin.items():
+            stored = self.spool.store(origin, [(p.tmp, p.header, p.fd) for p in parts if p.header])
+            for p, result in zip(parts, stored, strict=True):
+                p.result = result
+
     @staticmethod
     def _close(p: _Part) -> None:
         """Close a part's tmp file: written out, not synced (the store syncs). An entry's
@@ -197,7 +241,7 @@ class Upload:
             pass  # the file goes anyway
         if p.tmp:
             try:
-                self.spool.unreceive(self.origin, p.tmp, p.fd)  # closed but for an entry's
+                self.spool.unreceive(p.origin or self.origin, p.tmp, p.fd)  # closed but for an entry's
             finally:
                 p.tmp = ""
                 self._release(p)
@@ -393,38 +437,50 @@ class App:
         except ValueError as exc:
             raise HTTPError(wire.HTTP_BAD_REQUEST, f"bad {wire.ORIGIN_HEADER} {claimed!r}: {exc}") from None
 
+    def trusts(self, client: str) -> bool:
+        """Whether a client's relayed messages keep their origin (o=): serve.trust_relays, or no tokens."""
+        return not self.tokens or client in self.cfg.trust_relays
+
     def messages(self, environ: dict[str, Any]) -> dict[str, Any]:
         """POST v1/messages: store the good parts of an upload; answer for each part."""
         origin = self.origin(environ)
+        trusted = self.trusts(origin)
+        return self.upload(
+            environ,
+            origin,
+            lambda b: Upload(self.spool, origin, self.cfg.max_message_size, b, self.entries, trusted=trusted),
+        )
+
+    def upload(self, environ: dict[str, Any], origin: str, make: Callable[[bytes], Upload]) -> dict[str, Any]:
+        """Parse an upload made by make(boundary), commit its good parts; answer for each part."""
         boundary = _boundary(environ.get("CONTENT_TYPE", ""))
         if free_bytes(self.spool.root) < self.cfg.min_free:
             raise HTTPError(wire.HTTP_UNAVAILABLE, "low on disk space; try later")
         from python_multipart.exceptions import FormParserError
 
         try:
-            up = Upload(self.spool, origin, self.cfg.max_message_size, boundary, self.entries)
+            up = make(boundary)
         except FormParserError:  # a boundary the parser cannot take: longer than it allows
             raise HTTPError(wire.HTTP_BAD_REQUEST, f"{wire.FORM_DATA} boundary too long") from None
         try:
-            stored = self._receive(environ, up, origin)
+            self._receive(environ, up, origin)
         finally:
             up.release()
-        results = _results(up, stored, origin)
+        results = _results(up, origin)
         if self.meter is not None:
+            stored = [p.result for p in up.parts if p.result and not p.refused]
             self.meter.upload((p.size for p in up.parts), stored, results)
         return {wire.RESULTS: results}
 
-    def _receive(self, environ: dict[str, Any], up: Upload, origin: str) -> list[str]:
-        """Read the body into up, then store its good parts; on any failure remove its files."""
+    def _receive(self, environ: dict[str, Any], up: Upload, origin: str) -> None:
+        """Read the body into up, then commit its good parts; on any failure remove its files."""
         try:
             with _ReadTimeout(environ, self.read_timeout):
                 _read_body(environ, up)
             if not up.ended:
                 raise HTTPError(wire.HTTP_BAD_REQUEST, TRUNCATED)
             # every part has ended (_end closed it): only an entry's descriptor is open
-            return self.spool.store(
-                origin, [(p.tmp, p.header, p.fd) for p in up.parts if not p.refused and p.header and p.tmp]
-            )
+            up.commit()
         except HTTPError:
             up.discard()
             raise
@@ -438,15 +494,11 @@ class App:
     def status(self, environ: dict[str, Any]) -> dict[str, Any]:
         """POST v1/status: the state of each id received from this origin."""
         origin = self.origin(environ)
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        if length > MAX_STATUS_BODY:
-            raise HTTPError(wire.HTTP_TOO_LARGE, "status request too large")
-        with _ReadTimeout(environ, self.read_timeout):
-            raw = environ["wsgi.input"].read(length)
-        ids, prefixes = _status_request(raw)
+        ids, prefixes, origins = _status_request(self.status_body(environ))
         results = {}
         channels = self.spool.channels()  # once per poll, not per id
-        for ident, prefix in zip(ids, prefixes, strict=True):
+        trusted = self.trusts(origin)
+        for ident, prefix, first in zip(ids, prefixes, origins, strict=True):
             if not isinstance(ident, str):
                 continue
             if not isinstance(prefix, str) or len(prefix) != 14 or not prefix.isalnum():
@@ -456,9 +508,33 @@ class App:
             except ValueError:
                 results[ident] = {wire.STATE: wire.UNKNOWN, wire.REASON: "bad id"}
                 continue
-            state, reason = self.spool.in_status(origin, ident, prefix, channels)
+            first = first if isinstance(first, str) and first else origin  # "": the client's own
+            if first != origin and not (trusted and _is_name(first)):  # stored so only for a trusted relay
+                results[ident] = {wire.STATE: wire.UNKNOWN, wire.REASON: "relayed by an untrusted client"}
+                continue
+            state, reason = self.spool.in_status(first, ident, prefix, channels)
             results[ident] = {wire.STATE: state, wire.REASON: reason} if reason else {wire.STATE: state}
         return {wire.RESULTS: results}
+
+    def status_body(self, environ: dict[str, Any]) -> bytes:
+        """Read the body of a status poll, or raise the 413 or 408."""
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length > MAX_STATUS_BODY:
+            raise HTTPError(wire.HTTP_TOO_LARGE, "status request too large")
+        with _ReadTimeout(environ, self.read_timeout):
+            return bytes(environ["wsgi.input"].read(length))
+
+    def relay(self, environ: dict[str, Any]) -> dict[str, Any]:
+        """POST v1/relay: queue each message for the destination X-Dropr-To (relay.py)."""
+        from . import relay
+
+        return relay.upload(self, environ)
+
+    def relay_status(self, environ: dict[str, Any]) -> dict[str, Any]:
+        """POST v1/relay/status: the relay's outbox state of each id (relay.py)."""
+        from . import relay
+
+        return relay.status(self, environ)
 
     def health(self, environ: dict[str, Any]) -> dict[str, Any]:
         """GET v1/health: this node's name (no origin needed)."""
@@ -485,6 +561,8 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/" + wire.STATUS: {wire.POST: App.status},
     "/" + wire.HEALTH: {wire.GET: App.health, wire.HEAD: App.health},
     "/" + wire.FETCH: {wire.POST: _fetch},
+    "/" + wire.RELAY: {wire.POST: App.relay},
+    "/" + wire.RELAY_STATUS: {wire.POST: App.relay_status},
     "": {wire.GET: App.health, wire.HEAD: App.health},  # the base URL itself, as a probe asks
     "/" + wire.METRICS: {wire.GET: App.metrics, wire.HEAD: App.metrics},  # dropr-serve.8, METRICS
 }
@@ -557,9 +635,8 @@ def _ended_early(exc: Exception) -> bool:
     return isinstance(exc, NoMoreData)
 
 
-def _results(up: Upload, stored: list[str], origin: str) -> list[dict[str, str]]:
+def _results(up: Upload, origin: str) -> list[dict[str, str]]:
     """Return the answer for each part of a stored upload, in order: the store's, or refused."""
-    answers = iter(stored)
     results = []
     for p in up.parts:
         ident = p.header.ident if p.header else _filename(p.filename)
@@ -567,14 +644,24 @@ def _results(up: Upload, stored: list[str], origin: str) -> list[dict[str, str]]
             results.append({wire.ID: ident, wire.STATUS_KEY: wire.REFUSED, wire.REASON: p.refused})
             log.warning("refused id=%s origin=%s reason=%s", ident, origin, p.refused)
         else:
-            st = next(answers)
+            st = p.result
             results.append({wire.ID: ident, wire.STATUS_KEY: st})
             log.debug("%s id=%s origin=%s channel=%s", st, ident, origin, p.header.channel)
     return results
 
 
-def _status_request(raw: bytes) -> tuple[list[Any], list[Any]]:
-    """Return the ids of a status poll and their name prefixes ("" where none), or raise the 400."""
+def _is_name(text: str) -> bool:
+    """Whether text is a valid node name (an origin a status poll may name)."""
+    try:
+        m.check_name(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _status_request(raw: bytes) -> tuple[list[Any], list[Any], list[Any]]:
+    """Return the ids of a status poll, their name prefixes and first origins ("" where none),
+    or raise the 400."""
     try:
         data = json.loads(raw or b"{}")
     except RecursionError:
@@ -585,14 +672,18 @@ def _status_request(raw: bytes) -> tuple[list[Any], list[Any]]:
     if not isinstance(ids, list):
         want = f'{{"{wire.IDS}": [...]}}'
         raise HTTPError(wire.HTTP_BAD_REQUEST, f"bad status request: expected a JSON object {want}")
-    # optional: the sender's "{p}{created}" name prefix of each id, a lookup hint
-    prefixes = data.get(wire.PREFIXES)
-    if prefixes is None:
-        return ids, [""] * len(ids)
-    if not isinstance(prefixes, list) or len(prefixes) != len(ids):  # a client's bug: say so
-        why = f"bad status request: {wire.PREFIXES} must be a list as long as {wire.IDS}"
-        raise HTTPError(wire.HTTP_BAD_REQUEST, why)
-    return ids, prefixes
+    # optional: the sender's "{p}{created}" name prefix of each id, a lookup hint; and the
+    # first origin of each relayed id ("" for the client's own)
+    lists = []
+    for key in (wire.PREFIXES, wire.ORIGINS):
+        value = data.get(key)
+        if value is None:
+            value = [""] * len(ids)
+        elif not isinstance(value, list) or len(value) != len(ids):  # a client's bug: say so
+            why = f"bad status request: {key} must be a list as long as {wire.IDS}"
+            raise HTTPError(wire.HTTP_BAD_REQUEST, why)
+        lists.append(value)
+    return ids, lists[0], lists[1]
 
 
 def make_app(

@@ -73,6 +73,9 @@ def _setup(t: Transfer, node: str, timeouts: Timeouts, path: str) -> pycurl.Curl
         return c
     if t.kind != "send":  # a status poll or a fetch
         headers.append(JSON_BODY)
+    if t.peer.to:  # reached through a relay (via): v1/relay and v1/relay/status name the destination
+        path = wire.RELAY_STATUS if t.kind == "status" else wire.RELAY
+        headers.append(f"{wire.TO_HEADER}: {t.peer.to}".encode("ascii"))
     url = t.peer.url + path
     if not url.isascii() or "\0" in url:  # dropr-put and the config refuse them; an older outbox
         t.error = "cannot use the peer's URL: it has non-ASCII characters or a NUL; percent-encode them"
@@ -130,14 +133,22 @@ def upload(peer: Peer, items: list[tuple[str, str]], node: str, timeouts: Timeou
 
 
 def status(
-    peer: Peer, ids: list[str], node: str, timeouts: Timeouts, prefixes: list[str] | None = None
+    peer: Peer,
+    ids: list[str],
+    node: str,
+    timeouts: Timeouts,
+    prefixes: list[str] | None = None,
+    origins: list[str] | None = None,
 ) -> Transfer:
-    """Prepare a status poll for ids (with their "{p}{created}" name prefixes) at a peer."""
+    """Prepare a status poll for ids (with their "{p}{created}" name prefixes, and the first
+    origin of each relayed one, "" for this node's own) at a peer."""
     t = Transfer(peer, "status", [], ids)
     c = _setup(t, node, timeouts, wire.STATUS)
     body: dict[str, list[str]] = {wire.IDS: ids}
     if prefixes is not None:
         body[wire.PREFIXES] = prefixes
+    if origins is not None:
+        body[wire.ORIGINS] = origins
     c.setopt(pycurl.POSTFIELDS, json.dumps(body))
     return t
 
@@ -275,6 +286,8 @@ def _parse(t: Transfer) -> None:
     if t.code != 200:
         reason = data.get(wire.ERROR) if isinstance(data, dict) else None
         t.error = f"HTTP {t.code}: {reason or raw[:200].decode('utf-8', 'replace').strip() or 'no answer'}"
+        if t.code == 404 and t.peer.to:  # a server of an earlier release: no v1/relay route
+            t.error += f"; {t.peer.via or 'the relay'} does not relay: an older dropr?"
         return
     if t.kind == "fetch":
         return  # a 200's body went to its sink

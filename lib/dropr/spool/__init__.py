@@ -179,6 +179,7 @@ if TYPE_CHECKING:
 
     from .inbox import Inbox, Part
     from .leases import ACTIONS, Claim, Leases
+    from .relay import Relays
     from .retention import Retention
 
 # The concerns dropr-put never uses (inbox, leases, retention) are imported at their
@@ -273,6 +274,7 @@ class Spool:
             self.inbox = Inbox(self)
             self.leases = Leases(self)
             self.retention = Retention(self)
+            self.relays = Relays(self)
             ib, le, rt = self.inbox, self.leases, self.retention
             self.channel_dir, self.channels, self.origins = ib.channel_dir, ib.channels, ib.origins
             self.find_in, self.in_names, self.in_meta, self.in_status = ib.find, ib.names, ib.meta, ib.status
@@ -298,6 +300,10 @@ class Spool:
                 from .retention import Retention
 
                 value = Retention(self)
+            elif name == "relays":
+                from .relay import Relays
+
+                value = Relays(self)
             elif name in _LAZY:
                 concern, attr = _LAZY[name]
                 value = getattr(getattr(self, concern), attr)

@@ -101,7 +101,11 @@ class Retention:
     def _purge(self, now: float | None) -> int:
         now = now if now is not None else m.now_us() / 1e6
         before = now - self.sp.config.retention
-        return self._sweep_tmp(now) + self._sweep_rcv(now) + self._purge_out(before) + self._purge_in(before)
+        removed = self._sweep_tmp(now) + self._sweep_rcv(now)
+        removed += self._purge_out(before) + self._purge_in(before)
+        if os.path.isdir(self.sp.path("relay")):  # a relay's index (spool/relay.py), after _purge_out
+            removed += self.sp.relays.purge(before)
+        return removed
 
     def _sweep_tmp(self, now: float) -> int:
         """Remove tmp/ files untouched for TMP_MAX_AGE, and an rcv/ entry only one shared."""

@@ -1,0 +1,223 @@
+"""Relays (#15): a -> b -> c and longer chains, with real dropr-serve and dropr-send per node.
+
+Each node is a spool with its own dropr-serve on 127.0.0.1 and its own dropr-send daemon.
+The origin names the destination with `via`; each relay lists its clients in serve.relay
+and has a peer for the next hop; the destination stores each message once, under the
+origin and id it was put with, and receipts come back hop by hop.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from dropr import message as m
+from helpers import Node, Nodes, free_port, listdir, wait_until
+
+DEADLINE = 60.0
+FAST = '[send]\nbackoff_min = "100ms"\nbackoff_max = "1s"\n'
+
+
+def ready_names(node: Node, channel: str = "default") -> list[str]:
+    return sorted(listdir(node.spool / "in" / channel / "ready"))
+
+
+def out_states(node: Node, peer: str) -> dict[str, str]:
+    """Map id -> state of every entry of one outbox folder."""
+    found = {}
+    for state in ("queued", "sent", "processed", "dead"):
+        for name in listdir(node.spool / "out" / peer / state):
+            found[name.split(",", 1)[1]] = state
+    return found
+
+
+def dead_error(node: Node, peer: str, ident: str) -> str:
+    return str(json.loads((node.spool / "out" / peer / "meta" / ident).read_text()).get("error", ""))
+
+
+def chain(nodes: Nodes, names: str, *, origin_conf: str = "", trust: bool = True) -> list[Node]:
+    """Start a chain of nodes named by the letters of names, the last the destination:
+    every node serves and (but the last) runs a dropr-send daemon; the first reaches the
+    last through the second. Each relay lets its predecessor relay, and trusts it (the
+    first relay's client is the origin itself: nothing to trust)."""
+    ns = [nodes(n) for n in names]
+    dest = ns[-1]
+    dest.config("")
+    dest.serve()
+    for i in range(len(ns) - 2, 0, -1):  # the relays, from the last one back
+        me, nxt, prev = ns[i], ns[i + 1], ns[i - 1]
+        conf = f'[serve]\nrelay = ["{prev.name}"]\n'
+        if trust and i > 1:
+            conf += f'trust_relays = ["{prev.name}"]\n'
+        conf += f'[peers.{nxt.name}]\nurl = "{nxt.url}"\n'
+        if nxt is not dest:
+            conf += f'[peers.{dest.name}]\nvia = "{nxt.name}"\n'
+        me.config(conf + FAST)
+        me.serve()
+    first = f'[peers.{ns[1].name}]\nurl = "{ns[1].url}"\n[peers.{dest.name}]\nvia = "{ns[1].name}"\n'
+    ns[0].config(first + origin_conf + FAST)
+    for n in ns[:-1]:
+        n.start_sender()
+    return ns
+
+
+def in_names(node: Node) -> list[tuple[str, str]]:
+    """(origin, id) of every message in the inbox (any state) of node."""
+    out = []
+    for state in ("ready", "wait", "claimed", "done", "dead"):
+        for name in listdir(node.spool / "in" / "default" / state):
+            _, origin, ident = name.split(",")
+            out.append((origin, ident))
+    return sorted(out)
+
+
+def consume_all(node: Node) -> None:
+    node.run("dropr-recv", "--all", "--ack", check=True)
+
+
+def test_a_b_c_delivers_once_under_the_origin_and_receipts_come_back(nodes: Nodes) -> None:
+    a, b, c = chain(nodes, "abc")
+    ids = [a.put(f"via b {i}", "--to", "c") for i in range(5)]
+    ids.append(a.put(b"x" * 100_000, "--to", "c", "--id", "chosen-1"))
+    wait_until(lambda: len(ready_names(c)) == 6, DEADLINE, "six messages at c")
+    assert in_names(c) == sorted(("a", i) for i in ids)  # the origin's name and ids, once each
+    assert listdir(b.spool / "in") == [] or in_names(b) == []  # never in the relay's inbox
+    # the relay kept them in its outbox for c, with o=a and h=1, and the payload unchanged
+    sent = listdir(b.spool / "out" / "c" / "sent") + listdir(b.spool / "out" / "c" / "queued")
+    hdrs = [m.Header.parse((b.spool / "out" / "c" / "sent" / n).read_bytes()[:256]) for n in sent]
+    assert {(h.origin, h.hops) for h in hdrs} == {("a", 1)}
+    payloads = sorted((c.spool / "in" / "default" / "ready" / n).read_bytes() for n in ready_names(c))
+    assert payloads == sorted([f"via b {i}".encode() for i in range(5)] + [b"x" * 100_000])
+    consume_all(c)
+    wait_until(lambda: set(out_states(a, "c").values()) == {"processed"}, DEADLINE, "receipts back at a")
+    assert set(out_states(b, "c").values()) == {"processed"}
+
+
+def test_put_wait_at_the_origin_through_a_relay(nodes: Nodes) -> None:
+    a, _, c = chain(nodes, "abc")
+    waiting = a.start("dropr-put", "--to", "c", "--wait", "--timeout", "60s", stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert waiting.stdin is not None
+    waiting.stdin.write(b"wait for me")
+    waiting.stdin.close()
+    waiting.stdin = None  # communicate() must not flush it
+    wait_until(lambda: ready_names(c), DEADLINE, "the message at c")
+    assert waiting.poll() is None  # not processed yet
+    consume_all(c)
+    out, err = waiting.communicate(timeout=DEADLINE)
+    assert waiting.returncode == 0, err.decode()
+    assert in_names(c) == [("a", out.decode().strip())]
+
+
+@pytest.mark.slow
+def test_a_b_c_d_chain(nodes: Nodes) -> None:
+    a, b, c, d = chain(nodes, "abcd")
+    ids = [a.put(f"two relays {i}", "--to", "d") for i in range(20)]
+    wait_until(lambda: len(ready_names(d)) == 20, DEADLINE, "twenty messages at d")
+    assert in_names(d) == sorted(("a", i) for i in ids)
+    name = listdir(c.spool / "out" / "d" / "sent")[0]
+    hdr = m.Header.parse((c.spool / "out" / "d" / "sent" / name).read_bytes()[:256])
+    assert (hdr.origin, hdr.hops) == ("a", 2)
+    assert in_names(b) == [] and in_names(c) == []
+    consume_all(d)
+    wait_until(lambda: set(out_states(a, "d").values()) == {"processed"}, DEADLINE, "receipts back at a")
+    assert set(out_states(b, "d").values()) == {"processed"}
+    assert set(out_states(c, "d").values()) == {"processed"}
+
+
+def test_a_client_not_allowed_to_relay_is_refused(nodes: Nodes) -> None:
+    a, b, c = nodes("a"), nodes("b"), nodes("c")
+    c.config("")
+    c.serve()
+    b.config(f'[peers.c]\nurl = "{c.url}"\n')  # no serve.relay: b relays for nobody
+    b.serve()
+    a.config(f'[peers.b]\nurl = "{b.url}"\n[peers.c]\nvia = "b"\n' + FAST)
+    a.start_sender()
+    ident = a.put("not allowed", "--to", "c")
+    direct = a.put("to b itself", "--to", "b")  # the client's other messages go on
+    wait_until(lambda: out_states(a, "c").get(ident) == "dead", DEADLINE, "the message dead at a")
+    assert "b does not relay for a: add it to serve.relay at b" in dead_error(a, "c", ident)
+    wait_until(lambda: in_names(b) == [("a", direct)], DEADLINE, "a's message for b itself at b")
+    assert in_names(c) == [] and not (b.spool / "out" / "c").exists()
+
+
+def test_an_unknown_destination_is_refused_and_the_others_go_on(nodes: Nodes) -> None:
+    a, b, c = chain(nodes, "abc", origin_conf='[peers.zed]\nvia = "b"\n')
+    lost = a.put("for nobody", "--to", "zed")
+    fine = a.put("for c", "--to", "c")
+    wait_until(lambda: out_states(a, "zed").get(lost) == "dead", DEADLINE, "the message dead at a")
+    assert "b has no peer zed" in dead_error(a, "zed", lost)
+    wait_until(lambda: in_names(c) == [("a", fine)], DEADLINE, "the other message at c")
+    assert not (b.spool / "out" / "zed").exists()
+
+
+def test_a_loop_is_refused_where_it_closes(nodes: Nodes) -> None:
+    """a -> b -> c -> b: b reaches x through c, and c reaches x through b."""
+    a, b, c = nodes("a"), nodes("b"), nodes("c")
+    b_port, c_port = free_port(), free_port()
+    b_url, c_url = f"http://127.0.0.1:{b_port}/", f"http://127.0.0.1:{c_port}/"
+    b.config(f'[serve]\nrelay = ["a", "c"]\ntrust_relays = ["c"]\n[peers.c]\nurl = "{c_url}"\n'
+             '[peers.x]\nvia = "c"\n' + FAST)  # fmt: skip
+    c.config(f'[serve]\nrelay = ["b"]\ntrust_relays = ["b"]\n[peers.b]\nurl = "{b_url}"\n'
+             '[peers.x]\nvia = "b"\n' + FAST)  # fmt: skip
+    a.config(f'[peers.b]\nurl = "{b_url}"\n[peers.x]\nvia = "b"\n' + FAST)
+    b.serve(listen=f"127.0.0.1:{b_port}")
+    c.serve(listen=f"127.0.0.1:{c_port}")
+    for n in (a, b, c):
+        n.start_sender()
+    ident = a.put("round and round", "--to", "x")
+    wait_until(lambda: out_states(c, "x").get(ident) == "dead", DEADLINE, "the message dead at c")
+    assert f"loop: b has relayed a's message {ident} before, from a" in dead_error(c, "x", ident)
+    # the dead end travels back: b's copy, then a's, are dead with the reason
+    wait_until(lambda: out_states(a, "x").get(ident) == "dead", DEADLINE, "the message dead at a")
+    assert "loop: b has relayed" in dead_error(a, "x", ident)
+    assert out_states(b, "x") == {ident: "dead"}
+
+
+@pytest.mark.slow
+def test_a_ninth_hop_is_refused(nodes: Nodes) -> None:
+    """a -> r1 -> ... -> r8 -> z: the 8th relay would make the 9th hop, and refuses."""
+    ns = chain(nodes, "abcdefghiz")
+    ident = ns[0].put("too far", "--to", "z")
+    last = ns[-2]  # i, the 8th relay: what it got was refused by nobody; it refuses
+    prev = ns[-3]
+    wait_until(
+        lambda: out_states(prev, "z").get(ident) == "dead", DEADLINE, "the message dead at the 7th relay"
+    )
+    assert "too many hops: the next from i would be hop 9, at most 8" in dead_error(prev, "z", ident)
+    assert out_states(last, "z") == {}
+    wait_until(lambda: out_states(ns[0], "z").get(ident) == "dead", DEADLINE, "the message dead at a")
+    assert in_names(ns[-1]) == []
+
+
+def test_the_destination_refuses_a_relay_it_does_not_trust(nodes: Nodes, tmp_path: Path) -> None:
+    a, b, c = nodes("a"), nodes("b"), nodes("c")
+    c.config('[serve.tokens]\n"tok-b" = "b"\n')  # tokens, and b not in serve.trust_relays
+    c.serve()
+    b.config(f'[serve]\nrelay = ["a"]\n[peers.c]\nurl = "{c.url}"\ntoken = "tok-b"\n' + FAST)
+    b.serve()
+    a.config(f'[peers.b]\nurl = "{b.url}"\n[peers.c]\nvia = "b"\n' + FAST)
+    b.start_sender()
+    a.start_sender()
+    ident = a.put("from a through b", "--to", "c")
+    own = b.put("b's own", "--to", "c")
+    wait_until(lambda: out_states(b, "c").get(ident) == "dead", DEADLINE, "the message dead at b")
+    assert "c does not take messages relayed by b: add it to serve.trust_relays" in dead_error(b, "c", ident)
+    wait_until(lambda: out_states(a, "c").get(ident) == "dead", DEADLINE, "the message dead at a")
+    assert in_names(c) == [("b", own)]  # b's own message went on
+
+
+def test_an_older_relay_answers_404(nodes: Nodes) -> None:
+    """A server without v1/relay (here: a URL whose path has no dropr) defers with a clear error."""
+    a, b = nodes("a"), nodes("b")
+    b.config("")
+    url = b.serve()
+    a.config(f'[peers.b]\nurl = "{url}nodropr/"\n[peers.c]\nvia = "b"\n' + FAST)
+    ident = a.put("for c", "--to", "c")
+    p = a.send_once()
+    assert p.returncode == 75, p.stderr.decode()
+    err = p.stderr.decode()
+    assert "HTTP 404" in err and "b does not relay: an older dropr?" in err, err
+    assert out_states(a, "c") == {ident: "queued"} and in_names(b) == []
