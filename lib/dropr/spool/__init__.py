@@ -17,6 +17,9 @@ rename and link could not be atomic)::
                                  folder; its queued/ holds what was given to it, its meta/ID
                                  pinned_at (an ambiguous failure: retried there only), its
                                  peer.json failing_since (groups.py)
+    out/<peer>/relayed           empty: a relayed message was queued for the peer
+    relay/<dest>/<origin>/<id>   a relay's index: symlink -> "<client>/<outbox name>" of each
+                                 message relayed for dest (relay/ made at the first)
     in/<channel>/<state>/<name>  state: ready wait claimed done dead
     in/<channel>/meta/<origin>,<id>  returns, failures, last error
     rcv/<origin>/<id>            every received id: a hard link of the message for a generated
@@ -107,6 +110,8 @@ requeue      write meta (returns, failures 0);   before the rename: still dead, 
              sync; wake consumers                reset, the last error kept.
 purge        unlink done|processed|dead after    leftovers of a purge are purged again. Held
              retention (ctime age), meta, index  off while a requeue runs (lock/purge.lock).
+             (a relay/ entry: once its outbox    A relay/ entry goes under lock/relay-D.lock.
+             entry is in no state)
 corrupt      rename B/X/S/N -> corrupt/B=X=S=N;  before: still in its state, found again by the
              write its .why (neither synced)     next dropr-ls --verify. After: in corrupt/ only,
                                                  perhaps without .why; a power loss may undo the
@@ -119,6 +124,17 @@ fetch        holder: answer queued/N as it is;   nothing is moved until the fetc
              under lock/fetch-P.lock, sent for   fetcher's inbox; the next fetch gets it again,
              stored/duplicate (the sent move),   the store answers duplicate (rcv/ index), the
              dead (out) for refused              confirm moves it: once in the inbox, never lost.
+relay        write tmp/F (the header with o=,    before sync 1: a tmp leftover, swept by age, and
+             h+1; the payload, CRC checked);     index entries that point at no outbox entry: the
+             lock relay-D; symlink               client heard nothing and resends, and the entry
+             relay/D/O/ID (EEXIST: a duplicate   is replaced. After the links, before sync 2: a
+             from the same client, a loop from   name lost from queued/ makes the resend store it
+             another; but an entry in no outbox  again; a name kept makes it a duplicate. So a
+             state is replaced); sync 1 (F,      message is queued once per (origin, id), and
+             relay/D/O); link F ->               "stored" follows sync 2. A crash between link
+             out/D/queued/N; unlink F; wake the  and unlink leaves tmp/F to the sweep.
+             sender; sync 2; unlock; answer
+             "stored"
 ===========  ==================================  ==================================================
 
 Where each transition is: put PutBatch.commit; sent, processed, dead (out), requeue
@@ -126,7 +142,8 @@ Where each transition is: put PutBatch.commit; sent, processed, dead (out), requ
 unassign; store Inbox.store; claim to due and requeue (in) the table leases.ACTIONS; purge
 Retention.purge; corrupt Retention.move_corrupt (dropr-ls --verify, verify.py; strays and
 unreadable files, Retention.corrupt); fetch dropr.fetch (answer at the holder, Fetcher at
-the fetcher), with the moves above.
+the fetcher), with the moves above;
+relay Relays.store (relay.py).
 
 Syncing: "sync" is fsync of each written file and each touched directory for a
 few messages, and one syncfs(2) of the spool's filesystem for the files of a batch
@@ -145,6 +162,8 @@ Modules, one per concern; the transitions above are named functions in them:
     leases.py     claim, ack, release, fail, reject, expire, due, requeue: a (state, event) table
     wake.py       wake-up sockets and every name they are bound under
     retention.py  purge, the tmp/ and rcv/ sweeps, corrupt/ and strays
+    relay.py      the relay store: relayed messages into the outbox, the relay/ index, the
+                  relay's receipt lookups, the index's purge
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from .. import message as m
 from ..config import MEMBER_SEP
 from ..protocol import DEAD, DUPLICATE, PENDING, PROCESSED, REFUSED, STORED, UNKNOWN
 from ._fs import DirectWriter, read_json
-from ._layout import DIRECT_MIN, SYNC_EACH_MAX, sorted_dirs
+from ._layout import DIRECT_MIN, SYNC_EACH_MAX, TTL_MARK, sorted_dirs
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
@@ -91,7 +91,9 @@ class Relays:
             new, dirs = self._index(client, dest.name, items, results)
             if not new:
                 return results
-            dirs |= self._mark(dest.name)
+            dirs |= self._mark(dest.name, RELAYED_MARK)
+            if any(items[i][1].deadline for i, _, _ in new):  # the sender expires them while backed off
+                dirs |= self._mark(dest.name, TTL_MARK)
             self._sync_data([tmp for _, tmp, _ in new], dirs)
             for _, tmp, name in new:
                 self.fs.move(tmp, f"{queued}/{name}")  # link + unlink: see FS.move
@@ -154,10 +156,10 @@ class Relays:
         self._last = t = t if t > self._last else self._last + 1
         return t
 
-    def _mark(self, dest: str) -> set[str]:
-        """Mark dest's outbox as holding relayed messages; return the folder to sync if new."""
+    def _mark(self, dest: str, mark: str) -> set[str]:
+        """Mark dest's outbox (RELAYED_MARK, TTL_MARK); return the folder to sync if new."""
         folder = f"{self.sp.outbox.base}/{dest}"
-        path = f"{folder}/{RELAYED_MARK}"
+        path = f"{folder}/{mark}"
         if os.path.exists(path):
             return set()
         try:
