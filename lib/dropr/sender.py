@@ -90,10 +90,14 @@ class Sender:
         if name in self.cfg.peers:
             return self.cfg.peers[name]
         url = self.spool.peer_url(name)
+        peer = Peer(name, url, None, self.cfg.cafile)
         for p in self.cfg.peers.values():
             if p.url == url:
-                return Peer(name, url, p.token, p.cafile)
-        return Peer(name, url, None, self.cfg.cafile)
+                peer = Peer(name, url, p.token, p.cafile)
+                break
+        peer.via = self.spool.relays.via(name)  # reached through a relay: to v1/relay, as name
+        peer.to = name if peer.via else None
+        return peer
 
     def refresh_peers(self) -> None:
         """Start tracking every peer with an outbox folder (of --peer, if given)."""

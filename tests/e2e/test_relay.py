@@ -9,12 +9,16 @@ origin and id it was put with, and receipts come back hop by hop.
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from dropr import message as m
-from helpers import Node, Nodes, free_port, listdir, wait_until
+from helpers import Node, Nodes, alive, children, free_port, listdir, wait_until
 
 DEADLINE = 60.0
 FAST = '[send]\nbackoff_min = "100ms"\nbackoff_max = "1s"\n'
@@ -221,3 +225,51 @@ def test_an_older_relay_answers_404(nodes: Nodes) -> None:
     err = p.stderr.decode()
     assert "HTTP 404" in err and "b does not relay: an older dropr?" in err, err
     assert out_states(a, "c") == {ident: "queued"} and in_names(b) == []
+
+
+def kill_9(b: Node, sender: subprocess.Popen[bytes]) -> None:
+    """kill -9 the relay's dropr-send, its dropr-serve master and workers; wait until gone."""
+    master = b.serve_proc
+    assert master is not None
+    pids = [sender.pid, master.pid, *children(master.pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    master.wait(30)
+    sender.wait(30)
+    b.serve_proc = None
+    wait_until(lambda: not any(alive(p) for p in pids), 30, "the killed processes to exit")
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_relay_loses_nothing_and_duplicates_nothing(nodes: Nodes) -> None:
+    a, b, c = nodes("a"), nodes("b"), nodes("c")
+    c.config("")
+    c.serve()
+    listen = f"127.0.0.1:{free_port()}"
+    b.config(f'[serve]\nrelay = ["a"]\n[peers.c]\nurl = "{c.url}"\n' + FAST)
+    url = b.serve(listen=listen)
+    a.config(f'[peers.b]\nurl = "{url}"\n[peers.c]\nvia = "b"\n' + FAST)
+    n = 2000
+    p = a.run("dropr-put", "--lines", "--to", "c", input="".join(f"m{i}\n" for i in range(n)), check=True)
+    ids = p.stdout.decode().split()
+    a.start_sender("--batch", "50")
+    relay_sender = b.start_sender("--batch", "50")
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    kills = 0
+    for _ in range(4):
+        if len(ready_names(c)) >= n:
+            break
+        time.sleep(rng.uniform(0.05, 0.4))  # the fault's timing, not a synchronization
+        kill_9(b, relay_sender)
+        kills += 1
+        assert b.serve(listen=listen) == url
+        relay_sender = b.start_sender("--batch", "50")
+    assert kills >= 2, f"only {kills} kills (seed {seed}): the transfer was too quick"
+    wait_until(lambda: len(ready_names(c)) >= n, 2 * DEADLINE, f"{n} messages at c (seed {seed})")
+    got = in_names(c)
+    assert len(got) == len(set(got)) == n, f"seed {seed}"
+    assert got == sorted(("a", i) for i in ids)
+    consume_all(c)
+    wait_until(lambda: set(out_states(a, "c").values()) == {"processed"}, DEADLINE, "receipts back at a")

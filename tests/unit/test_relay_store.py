@@ -231,3 +231,20 @@ def test_the_relay_checks_each_message(tmp_path: Path) -> None:
     hdr.origin, hdr.hops = "b", 1
     assert up.vet(hdr) == ("", "loop: b's message came back to b")
     assert RelayUpload(app, "x", None, "no", b"boundary").vet(hdr) == ("", "no")
+
+
+def test_a_peer_reached_through_a_relay_stays_so_when_it_leaves_the_config(tmp_path: Path) -> None:
+    """Its folder's url is the relay's: without out/c/via, the sender would deliver its
+    messages to the relay's inbox once [peers.c] is gone."""
+    from dropr.sender import SendOptions, Sender
+
+    conf = {"node": "a", "peers": {"b": {"url": "http://127.0.0.1:9/"}, "c": {"via": "b"}}}
+    sp = Spool(str(tmp_path / "a"), Config(conf))
+    put = sp.batch([sp.config.peers["c"]])
+    put.add(b"p")
+    put.commit()
+    assert Path(sp.path("out", "c", "via")).read_text() == "b\n"
+    assert not Path(sp.path("out", "b")).exists()
+    later = Spool(str(tmp_path / "a"), Config({"node": "a", "peers": {"b": {"url": "http://127.0.0.1:9/"}}}))
+    peer = Sender(later, SendOptions())._peer("c")
+    assert (peer.url, peer.to, peer.via) == ("http://127.0.0.1:9/", "c", "b")

@@ -26,6 +26,7 @@ PURGE_EVERY = 600.0  # the daemons purge a spool at most this often (seconds), o
 PURGE_CHECK = 60.0  # and look whether a purge is due this often (Spool.purge_if_due)
 TTL_MARK = "ttl"  # out/<peer>/ttl: messages with a TTL were put for the peer (the sender
 # checks a backed-off peer's queue for expired ones only then)
+VIA_MARK = "via"  # out/<peer>/via: the relay a peer is reached through (its url is the relay's)
 SWEEP_EVERY = 1.0  # claimers look for expired leases and due retries at most this often
 SYNC_EACH_MAX = 4  # up to this many files: fsync each; more: one syncfs
 CHUNK = 1 << 20

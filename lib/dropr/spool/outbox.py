@@ -36,6 +36,7 @@ from ._layout import (
     OUT_STATES,
     SYNC_EACH_MAX,
     TTL_MARK,
+    VIA_MARK,
     any_name,
     message_names,
     sorted_dirs,
@@ -70,6 +71,9 @@ class Outbox:
                 self.fs.mkdirs(os.path.join(d, s))
             url = os.path.join(d, "url")
             if not os.path.exists(url):
+                if peer.via:  # the url is the relay's: without this, the folder's messages
+                    # would go to the relay's inbox once the peer left the config
+                    self.fs.write_file(os.path.join(d, VIA_MARK), peer.via + "\n", flags=os.O_TRUNC)
                 where = HOLD_URL if peer.hold else peer.url  # a held peer fetches: no url
                 self.fs.write_file(url + ".new", where + "\n", flags=os.O_TRUNC)
                 self.fs.rename(url + ".new", url)

@@ -27,7 +27,7 @@ from .. import message as m
 from ..config import MEMBER_SEP
 from ..protocol import DEAD, DUPLICATE, PENDING, PROCESSED, REFUSED, STORED, UNKNOWN
 from ._fs import DirectWriter, read_json
-from ._layout import DIRECT_MIN, SYNC_EACH_MAX, TTL_MARK, sorted_dirs
+from ._layout import DIRECT_MIN, SYNC_EACH_MAX, TTL_MARK, VIA_MARK, sorted_dirs
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
@@ -221,6 +221,14 @@ class Relays:
             meta = read_json(f"{self.sp.outbox.base}/{folder}/meta/{ident}")
             return DEAD, str(meta.get("error", ""))
         return PENDING, ""
+
+    def via(self, folder: str) -> str | None:
+        """Return the relay an outbox folder's peer was reached through (out/P/via), or None."""
+        try:
+            with open(f"{self.sp.outbox.base}/{folder}/{VIA_MARK}", encoding="utf-8") as f:
+                return f.read().strip() or None
+        except FileNotFoundError:
+            return None
 
     def marked(self, folder: str) -> bool:
         """Return whether a relayed message was ever queued for an outbox folder (or its group)."""
