@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dropr import message as m
-from helpers import Node, Nodes, alive, children, free_port, listdir, wait_until
+from helpers import Node, Nodes, alive, children, command_path, free_port, listdir, wait_until
 
 DEADLINE = 60.0
 FAST = '[send]\nbackoff_min = "100ms"\nbackoff_max = "1s"\n'
@@ -271,5 +273,130 @@ def test_kill_9_of_the_relay_loses_nothing_and_duplicates_nothing(nodes: Nodes) 
     got = in_names(c)
     assert len(got) == len(set(got)) == n, f"seed {seed}"
     assert got == sorted(("a", i) for i in ids)
+    consume_all(c)
+    wait_until(lambda: set(out_states(a, "c").values()) == {"processed"}, DEADLINE, "receipts back at a")
+
+
+# -- a network where a cannot reach c at all ------------------------------------------------
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if check and p.returncode != 0:
+        raise AssertionError(f"ip {' '.join(args)}: {p.stderr.strip()}")
+    return p
+
+
+class Net:
+    """Namespaces A, B, C; veth A--B on 10.232.X.0/30 and B--C on 10.233.X.0/30. No
+    forwarding, no default route: A has no route to C's address at all."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}{secrets.token_hex(1)}"
+        self.ns = {n: f"relay-{n}-{tag}" for n in "abc"}
+        self.made: list[str] = []
+        x = os.getpid() % 256
+        self.addr = {"a": f"10.232.{x}.1", "b1": f"10.232.{x}.2", "b2": f"10.233.{x}.1", "c": f"10.233.{x}.2"}
+        self.veths = [
+            (f"rla{tag}"[:15], "a", f"rlb{tag}"[:15], "b"),
+            (f"rlB{tag}"[:15], "b", f"rlc{tag}"[:15], "c"),
+        ]
+
+    def add(self, n: str) -> subprocess.CompletedProcess[str]:
+        p = ip("netns", "add", self.ns[n], check=False)
+        if p.returncode == 0:
+            self.made.append(self.ns[n])
+        return p
+
+    def up(self) -> None:
+        for n in "bc":
+            if self.add(n).returncode != 0:
+                raise AssertionError(f"cannot add namespace {self.ns[n]}")
+        addrs = iter([self.addr["a"], self.addr["b1"], self.addr["b2"], self.addr["c"]])
+        for va, na, vb, nb in self.veths:
+            ip(
+                "link",
+                "add",
+                va,
+                "netns",
+                self.ns[na],
+                "type",
+                "veth",
+                "peer",
+                "name",
+                vb,
+                "netns",
+                self.ns[nb],
+            )
+            for dev, n in ((va, na), (vb, nb)):
+                ip("-n", self.ns[n], "addr", "add", f"{next(addrs)}/30", "dev", dev)
+                ip("-n", self.ns[n], "link", "set", dev, "up")
+        for ns in self.ns.values():
+            ip("-n", ns, "link", "set", "lo", "up")
+
+    def delete(self) -> None:
+        for ns in self.made:  # the veth pairs go with their namespaces
+            ip("netns", "del", ns, check=False)
+
+    def exec(self, n: str, node: Node, name: str, *args: str, log: Path) -> subprocess.Popen[bytes]:
+        """Start a dropr command of node inside namespace n; node's teardown stops it."""
+        with open(log, "ab") as f:
+            p = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns[n], command_path(name), *args],
+                env=node.env,
+                stderr=f,
+                stdin=subprocess.DEVNULL,
+            )
+        node.procs.append(p)  # `ip netns exec` execs the command: this pid is dropr's
+        return p
+
+    def serve(self, n: str, node: Node, addr: str) -> None:
+        """Start node's dropr-serve in namespace n on addr:8080; wait until it listens."""
+        proc = self.exec(n, node, "dropr-serve", "--listen", f"{addr}:8080", log=node.serve_log)
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"dropr-serve died: {node.serve_log.read_text()}")
+            return f"url=http://{addr}:8080/" in node.serve_log.read_text()
+
+        wait_until(listening, DEADLINE, f"{node.name}'s dropr-serve to listen in its namespace")
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    nt = Net()
+    p = nt.add("a")
+    if p.returncode != 0:
+        pytest.skip(f"cannot create a network namespace (needs root and iproute2): {p.stderr.strip()}")
+    try:
+        nt.up()
+        yield nt
+    finally:
+        nt.delete()
+
+
+@pytest.mark.slow
+@pytest.mark.netns
+def test_a_delivers_through_b_to_c_it_has_no_route_to(net: Net, nodes: Nodes) -> None:
+    a, b, c = nodes("a"), nodes("b"), nodes("c")
+    unreachable = ip("netns", "exec", net.ns["a"], "ip", "route", "get", net.addr["c"], check=False)
+    assert unreachable.returncode != 0, unreachable.stdout  # no route from a to c at all
+    c.config('[serve]\ntrust_relays = ["b"]\n[serve.tokens]\n"tok-of-b-for-c" = "b"\n')
+    b.config(
+        '[serve]\nrelay = ["a"]\n[serve.tokens]\n"tok-of-a-for-b" = "a"\n'
+        f'[peers.c]\nurl = "http://{net.addr["c"]}:8080/"\ntoken = "tok-of-b-for-c"\n' + FAST
+    )
+    a.config(
+        f'[peers.b]\nurl = "http://{net.addr["b1"]}:8080/"\ntoken = "tok-of-a-for-b"\n'
+        '[peers.c]\nvia = "b"\n' + FAST
+    )
+    net.serve("c", c, net.addr["c"])
+    net.serve("b", b, net.addr["b1"])  # the side a reaches; b reaches c from its other side
+    net.exec("b", b, "dropr-send", log=b.send_log)
+    net.exec("a", a, "dropr-send", log=a.send_log)
+    ids = [a.put(f"across {i}", "--to", "c") for i in range(10)]
+    wait_until(lambda: len(ready_names(c)) == 10, DEADLINE, "the messages at c")
+    assert in_names(c) == sorted(("a", i) for i in ids)
+    assert in_names(b) == []
     consume_all(c)
     wait_until(lambda: set(out_states(a, "c").values()) == {"processed"}, DEADLINE, "receipts back at a")
