@@ -236,7 +236,7 @@ def test_the_relay_checks_each_message(tmp_path: Path) -> None:
 def test_a_peer_reached_through_a_relay_stays_so_when_it_leaves_the_config(tmp_path: Path) -> None:
     """Its folder's url is the relay's: without out/c/via, the sender would deliver its
     messages to the relay's inbox once [peers.c] is gone."""
-    from dropr.sender import SendOptions, Sender
+    from dropr.sender import Sender, SendOptions
 
     conf = {"node": "a", "peers": {"b": {"url": "http://127.0.0.1:9/"}, "c": {"via": "b"}}}
     sp = Spool(str(tmp_path / "a"), Config(conf))

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 RELAYED_MARK = "relayed"  # out/<dest>/relayed: see above
 INDEX = "relay"  # the index's top folder
 TMP_TAG = "relay,"  # a relayed message's tmp name: "{pid}.{seq}.relay,{id}"
+ORIGINS_CACHED = 100_000  # the sender keeps this many sent/ entries' origins (then starts over)
 MEMBERS_TTL = 10.0  # a destination's group members are listed again after this (seconds)
 LOOKUP_ORDER = ("processed", "dead", "sent", "queued")  # an entry mid-move is in two: the later wins
 Item = tuple[str, m.Header]  # a relayed file in tmp/ (new header, payload), the header received
@@ -54,6 +55,7 @@ class Relays:
         self._made: set[str] = set()  # index folders known to exist
         self._last = 0  # the last arrival time given (µs): each name of this process is new
         self._members: dict[str, tuple[float, list[str]]] = {}  # dest -> (listed at, its members)
+        self._origins: dict[str, str] = {}  # outbox name -> its o= (a name is never reused)
 
     # -- writing -------------------------------------------------------------------
 
@@ -86,8 +88,10 @@ class Relays:
         results = [(STORED, "")] * len(items)
         if not items:
             return results
-        queued = f"{self.sp.outbox.peer_dir(dest)}/queued"
         with self.fs.lock(self.sp.path("lock", f"relay-{dest.name}.lock")):
+            # made under the lock: the server's threads and workers relay at once, and
+            # peer_dir's url.new would be renamed by one of them under the other's hands
+            queued = f"{self.sp.outbox.peer_dir(dest)}/queued"
             new, dirs = self._index(client, dest.name, items, results)
             if not new:
                 return results
@@ -246,13 +250,21 @@ class Relays:
         origins: list[str] = []
         ids: set[str] = set()
         base = f"{self.sp.outbox.base}/{folder}/sent"
+        known = self._origins
+        if len(known) > ORIGINS_CACHED:
+            known.clear()
         for name in names:
             ident = m.split_out_name(name)[1]
             if ident in ids:
                 continue
             ids.add(ident)
             kept.append(name)
-            origins.append(_origin_of(f"{base}/{name}"))
+            origin = known.get(name)
+            if origin is None:
+                origin = _origin_of(f"{base}/{name}")
+                if origin is not None:  # gone meanwhile (processed): not worth keeping
+                    known[name] = origin
+            origins.append(origin or "")
         return kept, origins
 
     # -- retention -----------------------------------------------------------------
@@ -291,13 +303,13 @@ def _target(link: str) -> tuple[str, str, str]:
     return os.readlink(link).partition("/")
 
 
-def _origin_of(path: str) -> str:
-    """Return the o= of an outbox file's header, "" if it has none (or is gone)."""
+def _origin_of(path: str) -> str | None:
+    """Return the o= of an outbox file's header, "" if it has none, None if it is gone."""
     try:
         with open(path, "rb") as f:
             raw = f.read(m.HEADER_SIZE)
     except OSError:
-        return ""
+        return None
     at = raw.find(b" o=")
     if at < 0:
         return ""

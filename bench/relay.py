@@ -1,0 +1,130 @@
+"""Benchmark section for relays (#15): a -> b -> c against a -> b, in the same run.
+
+Registered into the harness by ``run.py`` importing this module. Both runs time the same
+thing: from the start of ``dropr-send --once`` at A until the last of the messages is
+ready in the destination's inbox (C, through B's running dropr-send daemon; or B).
+
+Three nodes on one machine are not three hosts: a relay run does twice the storing of a
+direct one (at B and at C) on the same CPUs, so unpinned it measures CPU contention, not
+the pipeline. Each node's processes are therefore pinned as if it were a host of its own:
+B (its dropr-serve and dropr-send) on one CPU, A and C on another (A's sender is light),
+in both runs alike. With a single CPU nothing is pinned.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from delivery import Server, _children, _env, _put_lines
+from harness import Ctx, section, sync_fs
+
+LIMIT = 1.3  # a -> b -> c takes at most this many times a -> b: the hops pipeline
+
+
+def _ready(spool: Path) -> int:
+    try:
+        return len(os.listdir(spool / "in" / "default" / "ready"))
+    except FileNotFoundError:
+        return 0
+
+
+CPUS = sorted(os.sched_getaffinity(0))
+HOST = {"a": CPUS[:1], "b": CPUS[1:2] or CPUS[:1], "c": CPUS[:1]}  # node -> the CPUs it runs on
+
+
+def _pin(pid: int, node: str) -> None:
+    """Pin a process and its children (a server's workers) to the node's CPUs."""
+    for p in [pid, *_children(pid)]:
+        try:
+            os.sched_setaffinity(p, HOST[node])
+        except OSError:
+            pass
+
+
+def _start(ctx: Ctx, node: str, *args: str) -> subprocess.Popen[bytes]:
+    """Start a dropr command of node on the node's CPUs."""
+    cpus = HOST[node]
+    return subprocess.Popen(args, env=_env(ctx, node), preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+
+
+def _server(ctx: Ctx, spool: Path, node: str) -> Server:
+    srv = Server(ctx, spool, node=node)
+    _pin(srv.proc.pid, node)
+    return srv
+
+
+def _timed_send(ctx: Ctx, a: Path, dest: Path, n: int) -> float:
+    """Run dropr-send --once at A; return the seconds until n messages are ready at dest."""
+    t0 = time.perf_counter()
+    p = _start(ctx, "a", ctx.cmd("dropr-send"), "--spool", str(a), "--once", "-q")
+    deadline = time.monotonic() + 600
+    while _ready(dest) < n:
+        if time.monotonic() > deadline or (p.poll() or 0) != 0:
+            p.kill()
+            p.wait()
+            why = f"dropr-send exited {p.returncode}: only {_ready(dest)} of {n} messages arrived"
+            raise RuntimeError(why)
+        time.sleep(0.01)
+    el = time.perf_counter() - t0
+    p.wait(600)
+    return el
+
+
+def _direct(ctx: Ctx, root: Path, n: int) -> float:
+    """a -> b: the reference."""
+    srv = _server(ctx, root / "B", "b")
+    try:
+        _put_lines(ctx, root / "A", srv.url, n)
+        sync_fs(root)
+        return _timed_send(ctx, root / "A", root / "B", n)
+    finally:
+        srv.stop()
+
+
+def _chain(ctx: Ctx, root: Path, n: int) -> float:
+    """a -> b -> c: B relays with its dropr-send daemon already running."""
+    a, b = root / "A", root / "B"
+    dest = _server(ctx, root / "C", "c")
+    b.mkdir(parents=True)
+    (b / "dropr.toml").write_text(f'node = "b"\n[serve]\nrelay = ["a"]\n[peers.c]\nurl = "{dest.url}"\n')
+    relay = _server(ctx, b, "b")
+    sender = _start(ctx, "b", ctx.cmd("dropr-send"), "--spool", str(b), "-q")
+    try:
+        a.mkdir(parents=True)
+        (a / "dropr.toml").write_text(f'node = "a"\n[peers.b]\nurl = "{relay.url}"\n[peers.c]\nvia = "b"\n')
+        _put_lines(ctx, a, "c", n)
+        deadline = time.monotonic() + 30
+        while not (b / "wake" / "send.sock").exists():  # B's sender waits for work
+            if time.monotonic() > deadline or sender.poll() is not None:
+                raise RuntimeError("the relay's dropr-send did not start")
+            time.sleep(0.01)
+        sync_fs(root)
+        return _timed_send(ctx, a, root / "C", n)
+    finally:
+        sender.send_signal(signal.SIGTERM)
+        sender.wait(30)
+        relay.stop()
+        dest.stop()
+
+
+@section("relay", "(#15) 10,000 × 1 KiB a->b->c through a relay, against a->b in the same run")
+def relay(ctx: Ctx) -> None:
+    n = ctx.n(10_000)
+    print(f"  from dropr-send --once at a until all {n:,} are ready at the destination;")
+    print("  a->b->c: b's dropr-send daemon passes each batch on as it arrives")
+    print(f"  pinned as hosts: a and c on CPU {HOST['a']}, b on CPU {HOST['b']}")
+    for r in range(ctx.repeat):
+        root = ctx.fresh("relay-direct")
+        direct = _direct(ctx, root, n)
+        ctx.remove_at_end(f"relay-direct-{r}", root)
+        root = ctx.fresh("relay-chain")
+        chained = _chain(ctx, root, n)
+        ctx.remove_at_end(f"relay-chain-{r}", root)
+        print(f"  run {r + 1}: a->b {direct:.2f} s, a->b->c {chained:.2f} s")
+        ctx.figure("relay.direct", "a->b, 1 KiB messages (info)", direct, "s")
+        ctx.figure("relay.chain", "a->b->c through a relay (info)", chained, "s")
+        ctx.figure("relay.ratio", "a->b->c time / a->b time", chained / direct, target=("<=", LIMIT))
