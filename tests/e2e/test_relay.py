@@ -15,8 +15,11 @@ import secrets
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dropr import message as m
@@ -400,3 +403,102 @@ def test_a_delivers_through_b_to_c_it_has_no_route_to(net: Net, nodes: Nodes) ->
     assert in_names(b) == []
     consume_all(c)
     wait_until(lambda: set(out_states(a, "c").values()) == {"processed"}, DEADLINE, "receipts back at a")
+
+
+# -- the wire, by hand --------------------------------------------------------------------------
+
+
+def message(payload: bytes, ident: str, origin: str | None = None, hops: int = 0) -> bytes:
+    hdr = m.Header(
+        ident, "default", 5, m.now_us(), 0, len(payload), m.crc32(payload), origin=origin, hops=hops
+    )
+    return hdr.pack() + payload
+
+
+def post(url: str, path: str, body: bytes, ctype: str, **headers: str) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        url + path, data=body, method="POST", headers={"Content-Type": ctype, **headers}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def upload(url: str, path: str, parts: list[tuple[str, bytes]], **headers: str) -> tuple[int, dict[str, Any]]:
+    b = "dropr-test-boundary"
+    body = (
+        b"".join(
+            f'--{b}\r\nContent-Disposition: form-data; name="m"; filename="{i}"\r\n'.encode()
+            + b"Content-Type: application/octet-stream\r\n\r\n"
+            + data
+            + b"\r\n"
+            for i, data in parts
+        )
+        + f"--{b}--\r\n".encode()
+    )
+    return post(url, path, body, f"multipart/form-data; boundary={b}", **headers)
+
+
+def results(answer: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(r["id"], r["status"], r.get("reason", "")) for r in answer["results"]]
+
+
+def test_the_destination_stores_a_trusted_relays_parts_under_their_origin(nodes: Nodes) -> None:
+    c = nodes("c")
+    c.config('[serve]\ntrust_relays = ["b"]\n[serve.tokens]\n"tok-b" = "b"\n"tok-x" = "x"\n')
+    url = c.serve()
+    as_b = {"Authorization": "Bearer tok-b"}
+    as_x = {"Authorization": "Bearer tok-x"}
+    code, ans = upload(
+        url, "v1/messages", [("r1", message(b"1", "r1", "a", 1)), ("own", message(b"2", "own"))], **as_b
+    )
+    assert code == 200 and results(ans) == [("r1", "stored", ""), ("own", "stored", "")]
+    code, ans = upload(
+        url, "v1/messages", [("r2", message(b"3", "r2", "a", 1)), ("x1", message(b"4", "x1"))], **as_x
+    )
+    assert results(ans) == [
+        ("r2", "refused", "c does not take messages relayed by x: add it to serve.trust_relays"),
+        ("x1", "stored", ""),
+    ]
+    assert in_names(c) == [("a", "r1"), ("b", "own"), ("x", "x1")]
+    # a resend of the relayed one is a duplicate under its origin
+    _, ans = upload(url, "v1/messages", [("r1", message(b"1", "r1", "a", 1))], **as_b)
+    assert results(ans) == [("r1", "duplicate", "")]
+    poll = json.dumps({"ids": ["r1", "own"], "origins": ["a", ""]}).encode()
+    _, ans = post(url, "v1/status", poll, "application/json", **as_b)
+    assert ans["results"] == {"r1": {"state": "pending"}, "own": {"state": "pending"}}
+    _, ans = post(
+        url, "v1/status", json.dumps({"ids": ["r1"], "origins": ["a"]}).encode(), "application/json", **as_x
+    )
+    assert ans["results"]["r1"]["state"] == "unknown"
+    code, ans = post(
+        url, "v1/status", json.dumps({"ids": ["r1"], "origins": []}).encode(), "application/json", **as_b
+    )
+    assert code == 400 and ans["error"] == "bad status request: origins must be a list as long as ids"
+
+
+def test_the_relay_routes_by_hand(nodes: Nodes) -> None:
+    b = nodes("b")
+    b.config('[serve]\nrelay = ["a"]\n[peers.c]\nurl = "http://127.0.0.1:9/"\n')
+    url = b.serve()
+    origin = {"X-Dropr-Origin": "a"}
+    code, ans = upload(url, "v1/relay", [("m1", message(b"1", "m1"))], **origin)
+    assert code == 400 and ans["error"].startswith("bad X-Dropr-To ''")
+    code, ans = upload(url, "v1/relay", [("m1", message(b"1", "m1"))], **origin, **{"X-Dropr-To": "c"})
+    assert results(ans) == [("m1", "stored", "")]
+    assert listdir(b.spool / "out" / "c" / "queued") and in_names(b) == []
+    code, ans = upload(url, "v1/relay", [("m2", message(b"2", "m2"))], **origin, **{"X-Dropr-To": "b"})
+    assert results(ans) == [("m2", "stored", "")] and in_names(b) == [("a", "m2")]  # b is the destination
+    bad = message(b"3", "m3")[:-1] + b"X"  # the end-to-end checksum fails
+    _, ans = upload(url, "v1/relay", [("m3", bad)], **origin, **{"X-Dropr-To": "c"})
+    assert results(ans) == [("m3", "refused", "checksum mismatch")]
+    assert len(listdir(b.spool / "out" / "c" / "queued")) == 1 and listdir(b.spool / "tmp") == []
+    poll = json.dumps({"ids": ["m1", "zz"]}).encode()
+    _, ans = post(url, "v1/relay/status", poll, "application/json", **origin, **{"X-Dropr-To": "c"})
+    assert ans["results"] == {"m1": {"state": "pending"}, "zz": {"state": "unknown"}}
+    _, ans = post(
+        url, "v1/relay/status", poll, "application/json", **{"X-Dropr-Origin": "e", "X-Dropr-To": "c"}
+    )
+    assert ans["results"]["m1"] == {"state": "unknown"}  # only the client that relayed it learns its state
