@@ -13,6 +13,7 @@ import signal
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from harness import Ctx, regular_install, section, sync_fs
@@ -46,7 +47,9 @@ def _children(pid: int) -> list[int]:
 class Server:
     """A dropr-serve on 127.0.0.1, port 0, for one spool."""
 
-    def __init__(self, ctx: Ctx, spool: Path, node: str = "b") -> None:
+    def __init__(
+        self, ctx: Ctx, spool: Path, node: str = "b", preexec: Callable[[], None] | None = None
+    ) -> None:
         self.log = spool.parent / f"{node}-serve.log"
         spool.mkdir(parents=True, exist_ok=True)
         env = dict(ctx.env(), DROPR_NODE=node)
@@ -55,6 +58,7 @@ class Server:
                 [ctx.cmd("dropr-serve"), "--spool", str(spool), "--listen", "127.0.0.1:0", "-q"],
                 stderr=log,
                 env=env,
+                preexec_fn=preexec,  # relay.py: the node's cgroup
             )
         deadline = time.monotonic() + 30
         self.url = ""

@@ -5,10 +5,11 @@ thing: from the start of ``dropr-send --once`` at A until the last of the messag
 ready in the destination's inbox (C, through B's running dropr-send daemon; or B).
 
 Three nodes on one machine are not three hosts: a relay run does twice the storing of a
-direct one (at B and at C) on the same CPUs, so unpinned it measures CPU contention, not
-the pipeline. Each node's processes are therefore pinned as if it were a host of its own:
-B (its dropr-serve and dropr-send) on one CPU, A and C on another (A's sender is light),
-in both runs alike. With a single CPU nothing is pinned.
+direct one (at B and at C) on the same CPUs, so unconstrained it measures CPU contention,
+not the pipeline. Each node therefore gets the CPU of a host of its own, the same in both
+runs: a cgroup (v1 cpu controller, /sys/fs/cgroup/cpu) per node, with a CFS quota of a
+third of the machine's CPUs each (three nodes fit at once). Without that controller (or
+root), the runs are unconstrained and the section says so.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from delivery import Server, _children, _env, _put_lines
+from delivery import Server, _env, _put_lines
 from harness import Ctx, section, sync_fs
 
 LIMIT = 1.3  # a -> b -> c takes at most this many times a -> b: the hops pipeline
@@ -32,29 +34,63 @@ def _ready(spool: Path) -> int:
         return 0
 
 
-CPUS = sorted(os.sched_getaffinity(0))
-HOST = {"a": CPUS[:1], "b": CPUS[1:2] or CPUS[:1], "c": CPUS[:1]}  # node -> the CPUs it runs on
+CPU_CGROUPS = "/sys/fs/cgroup/cpu"  # cgroup v1's cpu controller
 
 
-def _pin(pid: int, node: str) -> None:
-    """Pin a process and its children (a server's workers) to the node's CPUs."""
-    for p in [pid, *_children(pid)]:
+class Hosts:
+    """A cgroup per node limiting its processes to a third of the machine's CPUs."""
+
+    def __init__(self) -> None:
+        self.dirs: dict[str, str] = {}
+        quota = int(100_000 * (os.cpu_count() or 1) / 3)
         try:
-            os.sched_setaffinity(p, HOST[node])
-        except OSError:
-            pass
+            for node in "abc":
+                d = f"{CPU_CGROUPS}/dropr-bench-relay-{os.getpid()}-{node}"
+                os.mkdir(d)
+                self.dirs[node] = d
+                Path(d, "cpu.cfs_period_us").write_text("100000")
+                Path(d, "cpu.cfs_quota_us").write_text(str(quota))
+            self.note = f"each node limited to {quota / 1000:.0f} ms of CPU per 100 ms (a cgroup per node)"
+        except OSError as exc:
+            self.close()
+            self.note = f"UNCONSTRAINED: no cpu cgroup ({exc.strerror}): the relay run competes for CPU"
+
+    def enter(self, node: str) -> Callable[[], None] | None:
+        """Return a preexec_fn that puts the new process into node's cgroup (None: no cgroups)."""
+        d = self.dirs.get(node)
+        if d is None:
+            return None
+
+        def join() -> None:
+            with open(f"{d}/cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+
+        return join
+
+    def close(self) -> None:
+        """Remove the cgroups (their processes are gone by then)."""
+        for d in self.dirs.values():
+            for _ in range(50):
+                try:
+                    os.rmdir(d)
+                    break
+                except OSError:
+                    time.sleep(0.1)  # a process of the node is still exiting
+        self.dirs = {}
+
+
+HOSTS: Hosts | None = None
 
 
 def _start(ctx: Ctx, node: str, *args: str) -> subprocess.Popen[bytes]:
-    """Start a dropr command of node on the node's CPUs."""
-    cpus = HOST[node]
-    return subprocess.Popen(args, env=_env(ctx, node), preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    """Start a dropr command of node in the node's cgroup."""
+    join = HOSTS.enter(node) if HOSTS else None
+    return subprocess.Popen(args, env=_env(ctx, node), preexec_fn=join)
 
 
 def _server(ctx: Ctx, spool: Path, node: str) -> Server:
-    srv = Server(ctx, spool, node=node)
-    _pin(srv.proc.pid, node)
-    return srv
+    """Start node's dropr-serve in the node's cgroup (its workers are forked inside)."""
+    return Server(ctx, spool, node=node, preexec=HOSTS.enter(node) if HOSTS else None)
 
 
 def _timed_send(ctx: Ctx, a: Path, dest: Path, n: int) -> float:
@@ -116,15 +152,25 @@ def relay(ctx: Ctx) -> None:
     n = ctx.n(10_000)
     print(f"  from dropr-send --once at a until all {n:,} are ready at the destination;")
     print("  a->b->c: b's dropr-send daemon passes each batch on as it arrives")
-    print(f"  pinned as hosts: a and c on CPU {HOST['a']}, b on CPU {HOST['b']}")
-    for r in range(ctx.repeat):
-        root = ctx.fresh("relay-direct")
-        direct = _direct(ctx, root, n)
-        ctx.remove_at_end(f"relay-direct-{r}", root)
-        root = ctx.fresh("relay-chain")
-        chained = _chain(ctx, root, n)
-        ctx.remove_at_end(f"relay-chain-{r}", root)
-        print(f"  run {r + 1}: a->b {direct:.2f} s, a->b->c {chained:.2f} s")
-        ctx.figure("relay.direct", "a->b, 1 KiB messages (info)", direct, "s")
-        ctx.figure("relay.chain", "a->b->c through a relay (info)", chained, "s")
-        ctx.figure("relay.ratio", "a->b->c time / a->b time", chained / direct, target=("<=", LIMIT))
+    global HOSTS
+    HOSTS = Hosts()
+    print(f"  {HOSTS.note}")
+    try:
+        for r in range(ctx.repeat):
+            _relay_run(ctx, r, n)
+    finally:
+        HOSTS.close()
+        HOSTS = None
+
+
+def _relay_run(ctx: Ctx, r: int, n: int) -> None:
+    root = ctx.fresh("relay-direct")
+    direct = _direct(ctx, root, n)
+    ctx.remove_at_end(f"relay-direct-{r}", root)
+    root = ctx.fresh("relay-chain")
+    chained = _chain(ctx, root, n)
+    ctx.remove_at_end(f"relay-chain-{r}", root)
+    print(f"  run {r + 1}: a->b {direct:.2f} s, a->b->c {chained:.2f} s")
+    ctx.figure("relay.direct", "a->b, 1 KiB messages (info)", direct, "s")
+    ctx.figure("relay.chain", "a->b->c through a relay (info)", chained, "s")
+    ctx.figure("relay.ratio", "a->b->c time / a->b time", chained / direct, target=("<=", LIMIT))
