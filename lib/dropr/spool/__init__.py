@@ -18,6 +18,7 @@ rename and link could not be atomic)::
                                  pinned_at (an ambiguous failure: retried there only), its
                                  peer.json failing_since (groups.py)
     out/<peer>/relayed           empty: a relayed message was queued for the peer
+    out/<peer>/via               the relay a peer is reached through (its url is the relay's)
     relay/<dest>/<origin>/<id>   a relay's index: symlink -> "<client>/<outbox name>" of each
                                  message relayed for dest (relay/ made at the first)
     in/<channel>/<state>/<name>  state: ready wait claimed done dead
