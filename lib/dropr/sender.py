@@ -90,11 +90,8 @@ class Sender:
         if name in self.cfg.peers:
             return self.cfg.peers[name]
         url = self.spool.peer_url(name)
-        peer = Peer(name, url, None, self.cfg.cafile)
-        for p in self.cfg.peers.values():
-            if p.url == url:
-                peer = Peer(name, url, p.token, p.cafile)
-                break
+        p = next((p for p in self.cfg.peers.values() if p.url == url), None)
+        peer = Peer(name, url, p.token, p.cafile) if p else Peer(name, url, None, self.cfg.cafile)
         peer.via = self.spool.relays.via(name)  # reached through a relay: to v1/relay, as name
         peer.to = name if peer.via else None
         return peer
@@ -214,18 +211,10 @@ class Sender:
                 run.fire(ROUND_OVER)
                 continue
             run.poll_after = names[-1] if len(names) >= STATUS_BATCH else ""
-            origins = None
-            if self.spool.relays.marked(run.peer.name):  # relayed messages: ask by first origin
-                names, origins = self.spool.relays.poll_origins(run.peer.name, names)
+            names, origins = self.spool.relays.poll_origins(run.peer.name, names)  # relayed: o=
             split = [m.split_out_name(n) for n in names]
-            t = tp.status(
-                run.peer,
-                [i for _, i in split],
-                self.spool.node,
-                self.timeouts,
-                [p for p, _ in split],
-                origins,
-            )
+            ids, prefixes = [i for _, i in split], [p for p, _ in split]
+            t = tp.status(run.peer, ids, self.spool.node, self.timeouts, prefixes, origins)
             t.tag = names
             run.fire(ASK)
             self.pool.add(t)

@@ -102,6 +102,8 @@ class Relays:
             for _, tmp, name in new:
                 self.fs.move(tmp, f"{queued}/{name}")  # link + unlink: see FS.move
             self.sp.wakeups.wake_sender()  # before the fsync of queued/, as PutBatch.commit
+            if dest.hold:  # fetched, not pushed: wake the fetches held for it
+                self.sp.wakeups.wake_fetchers(dest.name)
             self.sp.sync(dirs=[queued])
         return results
 
@@ -242,10 +244,13 @@ class Relays:
         group, sep, _ = folder.rpartition(MEMBER_SEP)
         return bool(sep) and os.path.exists(f"{base}/{group}/{RELAYED_MARK}")
 
-    def poll_origins(self, folder: str, names: list[str]) -> tuple[list[str], list[str]]:
+    def poll_origins(self, folder: str, names: list[str]) -> tuple[list[str], list[str] | None]:
         """Return the sent/ names of one receipt poll with each id once (a relayed id is unique
         per origin only: the second waits for a later poll), and each one's first origin
-        ("" for this node's own), read from its header."""
+        ("" for this node's own), read from its header; (names, None) for a folder that
+        never held a relayed message (``marked``)."""
+        if not self.marked(folder):
+            return names, None
         kept: list[str] = []
         origins: list[str] = []
         ids: set[str] = set()
