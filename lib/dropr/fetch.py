@@ -480,7 +480,8 @@ class _Parts(Upload):
     (the first, named FETCH_PART) aside and checking each part's name against its id."""
 
     def __init__(self, origins: _Origins, max_size: int, boundary: bytes, entries: int) -> None:
-        super().__init__(cast("Spool", origins), "", max_size, boundary, entries)
+        # trusted: a part's o= (a message the holder relayed) is the origin it is stored under
+        super().__init__(cast("Spool", origins), "", max_size, boundary, entries, trusted=True)
         self.origins = origins
         self.control: bytearray | None = None  # while the control part is read
         self.got: dict[str, Any] = {}
