@@ -502,3 +502,23 @@ def test_the_relay_routes_by_hand(nodes: Nodes) -> None:
         url, "v1/relay/status", poll, "application/json", **{"X-Dropr-Origin": "e", "X-Dropr-To": "c"}
     )
     assert ans["results"]["m1"] == {"state": "unknown"}  # only the client that relayed it learns its state
+
+
+def test_a_relay_to_a_held_peer_is_fetched_under_the_origin(nodes: Nodes) -> None:
+    """a -> hub (relay) -> laptop, which nobody reaches: it fetches from hub."""
+    a, hub, lap = nodes("a"), nodes("hub"), nodes("laptop")
+    hub.config(
+        '[serve]\nrelay = ["a"]\n[peers.laptop]\nhold = true\n'
+        '[serve.tokens]\n"tok-a" = "a"\n"tok-l" = "laptop"\n'
+    )
+    url = hub.serve()
+    lap.config(f'[peers.hub]\nurl = "{url}"\ntoken = "tok-l"\nfetch = true\n')
+    a.config(f'[peers.hub]\nurl = "{url}"\ntoken = "tok-a"\n[peers.laptop]\nvia = "hub"\n' + FAST)
+    a.start_sender()
+    ids = [a.put(f"for the laptop {i}", "--to", "laptop") for i in range(3)]
+    wait_until(lambda: len(out_states(hub, "laptop")) == 3, DEADLINE, "the messages queued at the hub")
+    assert lap.send_once("--fetch", "hub").returncode == 0
+    assert in_names(lap) == sorted(("a", i) for i in ids)
+    consume_all(lap)
+    assert lap.send_once("--fetch", "hub").returncode == 0  # the receipts go with the next fetch
+    wait_until(lambda: set(out_states(a, "laptop").values()) == {"processed"}, DEADLINE, "receipts back at a")
