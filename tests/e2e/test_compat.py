@@ -279,6 +279,6 @@ def test_fetching_from_an_old_server_fails_with_its_404(
     url = b.serve()
     a.config(f'[peers.b]\nurl = "{url}"\nfetch = true\n')
     p = a.send_once("--fetch", "b")
-    assert p.returncode != 0, p.stderr.decode()
+    assert p.returncode == DEFERRED, p.stderr.decode()
     assert "404" in p.stderr.decode(), p.stderr.decode()
     assert a.ls("-l") == [] and listdir(a.spool / "rcv") == []
