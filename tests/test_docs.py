@@ -166,6 +166,24 @@ def test_overview_page() -> None:
         assert prog in secs["DESCRIPTION"], f"dropr.7 does not list {prog}"
 
 
+def _plain(roff: str) -> str:
+    """Return roff source as running words: font macros unwrapped, quotes and spacing gone."""
+    words = [re.sub(r"^\.(?:[BI]|[BIR][BIR])\s+", "", ln) for ln in roff.splitlines() if ln.strip()]
+    return " ".join(" ".join(words).replace('"', "").split())
+
+
+@pytest.mark.parametrize("prog", sorted(SCRIPTS))
+def test_command_is_described_in_its_name_lines_words(prog: str) -> None:
+    """dropr.7's list of commands and README's table say what each page's NAME line says."""
+    page = man_page(prog)
+    name = sections(roff_text(page))["NAME"].strip()
+    what = name.split(" - ", 1)[1]
+    described = _plain(sections(roff_text(MAN / "dropr.7"))["DESCRIPTION"])
+    assert f"{prog} ({page.suffix[1:]}) {what}" in described, f"dropr.7 DESCRIPTION: {prog} is not {what!r}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").replace("`", "")
+    assert f"| {prog} | {what} |" in readme, f"README.md: the row of {prog} is not {what!r}"
+
+
 def test_see_also_targets_exist() -> None:
     pages = {p.name for p in MAN.glob("*.[1-8]")}
     for page in sorted(MAN.glob("*.[1-8]")):

@@ -11,6 +11,7 @@ installed commands. Keep this file, and add a fixture, when the on-disk format c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -211,3 +212,30 @@ def test_put_of_an_existing_caller_id_is_a_noop(old: Old) -> None:
         assert p.stdout.decode().split() == [ident]
     assert a.ls("-l", "--out") == before
     assert {i: (a.spool / "ids" / i).readlink() for i in links} == links
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("dropr.groups") is None, reason="the peer groups of #15 are not here yet"
+)
+def test_a_peer_that_becomes_a_group_keeps_its_messages_flowing(old: Old, nodes: Nodes) -> None:
+    """Peer b of the old spool becomes a group (urls = [b, b2]): what was queued for b goes to
+    the first member, b, each message once and nothing to b2; what was sent, processed or
+    dead before stays so (dropr.7, NETWORKS OF HOSTS: out/b/ becomes the group's folder)."""
+    a, b, b2, c = old.a, nodes("b"), nodes("b2"), nodes("c")
+    url_b, url_b2, url_c = b.serve(), b2.serve(), c.serve()
+    a.config(
+        f'\n[peers.b]\nurls = ["{url_b}", "{url_b2}"]\n\n[peers.c]\nurl = "{url_c}"\n\n'
+        '[limits]\nmax_attempts = 3\nretention = "3650d"\n'
+    )
+    a.send_once(check=True)
+    queued = old.ids("out", "b", "queued")
+    got = inbox_ids(b)
+    assert sorted(i for _, i in got) == sorted(queued) and set(got.values()) == {1}
+    assert inbox_ids(b2) == Counter()
+    now: dict[str, str] = {}
+    for r in a.ls("-l", "--out"):
+        if r["id"] in old.expect["out"]["b"] and r["name"] != "c":
+            assert r["id"] not in now, f"{r['id']} is in two of b's folders: {r}"
+            now[r["id"]] = r["state"]
+    before = {i: rec["state"] for i, rec in old.expect["out"]["b"].items()}
+    assert now == {i: ("sent" if s == "queued" else s) for i, s in before.items()}
