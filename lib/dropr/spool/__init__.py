@@ -5,6 +5,7 @@ rename and link could not be atomic)::
 
     node                         this node's name, fixed at first use
     dropr.toml                   optional config
+    .config.cache                its last parse, keyed by its content (config._cached)
     tmp/                         files being written; swept when untouched for 36 h
     ids/<id>                     symlink -> "{p}{arrival}" for caller-chosen outbox ids
     out/<peer>/url               where the peer is ("hold" for a held peer: it fetches)
