@@ -56,7 +56,7 @@ def test_the_sandbox_oracles_see_what_they_must(tmp_path: Path) -> None:
         assert "outside the spool: ['home/stray']" in text
         assert "its payload is no well-formed part's" in text
         assert "rcv entry b/rcv/a/other" in text
-        assert "not in the inbox: ['gone']" in text
+        assert "in neither the inbox nor the outbox: ['gone']" in text
     finally:
         box.stop()
 
