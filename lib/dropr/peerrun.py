@@ -111,6 +111,8 @@ class PeerRun:
         self.group: GroupRun | None = None  # of a group member: its group's run (groups.py)
         self.send = BACKOFF if self.until > time.time() else IDLE
         self.poll = QUIET
+        if spool.out_any(peer.name, SENT_DIR):  # sent before a restart: poll them now, or a
+            self.poll, self.poll_at = DUE, time.monotonic()  # daemon with nothing new to send never did
 
     def fire(self, event: str) -> None:
         """Make the transition the table has for event in the current state."""

@@ -109,6 +109,19 @@ def test_daemon_polls_past_unconsumed_messages(net: tuple[Node, Node, str]) -> N
     wait_until(lambda: a.states("out")[ident] == "processed", 60, "the receipt of the consumed message")
 
 
+def test_a_daemon_started_with_only_sent_messages_polls_their_receipts(net: tuple[Node, Node, str]) -> None:
+    """A sender restarted (after a kill -9, an upgrade) with messages in sent/ and nothing
+    queued polled nothing: its receipt polls began only once it sent something new. Found
+    by the relay's kill -9 test (#15)."""
+    a, b, url = net
+    ident = a.put("job", "--to", url)
+    a.send_once(check=True)  # sent, no receipt yet
+    consume_all(b)
+    assert a.states("out") == {ident: "sent"}
+    a.start_sender()  # nothing to send: only the poll can move it
+    wait_until(lambda: a.states("out")[ident] == "processed", 20, "the receipt, polled at start")
+
+
 def test_a_receipt_the_peer_can_no_longer_give_is_given_up_after_the_retention(
     net: tuple[Node, Node, str],
 ) -> None:
