@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import message as m
 from . import protocol as wire
 from . import retry
+from .peerrun import take_receipts
 from .server import DISPOSITION, HTTPError, Streamed, Upload, _boundary, _filename, _Part, _ReadTimeout
 from .spool.wake import fetch_sock
 
@@ -113,7 +114,7 @@ def answer(app: App, environ: dict[str, Any]) -> Streamed:
     if req[wire.RESULTS] or req[wire.RECEIPTS]:
         with spool.fs.lock(spool.path("lock", f"fetch-{peer}.lock")):
             changed = _confirm(spool, peer, req[wire.RESULTS])
-            changed |= _receipts(spool, peer, req[wire.RECEIPTS], app.cfg.retention)
+            changed |= _receipts(spool, peer, req[wire.RECEIPTS])
         if changed:
             spool.wakeups.wake_putters()
     _seen(spool, peer)
@@ -216,44 +217,21 @@ def _confirm(spool: Spool, peer: str, results: list[dict[str, Any]]) -> bool:
     return died
 
 
-def _receipts(spool: Spool, peer: str, receipts: list[dict[str, Any]], retention: float) -> bool:
-    """Record the receipt states the fetcher gave; return whether any message finished."""
+def _receipts(spool: Spool, peer: str, receipts: list[dict[str, Any]]) -> bool:
+    """Record the receipt states the fetcher gave, as a sender's poll does (take_receipts);
+    return whether any message finished."""
     if not receipts:
         return False
-    done, changed = [], False
-    for r in receipts:
-        name, state, why = r[wire.NAME], r.get(wire.STATE), str(r.get(wire.REASON) or "")
-        if not os.path.lexists(spool.path("out", peer, SENT, name)):
-            continue
-        ident = m.split_out_name(name)[1]
-        if state == wire.PROCESSED:
-            done.append(name)
-            log.info("processed id=%s peer=%s", ident, peer)
-        elif state == wire.DEAD:
-            changed |= bool(spool.kill(peer, [name], retry.DEAD_AT_PEER.format(why), state=SENT))
-            log.warning("dead id=%s peer=%s reason=%s", ident, peer, why)
-        elif state == wire.UNKNOWN:
-            changed |= _receipt_lost(spool, peer, name, time.time() - retention)
-    changed |= bool(done and spool.mark_processed(peer, done))
+    answers = [
+        (r[wire.NAME], str(r.get(wire.STATE)), str(r.get(wire.REASON) or ""))
+        for r in receipts
+        if os.path.lexists(spool.path("out", peer, SENT, r[wire.NAME]))  # the fetcher names them
+    ]
+    changed = take_receipts(spool, peer, answers)
     state = _HOLDING.ask_state(peer)
     state[1] = ASK_MIN if changed else min(ASK_MAX, state[1] * 1.5)
     state[0] = time.monotonic() + state[1]
     return changed
-
-
-def _receipt_lost(spool: Spool, peer: str, name: str, before: float) -> bool:
-    """Make a sent message dead when the fetcher twice did not know it and it has been
-    sent for the retention period (as PeerRun.receipt_lost does for a pushed one)."""
-    changed = spool.out_changed(peer, SENT, name)
-    if changed is None or changed >= before:
-        return False
-    ident = m.split_out_name(name)[1]
-    if not spool.out_meta(peer, ident).get("unknown_at"):
-        spool.out_note(peer, ident, unknown_at=m.now_us())
-        return False
-    spool.kill(peer, [name], retry.RECEIPT_LOST, state=SENT)
-    log.warning("dead id=%s peer=%s reason=%s", ident, peer, retry.RECEIPT_LOST_LOG)
-    return True
 
 
 def _hold(app: App, environ: dict[str, Any], peer: str, req: dict[str, Any]) -> _Choice:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import retry
 from .message import now_us, split_out_name
+from .protocol import DEAD, PROCESSED, UNKNOWN
 
 if TYPE_CHECKING:
     from .config import Peer
@@ -303,28 +304,9 @@ class PeerRun:
         took = time.monotonic() - now
         self.expire_at = time.monotonic() + max(EXPIRE_EVERY, EXPIRE_COST * took)
 
-    def receipt_lost(self, name: str, before: float) -> bool:
-        """Make a sent message dead if the peer has twice answered that it does not know it
-        and it has been in sent/ since before ``before`` (the retention period ago).
-
-        The peer answered "stored" once, so it knew the message. It forgets it when it
-        purges it, a retention period after the message was finished there, or when its
-        spool is lost. Either way no receipt will ever come: without this, the message
-        stayed in sent/, and was asked about in every poll, for good. A recent one may
-        still be a peer restored from a backup: it is asked about until the retention
-        period has passed. Then twice (the first answer is noted in its record, which
-        outlives a --once pass): a message the peer moves back and forth between two
-        states while it looks for it reads as unknown for that moment.
-        """
-        changed = self.spool.out_changed(self.peer.name, SENT_DIR, name)
-        if changed is None or changed >= before:
-            return False
-        ident = split_out_name(name)[1]
-        if not self.spool.out_meta(self.peer.name, ident).get("unknown_at"):
-            self.spool.out_note(self.peer.name, ident, unknown_at=now_us())
-            return False
-        self.kill(name, retry.RECEIPT_LOST, retry.RECEIPT_LOST_LOG, src=SENT_DIR)
-        return True
+    def take_receipts(self, answers: list[tuple[str, str, str]]) -> bool:
+        """Record the receipt states the peer gave (take_receipts); return whether any changed."""
+        return take_receipts(self.spool, self.peer.name, answers)
 
     def wake_waiters(self) -> None:
         """Wake dropr-put --wait: a message of theirs may be finished."""
@@ -337,6 +319,52 @@ class PeerRun:
         if self.poll == POLLING:
             return False
         return force or (self.poll == DUE and self.poll_at <= now)
+
+
+def take_receipts(spool: Spool, peer: str, answers: list[tuple[str, str, str]]) -> bool:
+    """Record receipt states (name, state, reason) of sent/ entries of a peer: processed
+    -> processed/, dead -> dead/ with the reason, unknown -> receipt_lost; return whether
+    any message finished or died. The one place for both ways receipts come back: a
+    sender's status poll, and a fetcher's answers at its holder (fetch.py)."""
+    done, changed = [], False
+    lost_before = time.time() - spool.config.retention
+    for name, state, reason in answers:
+        ident = split_out_name(name)[1]
+        if state == PROCESSED:
+            done.append(name)
+            log.info("processed id=%s peer=%s", ident, peer)
+        elif state == DEAD:
+            if spool.kill(peer, [name], retry.DEAD_AT_PEER.format(reason), state=SENT_DIR):
+                log.warning("dead id=%s peer=%s reason=%s", ident, peer, reason)
+                changed = True
+        elif state == UNKNOWN and receipt_lost(spool, peer, name, lost_before):
+            changed = True
+    return bool(done and spool.mark_processed(peer, done)) or changed
+
+
+def receipt_lost(spool: Spool, peer: str, name: str, before: float) -> bool:
+    """Make a sent message dead if the peer has twice answered that it does not know it
+    and it has been in sent/ since before ``before`` (the retention period ago).
+
+    The peer answered "stored" once, so it knew the message. It forgets it when it
+    purges it, a retention period after the message was finished there, or when its
+    spool is lost. Either way no receipt will ever come: without this, the message
+    stayed in sent/, and was asked about in every poll, for good. A recent one may
+    still be a peer restored from a backup: it is asked about until the retention
+    period has passed. Then twice (the first answer is noted in its record, which
+    outlives a --once pass): a message the peer moves back and forth between two
+    states while it looks for it reads as unknown for that moment.
+    """
+    changed = spool.out_changed(peer, SENT_DIR, name)
+    if changed is None or changed >= before:
+        return False
+    ident = split_out_name(name)[1]
+    if not spool.out_meta(peer, ident).get("unknown_at"):
+        spool.out_note(peer, ident, unknown_at=now_us())
+        return False
+    spool.kill(peer, [name], retry.RECEIPT_LOST, state=SENT_DIR)
+    log.warning("dead id=%s peer=%s reason=%s", ident, peer, retry.RECEIPT_LOST_LOG)
+    return True
 
 
 # -- the transitions ------------------------------------------------------------------------------

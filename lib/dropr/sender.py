@@ -21,7 +21,7 @@ from .config import Peer, group_of, is_url
 from .errors import EX_OK, EX_TEMPFAIL, LockedError, UnavailableError, UsageError
 from .groups import GroupRun, track
 from .peerrun import ASK, DEFERRED, ERROR, NEWS, NO_NEWS, QUEUED, ROUND_OVER, SENT, SENT_DIR, START, PeerRun
-from .protocol import DEAD, DUPLICATE, PROCESSED, REFUSED, RETRY, STORED, UNKNOWN
+from .protocol import DUPLICATE, REFUSED, RETRY, STORED
 from .spool import PURGE_CHECK, Spool
 from .spool.outbox import HOLD_URL
 
@@ -225,21 +225,11 @@ class Sender:
             log.info("status poll failed peer=%s reason=%s", run.peer.name, t.error)
             run.fire(ERROR)
             return
-        done, changed = [], False
-        lost_before = time.time() - self.cfg.retention
-        for name in t.tag:
-            ident = m.split_out_name(name)[1]
-            state, reason = t.results.get(ident, (UNKNOWN, ""))
-            if state == PROCESSED:
-                done.append(name)
-                log.info("processed id=%s peer=%s", ident, run.peer.name)
-            elif state == DEAD:
-                run.kill(name, retry.DEAD_AT_PEER.format(reason), reason, src=SENT_DIR)
-                changed = True
-            elif state == UNKNOWN and ident in t.results and run.receipt_lost(name, lost_before):
-                changed = True
-        if run.mark_processed(done):
-            changed = True
+        # an id the peer left out of its answer is no "unknown": it said nothing of it
+        answers = [
+            (n, *t.results[i]) for n, i in ((n, m.split_out_name(n)[1]) for n in t.tag) if i in t.results
+        ]
+        changed = run.take_receipts(answers)
         if changed:
             run.wake_waiters()
             run.fire(NEWS)
