@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ from .config import Peer, group_of, is_url
 from .errors import EX_OK, EX_TEMPFAIL, LockedError, UnavailableError, UsageError
 from .groups import GroupRun, track
 from .peerrun import ASK, DEFERRED, ERROR, NEWS, NO_NEWS, QUEUED, ROUND_OVER, SENT, SENT_DIR, START, PeerRun
+from .progress import Bar
 from .protocol import DUPLICATE, REFUSED, RETRY, STORED
 from .spool import PURGE_CHECK, Spool
 from .spool.outbox import HOLD_URL
@@ -79,7 +79,7 @@ class Sender:
         self.delivered = 0
         self.stopping = False
         self.total = 0
-        self._last_progress = 0.0
+        self.bar = Bar("dropr-send", "sent", opts.progress)
         from .fetch import Fetches
 
         self.fetches = Fetches(self)  # the holders this node fetches from (fetch = true)
@@ -252,7 +252,7 @@ class Sender:
                     self._polled(t)
             finally:
                 t.close()
-        show_progress(self)
+        self.bar.show(self.delivered, self.total)
 
     def run_once(self) -> int:
         """One pass over everything due, then status polling; 0 if nothing is left due, else 75."""
@@ -270,7 +270,7 @@ class Sender:
                 break
         while len(self.pool):
             self.drive(0.5)
-        show_progress(self, final=True)
+        self.bar.show(self.delivered, self.total, final=True)
         self._poll_once()
         fetched = self.fetches.run_once()
         self.spool.purge()
@@ -351,23 +351,6 @@ class Sender:
                 sleep = 0
         sleep = min([sleep, *(g.sleep_for(wall) for g in self.groups.values())])
         return max(0.0, self.fetches.sleep_for(sleep))
-
-
-def show_progress(sender: Sender, final: bool = False) -> None:
-    """Draw dropr-send --once's progress bar on stderr (at most every 0.2 s but the last)."""
-    if not sender.opts.progress:
-        return
-    now = time.monotonic()
-    if not final and now - sender._last_progress < 0.2:
-        return
-    sender._last_progress = now
-    width = 30
-    frac = sender.delivered / sender.total if sender.total else 1.0
-    bar = "#" * int(width * min(frac, 1.0))
-    sys.stderr.write(f"\rdropr-send: [{bar:<{width}}] {sender.delivered}/{sender.total} sent")
-    if final:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
 
 
 def check_peers(spool: Spool, names: list[str], once: bool) -> None:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import sys
-import time
 import zlib
 from typing import Any
 
 from . import message as m
+from .progress import Bar
 from .report import Filter
 from .spool import IN_STATES, OUT_STATES, Spool
 from .spool._fs import SUM_XATTR
@@ -113,23 +112,22 @@ class Verifier:
 
     def __init__(self, spool: Spool, *, progress: bool = False) -> None:
         self.sp = spool
-        self.progress = progress
+        self.bar = Bar("dropr-ls", "verified", progress)
         self.counts = Counts()
         self.total = 0
         self._seen: dict[tuple[int, int], str] = {}  # outbox files with several names: result
-        self._shown = 0.0
 
     def run(self, flt: Filter) -> Counts:
         """Check every message in the matching folders; move the corrupt ones aside."""
         places = list(flt.places(self.sp))
-        if self.progress:  # the bar's total: one more listing of each folder, only for the bar
+        if self.bar.enabled:  # the bar's total: one more listing of each folder, only for the bar
             self.total = sum(len(self._names(box, name, state)) for box, name, state in places)
         for box, name, state in places:
             folder = self.sp.path(box, name, state)
             for fn in self._names(box, name, state):
                 self._one(box, name, folder, fn)
-                self._show()
-        self._show(final=True)
+                self.bar.show(self.counts.checked, self.total)
+        self.bar.show(self.counts.checked, self.total, final=True)
         return self.counts
 
     def _names(self, box: str, name: str, state: str) -> list[str]:
@@ -188,33 +186,11 @@ class Verifier:
                 dest = self.sp.retention.move_corrupt(p, why)
             except FileNotFoundError:
                 continue
-            self._end_bar_line()
+            self.bar.break_line()
             log.error("corrupt path=%s moved=%s reason=%s", p, dest, why)
             return
-        self._end_bar_line()
+        self.bar.break_line()
         log.error("corrupt path=%s reason=%s; gone before it could be moved", path, why)
-
-    def _end_bar_line(self) -> None:
-        """End the bar's line before a log line (the bar is drawn again below it)."""
-        if self.progress and self._shown:
-            sys.stderr.write("\n")
-            self._shown = 0.0
-
-    def _show(self, final: bool = False) -> None:
-        """Draw the progress bar on stderr (a terminal), at most every 0.2 s."""
-        if not self.progress:
-            return
-        now = time.monotonic()
-        if not final and now - self._shown < 0.2:
-            return
-        self._shown = now
-        width = 30
-        done = self.counts.checked
-        frac = min(done / self.total, 1.0) if self.total else 1.0
-        sys.stderr.write(f"\rdropr-ls: [{'#' * int(width * frac):<{width}}] {done}/{self.total} verified")
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def verify(spool: Spool, flt: Filter, *, progress: bool = False) -> Counts:
