@@ -458,13 +458,27 @@ class Node:
     def stop_all(self) -> None:
         """End every process this node started, by PID."""
         for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop(p, 15)
+
+
+def out_states(node: Node, peer: str) -> dict[str, str]:
+    """Map id -> state of every entry of one outbox folder of a node, read from the folders."""
+    found = {}
+    for state in ("queued", "sent", "processed", "dead"):
+        for name in listdir(node.spool / "out" / peer / state):
+            found[name.split(",", 1)[1]] = state
+    return found
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """End a process this test started, by its PID: TERM, then KILL if it will not go."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 Nodes = Callable[[str], Node]  # the `nodes` fixture: nodes("a") makes node a

@@ -16,7 +16,17 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import NOWHERE, Node, Nodes, command_path, expect_error, inbox_states, listdir, wait_until
+from helpers import (
+    NOWHERE,
+    Node,
+    Nodes,
+    command_path,
+    expect_error,
+    inbox_states,
+    listdir,
+    out_states,
+    wait_until,
+)
 
 HUB_TOKEN = "tok-laptop-1"
 MALLORY_TOKEN = "tok-mallory-1"
@@ -31,15 +41,6 @@ def hub_and_laptop(nodes: Nodes, *, laptop: str = "laptop", token: str = HUB_TOK
     lap = nodes(laptop)
     lap.config(f'[peers.hub]\nurl = "{url}"\ntoken = "{token}"\nfetch = true\n')
     return hub, lap
-
-
-def out_states(node: Node, peer: str) -> dict[str, str]:
-    """Map id -> outbox state of every message for one peer, from the folders."""
-    states = {}
-    for st in ("queued", "sent", "processed", "dead"):
-        for name in listdir(node.spool / "out" / peer / st):
-            states[name.split(",", 1)[1]] = st
-    return states
 
 
 def put_lines(node: Node, n: int, to: str = "laptop") -> list[str]:

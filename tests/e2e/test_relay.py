@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from dropr import message as m
-from helpers import Node, Nodes, alive, children, command_path, free_port, listdir, wait_until
+from helpers import Node, Nodes, alive, children, command_path, free_port, listdir, out_states, wait_until
 
 DEADLINE = 60.0
 FAST = '[send]\nbackoff_min = "100ms"\nbackoff_max = "1s"\n'
@@ -31,15 +31,6 @@ FAST = '[send]\nbackoff_min = "100ms"\nbackoff_max = "1s"\n'
 
 def ready_names(node: Node, channel: str = "default") -> list[str]:
     return sorted(listdir(node.spool / "in" / channel / "ready"))
-
-
-def out_states(node: Node, peer: str) -> dict[str, str]:
-    """Map id -> state of every entry of one outbox folder."""
-    found = {}
-    for state in ("queued", "sent", "processed", "dead"):
-        for name in listdir(node.spool / "out" / peer / state):
-            found[name.split(",", 1)[1]] = state
-    return found
 
 
 def dead_error(node: Node, peer: str, ident: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from dropr import message as m
 from dropr._gunicorn import LINGER, layout_changes
-from helpers import children, command_path, make_ca, serve_url, unstored, wait_until
+from helpers import children, command_path, make_ca, serve_url, stop, unstored, wait_until
 
 BOUNDARY = "dropr-test-boundary-7f3a9c"
 TOKEN = "tok-of-a"
@@ -143,13 +143,7 @@ class Server:
         return out
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 def _limit_files(n: int) -> None:

@@ -46,7 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: helpers
 
 from dropr import message as m  # noqa: E402
-from helpers import children, command_path, serve_url, unstored, wait_until  # noqa: E402
+from helpers import children, command_path, serve_url, stop, unstored, wait_until  # noqa: E402
 
 TOKEN = "fuzz-token-of-a"
 MAX_SIZE = 4096  # --max-size: oversize parts are cheap to make
@@ -527,13 +527,7 @@ class Sandbox:
         return out - {"serve.log"}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 def _enough(pids: list[int], n: int) -> list[int] | None:
