@@ -72,7 +72,6 @@ class _Holding:
         self.stopping = False
         self.waiters: set[Any] = set()
         self.asks: dict[str, list[Any]] = {}
-        self.origins: dict[str, str] = {}  # "peer/name" -> o= of a sent entry: read once
 
     def take(self, limit: int) -> int:
         """Count one more held fetch if fewer than limit are; return its tag, or 0."""
@@ -352,21 +351,9 @@ class _Choice:
             return []
         state[2] = names[-1] if len(names) >= ASK_BATCH else ""
         state[0], state[3] = now + ASK_MAX, now  # due again unless the receipts come back sooner
-        return [{wire.NAME: n, wire.ORIGIN: self._origin(n)} for n in names]
-
-    def _origin(self, name: str) -> str:
-        """Return the first origin (o=) of a sent message, "" for this node's own."""
-        key = f"{self.peer}/{name}"
-        origin = _HOLDING.origins.get(key)
-        if origin is None:
-            try:
-                origin = self.spool.read_header(self.peer, SENT, name).origin or ""
-            except (OSError, ValueError):
-                origin = ""
-            if len(_HOLDING.origins) > 100_000:
-                _HOLDING.origins.clear()
-            _HOLDING.origins[key] = origin
-        return origin
+        names, origins = self.spool.relays.poll_origins(self.peer, names)  # relayed here: o=
+        origins = origins or [""] * len(names)
+        return [{wire.NAME: n, wire.ORIGIN: o} for n, o in zip(names, origins, strict=True)]
 
     def streamed(self) -> Streamed:
         """Return the answer: a multipart body, the control part first, then each file."""

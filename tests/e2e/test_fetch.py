@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from dropr.spool.relay import RELAYED_MARK
 from helpers import (
     NOWHERE,
     Node,
@@ -395,6 +396,7 @@ def test_a_message_relayed_to_the_holder_keeps_its_origin(nodes: Nodes) -> None:
     tmp.write_bytes(hdr.pack() + b"relayed")
     os.link(tmp, hub.spool / "out" / "laptop" / "queued" / m.out_name(5, t, ident))
     tmp.unlink()
+    (hub.spool / "out" / "laptop" / RELAYED_MARK).touch()  # as the relay store marks its folder
     assert lap.send_once("--fetch", "hub").returncode == 0
     assert sorted(n.split(",")[1] for n in received(lap)) == ["a", "hub"]
     assert os.path.lexists(lap.spool / "rcv" / "a" / ident)
