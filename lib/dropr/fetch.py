@@ -315,10 +315,8 @@ class _Choice:
         except FileNotFoundError:
             return None
         try:
-            size = os.fstat(fd).st_size
-            deadline = m.header_deadline(os.pread(fd, m.HEADER_SIZE, 0))
-            if deadline and deadline < m.now_us():
-                deadline = self.spool.peek(self.peer, name)[0]  # a requeue may have set a later one
+            deadline, size = self.spool.peek(self.peer, name, fd)  # a requeue's later deadline too
+            size += m.HEADER_SIZE  # the whole file goes
         except (OSError, ValueError) as exc:
             os.close(fd)
             if isinstance(exc, ValueError):

@@ -179,19 +179,23 @@ class Outbox:
             raise ValueError(f"payload is {size} bytes, header says {hdr.size}")
         return hdr
 
-    def peek(self, peer: str, name: str) -> tuple[int, int]:
+    def peek(self, peer: str, name: str, fd: int = -1) -> tuple[int, int]:
         """Return (deadline µs or 0, payload size) of a queued message, reading only its header.
 
         The sender's fast path: three system calls, no full parse (the receiver checks
         the whole header). ValueError if the file is not a dropr message. A deadline
         that has passed is replaced by a later one a requeue recorded (see above).
+        fd: the message already open (a holder about to send it), read and left open.
         """
-        fd = os.open(f"{self.base}/{peer}/queued/{name}", os.O_RDONLY)
+        mine = fd < 0
+        if mine:
+            fd = os.open(f"{self.base}/{peer}/queued/{name}", os.O_RDONLY)
         try:
             raw = os.pread(fd, m.HEADER_SIZE, 0)
             size = os.fstat(fd).st_size - m.HEADER_SIZE
         finally:
-            os.close(fd)
+            if mine:
+                os.close(fd)
         if size < 0:
             raise ValueError("not a dropr message header")
         deadline = m.header_deadline(raw)
