@@ -43,6 +43,7 @@ from . import retry
 from . import transport as tp
 from .config import SPREAD, Peer, group_of
 from .peerrun import IDLE, PIPELINE, QUEUED, SENDING, SENT, SENT_DIR, PeerRun
+from .spool.outbox import settle
 
 if TYPE_CHECKING:
     from .sender import Sender
@@ -139,7 +140,7 @@ class GroupRun:
         """Finish the assigns and unassigns a crash cut (the spool's state table); hand the
         sent/ entries of the folder from before it was a group to the member at its url."""
         names = [r.peer.name for r in (*self.members, *self.others)]
-        fixed = self.spool.outbox.settle(self.name, names)
+        fixed = settle(self.spool.outbox, self.name, names)
         if fixed:
             log.info("settled group=%s entries=%d reason=a move cut by a crash", self.name, fixed)
         sent = self.spool.out_names(self.name, SENT_DIR)

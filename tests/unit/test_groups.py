@@ -17,6 +17,7 @@ from dropr.config import Config, Peer, member_name
 from dropr.peerrun import PeerRun
 from dropr.sender import Sender, SendOptions
 from dropr.spool import Spool
+from dropr.spool.outbox import settle
 
 pytestmark = pytest.mark.usefixtures("clean_dropr_env")
 
@@ -226,7 +227,7 @@ def test_settle_finishes_a_cut_move(spool_dir: Path) -> None:
     base = spool_dir / "out"
     (base / M.name / "queued" / n1).hardlink_to(base / "g" / "queued" / n1)  # cut assign
     (base / M.name / "sent" / n2).hardlink_to(base / "g" / "queued" / n2)  # a lost unlink
-    assert sp.outbox.settle("g", [M.name]) == 2
+    assert settle(sp.outbox, "g", [M.name]) == 2
     assert queued(sp, "g") == [n1] and queued(sp, M.name) == [] and sp.out_names(M.name, "sent") == [n2]
 
 
@@ -257,7 +258,7 @@ def test_every_crash_state_of_assign_and_unassign_keeps_each_message_in_one_plac
         dest.mkdir()
         root = ce.materialise(rec, st, str(dest))
         sp = Spool(root, fs=ce.NoSyncFS())
-        sp.outbox.settle("g", [M.name])
+        settle(sp.outbox, "g", [M.name])
         places: dict[str, list[str]] = {}
         for folder in ("g", M.name):
             for state in ("queued", "sent", "processed", "dead"):

@@ -304,30 +304,6 @@ class Outbox:
         _carry(self, member, group, moved)
         return moved
 
-    def settle(self, group: str, members: Iterable[str]) -> int:
-        """Finish the assigns and unassigns a crash cut (the state table); return how many.
-
-        An entry in the group queue and a member's queued/ loses the member's name
-        (nothing sent it: the member sends only once both folders are synced); one in
-        the group queue and a member's sent/, processed/ or dead/ loses the group's, and
-        so does one in the group's sent/ (a hand-over) found at a member."""
-        fixed = 0
-        for gstate in ("queued", "sent"):
-            gdir = f"{self.base}/{group}/{gstate}"
-            names = set(sorted_names(gdir))
-            for member in members if names else ():
-                for state in OUT_STATES:
-                    folder = f"{self.base}/{member}/{state}"
-                    both = names.intersection(sorted_names(folder))
-                    drop = folder if (gstate, state) == ("queued", "queued") else gdir
-                    for name in both:
-                        self.fs.unlink_quiet(f"{drop}/{name}")
-                        names.discard(name)
-                    if both:
-                        self.fs.fsync_dir(drop)
-                    fixed += len(both)
-        return fixed
-
     def _move(self, peer: str, names: Iterable[str], src: str, dst: str) -> int:
         """Move names from one state of a peer to another (_move_dirs); return how many moved."""
         base = f"{self.base}/{peer}"
@@ -381,6 +357,31 @@ def _carry(ob: Outbox, src: str, dst: str, names: list[str]) -> None:
             meta.pop("pinned_at", None)
             ob.fs.write_json(f"{ob.base}/{dst}/meta/{ident}", meta)
             ob.fs.unlink_quiet(f"{ob.base}/{src}/meta/{ident}")
+
+
+def settle(ob: Outbox, group: str, members: Iterable[str]) -> int:
+    """Finish the assigns and unassigns a crash cut (the state table); return how many.
+
+    An entry in the group queue and a member's queued/ loses the member's name
+    (nothing sent it: the member sends only once both folders are synced); one in
+    the group queue and a member's sent/, processed/ or dead/ loses the group's, and
+    so does one in the group's sent/ (a hand-over) found at a member."""
+    fixed = 0
+    for gstate in ("queued", "sent"):
+        gdir = f"{ob.base}/{group}/{gstate}"
+        names = set(sorted_names(gdir))
+        for member in members if names else ():
+            for state in OUT_STATES:
+                folder = f"{ob.base}/{member}/{state}"
+                both = names.intersection(sorted_names(folder))
+                drop = folder if (gstate, state) == ("queued", "queued") else gdir
+                for name in both:
+                    ob.fs.unlink_quiet(f"{drop}/{name}")
+                    names.discard(name)
+                if both:
+                    ob.fs.fsync_dir(drop)
+                fixed += len(both)
+    return fixed
 
 
 class PutBatch:
