@@ -43,7 +43,8 @@ import crash_strace as cs
 from dropr import message as m
 from dropr import protocol as wire
 from dropr.config import Peer, url_peer_name
-from dropr.spool import OUT_STATES, Spool
+from dropr.spool import IN_STATES, OUT_STATES, Spool
+from helpers import Node, free_port
 
 # what a puts, and the id it chooses (None: generated): b stores a generated id through
 # its rcv/ entry, a chosen one through tmp/ and a symlink
@@ -60,6 +61,7 @@ class SendStore:
     b: ce.Recording  # rec at b's root: the ids b answered stored promised; every upload
     peer: str  # a's outbox folder for b
     ids: list[str]  # the printed ids, in put order
+    port: int  # where b listened
 
 
 @contextlib.contextmanager
@@ -90,7 +92,7 @@ def traced_send_store(world: Path, env: dict[str, str]) -> SendStore:
     a_root, b_root = world / "var" / "spool" / "a", world / "var" / "spool" / "b"
     b_root.parent.mkdir(parents=True)
     receiver(b_root)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     ids = [_put(a_root, url, payload, ident, env) for payload, ident in PAYLOADS]
     snap, data, mtimes = ce.read_tree(str(world))
@@ -107,15 +109,7 @@ def traced_send_store(world: Path, env: dict[str, str]) -> SendStore:
     rec.promises = out + stored  # (the explorer checks a tree again once more is promised)
     view_a = dataclasses.replace(rec, root=str(a_root), promises=out)
     view_b = dataclasses.replace(rec, root=str(b_root), promises=stored, uploads=uploads)
-    return SendStore(rec, view_a, view_b, peer, ids)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return SendStore(rec, view_a, view_b, peer, ids, port)
 
 
 def _put(root: Path, url: str, payload: bytes, ident: str | None, env: dict[str, str]) -> str:
@@ -198,6 +192,57 @@ def sent_not_stored(a_root: str, b_root: str, peer: str) -> list[str]:
         if os.path.basename(top) != "meta":
             stored |= {n.rsplit(",", 1)[1] for n in files if n.count(",") >= 2}
     return sorted(held - stored)
+
+
+def kinds(ss: SendStore, st: ce.State) -> set[str]:
+    """Which of the crash windows a recovery has work in a state shows: "resent" (b
+    stored a message a still has only queued: sent again, b answers duplicate), "moved"
+    (a message in queued/ and sent/ at a: the move is completed), "indexed" (b's rcv/
+    entry of a message its inbox lacks: replaced when it is sent again)."""
+    found = set()
+    names = set(st.entries)
+    for i in ss.ids:
+        at_a = {s for s in ("queued", "sent") if any(p.startswith(f"{ss.a.root}/out/{ss.peer}/{s}/")
+                                                      and p.endswith("," + i) for p in names)}  # fmt: skip
+        at_b = any(p.startswith(f"{ss.b.root}/in/") and p.endswith(",a," + i) for p in names)
+        if at_b and at_a == {"queued"}:
+            found.add("resent")
+        if at_a == {"queued", "sent"}:
+            found.add("moved")
+        if f"{ss.b.root}/rcv/a/{i}" in names and not at_b:
+            found.add("indexed")
+    return found
+
+
+def recover_by_the_commands(ss: SendStore, st: ce.State, dest: Path) -> list[str]:
+    """Make a crash state a tree at dest and recover it with the installed commands, as
+    the hosts do when the power is back: dropr-serve at b (where it listened), one
+    dropr-send --once at a. Return the violations: a printed id not sent (in sent/
+    alone), or not in b's inbox exactly once and intact."""
+    ce.materialise(ss.rec, st, str(dest))
+    spools = dest / "var" / "spool"
+    a, b = Node(spools, "a"), Node(spools, "b")
+    try:
+        b.serve("--workers", "1", listen=f"127.0.0.1:{ss.port}")
+        sent = a.send_once()
+    finally:
+        b.stop_all()
+    bad = [f"dropr-send --once exited {sent.returncode}: {sent.stderr.decode()}"] if sent.returncode else []
+    payloads = {u.hdr.ident: u.payload for u in ss.b.uploads}
+    for i in ss.ids:
+        at_a = [s for s in OUT_STATES for n in _names(a.spool / "out" / ss.peer / s) if n.endswith("," + i)]
+        if at_a != ["sent"]:
+            bad.append(f"printed id={i} is in {at_a} at a after the next send")
+        at_b = [p for s in IN_STATES for p in (b.spool / "in" / "default" / s).glob(f"*,a,{i}")]
+        if len(at_b) != 1 or at_b[0].read_bytes() != payloads[i]:
+            bad.append(
+                f"id={i} is in b's inbox as {[str(p.relative_to(b.spool)) for p in at_b]}, not once intact"
+            )
+    return bad
+
+
+def _names(folder: Path) -> list[str]:
+    return os.listdir(folder) if folder.is_dir() else []
 
 
 def explore(

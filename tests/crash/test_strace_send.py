@@ -110,3 +110,18 @@ def test_the_checks_catch_a_store_answered_before_its_inbox_names_are_synced(
     n, found = css.explore(bad, 300, trees, seed=16, stop_after=1)
     assert found, n
     assert "is in 0 inbox places" in found[0] or "which b has not stored" in found[0], found[0]
+
+
+def test_the_commands_recover_a_crash_state_of_each_window_as_the_checks_do(
+    traced: css.SendStore, tmp_path: Path
+) -> None:
+    # the checks complete a cut move and resend by library calls, as the commands would;
+    # here the commands themselves (dropr-serve at b, dropr-send --once at a) recover the
+    # first state of each window a seeded sample shows
+    picked: dict[str, ce.State] = {}
+    for st in ce.states(traced.rec, 400, seed=16):
+        for kind in css.kinds(traced, st) - set(picked):
+            picked[kind] = st
+    assert set(picked) == {"resent", "moved", "indexed"}, set(picked)
+    for kind, st in picked.items():
+        assert css.recover_by_the_commands(traced, st, tmp_path / kind) == [], (kind, st.how)
