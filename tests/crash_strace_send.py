@@ -61,7 +61,6 @@ class SendStore:
     b: ce.Recording  # rec at b's root: the ids b answered stored promised; every upload
     peer: str  # a's outbox folder for b
     ids: list[str]  # the printed ids, in put order
-    port: int  # where b listened
 
 
 @contextlib.contextmanager
@@ -109,7 +108,7 @@ def traced_send_store(world: Path, env: dict[str, str]) -> SendStore:
     rec.promises = out + stored  # (the explorer checks a tree again once more is promised)
     view_a = dataclasses.replace(rec, root=str(a_root), promises=out)
     view_b = dataclasses.replace(rec, root=str(b_root), promises=stored, uploads=uploads)
-    return SendStore(rec, view_a, view_b, peer, ids, port)
+    return SendStore(rec, view_a, view_b, peer, ids)
 
 
 def _put(root: Path, url: str, payload: bytes, ident: str | None, env: dict[str, str]) -> str:
@@ -216,14 +215,15 @@ def kinds(ss: SendStore, st: ce.State) -> set[str]:
 
 def recover_by_the_commands(ss: SendStore, st: ce.State, dest: Path) -> list[str]:
     """Make a crash state a tree at dest and recover it with the installed commands, as
-    the hosts do when the power is back: dropr-serve at b (where it listened), one
-    dropr-send --once at a. Return the violations: a printed id not sent (in sent/
-    alone), or not in b's inbox exactly once and intact."""
+    the hosts do when the power is back: dropr-serve at b, one dropr-send --once at a.
+    Return the violations: a printed id not sent (in sent/ alone), or not in b's inbox
+    exactly once and intact."""
     ce.materialise(ss.rec, st, str(dest))
     spools = dest / "var" / "spool"
     a, b = Node(spools, "a"), Node(spools, "b")
     try:
-        b.serve("--workers", "1", listen=f"127.0.0.1:{ss.port}")
+        # b back on a new port (its old one may be taken by now): a's outbox is told so
+        (a.spool / "out" / ss.peer / "url").write_text(b.serve("--workers", "1") + "\n")
         sent = a.send_once()
     finally:
         b.stop_all()
