@@ -45,6 +45,7 @@ FUZZ_PARSER_INPUTS ?= 20000
 TORTURE_OUT ?= .torture
 torture: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/crash_explorer.py --states $(TORTURE_STATES) --seed $(TORTURE_SEED)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/crash_strace_send.py --states 10000 --seed $(TORTURE_SEED) --json $(TORTURE_OUT)/crash-send.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/fuzz/wire.py --inputs $(FUZZ_INPUTS) --seed $(TORTURE_SEED) --json $(TORTURE_OUT)/fuzz-wire.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=tests $(BIN)/python tests/fuzz/parsers.py --inputs $(FUZZ_PARSER_INPUTS) --seed $(TORTURE_SEED) --json $(TORTURE_OUT)/fuzz-parsers.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" DROPR_TORTURE=1 $(BIN)/python -m pytest -q tests/e2e/test_slow_clients.py

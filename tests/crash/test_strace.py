@@ -77,3 +77,31 @@ def test_every_crash_state_of_a_traced_recv_and_ack_keeps_each_message_once(tmp_
         assert ce.check(rec, ce.materialise(rec, st, str(dest)), st.k) == [], st.how
         n += 1
     assert n >= 10
+
+
+def test_the_reader_keeps_resumed_calls_and_each_process_descriptors(tmp_path: Path) -> None:
+    # Found with the send+store trace (#16): a call strace prints as <unfinished ...>, then
+    # resumed, ends in a padded ")   = 5", which the reader took for no call at all; and
+    # two processes' descriptor 5 were taken for one file. A thread shares its creator's.
+    def h(text: str) -> str:
+        return "".join(f"\\x{b:02x}" for b in text.encode())
+
+    w = str(tmp_path / "w")
+    log = tmp_path / "log"
+    log.write_text(
+        f'100 openat(AT_FDCWD<{h("/")}>, "{h(w + "/x")}", O_WRONLY|O_CREAT|O_EXCL, 0600 <unfinished ...>\n'
+        f'200 openat(AT_FDCWD<{h("/")}>, "{h(w + "/y")}", O_WRONLY|O_CREAT|O_EXCL, 0600) = 5<{h(w + "/y")}>\n'
+        f"100 <... openat resumed>)            = 5<{h(w + '/x')}>\n"
+        "100 clone3({flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_THREAD, exit_signal=0}, 88) = 101\n"
+        f"101 fsync(5<{h(w + '/x')}>)                = 0\n"
+        f"200 utimensat(7<{h('/tmp/gone')}>(deleted), NULL, NULL, 0) = 0\n"
+        f"200 fsync(5<{h(w + '/y')}>)                = 0\n"
+    )
+    got = [(ev.name, ev.paths, ev.fd) for ev in cs.events(str(log), w)]
+    x, y = cs.FD_TABLE * 100 + 5, cs.FD_TABLE * 200 + 5
+    assert got == [
+        ("create", (w + "/y",), y),
+        ("create", (w + "/x",), x),
+        ("fsync", (), x),
+        ("fsync", (), y),
+    ]
