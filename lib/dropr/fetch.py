@@ -37,11 +37,13 @@ from . import retry
 from .peerrun import take_receipts
 from .server import DISPOSITION, HTTPError, Streamed, Upload, _boundary, _filename, _Part, _ReadTimeout
 from .spool.wake import fetch_sock
+from .summary import FETCHED
 
 if TYPE_CHECKING:
     from .config import Peer
     from .server import App
     from .spool import Spool
+    from .summary import Summary
     from .transport import Transfer
 
 log = logging.getLogger(__name__)
@@ -551,19 +553,22 @@ class _Answer:
             raise
         finally:
             up.release()
-        return [_result(p, answers.get(id(p)), peer, self.origins) for p in up.parts]
+        debug = log.isEnabledFor(logging.DEBUG)  # once per answer: no logging call per message
+        return [_result(p, answers.get(id(p)), peer, self.origins, debug) for p in up.parts]
 
 
-def _result(p: _Part, status: str | None, peer: str, origins: _Origins) -> dict[str, str]:
-    """Return what the fetcher tells the holder about one part: stored, duplicate or refused."""
+def _result(p: _Part, status: str | None, peer: str, origins: _Origins, debug: bool) -> dict[str, str]:
+    """Return what the fetcher tells the holder about one part: stored, duplicate or refused
+    (a debug line, or a warning, with its id)."""
     name = p.filename  # made the bare name by _Parts._end
     if status is None:
         why = p.refused or "truncated message header"
         log.warning("refused name=%s peer=%s reason=%s", name, peer, why)
         return {wire.NAME: name, wire.STATUS_KEY: wire.REFUSED, wire.REASON: why}
-    assert p.header is not None
-    dup = " duplicate" if status == wire.DUPLICATE else ""
-    log.info("fetched id=%s peer=%s origin=%s%s", p.header.ident, peer, origins.origin(p.header), dup)
+    if debug:
+        assert p.header is not None
+        dup = " duplicate" if status == wire.DUPLICATE else ""
+        log.debug("fetched id=%s peer=%s origin=%s%s", p.header.ident, peer, origins.origin(p.header), dup)
     return {wire.NAME: name, wire.STATUS_KEY: status}
 
 
@@ -597,9 +602,10 @@ class Fetcher:
     asking for the names after the last one that answer carries (``after``): the holder
     reads and sends the next batch while this node stores the last one."""
 
-    def __init__(self, peer: Peer, spool: Spool) -> None:
+    def __init__(self, peer: Peer, spool: Spool, summary: Summary | None = None) -> None:
         self.peer = peer
         self.spool = spool
+        self.summary = summary  # the sender's: a line per answer or interval (summary.py)
         self.results: list[dict[str, str]] = []
         self.receipts: list[dict[str, str]] = []
         self.flights: list[Transfer] = []
@@ -690,6 +696,10 @@ class Fetcher:
         assert flight.answer.parts is not None
         got = flight.answer.parts.got
         receipts = self._receipts(got.get(wire.ASK), flight.answer.origins.node)
+        if results and self.summary is not None:
+            stored = [r[wire.STATUS_KEY] for r in results if r[wire.STATUS_KEY] != wire.REFUSED]
+            dup = stored.count(wire.DUPLICATE)
+            self.summary.add(FETCHED, self.peer.name, len(stored), duplicate=dup)
         self.results += results
         self.receipts += receipts
         self.failures = 0
@@ -761,7 +771,7 @@ class Fetches:
         names = sender.opts.fetch or (
             [] if sender.opts.once else [p.name for p in spool.config.peers.values() if p.fetch]
         )
-        self.runs = {n: Fetcher(spool.config.peers[n], spool) for n in names}
+        self.runs = {n: Fetcher(spool.config.peers[n], spool, sender.summary) for n in names}
 
     @property
     def inflight(self) -> int:

@@ -50,11 +50,13 @@ from typing import TYPE_CHECKING, Any
 from . import retry
 from .message import now_us, split_out_name
 from .protocol import DEAD, PROCESSED, UNKNOWN
+from .summary import PROCESSED as PROCESSED_LINE
 
 if TYPE_CHECKING:
     from .config import Peer
     from .groups import GroupRun
     from .spool import Spool
+    from .summary import Summary
     from .transport import Transfer
 
 log = logging.getLogger(__name__)
@@ -304,9 +306,9 @@ class PeerRun:
         took = time.monotonic() - now
         self.expire_at = time.monotonic() + max(EXPIRE_EVERY, EXPIRE_COST * took)
 
-    def take_receipts(self, answers: list[tuple[str, str, str]]) -> bool:
+    def take_receipts(self, answers: list[tuple[str, str, str]], summary: Summary | None = None) -> bool:
         """Record the receipt states the peer gave (take_receipts); return whether any changed."""
-        return take_receipts(self.spool, self.peer.name, answers)
+        return take_receipts(self.spool, self.peer.name, answers, summary)
 
     def wake_waiters(self) -> None:
         """Wake dropr-put --wait: a message of theirs may be finished."""
@@ -321,25 +323,35 @@ class PeerRun:
         return force or (self.poll == DUE and self.poll_at <= now)
 
 
-def take_receipts(spool: Spool, peer: str, answers: list[tuple[str, str, str]]) -> bool:
+def take_receipts(
+    spool: Spool, peer: str, answers: list[tuple[str, str, str]], summary: Summary | None = None
+) -> bool:
     """Record receipt states (name, state, reason) of sent/ entries of a peer: processed
     -> processed/, dead -> dead/ with the reason, unknown -> receipt_lost; return whether
     any message finished or died. The one place for both ways receipts come back: a
-    sender's status poll, and a fetcher's answers at its holder (fetch.py)."""
+    sender's status poll, and a fetcher's answers at its holder (fetch.py). The processed
+    are counted in summary (a sender's), or logged in one line (a holder's)."""
     done, changed = [], False
     lost_before = time.time() - spool.config.retention
+    debug = log.isEnabledFor(logging.DEBUG)  # once per answer: no logging call per message
     for name, state, reason in answers:
         ident = split_out_name(name)[1]
         if state == PROCESSED:
             done.append(name)
-            log.info("processed id=%s peer=%s", ident, peer)
+            if debug:
+                log.debug("processed id=%s peer=%s", ident, peer)
         elif state == DEAD:
             if spool.kill(peer, [name], retry.DEAD_AT_PEER.format(reason), state=SENT_DIR):
                 log.warning("dead id=%s peer=%s reason=%s", ident, peer, reason)
                 changed = True
         elif state == UNKNOWN and receipt_lost(spool, peer, name, lost_before):
             changed = True
-    return bool(done and spool.mark_processed(peer, done)) or changed
+    moved = spool.mark_processed(peer, done) if done else 0
+    if summary is not None:
+        summary.add(PROCESSED_LINE, peer, moved)
+    elif moved:
+        log.info("processed peer=%s count=%d", peer, moved)
+    return bool(moved) or changed
 
 
 def receipt_lost(spool: Spool, peer: str, name: str, before: float) -> bool:

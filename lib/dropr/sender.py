@@ -24,10 +24,13 @@ from .progress import Bar
 from .protocol import DUPLICATE, REFUSED, RETRY, STORED
 from .spool import PURGE_CHECK, Spool
 from .spool.outbox import HOLD_URL
+from .summary import SENT as SENT_LINE
+from .summary import Summary
 
 log = logging.getLogger(__name__)
 
 STATUS_BATCH = 1000
+DUP_WORD = ("", " duplicate")  # the ending of a debug line: not stored, the peer had it
 
 
 class SendOptions:
@@ -80,6 +83,7 @@ class Sender:
         self.stopping = False
         self.total = 0
         self.bar = Bar("dropr-send", "sent", opts.progress)
+        self.summary = Summary(log)  # the lines per batch or interval (summary.py)
         from .fetch import Fetches
 
         self.fetches = Fetches(self)  # the holders this node fetches from (fetch = true)
@@ -177,18 +181,23 @@ class Sender:
     ) -> tuple[list[str], list[tuple[str, str]]]:
         """Return the names the peer stored, and (name, reason) of those to retry; kill the refused."""
         ok, again = [], []
+        dup = 0
+        debug = log.isEnabledFor(logging.DEBUG)  # once per batch: no logging call per message
         for ident, name in names.items():
             status, reason = t.results.get(ident, (RETRY, retry.NO_ANSWER))
             if status in (STORED, DUPLICATE):
                 ok.append(name)
-                log.info(
-                    "sent id=%s peer=%s%s", ident, run.peer.name, " duplicate" if status == DUPLICATE else ""
-                )
+                if status == DUPLICATE:
+                    dup += 1
+                if debug:
+                    log.debug("sent id=%s peer=%s%s", ident, run.peer.name, DUP_WORD[status == DUPLICATE])
             elif status == REFUSED:
                 run.kill(name, retry.REFUSED.format(reason), reason)
                 run.wake_waiters()
             else:
                 again.append((name, reason))
+        took, size = t.took()
+        self.summary.add(SENT_LINE, run.peer.name, len(ok), duplicate=dup, size=size, took=took)
         return ok, again
 
     # -- receipts -------------------------------------------------------------
@@ -229,7 +238,7 @@ class Sender:
         answers = [
             (n, *t.results[i]) for n, i in ((n, m.split_out_name(n)[1]) for n in t.tag) if i in t.results
         ]
-        changed = run.take_receipts(answers)
+        changed = run.take_receipts(answers, self.summary)
         if changed:
             run.wake_waiters()
             run.fire(NEWS)
@@ -273,6 +282,7 @@ class Sender:
         self.bar.show(self.delivered, self.total, final=True)
         self._poll_once()
         fetched = self.fetches.run_once()
+        self.summary.flush(everything=True)
         self.spool.purge()
         left = [n for n in (*self.runs, *self.groups) if self.spool.out_any(n, QUEUED)]
         if left and not (self.opts.max_messages and self.delivered >= self.opts.max_messages):
@@ -304,6 +314,7 @@ class Sender:
                 self.start_sends()
                 self._start_polls()
                 self.fetches.start()
+                self.summary.flush()
                 if time.monotonic() - last_purge > PURGE_CHECK:
                     self.spool.purge_if_due()
                     last_purge = time.monotonic()
@@ -322,6 +333,7 @@ class Sender:
                 if waiter.wait(self.sleep_for()):
                     self._mark_dirty()
         finally:
+            self.summary.flush(everything=True)
             waiter.close()
             self.fetches.close()
             self.pool.close()
@@ -349,7 +361,7 @@ class Sender:
                     sleep = min(sleep, run.expire_at - now)
             elif run.queue:
                 sleep = 0
-        sleep = min([sleep, *(g.sleep_for(wall) for g in self.groups.values())])
+        sleep = min([sleep, self.summary.due(), *(g.sleep_for(wall) for g in self.groups.values())])
         return max(0.0, self.fetches.sleep_for(sleep))
 
 

@@ -638,6 +638,7 @@ def _ended_early(exc: Exception) -> bool:
 def _results(up: Upload, origin: str) -> list[dict[str, str]]:
     """Return the answer for each part of a stored upload, in order: the store's, or refused."""
     results = []
+    debug = log.isEnabledFor(logging.DEBUG)  # once per request: no logging call per message
     for p in up.parts:
         ident = p.header.ident if p.header else _filename(p.filename)
         if p.refused or p.header is None or not p.tmp:
@@ -646,7 +647,8 @@ def _results(up: Upload, origin: str) -> list[dict[str, str]]:
         else:
             st = p.result
             results.append({wire.ID: ident, wire.STATUS_KEY: st})
-            log.debug("%s id=%s origin=%s channel=%s", st, ident, origin, p.header.channel)
+            if debug:
+                log.debug("%s id=%s origin=%s channel=%s", st, ident, origin, p.header.channel)
     return results
 
 

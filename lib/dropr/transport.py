@@ -55,6 +55,10 @@ class Transfer:
         self.results: dict[str, tuple[str, str]] = {}
         self.tag: Any = None
 
+    def took(self) -> tuple[float, int]:
+        """Return a finished transfer's seconds and bytes uploaded (before close)."""
+        return float(self.curl.getinfo(pycurl.TOTAL_TIME)), int(self.curl.getinfo(pycurl.SIZE_UPLOAD_T))
+
     def close(self) -> None:
         """Free the curl handle."""
         self.curl.close()

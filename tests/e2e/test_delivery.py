@@ -110,7 +110,7 @@ def _put_mixed(a: Node, url: str, first: bytes = b"high 0") -> tuple[list[str], 
 
 
 def _sent_order(stderr: bytes) -> list[str]:
-    """Return the ids in the order dropr-send logged them as sent."""
+    """Return the ids in the order dropr-send -v logged them as sent (a debug line each)."""
     return [
         line.split("id=")[1].split()[0]
         for line in stderr.decode().splitlines()
@@ -129,7 +129,7 @@ def test_priority_order(nodes: Nodes) -> None:
     a, b, url = two_nodes(nodes)
     high, mid, low = _put_mixed(a, url)
     # --concurrency 1: one request at a time, so the order of sending is observable
-    p = a.send_once("--batch", "1", "--concurrency", "1")
+    p = a.send_once("--batch", "1", "--concurrency", "1", "-v")
     assert p.returncode == 0, p.stderr.decode()
     assert _sent_order(p.stderr) == high + [mid] + low
     # the inbox names sort by priority, then the origin's order; dropr-ls -l --in lists so

@@ -185,9 +185,11 @@ def test_kill_between_store_and_confirm_loses_nothing_twice(nodes: Nodes, tmp_pa
         first.wait(10)
         assert out_states(hub, "laptop") == dict.fromkeys(ids, "queued")
         with open(log, "wb") as err:
-            second = lap.start("dropr-send", "--once", "--fetch", "hub", stderr=err)
+            second = lap.start("dropr-send", "--once", "--fetch", "hub", "-v", stderr=err)
         wait_until(
-            lambda: log.read_text().count(" duplicate") == 40, 30, "the second fetch to answer duplicate"
+            lambda: "fetched peer=hub count=40 duplicate=40" in log.read_text(),
+            30,
+            "the second fetch to answer duplicate",
         )
         assert second.poll() is None  # its confirm waits for the lock too
         assert sorted(n.split(",")[2] for n in received(lap)) == sorted(ids)

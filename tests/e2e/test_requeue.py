@@ -169,8 +169,9 @@ def test_dead_at_the_peer_requeued_at_both_ends_is_resent_as_duplicate_and_proce
     assert requeue(b, ident) == (0, [ident], "")  # at the receiver: the cause is fixed
     assert requeue(a, "--out", ident) == (0, [ident], "")  # at the sender: learn what becomes of it
     assert a.states("out") == {ident: "queued"}
-    p = pair.send()
+    p = pair.a.send_once("-v")
     assert f"sent id={ident} peer=" in p.stderr.decode() and "duplicate" in p.stderr.decode()
+    assert " count=1 " in p.stderr.decode() and " duplicate=1" in p.stderr.decode()  # the summary
     assert a.states("out") == {ident: "sent"}
     stored = [f for f in (b.spool / "in" / "default").glob(f"*/*,{ident}") if f.parent.name != "meta"]
     assert [f.parent.name for f in stored] == ["ready"], "stored once"

@@ -193,7 +193,7 @@ def test_received_ids_are_answered_duplicate(old: Old, nodes: Nodes) -> None:
         chosen[next(i for i in old.ids("in", "default", state) if not i.startswith("w-"))] = "default"
     for ident, channel in chosen.items():
         assert w.put("sent again", "--to", "a", "--id", ident, "--channel", channel) == ident
-    p = w.send_once(check=True)
+    p = w.send_once("-v", check=True)
     for ident in chosen:
         assert f"dropr-send: sent id={ident} peer=a duplicate" in p.stderr.decode().splitlines()
     assert listed(a) == old.states()
