@@ -93,7 +93,28 @@ def fast_main(
         return main_for(command())(args)
     from ._guard import guard
 
-    return guard(prog, lambda: run(o), bool(o.get("verbose")))
+    code = guard(prog, lambda: run(o), bool(o.get("verbose")))
+    return code if argv is not None else exit_now(code)  # argv given: called in process
+
+
+def exit_now(code: int) -> int:
+    """End the process with code at once, skipping the interpreter's teardown; return
+    code (for the usual exit) when that is not safe.
+
+    Teardown frees every module and object one by one for a process about to end:
+    about 2 ms of CPU, a tenth of a plain dropr-put. It has nothing else to do when
+    stdout and stderr are flushed here (put flushes its ids itself, within guard, so a
+    broken pipe is reported as usual) and no module that registers exit work was
+    imported: threading (it joins the threads left) and logging (it flushes the
+    handlers, with -v). Every file the command wrote is closed and synced by then."""
+    if "threading" in sys.modules or "logging" in sys.modules:
+        return code
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a broken pipe, a closed stream: the usual exit reports it
+        return code
+    os._exit(code)
 
 
 def int_option(o: dict[str, Any], key: str, default: int, low: int, high: int = 10**9) -> int:
