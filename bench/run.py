@@ -218,18 +218,25 @@ def _strace_counts(ctx: Ctx, cmd: list[str], src: Path, n: int) -> None:
 # -- (c) one put per process -----------------------------------------------------------
 
 
-def _time_calls(argvs: list[list[str]], stdin: Path, env: dict[str, str], calls: int) -> list[list[float]]:
-    """Time calls of each argv, interleaved; return per-argv lists of milliseconds."""
+def _time_calls(
+    argvs: list[list[str]], stdin: Path, env: dict[str, str], calls: int, cpu: list[list[float]] | None = None
+) -> list[list[float]]:
+    """Time calls of each argv, interleaved; return per-argv lists of milliseconds (and
+    append each call's CPU milliseconds, user + system from wait4, to cpu's lists)."""
     out: list[list[float]] = [[] for _ in argvs]
     for _ in range(calls):
         for k, argv in enumerate(argvs):
             with open(stdin, "rb") as f:
                 t0 = time.perf_counter()
-                rc = subprocess.run(argv, stdin=f, stdout=subprocess.DEVNULL, env=env).returncode
+                p = subprocess.Popen(argv, stdin=f, stdout=subprocess.DEVNULL, env=env)
+                _, status, usage = os.wait4(p.pid, 0)
                 el = time.perf_counter() - t0
+            rc = os.waitstatus_to_exitcode(status)
             if rc != 0:
                 raise RuntimeError(f"{' '.join(argv)} exited {rc}")
             out[k].append(el * 1000)
+            if cpu is not None:
+                cpu[k].append((usage.ru_utime + usage.ru_stime) * 1000)
     return out
 
 
@@ -259,10 +266,12 @@ def _regular_install(ctx: Ctx, py: str, put: str) -> tuple[str, str]:
     return str(bindir / "python"), str(bindir / "dropr-put")
 
 
-def _importtime_report(ctx: Ctx, py: str, put: str, spool: Path, stdin: Path, tag: str) -> None:
+def _importtime_report(
+    ctx: Ctx, py: str, put: str, spool: Path, stdin: Path, tag: str, to: str = URL
+) -> None:
     """Print where the put's start-up goes, from -X importtime of the real put path."""
     env = ctx.env()
-    argv = [py, "-X", "importtime", put, "--spool", str(spool), "--to", URL]
+    argv = [py, "-X", "importtime", put, "--spool", str(spool), "--to", to]
     put_rows = _importtime(argv, stdin, env)
     bare_rows = _importtime([py, "-X", "importtime", "-c", "pass"], stdin, env)
     bare = {name.strip() for _, _, name in bare_rows}
@@ -347,9 +356,10 @@ def put_single(ctx: Ctx) -> None:
         (cfg_mem / "dropr.toml").write_text(REAL_CONFIG)
         argv_cfg_mem = [reg_put, "--spool", str(cfg_mem), "--to", "db1"]
         everything = [argv_put, argv_py, argv_rput, argv_rpy, argv_mem, argv_cfg, argv_cfg_mem]
+        cpu: list[list[float]] = [[] for _ in everything]
         try:
             _time_calls(everything, stdin, env, 3)  # warm caches and .pyc files
-            timed = _time_calls(everything, stdin, env, calls)
+            timed = _time_calls(everything, stdin, env, calls, cpu)
             put_ms, py_ms, rput_ms, rpy_ms, mem_ms, cfg_ms, cfg_mem_ms = timed
         finally:
             rm_rf(mem)
@@ -382,11 +392,14 @@ def put_single(ctx: Ctx) -> None:
                    cm / rbm, "x", target=("<=", 1.5))  # fmt: skip
         ctx.figure("put.single.config.tmpfs.ratio", "the same, spool on tmpfs (no fsync wait) / bare",
                    statistics.median(cfg_mem_ms) / rbm, "x")  # fmt: skip
+        ctx.figure("put.single.config.cpu.ratio", "the same, CPU time (user+sys) / bare's (info)",
+                   statistics.median(cpu[5]) / statistics.median(cpu[3]), "x")  # fmt: skip
     # where start-up time goes: the real put path, with -X importtime
     spool = ctx.fresh("importtime") / "spool"
     _prepare_spool(spool)
     _importtime_report(ctx, py, put, spool, stdin, "project venv")
     _importtime_report(ctx, reg_py, reg_put, spool, stdin, "regular install")
+    _importtime_report(ctx, reg_py, reg_put, cfg_spool, stdin, "regular install, real config", to="db1")
 
 
 # -- (d) dropr-ls on a million messages ------------------------------------------------------

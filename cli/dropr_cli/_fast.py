@@ -110,8 +110,9 @@ def exit_now(code: int) -> int:
     if "threading" in sys.modules or "logging" in sys.modules:
         return code
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: the descriptor was closed when Python started
+                stream.flush()
     except (OSError, ValueError):  # a broken pipe, a closed stream: the usual exit reports it
         return code
     os._exit(code)

@@ -6,6 +6,7 @@ parser and the TYPE_CHECKING imports exist for that. Checked in a fresh interpre
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,18 @@ def test_verbose_ends_as_usual(tmp_path: Path) -> None:
     """-v sets logging up, whose exit handler flushes it: no early exit then."""
     loaded, how = _start(tmp_path, "put", ["-v", "--to", "http://127.0.0.1:9/"], b"x\n")
     assert "logging" in loaded and how == "return 0"
+
+
+def test_a_closed_stdout_ends_as_usual(tmp_path: Path) -> None:
+    """Python starts with sys.stdout None when fd 1 is closed: exit_now skips it."""
+    from helpers import clean_env, command_path
+
+    p = subprocess.run(
+        [command_path("dropr-ack"), "--spool", str(tmp_path / "spool"), "-"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=clean_env(DROPR_NODE="t"),
+        preexec_fn=lambda: os.close(1),
+        timeout=60,
+    )
+    assert (p.returncode, p.stderr) == (1, b"")
