@@ -76,7 +76,8 @@ def setup_logging(prog: str, verbose: int, quiet: int) -> None:
     """Log to stderr, one line per event, no timestamps (the supervisor adds them)."""
     import logging
 
-    level = logging.INFO - 10 * verbose + (20 * quiet if quiet else 0)
+    # the man pages' -q: once, warnings (deferred, dead) and errors; twice, errors only
+    level = logging.INFO - 10 * verbose + 10 * quiet
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
     root = logging.getLogger("dropr")

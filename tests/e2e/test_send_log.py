@@ -138,3 +138,19 @@ def test_no_logging_call_per_message_unless_debug(pair: Pair, monkeypatch: pytes
         root.setLevel(level)
     assert set(pair.a.states("out").values()) == {"sent"}
     assert 1 <= len(calls) < 40, calls  # per batch (6 of 50) and per pass, not per message
+
+
+@pytest.mark.parametrize(("quiet", "shows_dead"), [(["-q"], True), (["-q", "-q"], False)])
+def test_quiet_keeps_warnings_once_and_only_errors_twice(
+    nodes: Nodes, quiet: list[str], shows_dead: bool
+) -> None:
+    """dropr-send.8: -q once, only warnings (deferred, dead) and errors; twice, only errors."""
+    a, b = nodes("a"), nodes("b")
+    url = b.serve("--max-size", "1KiB")
+    big = a.put(b"x" * 2048, "--to", url)
+    a.put(b"fits", "--to", url)
+    lines = err_lines(a.send_once(*quiet))
+    assert not [line for line in lines if SUMMARY.match(line)], lines  # the summary is info
+    dead = [line for line in lines if line.startswith(f"dropr-send: dead id={big} ")]
+    assert len(dead) == shows_dead, lines
+    assert len(lines) == shows_dead, lines
