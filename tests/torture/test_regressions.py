@@ -2,15 +2,22 @@
 
 - A sender whose clock was stepped back after a failure kept the peer backed off for as
   long as the step (peer.json's backoff end is wall-clock time): an hour without a try.
+- A dropr-send daemon whose spool's filesystem filled up exited (74) at the first
+  write that failed, and with it every delivery, until something restarted it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
-from helpers import Node, inbox_states, wait_until
+import pytest
+from helpers import Node, free_port, inbox_states, wait_until
+
+from .disk import Disk
 
 
 def test_a_backoff_set_before_the_clock_stepped_back_ends_within_backoff_max(tmp_path: Path) -> None:
@@ -34,3 +41,34 @@ def test_a_backoff_set_before_the_clock_stepped_back_ends_within_backoff_max(tmp
     finally:
         a.stop_all()
         b.stop_all()
+
+
+def test_a_full_spool_does_not_end_the_sender_daemon(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        pytest.skip("needs root and mkfs.ext4 for a small loop-mounted filesystem")
+    disk = Disk(tmp_path / "a.img", tmp_path / "a-fs", 16, 4096)
+    disk.mount()
+    a, b = Node(disk.mnt, "a"), Node(tmp_path, "b")
+    a.send_log = tmp_path / "a-send.log"  # not on the full filesystem
+    try:
+        port = free_port()
+        a.config(
+            f'[peers.b]\nurl = "http://127.0.0.1:{port}/"\n'
+            '[send]\nbackoff_min = "100ms"\nbackoff_max = "300ms"\n'
+        )
+        ident = a.put("while b is down", "--to", "b")
+        sender = a.start_sender()
+        wait_until(lambda: (a.spool / "out" / "b" / "peer.json").exists(), 10, "the first failure recorded")
+        disk.fill()
+        # the next failure's record cannot be written: the daemon waits, it does not exit
+        wait_until(lambda: "spool full" in a.send_log.read_text(), 10, "the sender to meet the full disk")
+        time.sleep(1.5)
+        assert sender.poll() is None, a.send_log.read_text()
+        disk.free()
+        b.serve(listen=f"127.0.0.1:{port}")
+        wait_until(lambda: ident in inbox_states(b.spool), 20, "delivery once the disk has room")
+        assert sender.poll() is None, a.send_log.read_text()
+    finally:
+        a.stop_all()
+        b.stop_all()
+        disk.unmount()
