@@ -73,12 +73,13 @@ class Faults:
 
     def kill(self, rnd: random.Random) -> None:
         kinds = list(KILL_KINDS)
-        for _ in range(20):  # a short-lived command may not be running: look again shortly
+        for _ in range(5):
             kind = rnd.choices(kinds, [KILL_KINDS[k] for k in kinds])[0]
-            if self._kill(kind, rnd):
-                self.count(f"kill_{kind}", self.last_kill)
-                return
-            time.sleep(0.05)
+            for _ in range(10):  # a short-lived command (put, ack, a handler) may come soon
+                if self._kill(kind, rnd):
+                    self.count(f"kill_{kind}", self.last_kill)
+                    return
+                time.sleep(0.02)
 
     def _kill(self, kind: str, rnd: random.Random) -> bool:
         if kind in ("put", "recv-pipe", "ack"):

@@ -8,6 +8,7 @@ every message and checks its checksum.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -31,7 +32,10 @@ def after_stop(spools: dict[str, Path], envs: dict[str, dict[str, str]]) -> dict
         v = subprocess.run(
             [str(BIN / "dropr-ls"), "--verify"], env=envs[n], capture_output=True, text=True, timeout=600
         )
+        st = os.statvfs(spool)
         out[n] = {
+            "bytes_used": (st.f_blocks - st.f_bfree) * st.f_frsize,
+            "inodes_used": st.f_files - st.f_ffree,
             "swept": swept,
             "debris": left[:20],
             "verify_exit": v.returncode,

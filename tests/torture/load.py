@@ -136,7 +136,11 @@ class Producer(threading.Thread):
             argv += ["--to", t]
         if any(t in self.groups for t in to):
             argv += ["--key", f"k{r.randrange(32)}"]
-        if r.random() < 0.01:  # now and then one large message (written by a DirectWriter at the receiver)
+        dice = r.random()
+        if dice < 0.002:  # now and then one that a DirectWriter writes past the page cache (8 MiB up)
+            payloads = [r.randbytes(r.randrange(8 << 20, 10 << 20))]
+            data = payloads[0]
+        elif dice < 0.012:  # or one larger than the rest, in a part of its own
             payloads = [r.randbytes(r.randrange(20_000, 400_000))]
             data = payloads[0]
         else:
@@ -155,10 +159,11 @@ class Producer(threading.Thread):
         return len(payloads)
 
     def run(self) -> None:
+        start, made = time.monotonic(), 0
         while not self.stop.is_set():
-            t0 = time.monotonic()
-            n = self.one()
-            self.stop.wait(max(0.0, n / self.rate - (time.monotonic() - t0)))
+            made += self.one()
+            # catch up after slow puts: the rate holds over the run, not put by put
+            self.stop.wait(max(0.0, start + made / self.rate - time.monotonic()))
 
 
 class PipeConsumer(threading.Thread):

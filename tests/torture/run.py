@@ -26,7 +26,7 @@ from .procs import Daemon, Supervisor
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 BIN = Path(sys.executable).parent
 # per 30 minutes of load: the floors, with some room
-PER_30_MIN = {"messages": 120_000, "kills": 1300, "net": 150, "disk": 15, "clock": 12}
+PER_30_MIN = {"messages": 130_000, "kills": 1300, "net": 150, "disk": 18, "clock": 12}
 FLOORS = {"kills": 10, "net": 4, "disk": 2, "clock": 2}
 
 
