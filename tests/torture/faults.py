@@ -37,7 +37,13 @@ class Injector(threading.Thread):
         self.errors: Counter[str] = Counter()
 
     def run(self) -> None:
-        while not self.stop.wait(self.every * self.rnd.uniform(0.5, 1.5)):
+        due = time.monotonic()
+        while True:
+            # the next one is due `every` (on average) after the last was due, not after it
+            # ended: a kill that waited for its command keeps the rate
+            due += self.every * self.rnd.uniform(0.5, 1.5)
+            if self.stop.wait(max(0.0, due - time.monotonic())):
+                return
             try:
                 self.act(self.rnd)
             except Exception as exc:  # an injector that fails is reported, not fatal
