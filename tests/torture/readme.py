@@ -4,7 +4,8 @@
 
 Only the text between the markers <!-- reliability:begin --> and <!-- reliability:end -->
 changes. Reads three-hosts.json (python -m tests.torture), crash-states.txt (the crash
-explorer's output), fuzz-wire.json and fuzz-parsers.json; a missing one is said so.
+explorer's output), crash-send.json, fuzz-wire.json and fuzz-parsers.json; what is missing
+is left out.
 """
 
 from __future__ import annotations
@@ -40,20 +41,42 @@ def n(x: int) -> str:
     return f"{x:,}"
 
 
+NAMES = {  # the run's names of what it killed or did to a link, in the README's words
+    "serve": "dropr-serve (master)", "worker": "gunicorn worker", "send": "dropr-send",
+    "recv": "dropr-recv --exec", "handler": "an --exec handler", "put": "dropr-put",
+    "recv-pipe": "dropr-recv -n", "ack": "dropr-ack",
+    "cut": "cut", "loss": "loss", "delay": "slow", "reorder": "reordering", "mixed": "loss and reordering",
+}  # fmt: skip
+
+
 def parts(d: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {n(v)}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if k != "total" and v)
+    shown = sorted(((k, v) for k, v in d.items() if k != "total" and v), key=lambda kv: -kv[1])
+    return ", ".join(f"{NAMES.get(k, k)} {n(v)}" for k, v in shown)
+
+
+def listed(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def section(out: Path) -> str:
     t = load(out / "three-hosts.json")
     crash = crash_states(out / "crash-states.txt")
     wire, parsers = load(out / "fuzz-wire.json"), load(out / "fuzz-parsers.json")
+    send = load(out / "crash-send.json")
     rows = []
     if crash:
         rows.append(
             (
                 "Power-loss crash states, recovered and checked (tests/crash_explorer.py)",
                 f"{n(crash[0])}, {n(crash[1])} violations",
+            )
+        )
+    if send:
+        rows.append(
+            (
+                "Power-loss crash states of the installed dropr-send --once and dropr-serve, traced "
+                "across two hosts (tests/crash_strace_send.py)",
+                f"{n(send['states'])}, {n(send['violations'])} violations",
             )
         )
     if t:
@@ -86,7 +109,7 @@ def section(out: Path) -> str:
         total = sum(v["inputs"] for v in parsers.values())
         rows.append(
             (
-                f"Fuzzed inputs to the {', '.join(sorted(parsers))} parsers (tests/fuzz/parsers.py)",
+                f"Fuzzed inputs to the {listed(sorted(parsers))} parsers (tests/fuzz/parsers.py)",
                 f"{n(total)}, {sum(v['findings'] for v in parsers.values())} findings",
             )
         )
