@@ -53,7 +53,7 @@ def missing_tools() -> str | None:
     """Why this machine cannot run it, or None."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, loop mounts)"
-    for tool in ("ip", "tc", "mkfs.ext4", "mount", "losetup", "md5sum"):
+    for tool in ("ip", "tc", "nft", "mkfs.ext4", "mount", "losetup", "md5sum"):
         if not shutil.which(tool):
             return f"needs {tool}"
     if not os.path.exists(FAKETIME):

@@ -3,7 +3,7 @@
 About 45 s of messages at a, b and c while processes are SIGKILLed, links cut and
 degraded, a spool filled to ENOSPC and a sender's clock stepped; then every printed id
 must be consumed at each destination, stored once, acked, processed at its origin.
-Needs root, iproute2, nftables, e2fsprogs and libfaketime; skipped otherwise.
+Needs root, iproute2, nftables, e2fsprogs and libfaketime (make sysdeps); skipped otherwise.
 """
 
 from __future__ import annotations
