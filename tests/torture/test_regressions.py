@@ -4,6 +4,7 @@
   long as the step (peer.json's backoff end is wall-clock time): an hour without a try.
 - A dropr-send daemon whose spool's filesystem filled up exited (74) at the first
   write that failed, and with it every delivery, until something restarted it.
+- So did `dropr-recv --exec`, at a claim or an ack that a full disk refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Node, free_port, inbox_states, wait_until
+from helpers import Node, fill_inbox, free_port, inbox_states, wait_until
 
 from .disk import Disk
 
@@ -70,5 +71,31 @@ def test_a_full_spool_does_not_end_the_sender_daemon(tmp_path: Path) -> None:
         assert sender.poll() is None, a.send_log.read_text()
     finally:
         a.stop_all()
+        b.stop_all()
+        disk.unmount()
+
+
+def test_a_full_spool_does_not_end_the_exec_consumer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        pytest.skip("needs root and mkfs.ext4 for a small loop-mounted filesystem")
+    disk = Disk(tmp_path / "b.img", tmp_path / "b-fs", 16, 4096)
+    disk.mount()
+    b = Node(disk.mnt, "b")
+    log = tmp_path / "handled"
+    try:
+        monkeypatch.setenv("DROPR_NODE", "b")  # fill_inbox's spool is b's
+        ids = fill_inbox(b.spool, [f"message {i}".encode() for i in range(200)])
+        disk.fill()  # claimed/ and done/ cannot grow: claims and acks fail with ENOSPC
+        with open(tmp_path / "recv.log", "wb") as err:
+            handler = f"cat >/dev/null; echo $DROPR_ID >> {log}"
+            recv = b.start("dropr-recv", "--exec", handler, "--lease", "2s", stderr=err)
+        wait_until(lambda: "spool full" in (tmp_path / "recv.log").read_text(), 20, "the consumer to meet it")
+        time.sleep(1.5)
+        assert recv.poll() is None, (tmp_path / "recv.log").read_text()
+        disk.free()
+        wait_until(lambda: list(inbox_states(b.spool).values()) == ["done"] * 200, 60, "every message done")
+        assert recv.poll() is None, (tmp_path / "recv.log").read_text()
+        assert set(log.read_text().split()) == set(ids)
+    finally:
         b.stop_all()
         disk.unmount()
