@@ -150,8 +150,9 @@ def outcome(t: dict[str, Any]) -> list[str]:
         f"{t['wall_seconds'] / 60:.0f} minutes in all; seed {seed}.",
         "",
         f"Rerun: `make torture TORTURE_SEED={seed} TORTURE_MINUTES={mins}`, or only the three hosts: "
-        f"`{t['command']}` (as root). The seed fixes every random choice (which process is killed, "
-        "which link, disk and clock, the messages); the timing of the processes it runs cannot be fixed.",
+        f"`{t['command']}` (as root). The seed fixes the random draws (what kind of process is killed, "
+        "which link, disk and clock, what is put where); the timing of the processes, and so what "
+        "exactly each draw hits, cannot be fixed.",
     ]
 
 
