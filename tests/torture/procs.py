@@ -157,10 +157,14 @@ class Supervisor:
         """The daemons not running now."""
         return [f"{d.node} {d.kind}" for d in self.daemons if d.pid() is None]
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Restart nothing from now on."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+
+    def stop(self) -> None:
+        self.halt()
         for d in self.daemons:
             d.stop()
             d.tend(time.monotonic(), stopping=True)

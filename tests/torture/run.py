@@ -82,6 +82,7 @@ class Run:
         self.running = Running()
         self.ledger: Ledger | None = None
         self.result: dict[str, Any] = {}
+        self.sup: Supervisor | None = None
 
     # -- setting up --------------------------------------------------------------------------
 
@@ -160,7 +161,7 @@ class Run:
     def go(self) -> dict[str, Any]:
         p = self.plan
         assert self.ledger is not None
-        sup = Supervisor(self.daemons)
+        self.sup = sup = Supervisor(self.daemons)
         sup.start()
         self.wait_serving()
         rate = p.msg_rate() / len(self.mesh.names)
@@ -320,6 +321,8 @@ class Run:
     def cleanup(self) -> None:
         self.stop_faults.set()
         self.stop_load.set()
+        if self.sup is not None:  # first, or it restarts what is stopped here (an interrupted run)
+            self.sup.halt()
         for d in self.daemons:
             try:
                 d.stop(5)
