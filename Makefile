@@ -9,14 +9,15 @@ STAMP := $(VENV)/.installed
 
 all: test
 
-# System packages the tests need (iproute2 for network namespaces, e2fsprogs for a
-# loop-mounted small filesystem, openssl for a test CA, slowhttptest for slow clients, nginx
+# System packages the tests need (iproute2 for network namespaces, nftables for packet
+# loss and reordering in them, faketime (libfaketime) for a sender's clock steps, e2fsprogs
+# for a loop-mounted small filesystem, openssl for a test CA, slowhttptest for slow clients, nginx
 # for the proxy example, strace for the crash states of the real binaries, prometheus for
 # promtool, the judge of the metrics and alerting rules: 14 s to install here; fish and zsh for
 # their completion scripts: 5 s). Best effort: skipped when not root.
 sysdeps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  missing=""; for c in ip:iproute2 mkfs.ext4:e2fsprogs openssl:openssl curl:curl mandoc:mandoc slowhttptest:slowhttptest nginx:nginx-light strace:strace promtool:prometheus fish:fish zsh:zsh; do \
+	  missing=""; for c in ip:iproute2 nft:nftables faketime:faketime mkfs.ext4:e2fsprogs openssl:openssl curl:curl mandoc:mandoc slowhttptest:slowhttptest nginx:nginx-light strace:strace promtool:prometheus fish:fish zsh:zsh; do \
 	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
 	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
 	fi
@@ -42,13 +43,21 @@ TORTURE_STATES ?= 30000
 TORTURE_SEED ?= 0
 FUZZ_INPUTS ?= 100000
 FUZZ_PARSER_INPUTS ?= 20000
+# Then TORTURE_MINUTES of three hosts in network namespaces under kills, link faults, full disks
+# and clock steps (python -m tests.torture, its counts in TORTURE_OUT/three-hosts.json), and
+# README.md's Reliability section rewritten from TORTURE_OUT (tests/torture/readme.py).
 TORTURE_OUT ?= .torture
-torture: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/crash_explorer.py --states $(TORTURE_STATES) --seed $(TORTURE_SEED)
+TORTURE_MINUTES ?= 30
+torture: $(STAMP) sysdeps
+	mkdir -p $(TORTURE_OUT)
+	set -o pipefail; PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/crash_explorer.py --states $(TORTURE_STATES) --seed $(TORTURE_SEED) | tee $(TORTURE_OUT)/crash-states.txt
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/crash_strace_send.py --states 10000 --seed $(TORTURE_SEED) --json $(TORTURE_OUT)/crash-send.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/fuzz/wire.py --inputs $(FUZZ_INPUTS) --seed $(TORTURE_SEED) --json $(TORTURE_OUT)/fuzz-wire.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=tests $(BIN)/python tests/fuzz/parsers.py --inputs $(FUZZ_PARSER_INPUTS) --seed $(TORTURE_SEED) --json $(TORTURE_OUT)/fuzz-parsers.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" DROPR_TORTURE=1 $(BIN)/python -m pytest -q tests/e2e/test_slow_clients.py
+	-PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tests.torture --minutes $(TORTURE_MINUTES) --seed $(TORTURE_SEED) --json $(TORTURE_OUT)/three-hosts.json
+	$(BIN)/python tests/torture/readme.py --out $(TORTURE_OUT) --readme README.md
+	$(BIN)/python -c 'import json, sys; sys.exit(not json.load(open("$(TORTURE_OUT)/three-hosts.json"))["ok"])'
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib cli tests bench

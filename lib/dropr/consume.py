@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ log = _log.get(__name__)
 
 SWEEP_EVERY = 1.0  # waiting consumers look for expired leases and due retries this often
 KILL_GRACE = 5.0  # seconds between TERM and KILL for a handler past its --timeout
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk: the daemon carries on, and tries again later (#16)
 FAST_HANDLER = 0.05  # seconds: handlers quicker than this on average get their claims made ahead
 RETRY_BASE = 1.0
 RETRY_MAX = 300.0
@@ -578,7 +580,15 @@ class Handlers:
         that one sync serves several handlers: a sync per handler set the pace."""
         if not self.ahead:
             extra = self.opts.jobs if self.mean_run < FAST_HANDLER else 0
-            claims = self.spool.claim(self.opts.channel, free + extra, self.opts.lease, keep=True, sync=False)
+            try:
+                claims = self.spool.claim(
+                    self.opts.channel, free + extra, self.opts.lease, keep=True, sync=False
+                )
+            except OSError as exc:  # a full disk: claim again later; a claim it cut ends with its lease
+                if exc.errno not in FULL:
+                    raise
+                log.error("spool full reason=%s; claiming again in %.0fs", exc, SWEEP_EVERY)
+                return False
             if not claims:
                 return False
             now = time.monotonic()
@@ -631,6 +641,15 @@ class Handlers:
         rc = job.proc.wait()
         if job.stderr:
             job.stderr.close()
+        try:
+            self._settle(job, rc)
+        except OSError as exc:  # a full disk: the message stays claimed until its lease ends
+            if exc.errno not in FULL:
+                raise
+            log.error("spool full reason=%s; id=%s is handled again after its lease", exc, job.claim.ident)
+
+    def _settle(self, job: _Job, rc: int) -> None:
+        """Ack, release, fail or reject a handler's message by its exit status."""
         c = job.claim
         last = job.last_line.decode("utf-8", "replace").strip()
         if job.killed:

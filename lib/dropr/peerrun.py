@@ -132,7 +132,10 @@ class PeerRun:
     # -- sending --------------------------------------------------------------
 
     def backed_off(self, wall: float) -> bool:
-        """Return whether the peer's backoff lasts past wall (time.time())."""
+        """Return whether the peer's backoff lasts past wall (time.time()). A backoff ends
+        at most send.backoff_max from now: one that ends later was set before the clock was
+        stepped back, and would hold the peer for as long as the step (#16)."""
+        self.until = min(self.until, wall + self.spool.config.backoff_max)
         return self.until > wall
 
     def may_send(self, wall: float) -> bool:

@@ -7,9 +7,11 @@ on the wake-ups: every pass rescans the queue folders.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STATUS_BATCH = 1000
 DUP_WORD = ("", " duplicate")  # the ending of a debug line: not stored, the peer had it
+FULL_PAUSE = 1.0  # a daemon whose spool's filesystem is full tries again after this (s)
 
 
 class SendOptions:
@@ -410,15 +413,27 @@ def run(spool: Spool, opts: SendOptions) -> int:
         raise LockedError(
             f"another dropr-send is already running on {spool.root}; one sender per spool"
         ) from None
-    sender = Sender(spool, opts)
+    sender: Sender | None = None
+    stopped = threading.Event()
 
     def stop(signum: int, _frame: Any) -> None:
-        sender.stopping = True
+        stopped.set()
+        if sender is not None:
+            sender.stopping = True
         spool.wakeups.wake_sender()  # select() resumes after a signal (PEP 475): wake it for real
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        return sender.run_once() if opts.once else sender.run_daemon()
+        while True:
+            try:
+                sender = Sender(spool, opts)
+                sender.stopping = stopped.is_set()
+                return sender.run_once() if opts.once else sender.run_daemon()
+            except OSError as exc:  # a full disk: the daemon waits it out, and starts over (#16)
+                if opts.once or stopped.is_set() or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                log.error("spool full reason=%s; starting over in %.0fs", exc, FULL_PAUSE)
+                stopped.wait(FULL_PAUSE)
     finally:
         lock.release()
