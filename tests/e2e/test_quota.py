@@ -219,3 +219,29 @@ def test_corrupt_move_leaves_the_total(nodes: Nodes, state: str) -> None:
         Usage(sp).rebuild()  # fill_inbox stores without a quota's Spool
     sp.retention.move_corrupt(str(folder / name), "test")
     assert_exact(a)
+
+
+def test_relay_and_receipts_through_it_keep_every_total(nodes: Nodes) -> None:
+    a, b, c = nodes("a"), nodes("b"), nodes("c")
+    fast = '[send]\nbackoff_min = "100ms"\nbackoff_max = "1s"\n'
+    c.config(QUOTA)
+    c.serve()
+    b.config(QUOTA + f'[serve]\nrelay = ["a"]\n[peers.c]\nurl = "{c.url}"\n' + fast)
+    b.serve()
+    a.config(QUOTA + f'[peers.b]\nurl = "{b.url}"\n[peers.c]\nvia = "b"\n' + fast)
+    senders = [a.start_sender(), b.start_sender()]
+    for i in range(8):
+        a.put(f"through b {i}" * (i + 1), "--to", "c")
+    ready = c.spool / "in" / "default" / "ready"
+    wait_until(lambda: len(listdir(ready)) == 8, 60, "eight messages at c")
+    c.run("dropr-recv", "--all", "--ack", check=True)
+
+    def processed(node: Node) -> bool:
+        return len(listdir(node.spool / "out" / "c" / "processed")) == 8
+
+    wait_until(lambda: processed(a) and processed(b), 60, "receipts back at b and a")
+    for p in senders:
+        stop(p)
+    for node in (a, b, c):
+        assert_exact(node)
+        assert record(node).total == 0
