@@ -519,6 +519,7 @@ import checksums  # noqa: E402, F401  (#18: the inbox's checksums, dropr-ls --ve
 import delivery  # noqa: E402, F401  (#3, #4: transfer, big file, latency, consume, pipeline)
 import failover  # noqa: E402, F401  (#15: a peer group's failover)
 import fetching  # noqa: E402, F401  (#15: fetch against push)
+import quota  # noqa: E402, F401  (#17: a put with a quota into a million live messages)
 import relay  # noqa: E402, F401  (#15: a->b->c against a->b)
 import serve_metrics  # noqa: E402, F401  (#18: what counting for /metrics costs a request)
 

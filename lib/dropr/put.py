@@ -170,9 +170,7 @@ def _check_quota(spool: Spool) -> None:
     quota = spool.config.quota
     if not quota:
         return
-    from .report import spool_bytes
-
-    used = spool_bytes(spool)
+    used = spool.usage.used()  # a running total, not a scan (spool/usage.py)
     if used >= quota:
         raise TempFailError(
             f"spool {spool.root} is over its quota ({used} of {quota} bytes); "

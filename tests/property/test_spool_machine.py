@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from dropr import message as m
-from dropr.config import Peer
+from dropr.config import Config, Peer
+from dropr.report import spool_bytes
 from dropr.spool import IN_STATES, OUT_STATES, Spool
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -28,6 +29,7 @@ ORIGINS = ["web1", "web2"]
 CALLER_IDS = ["order-1", "order-2", "order-3"]
 INBOX_IDS = ["m1", "m2", "m3", "m4", "m5", "m6"]
 LEASE = 3600.0
+QUOTA = Config({"limits": {"quota": "1TiB"}})  # every step keeps the quota's running total (#17)
 
 payloads = st.binary(max_size=64)
 peer_sets = st.sampled_from([("a",), ("b",), ("a", "b")])
@@ -55,7 +57,7 @@ class SpoolMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.root = tempfile.mkdtemp(prefix="dropr-machine-")
-        self.sp = Spool(os.path.join(self.root, "spool"))
+        self.sp = Spool(os.path.join(self.root, "spool"), QUOTA)
         self.out: dict[str, OutMsg] = {}
         self.inbox: dict[tuple[str, str], InMsg] = {}
         self.abandoned = 0  # tmp files of crashed putters
@@ -284,7 +286,7 @@ class SpoolMachine(RuleBasedStateMachine):
         """Drop the Spool object (kill -9 of its process) and open the spool again."""
         node = self.sp.node
         del self.sp
-        self.sp = Spool(os.path.join(self.root, "spool"))
+        self.sp = Spool(os.path.join(self.root, "spool"), QUOTA)
         assert self.sp.node == node
 
     # -- invariants -----------------------------------------------------------
@@ -311,6 +313,12 @@ class SpoolMachine(RuleBasedStateMachine):
         assert seen == expected
         for ident, ino in inodes.items():
             assert len(ino) == 1, f"multicast {ident} is more than one copy"
+
+    @invariant()
+    def usage_matches_a_scan(self) -> None:
+        rec = self.sp.usage.read()
+        assert rec is None or (rec.opens == rec.closes and rec.total == spool_bytes(self.sp))
+        assert self.sp.usage.used() == spool_bytes(self.sp)
 
     @invariant()
     def caller_id_index_matches(self) -> None:

@@ -32,7 +32,12 @@ rename and link could not be atomic)::
                                  folder with no message name (_layout.message_names)
     wake/                        datagram sockets of waiting senders, consumers and held fetches
     lock/                        send.lock (one sender), rcv-<origin>.lock (one committer),
-                                 fetch-<peer>.lock (one fetch of a held peer confirms at a time)
+                                 fetch-<peer>.lock (one fetch of a held peer confirms at a time),
+                                 usage.lock (with a quota: shared by every change of a live name,
+                                 exclusive while the total is counted anew)
+    usage                        with limits.quota: "TOTAL OPENS CLOSES BOOT", the payload bytes
+                                 of every name in a live state folder and its windows (usage.py);
+                                 rewritten in place under its flock, never synced
 
 Names: outbox ``{p}{arrival:013x},{id}``, inbox ``{p}{created:013x},{origin},{id}``
 where created is the origin's put time, so the inbox keeps the origin's order
@@ -137,6 +142,16 @@ relay        write tmp/F (the header with o=,    before sync 1: a tmp leftover, 
              out/D/queued/N; unlink F; wake the  and unlink leaves tmp/F to the sweep.
              sender; sync 2; unlock; answer
              "stored"
+count        with a quota, around each link,     a kill between OPENS + 1 and CLOSES + 1: the
+(quota)      unlink, rename of a live name       total may lack calls made, and OPENS > CLOSES
+             (usage.GuardedFS): flock            stays; the next check (a daemon's purge_if_due:
+             usage.lock SH; OPENS + 1; the       at its start, then every 60 s; a --once purge)
+             calls, each adding its lstat        takes usage.lock EX (no window open, no name
+             size; TOTAL + delta, CLOSES + 1;    moves) and counts the live folders anew: TOTAL =
+             unlock. A batch (put, store,        the count, CLOSES = OPENS. After a power loss the
+             relay, the sender's moves) is one   record may be older than the names: its BOOT is
+             window; a rename between two live   another kernel's, so check counts anew.
+             folders only holds SH.
 ===========  ==================================  ==================================================
 
 Where each transition is: put PutBatch.commit; sent, processed, dead (out), requeue
@@ -145,7 +160,8 @@ unassign; store Inbox.store; claim to due and requeue (in) the table leases.ACTI
 Retention.purge; corrupt Retention.move_corrupt (dropr-ls --verify, verify.py; strays and
 unreadable files, Retention.corrupt); fetch dropr.fetch (answer at the holder, Fetcher at
 the fetcher), with the moves above;
-relay Relays.store (relay.py).
+relay Relays.store (relay.py); count usage.GuardedFS and Usage.batch, repaired by
+Usage.check.
 
 Syncing: "sync" is fsync of each written file and each touched directory for a
 few messages, and one syncfs(2) of the spool's filesystem for the files of a batch
@@ -166,6 +182,7 @@ Modules, one per concern; the transitions above are named functions in them:
     retention.py  purge, the tmp/ and rcv/ sweeps, corrupt/ and strays
     relay.py      the relay store: relayed messages into the outbox, the relay/ index, the
                   relay's receipt lookups, the index's purge
+    usage.py      a quota's running total of live bytes: GuardedFS counts, check repairs
 """
 
 from __future__ import annotations
@@ -202,6 +219,7 @@ if TYPE_CHECKING:
     from .leases import ACTIONS, Claim, Leases
     from .relay import Relays
     from .retention import Retention
+    from .usage import Usage
 
 # The concerns dropr-put never uses (inbox, leases, retention) are imported at their
 # first use: each module costs about 0.3 ms of start-up. See Spool.__getattr__.
@@ -245,6 +263,48 @@ if not TYPE_CHECKING:  # hidden from mypy, which sees the imports above instead
         return value
 
 
+class NoWindow:
+    """A window that counts nothing: a spool without a quota, or a nested batch
+    (usage.Window is one that counts)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> NoWindow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+NO_WINDOW = NoWindow()
+
+
+class NoUsage:
+    """The usage of a spool without a quota: no total is kept (usage.Usage keeps one)."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def batch(self) -> NoWindow:
+        """Return a window that counts nothing."""
+        return NO_WINDOW
+
+    def used(self) -> int:
+        """Return 0: a spool without a quota counts nothing and refuses nothing."""
+        return 0
+
+    def check(self) -> bool:
+        """Remove a total a quota left: nothing keeps it now (it is counted anew when a
+        quota is set again); return False."""
+        try:
+            os.unlink(os.path.join(self.root, "usage"))
+        except FileNotFoundError:
+            pass
+        return False
+
+
 class Spool:
     """One spool directory: its root, node name, paths and syncs, and one object per concern.
 
@@ -258,8 +318,12 @@ class Spool:
     ) -> None:
         self.root = os.path.abspath(root)
         self.config = config or Config()
-        self.fs = fs if fs is not None else _fs.FS()
-        self.fs.file_mode, self.fs.dir_mode = GROUP_MODES if self.config.group is not None else PRIVATE_MODES
+        modes = GROUP_MODES if self.config.group is not None else PRIVATE_MODES
+        self.fs = fs if fs is not None else _fs.FS() if not self.config.quota else _guarded(self.root, modes)
+        self.fs.file_mode, self.fs.dir_mode = modes
+        self.usage: Usage | NoUsage = NoUsage(self.root)  # a quota's running total (usage.py)
+        if self.config.quota:
+            self.usage = _usage(self)
         self.tmp = os.path.join(self.root, "tmp")
         if create:
             self._init_dirs()
@@ -392,6 +456,23 @@ class Spool:
     ) -> PutBatch:
         """Start a batch of messages to put durably in one commit (key: header y=)."""
         return PutBatch(self, peers, channel=channel, priority=priority, ttl=ttl, key=key)
+
+
+def _guarded(root: str, modes: tuple[int, int]) -> _fs.FS:
+    """Return the FS of a spool with a quota: it counts live names (usage.GuardedFS)."""
+    from .usage import GuardedFS
+
+    return GuardedFS(root, modes)
+
+
+def _usage(spool: Spool) -> Usage:
+    """Return the running total of a spool with a quota, given to its GuardedFS."""
+    from .usage import GuardedFS, Usage
+
+    usage = Usage(spool)
+    if isinstance(spool.fs, GuardedFS):
+        spool.fs.usage = usage
+    return usage
 
 
 def group_id(group: str) -> int:

@@ -306,7 +306,8 @@ class Inbox:
                 new = self._index(origin, items, rcv, results)
                 if new:
                     self._sync_data(new, rcv)
-                self._link_ready(new, touched)
+                with self.sp.usage.batch():  # a quota's total: one update (usage.py)
+                    self._link_ready(new, touched)
             finally:
                 for channel in touched:  # before sync 2: see above
                     self.sp.wakeups.wake_consumers(channel)

@@ -318,13 +318,14 @@ class Outbox:
         in no state. An unlink that is lost brings the old name back beside the new
         one, which the next move of the entry completes (FS.move)."""
         linked = []
-        for name in names:
-            if self._link(f"{src}/{name}", f"{dst}/{name}"):
-                linked.append(name)
-        if linked:
-            self.fs.fsync_dir(dst)
-        for name in linked:
-            self.fs.unlink_quiet(f"{src}/{name}")
+        with self.sp.usage.batch():  # a quota's total: one update for the batch (usage.py)
+            for name in names:
+                if self._link(f"{src}/{name}", f"{dst}/{name}"):
+                    linked.append(name)
+            if linked:
+                self.fs.fsync_dir(dst)
+            for name in linked:
+                self.fs.unlink_quiet(f"{src}/{name}")
         if linked and sync_src:
             self.fs.fsync_dir(src)
         return linked
@@ -518,7 +519,8 @@ class PutBatch:
                 if p[3] >= 0:
                     self.fs.close(p[3])
             pending = [(t, n, c, -1) for t, n, c, _ in pending]
-            index_dir = self._link(pending, done, dups, linked)
+            with sp.usage.batch():  # a quota's total: one update for the commit (usage.py)
+                index_dir = self._link(pending, done, dups, linked)
             dirs = [os.path.join(d, "queued") for d in self._dirs]
             if index_dir:
                 dirs.append(sp.path("ids"))

@@ -99,8 +99,9 @@ class Relays:
             if any(items[i][1].deadline for i, _, _ in new):  # the sender expires them while backed off
                 dirs |= self._mark(dest.name, TTL_MARK)
             self._sync_data([tmp for _, tmp, _ in new], dirs)
-            for _, tmp, name in new:
-                self.fs.move(tmp, f"{queued}/{name}")  # link + unlink: see FS.move
+            with self.sp.usage.batch():  # a quota's total: one update (usage.py)
+                for _, tmp, name in new:
+                    self.fs.move(tmp, f"{queued}/{name}")  # link + unlink: see FS.move
             self.sp.wakeups.wake_sender()  # before the fsync of queued/, as PutBatch.commit
             if dest.hold:  # fetched, not pushed: wake the fetches held for it
                 self.sp.wakeups.wake_fetchers(dest.name)

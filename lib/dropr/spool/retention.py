@@ -80,6 +80,7 @@ class Retention:
         stamp = self.sp.path("lock", "purged")
         try:
             with self.fs.lock(self.sp.path("lock", "purge.lock"), wait=False):
+                self.sp.usage.check()  # a quota's total after a crash or a reboot (usage.py)
                 if not _due(stamp, every, m.now_us() / 1e6):
                     return 0
                 removed = self._purge(None)
@@ -96,6 +97,7 @@ class Retention:
     def purge(self, now: float | None = None) -> int:
         """Remove done, processed and dead entries older than the retention, and old tmp files."""
         with self.fs.lock(self.sp.path("lock", "purge.lock")):
+            self.sp.usage.check()  # a quota's total after a crash or a reboot (usage.py)
             return self._purge(now)
 
     def _purge(self, now: float | None) -> int:
