@@ -520,6 +520,7 @@ import delivery  # noqa: E402, F401  (#3, #4: transfer, big file, latency, consu
 import failover  # noqa: E402, F401  (#15: a peer group's failover)
 import fetching  # noqa: E402, F401  (#15: fetch against push)
 import relay  # noqa: E402, F401  (#15: a->b->c against a->b)
+import scale  # noqa: E402, F401  (#17: backlog, many peers, fan-in, TLS)
 import serve_metrics  # noqa: E402, F401  (#18: what counting for /metrics costs a request)
 
 # -- main -----------------------------------------------------------------------------------
