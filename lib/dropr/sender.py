@@ -126,15 +126,17 @@ class Sender:
         wall = time.time()
         for g in self.groups.values():
             g.tick(self.pool, self.spool.node, self.timeouts, wall)
+        stalled = self.pool.stalled()  # a hung peer's transfers hold no slot, for the others
+        busy = self._pushing() - sum(stalled.values())
         for run in self.runs.values():
-            if self._pushing() >= self.opts.concurrency or self.stopping:
+            if busy >= self.opts.concurrency or self.stopping:
                 return
-            if run.send == DEFERRED:  # one try per pass: the next pass retries it
+            if run.send == DEFERRED or run.peer.name in stalled:  # DEFERRED: the next pass retries it
                 continue
             if run.backed_off(wall):
                 run.expire_waiting()
                 continue
-            while run.may_send(wall) and self._pushing() < self.opts.concurrency:
+            while run.may_send(wall) and busy < self.opts.concurrency:
                 room = self.opts.batch
                 if self.opts.max_messages:
                     room = min(room, self.opts.max_messages - self.delivered - self._inflight())
@@ -149,6 +151,7 @@ class Sender:
                 t.tag = [n for _, _, n in items]
                 run.fire(START)
                 self.pool.add(t)
+                busy += 1
 
     def _sent(self, t: tp.Transfer) -> None:
         run = self.runs[t.peer.name]
