@@ -126,17 +126,16 @@ class Sender:
         wall = time.time()
         for g in self.groups.values():
             g.tick(self.pool, self.spool.node, self.timeouts, wall)
-        stalled = self.pool.stalled()  # a hung peer's transfers hold no slot, for the others
-        busy = self._pushing() - sum(stalled.values())
+        idle, stalled = self.pool.stalled()  # a hung peer's transfers hold no slot, for the others
         for run in self.runs.values():
-            if busy >= self.opts.concurrency or self.stopping:
+            if self._pushing() - idle >= self.opts.concurrency or self.stopping:
                 return
             if run.send == DEFERRED or run.peer.name in stalled:  # DEFERRED: the next pass retries it
                 continue
             if run.backed_off(wall):
                 run.expire_waiting()
                 continue
-            while run.may_send(wall) and busy < self.opts.concurrency:
+            while run.may_send(wall) and self._pushing() - idle < self.opts.concurrency:
                 room = self.opts.batch
                 if self.opts.max_messages:
                     room = min(room, self.opts.max_messages - self.delivered - self._inflight())
@@ -151,7 +150,6 @@ class Sender:
                 t.tag = [n for _, _, n in items]
                 run.fire(START)
                 self.pool.add(t)
-                busy += 1
 
     def _sent(self, t: tp.Transfer) -> None:
         run = self.runs[t.peer.name]

@@ -216,13 +216,14 @@ class Pool:
     def __len__(self) -> int:
         return len(self.running) + len(self.failed)
 
-    def stalled(self) -> dict[str, int]:
-        """Return, by peer name, the running transfers (but fetches, held by design) that
-        moved no byte either way for STALL seconds: a peer that took the connection and never
-        answers, or a connect that gets no answer. They wait out their timeouts holding no
-        slot of --concurrency, or ten hung peers would stop the delivery to a thousand others."""
+    def stalled(self) -> tuple[int, set[str]]:
+        """Return how many running transfers (but fetches, held by design) moved no byte
+        either way for STALL seconds, and their peers' names: a peer that took the connection
+        and never answers, or a connect that gets no answer. They wait out their timeouts
+        holding no slot of --concurrency for other peers, or ten hung peers would stop the
+        delivery to a thousand others."""
         now = time.monotonic()
-        out: dict[str, int] = {}
+        count, peers = 0, set()
         for t in self.running.values():
             if t.kind == "fetch":
                 continue
@@ -235,8 +236,9 @@ class Pool:
             if moved != t.moved[0]:
                 t.moved = (moved, now)
             elif now - t.moved[1] >= STALL:
-                out[t.peer.name] = out.get(t.peer.name, 0) + 1
-        return out
+                count += 1
+                peers.add(t.peer.name)
+        return count, peers
 
     def poll(self, timeout: float) -> Iterator[Transfer]:
         """Drive transfers for up to timeout seconds; yield each one that finished."""
