@@ -521,6 +521,7 @@ import failover  # noqa: E402, F401  (#15: a peer group's failover)
 import fetching  # noqa: E402, F401  (#15: fetch against push)
 import quota  # noqa: E402, F401  (#17: a put with a quota into a million live messages)
 import relay  # noqa: E402, F401  (#15: a->b->c against a->b)
+import scale  # noqa: E402, F401  (#17: backlog, many peers, fan-in, TLS)
 import serve_metrics  # noqa: E402, F401  (#18: what counting for /metrics costs a request)
 
 # -- main -----------------------------------------------------------------------------------

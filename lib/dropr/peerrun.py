@@ -65,6 +65,7 @@ POLL_MIN = 0.2
 POLL_MAX = 5.0  # receipts are polled at most this far apart while messages wait in sent/
 PIPELINE = 2  # batches in flight per peer: the server's workers commit them in parallel
 BACKOFF_JITTER = 0.5  # a peer's delay is drawn from [50 %, 100 %] of the doubled one
+LIST_WINDOW = 100_000  # queued names listed at once: a million took ~100 MiB (the first ones by name)
 RELIST_EVERY = 1.0  # a large queue is re-listed at most this often while puts keep arriving
 RELIST_BUSY = 0.1  # any queue still being worked through: re-listed at most this often
 RELIST_IDLE = 30.0  # an empty queue is listed again without a wake-up this often (a put
@@ -101,6 +102,7 @@ class PeerRun:
         self.listed = 0.0  # when queued/ was last listed (monotonic)
         self.dirty = True  # a wake-up or a failure says queued/ may hold more than listed
         self.inflight: set[str] = set()  # names in batches in flight
+        self.cut = False  # the last listing stopped at LIST_WINDOW: more are queued
         self.sending = 0  # batches in flight
         self.expire_at = 0.0  # when a backed-off queue is next checked for expired TTLs
         self.ttl = False  # a message with a TTL was put for the peer (out/PEER/ttl, sticky)
@@ -216,12 +218,13 @@ class PeerRun:
         age = now - self.listed
         if self.queue:
             relist = self.dirty and age > (RELIST_EVERY if len(self.queue) > 10000 else RELIST_BUSY)
-        else:  # all listed were taken: only a wake-up or a failure says there is more
-            relist = self.dirty or age > RELIST_IDLE
+        else:  # all listed were taken: only a wake-up, a failure or a cut listing says there is more
+            relist = self.dirty or self.cut or age > RELIST_IDLE
         if relist:
-            self.queue = deque(
-                n for n in self.spool.out_names(self.peer.name, QUEUED) if n not in self.inflight
-            )
+            window = LIST_WINDOW + len(self.inflight)
+            names = self.spool.out_names(self.peer.name, QUEUED, window)
+            self.cut = len(names) >= window
+            self.queue = deque(n for n in names if n not in self.inflight)
             self.listed = now
             self.dirty = False
 

@@ -129,15 +129,16 @@ class Sender:
         wall = time.time()
         for g in self.groups.values():
             g.tick(self.pool, self.spool.node, self.timeouts, wall)
+        idle, stalled = self.pool.stalled()  # a hung peer's transfers hold no slot, for the others
         for run in self.runs.values():
-            if self._pushing() >= self.opts.concurrency or self.stopping:
+            if self._pushing() - idle >= self.opts.concurrency or self.stopping:
                 return
-            if run.send == DEFERRED:  # one try per pass: the next pass retries it
+            if run.send == DEFERRED or run.peer.name in stalled:  # DEFERRED: the next pass retries it
                 continue
             if run.backed_off(wall):
                 run.expire_waiting()
                 continue
-            while run.may_send(wall) and self._pushing() < self.opts.concurrency:
+            while run.may_send(wall) and self._pushing() - idle < self.opts.concurrency:
                 room = self.opts.batch
                 if self.opts.max_messages:
                     room = min(room, self.opts.max_messages - self.delivered - self._inflight())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any
@@ -20,6 +21,7 @@ import pycurl
 from . import protocol as wire
 from .config import Peer
 
+STALL = 1.0  # s without a byte moved either way: a transfer stops holding a slot (Pool.stalled)
 NO_EXPECT = f"{wire.EXPECT}:".encode()  # libcurl then sends no Expect: 100-continue (a round trip)
 JSON_BODY = f"{wire.CONTENT_TYPE}: {wire.JSON}".encode()
 
@@ -54,6 +56,7 @@ class Transfer:
         self.request_bytes = 0  # bytes of request libcurl sent: 0, nothing can have been stored
         self.results: dict[str, tuple[str, str]] = {}
         self.tag: Any = None
+        self.moved = (-1, 0.0)  # bytes moved either way when last looked at, and when (Pool.stalled)
 
     def took(self) -> tuple[float, int]:
         """Return a finished transfer's seconds and bytes uploaded (before close)."""
@@ -212,6 +215,30 @@ class Pool:
 
     def __len__(self) -> int:
         return len(self.running) + len(self.failed)
+
+    def stalled(self) -> tuple[int, set[str]]:
+        """Return how many running transfers (but fetches, held by design) moved no byte
+        either way for STALL seconds, and their peers' names: a peer that took the connection
+        and never answers, or a connect that gets no answer. They wait out their timeouts
+        holding no slot of --concurrency for other peers, or ten hung peers would stop the
+        delivery to a thousand others."""
+        now = time.monotonic()
+        count, peers = 0, set()
+        for t in self.running.values():
+            if t.kind == "fetch":
+                continue
+            c = t.curl
+            moved = (
+                c.getinfo(pycurl.SIZE_UPLOAD_T)
+                + c.getinfo(pycurl.SIZE_DOWNLOAD_T)
+                + c.getinfo(pycurl.HEADER_SIZE)
+            )
+            if moved != t.moved[0]:
+                t.moved = (moved, now)
+            elif now - t.moved[1] >= STALL:
+                count += 1
+                peers.add(t.peer.name)
+        return count, peers
 
     def poll(self, timeout: float) -> Iterator[Transfer]:
         """Drive transfers for up to timeout seconds; yield each one that finished."""
