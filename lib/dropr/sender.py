@@ -22,12 +22,13 @@ from .groups import GroupRun, track
 from .peerrun import ASK, DEFERRED, ERROR, NEWS, NO_NEWS, QUEUED, ROUND_OVER, SENT, SENT_DIR, START, PeerRun
 from .progress import Bar
 from .protocol import DUPLICATE, REFUSED, RETRY, STORED
-from .spool import PURGE_CHECK, Spool
+from .spool import PURGE_CHECK, Spool, Waiter
 from .spool.outbox import HOLD_URL
 
 log = logging.getLogger(__name__)
 
 STATUS_BATCH = 1000
+BUSY_PASS = 0.05  # while transfers run, a daemon's pass (listings, polls) comes at least this often
 
 
 class SendOptions:
@@ -213,7 +214,7 @@ class Sender:
             run.poll_after = names[-1] if len(names) >= STATUS_BATCH else ""
             names, origins = self.spool.relays.poll_origins(run.peer.name, names)  # relayed: o=
             split = [m.split_out_name(n) for n in names]
-            ids, prefixes = [i for _, i in split], [p for p, _ in split]
+            ids, prefixes = [i for _, i in split], [_created_prefix(p, i) for p, i in split]
             t = tp.status(run.peer, ids, self.spool.node, self.timeouts, prefixes, origins)
             t.tag = names
             run.fire(ASK)
@@ -238,9 +239,11 @@ class Sender:
 
     # -- loops ----------------------------------------------------------------
 
-    def drive(self, timeout: float) -> None:
-        """Wait up to timeout for transfers, and take in every one that ended."""
+    def drive(self, timeout: float) -> int:
+        """Wait up to timeout for transfers, and take in every one that ended; return how many."""
+        ended = 0
         for t in self.pool.poll(timeout):
+            ended += 1
             try:
                 if t.kind == "send":
                     self._sent(t)
@@ -253,6 +256,7 @@ class Sender:
             finally:
                 t.close()
         self.bar.show(self.delivered, self.total)
+        return ended
 
     def run_once(self) -> int:
         """One pass over everything due, then status polling; 0 if nothing is left due, else 75."""
@@ -311,13 +315,8 @@ class Sender:
                 if done and not self._pushing():
                     log.info("exiting after max_messages=%d", self.opts.max_messages)
                     break
-                if len(self.pool):  # only held fetches in flight: sleep as when idle
-                    held = self.fetches.inflight == len(self.pool)
-                    woken = self.pool.wait(self.sleep_for() if held else 0.05, waiter.fileno())
-                    self.drive(0)
-                    if woken:
-                        waiter.drain()
-                        self._mark_dirty()
+                if len(self.pool):
+                    self._transfer(waiter)
                     continue
                 if waiter.wait(self.sleep_for()):
                     self._mark_dirty()
@@ -326,6 +325,21 @@ class Sender:
             self.fetches.close()
             self.pool.close()
         return EX_OK
+
+    def _transfer(self, waiter: Waiter) -> None:
+        """Drive the transfers in flight until one ends, a wake-up comes, or BUSY_PASS has
+        passed: only then is a pass (listings, new batches, polls) worth its cost. Each
+        readiness of an upload's socket would otherwise make one, a few per message."""
+        held = self.fetches.inflight == len(self.pool)  # only held fetches: sleep as when idle
+        until = time.monotonic() + (self.sleep_for() if held else BUSY_PASS)
+        while True:
+            woken = self.pool.wait(max(0.0, until - time.monotonic()), waiter.fileno())
+            ended = self.drive(0)
+            if woken:
+                waiter.drain()
+                self._mark_dirty()
+            if woken or ended or not len(self.pool) or time.monotonic() >= until:
+                return
 
     def _pushing(self) -> int:
         """Return the transfers in flight but fetches (a held one never ends the daemon)."""
@@ -351,6 +365,14 @@ class Sender:
                 sleep = 0
         sleep = min([sleep, *(g.sleep_for(wall) for g in self.groups.values())])
         return max(0.0, self.fetches.sleep_for(sleep))
+
+
+def _created_prefix(prefix: str, ident: str) -> str:
+    """Return the "{p}{created}" prefix of a sent message's inbox name at the peer: a
+    generated id's creation time is its first 13 digits, which a relayed message's
+    outbox name does not carry (its time is its arrival at the relay). Without it, the
+    peer looks the id up under every priority (ten names per state, not one)."""
+    return prefix[0] + ident[:13] if m.generated_time(ident) is not None else prefix
 
 
 def check_peers(spool: Spool, names: list[str], once: bool) -> None:
