@@ -28,7 +28,8 @@ from .spool.outbox import HOLD_URL
 log = logging.getLogger(__name__)
 
 STATUS_BATCH = 1000
-BUSY_PASS = 0.05  # while transfers run, a daemon's pass (listings, polls) comes at least this often
+BUSY_PASS = 0.05  # while transfers run, a daemon's pass (listings, polls) comes at least this often;
+# not at each readiness of an upload's socket (a few per message): see _drive_busy
 
 
 class SendOptions:
@@ -316,7 +317,7 @@ class Sender:
                     log.info("exiting after max_messages=%d", self.opts.max_messages)
                     break
                 if len(self.pool):
-                    self._transfer(waiter)
+                    _drive_busy(self, waiter)
                     continue
                 if waiter.wait(self.sleep_for()):
                     self._mark_dirty()
@@ -325,21 +326,6 @@ class Sender:
             self.fetches.close()
             self.pool.close()
         return EX_OK
-
-    def _transfer(self, waiter: Waiter) -> None:
-        """Drive the transfers in flight until one ends, a wake-up comes, or BUSY_PASS has
-        passed: only then is a pass (listings, new batches, polls) worth its cost. Each
-        readiness of an upload's socket would otherwise make one, a few per message."""
-        held = self.fetches.inflight == len(self.pool)  # only held fetches: sleep as when idle
-        until = time.monotonic() + (self.sleep_for() if held else BUSY_PASS)
-        while True:
-            woken = self.pool.wait(max(0.0, until - time.monotonic()), waiter.fileno())
-            ended = self.drive(0)
-            if woken:
-                waiter.drain()
-                self._mark_dirty()
-            if woken or ended or not len(self.pool) or time.monotonic() >= until:
-                return
 
     def _pushing(self) -> int:
         """Return the transfers in flight but fetches (a held one never ends the daemon)."""
@@ -365,6 +351,20 @@ class Sender:
                 sleep = 0
         sleep = min([sleep, *(g.sleep_for(wall) for g in self.groups.values())])
         return max(0.0, self.fetches.sleep_for(sleep))
+
+
+def _drive_busy(sender: Sender, waiter: Waiter) -> None:
+    """Drive a sender's transfers in flight until one ends, a wake-up comes or BUSY_PASS passed."""
+    held = not sender._pushing()  # only held fetches in flight: sleep as when idle
+    until = time.monotonic() + (sender.sleep_for() if held else BUSY_PASS)
+    while True:
+        woken = sender.pool.wait(max(0.0, until - time.monotonic()), waiter.fileno())
+        ended = sender.drive(0)
+        if woken:
+            waiter.drain()
+            sender._mark_dirty()
+        if woken or ended or not len(sender.pool) or time.monotonic() >= until:
+            return
 
 
 def _created_prefix(prefix: str, ident: str) -> str:

@@ -197,7 +197,7 @@ class Outbox:
         finally:
             if mine:
                 os.close(fd)
-        return self._deadline(peer, name, raw, size), size
+        return _deadline(self, peer, name, raw, size), size
 
     def load(self, peer: str, name: str, small: int) -> tuple[int, int, bytes | None]:
         """Return peek's (deadline, size) of a queued message and, if its payload is at most
@@ -211,19 +211,8 @@ class Outbox:
                 size = os.fstat(fd).st_size - m.HEADER_SIZE
         finally:
             os.close(fd)
-        deadline = self._deadline(peer, name, whole[: m.HEADER_SIZE], size)
+        deadline = _deadline(self, peer, name, whole[: m.HEADER_SIZE], size)
         return deadline, size, whole if size <= small else None
-
-    def _deadline(self, peer: str, name: str, raw: bytes, size: int) -> int:
-        """Return the deadline of a queued message from its raw header (see peek)."""
-        if size < 0:
-            raise ValueError("not a dropr message header")
-        deadline = m.header_deadline(raw)
-        if deadline and deadline < m.now_us():  # passed: a requeue may have set a later one
-            later = self.meta(peer, m.split_out_name(name)[1]).get("deadline")
-            if isinstance(later, int) and later > deadline:
-                return later
-        return deadline
 
     def meta(self, peer: str, ident: str) -> dict[str, Any]:
         """Return the attempt record of one outbox message."""
@@ -361,6 +350,18 @@ class Outbox:
             except FileNotFoundError:
                 return False
         return True
+
+
+def _deadline(ob: Outbox, peer: str, name: str, raw: bytes, size: int) -> int:
+    """Return the deadline of a queued message from its raw header (see Outbox.peek)."""
+    if size < 0:
+        raise ValueError("not a dropr message header")
+    deadline = m.header_deadline(raw)
+    if deadline and deadline < m.now_us():  # passed: a requeue may have set a later one
+        later = ob.meta(peer, m.split_out_name(name)[1]).get("deadline")
+        if isinstance(later, int) and later > deadline:
+            return later
+    return deadline
 
 
 def _carry(ob: Outbox, src: str, dst: str, names: list[str]) -> None:
