@@ -35,6 +35,7 @@ def _ready(spool: Path) -> int:
 
 
 CPU_CGROUPS = "/sys/fs/cgroup/cpu"  # cgroup v1's cpu controller
+ACCT_CGROUPS = "/sys/fs/cgroup/cpuacct"  # and its accounting controller: CPU used per node
 
 
 class Hosts:
@@ -42,6 +43,7 @@ class Hosts:
 
     def __init__(self) -> None:
         self.dirs: dict[str, str] = {}
+        self.acct: dict[str, str] = {}  # node -> its cpuacct cgroup (none: not shown)
         quota = int(100_000 * (os.cpu_count() or 1) / 3)
         try:
             for node in "abc":
@@ -51,6 +53,10 @@ class Hosts:
                 Path(d, "cpu.cfs_period_us").write_text("100000")
                 Path(d, "cpu.cfs_quota_us").write_text(str(quota))
             self.note = f"each node limited to {quota / 1000:.0f} ms of CPU per 100 ms (a cgroup per node)"
+            for node in "abc":
+                d = f"{ACCT_CGROUPS}/dropr-bench-relay-{os.getpid()}-{node}"
+                os.mkdir(d)
+                self.acct[node] = d
         except OSError as exc:
             self.close()
             self.note = f"UNCONSTRAINED: no cpu cgroup ({exc.strerror}): the relay run competes for CPU"
@@ -60,16 +66,22 @@ class Hosts:
         d = self.dirs.get(node)
         if d is None:
             return None
+        dirs = [d, *([self.acct[node]] if node in self.acct else [])]
 
         def join() -> None:
-            with open(f"{d}/cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
+            for cg in dirs:
+                with open(f"{cg}/cgroup.procs", "w") as f:
+                    f.write(str(os.getpid()))
 
         return join
 
+    def usage(self) -> dict[str, float]:
+        """Return the CPU seconds each node's processes have used so far (cpuacct)."""
+        return {n: int(Path(d, "cpuacct.usage").read_text()) / 1e9 for n, d in self.acct.items()}
+
     def close(self) -> None:
         """Remove the cgroups (their processes are gone by then)."""
-        for d in self.dirs.values():
+        for d in [*self.dirs.values(), *self.acct.values()]:
             for _ in range(50):
                 try:
                     os.rmdir(d)
@@ -77,6 +89,7 @@ class Hosts:
                 except OSError:
                     time.sleep(0.1)  # a process of the node is still exiting
         self.dirs = {}
+        self.acct = {}
 
 
 HOSTS: Hosts | None = None
@@ -94,7 +107,9 @@ def _server(ctx: Ctx, spool: Path, node: str) -> Server:
 
 
 def _timed_send(ctx: Ctx, a: Path, dest: Path, n: int) -> float:
-    """Run dropr-send --once at A; return the seconds until n messages are ready at dest."""
+    """Run dropr-send --once at A; return the seconds until n messages are ready at dest
+    (and keep the CPU seconds each node used meanwhile in CPU_USED)."""
+    before = HOSTS.usage() if HOSTS else {}
     t0 = time.perf_counter()
     p = _start(ctx, "a", ctx.cmd("dropr-send"), "--spool", str(a), "--once", "-q")
     deadline = time.monotonic() + 600
@@ -106,8 +121,14 @@ def _timed_send(ctx: Ctx, a: Path, dest: Path, n: int) -> float:
             raise RuntimeError(why)
         time.sleep(0.01)
     el = time.perf_counter() - t0
+    after = HOSTS.usage() if HOSTS else {}
+    CPU_USED.clear()
+    CPU_USED.update({node: after[node] - before[node] for node in after})
     p.wait(600)
     return el
+
+
+CPU_USED: dict[str, float] = {}  # node -> CPU seconds used during the last _timed_send
 
 
 def _direct(ctx: Ctx, root: Path, n: int) -> float:
@@ -163,14 +184,22 @@ def relay(ctx: Ctx) -> None:
         HOSTS = None
 
 
+def _cpu_note() -> str:
+    """Return the CPU seconds each node used in the last timed send ("" without cpuacct)."""
+    return ", ".join(f"{node} {s:.2f}" for node, s in sorted(CPU_USED.items()) if s > 0.005)
+
+
 def _relay_run(ctx: Ctx, r: int, n: int) -> None:
     root = ctx.fresh("relay-direct")
     direct = _direct(ctx, root, n)
+    used_direct = _cpu_note()
     ctx.remove_at_end(f"relay-direct-{r}", root)
     root = ctx.fresh("relay-chain")
     chained = _chain(ctx, root, n)
     ctx.remove_at_end(f"relay-chain-{r}", root)
     print(f"  run {r + 1}: a->b {direct:.2f} s, a->b->c {chained:.2f} s")
+    if used_direct:
+        print(f"    CPU seconds used meanwhile: a->b {used_direct}; a->b->c {_cpu_note()}")
     ctx.figure("relay.direct", "a->b, 1 KiB messages (info)", direct, "s")
     ctx.figure("relay.chain", "a->b->c through a relay (info)", chained, "s")
     ctx.figure("relay.ratio", "a->b->c time / a->b time", chained / direct, target=("<=", LIMIT))

@@ -71,6 +71,8 @@ RELIST_BUSY = 0.1  # any queue still being worked through: re-listed at most thi
 RELIST_IDLE = 30.0  # an empty queue is listed again without a wake-up this often (a put
 # that died between its link and its wake-up)
 EXPIRE_EVERY = 1.0  # a backed-off peer's queue is checked for expired TTLs at most this often,
+IN_MEMORY = 16 << 10  # a message up to this size is read whole when its batch is made (one
+# open, not two: libcurl opens a file part itself), larger ones are sent from their file
 EXPIRE_COST = 20  # and at most once per this many times the last check took (<= 5% of a CPU)
 QUEUED, SENT_DIR = "queued", "sent"  # outbox folders
 
@@ -109,6 +111,7 @@ class PeerRun:
         self.poll_at = 0.0  # when the next receipt poll is due (monotonic; 0: none is)
         self.poll_gap = POLL_MIN
         self.poll_after = ""  # the last sent name of a full status poll: the next one goes on from it
+        self.relayed = False  # a relayed message was queued for the peer (Relays.marked, sticky)
         # this sender is the only writer of peer.json: its backoff end is read once
         st = spool.peer_state(peer.name)
         self.until = 0.0 if now else _number(st.get("until"))
@@ -225,13 +228,15 @@ class PeerRun:
             names = self.spool.out_names(self.peer.name, QUEUED, window)
             self.cut = len(names) >= window
             self.queue = deque(n for n in names if n not in self.inflight)
+            self.relayed = self.relayed or self.spool.relays.marked(self.peer.name)
             self.listed = now
             self.dirty = False
 
-    def next_batch(self, room: int, batch_bytes: int) -> list[tuple[str, str, str]]:
-        """Take up to room queued messages (id, path, name) for a batch; kill the expired."""
+    def next_batch(self, room: int, batch_bytes: int) -> list[tuple[str, str | bytes, str]]:
+        """Take up to room queued messages (id, path or the whole file, name) for a batch;
+        kill the expired. A message of at most IN_MEMORY bytes is read whole here, once."""
         self._relist()
-        items: list[tuple[str, str, str]] = []
+        items: list[tuple[str, str | bytes, str]] = []
         size = 0
         wall = now_us()
         max_attempts = self.spool.config.max_attempts
@@ -245,7 +250,7 @@ class PeerRun:
             if ident in ids:
                 break  # the next batch takes it
             try:
-                deadline, hsize = self.spool.peek(self.peer.name, name)
+                deadline, hsize, whole = self.spool.outbox.load(self.peer.name, name, IN_MEMORY)
             except FileNotFoundError:
                 self.queue.popleft()
                 continue
@@ -269,8 +274,10 @@ class PeerRun:
             self.queue.popleft()
             size += hsize
             ids.add(ident)
-            items.append((ident, path, name))
+            items.append((ident, path if whole is None else whole, name))
             self.inflight.add(name)
+            if whole is not None and self.relayed:  # its receipt poll needs its o=: read now
+                self.spool.relays.note_origin(name, whole)
         return items
 
     def _metas(self) -> set[str]:

@@ -24,7 +24,7 @@ from .groups import GroupRun, track
 from .peerrun import ASK, DEFERRED, ERROR, NEWS, NO_NEWS, QUEUED, ROUND_OVER, SENT, SENT_DIR, START, PeerRun
 from .progress import Bar
 from .protocol import DUPLICATE, REFUSED, RETRY, STORED
-from .spool import PURGE_CHECK, Spool
+from .spool import PURGE_CHECK, Spool, Waiter
 from .spool.outbox import HOLD_URL
 from .summary import SENT as SENT_LINE
 from .summary import Summary
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 STATUS_BATCH = 1000
 DUP_WORD = ("", " duplicate")  # the ending of a debug line: not stored, the peer had it
 FULL_PAUSE = 1.0  # a daemon whose spool's filesystem is full tries again after this (s)
+BUSY_PASS = 0.05  # while transfers run, a daemon's pass (listings, polls) comes at least this often;
+# not at each readiness of an upload's socket (a few per message): see _drive_busy
 
 
 class SendOptions:
@@ -226,7 +228,7 @@ class Sender:
             run.poll_after = names[-1] if len(names) >= STATUS_BATCH else ""
             names, origins = self.spool.relays.poll_origins(run.peer.name, names)  # relayed: o=
             split = [m.split_out_name(n) for n in names]
-            ids, prefixes = [i for _, i in split], [p for p, _ in split]
+            ids, prefixes = [i for _, i in split], [_created_prefix(p, i) for p, i in split]
             t = tp.status(run.peer, ids, self.spool.node, self.timeouts, prefixes, origins)
             t.tag = names
             run.fire(ASK)
@@ -251,9 +253,11 @@ class Sender:
 
     # -- loops ----------------------------------------------------------------
 
-    def drive(self, timeout: float) -> None:
-        """Wait up to timeout for transfers, and take in every one that ended."""
+    def drive(self, timeout: float) -> int:
+        """Wait up to timeout for transfers, and take in every one that ended; return how many."""
+        ended = 0
         for t in self.pool.poll(timeout):
+            ended += 1
             try:
                 if t.kind == "send":
                     self._sent(t)
@@ -266,6 +270,7 @@ class Sender:
             finally:
                 t.close()
         self.bar.show(self.delivered, self.total)
+        return ended
 
     def run_once(self) -> int:
         """One pass over everything due, then status polling; 0 if nothing is left due, else 75."""
@@ -326,13 +331,8 @@ class Sender:
                 if done and not self._pushing():
                     log.info("exiting after max_messages=%d", self.opts.max_messages)
                     break
-                if len(self.pool):  # only held fetches in flight: sleep as when idle
-                    held = self.fetches.inflight == len(self.pool)
-                    woken = self.pool.wait(self.sleep_for() if held else 0.05, waiter.fileno())
-                    self.drive(0)
-                    if woken:
-                        waiter.drain()
-                        self._mark_dirty()
+                if len(self.pool):
+                    _drive_busy(self, waiter)
                     continue
                 if waiter.wait(self.sleep_for()):
                     self._mark_dirty()
@@ -367,6 +367,28 @@ class Sender:
                 sleep = 0
         sleep = min([sleep, self.summary.due(), *(g.sleep_for(wall) for g in self.groups.values())])
         return max(0.0, self.fetches.sleep_for(sleep))
+
+
+def _drive_busy(sender: Sender, waiter: Waiter) -> None:
+    """Drive a sender's transfers in flight until one ends, a wake-up comes or BUSY_PASS passed."""
+    held = not sender._pushing()  # only held fetches in flight: sleep as when idle
+    until = time.monotonic() + (sender.sleep_for() if held else BUSY_PASS)
+    while True:
+        woken = sender.pool.wait(max(0.0, until - time.monotonic()), waiter.fileno())
+        ended = sender.drive(0)
+        if woken:
+            waiter.drain()
+            sender._mark_dirty()
+        if woken or ended or not len(sender.pool) or time.monotonic() >= until:
+            return
+
+
+def _created_prefix(prefix: str, ident: str) -> str:
+    """Return the "{p}{created}" prefix of a sent message's inbox name at the peer: a
+    generated id's creation time is its first 13 digits, which a relayed message's
+    outbox name does not carry (its time is its arrival at the relay). Without it, the
+    peer looks the id up under every priority (ten names per state, not one)."""
+    return prefix[0] + ident[:13] if m.generated_time(ident) is not None else prefix
 
 
 def check_peers(spool: Spool, names: list[str], once: bool) -> None:

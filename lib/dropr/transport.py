@@ -43,10 +43,10 @@ class Timeouts:
 class Transfer:
     """One HTTP request in flight: a batch upload or a status poll."""
 
-    def __init__(self, peer: Peer, kind: str, items: list[tuple[str, str]], ids: list[str]) -> None:
+    def __init__(self, peer: Peer, kind: str, items: list[tuple[str, str | bytes]], ids: list[str]) -> None:
         self.peer = peer
         self.kind = kind  # "send", "status", "fetch" or "health" (a group member's probe)
-        self.items = items  # (id, path) for send
+        self.items = items  # (id, path or the file's bytes) for send
         self.ids = ids  # for status
         self.curl = pycurl.Curl()
         self.body = BytesIO()
@@ -117,22 +117,26 @@ def _header(name: str, value: str, what: str) -> bytes:
         ) from None
 
 
-def upload(peer: Peer, items: list[tuple[str, str]], node: str, timeouts: Timeouts) -> Transfer:
-    """Prepare a batch upload of (id, path) pairs; add it to a Pool to run it."""
+def upload(peer: Peer, items: list[tuple[str, str | bytes]], node: str, timeouts: Timeouts) -> Transfer:
+    """Prepare a batch upload of (id, path) pairs, or (id, the file's bytes) for a small
+    message the caller has read already; add it to a Pool to run it."""
     t = Transfer(peer, "send", items, [])
     c = _setup(t, node, timeouts, wire.MESSAGES)
     if peer.group is not None:  # a group member: "could not connect" must mean nothing was sent
         c.setopt(pycurl.FRESH_CONNECT, 1)  # (groups.ambiguous): libcurl resends a request on a
         # new connection when a kept-alive one, used < 1 s ago and not checked, is dead
     form = pycurl.CurlMime(c)  # pycurl keeps it with the handle, and frees it with it
-    for ident, path in items:
+    for ident, src in items:
         part = form.addpart()
         part.name(wire.PART_FIELD)
-        try:
-            part.filedata(os.fsencode(path))  # libcurl reads the file as it sends it
-        except pycurl.error as exc:  # it looks the file up now: gone (acked, expired) since listed
-            t.error = f"cannot read the file of message {ident}: {exc.args[-1]}"
-            break
+        if isinstance(src, bytes):
+            part.data(src)  # libcurl copies it
+        else:
+            try:
+                part.filedata(os.fsencode(src))  # libcurl reads the file as it sends it
+            except pycurl.error as exc:  # it looks the file up now: gone (acked, expired) since listed
+                t.error = f"cannot read the file of message {ident}: {exc.args[-1]}"
+                break
         part.filename(ident)  # after filedata, which names the part after the file
         part.type(wire.PART_TYPE)
     c.setopt(pycurl.MIMEPOST, form)

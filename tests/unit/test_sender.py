@@ -301,3 +301,31 @@ def test_polls_are_due_after_a_send_and_back_off_while_nothing_changes(sp: Spool
     assert run.poll_at >= time.monotonic() + pr.POLL_MAX - 1
     run.fire(pr.ROUND_OVER)  # nothing left to ask about, no full poll before: quiet
     assert (run.poll, run.poll_at) == (pr.QUIET, 0)
+
+
+# -- reading a batch: small messages whole, once ------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra, whole", [(0, True), (1, False)])
+def test_a_message_up_to_in_memory_bytes_is_read_whole_for_its_batch(
+    sp: Spool, extra: int, whole: bool
+) -> None:
+    ident = put(sp, b"x" * (pr.IN_MEMORY + extra), ttl=3600)
+    name = sp.find_out(ident)[0][2]
+    path = Path(sp.path("out", DOWN.name, "queued", name))
+    deadline, size, data = sp.outbox.load(DOWN.name, name, pr.IN_MEMORY)
+    assert (deadline, size) == sp.peek(DOWN.name, name)
+    assert data == (path.read_bytes() if whole else None)
+    s = Sender(sp, SendOptions())
+    s.refresh_peers()
+    [(got, src, _)] = s.runs[DOWN.name].next_batch(10, s.opts.batch_bytes)
+    assert got == ident and src == (path.read_bytes() if whole else str(path))
+
+
+def test_a_receipt_poll_names_the_creation_prefix_of_a_generated_id() -> None:
+    # a relayed entry's name carries its arrival at the relay; the peer's inbox name the
+    # message's creation at its origin, which a generated id starts with
+    from dropr.sender import _created_prefix
+
+    assert _created_prefix("51111111111111", "0123456789abc0123456789a") == "50123456789abc"
+    assert _created_prefix("51111111111111", "chosen-id") == "51111111111111"

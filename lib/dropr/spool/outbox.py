@@ -197,14 +197,22 @@ class Outbox:
         finally:
             if mine:
                 os.close(fd)
-        if size < 0:
-            raise ValueError("not a dropr message header")
-        deadline = m.header_deadline(raw)
-        if deadline and deadline < m.now_us():  # passed: a requeue may have set a later one
-            later = self.meta(peer, m.split_out_name(name)[1]).get("deadline")
-            if isinstance(later, int) and later > deadline:
-                return later, size
-        return deadline, size
+        return _deadline(self, peer, name, raw, size), size
+
+    def load(self, peer: str, name: str, small: int) -> tuple[int, int, bytes | None]:
+        """Return peek's (deadline, size) of a queued message and, if its payload is at most
+        small bytes, the whole file (header and payload: what the peer is sent), read in
+        one call: the sender then uploads it from memory, not opening it a second time."""
+        fd = os.open(f"{self.base}/{peer}/queued/{name}", os.O_RDONLY)
+        try:
+            whole = os.pread(fd, m.HEADER_SIZE + small + 1, 0)
+            size = len(whole) - m.HEADER_SIZE
+            if size > small:  # larger: libcurl reads it from the file as it sends it
+                size = os.fstat(fd).st_size - m.HEADER_SIZE
+        finally:
+            os.close(fd)
+        deadline = _deadline(self, peer, name, whole[: m.HEADER_SIZE], size)
+        return deadline, size, whole if size <= small else None
 
     def meta(self, peer: str, ident: str) -> dict[str, Any]:
         """Return the attempt record of one outbox message."""
@@ -343,6 +351,18 @@ class Outbox:
             except FileNotFoundError:
                 return False
         return True
+
+
+def _deadline(ob: Outbox, peer: str, name: str, raw: bytes, size: int) -> int:
+    """Return the deadline of a queued message from its raw header (see Outbox.peek)."""
+    if size < 0:
+        raise ValueError("not a dropr message header")
+    deadline = m.header_deadline(raw)
+    if deadline and deadline < m.now_us():  # passed: a requeue may have set a later one
+        later = ob.meta(peer, m.split_out_name(name)[1]).get("deadline")
+        if isinstance(later, int) and later > deadline:
+            return later
+    return deadline
 
 
 def _carry(ob: Outbox, src: str, dst: str, names: list[str]) -> None:

@@ -273,6 +273,14 @@ class Relays:
             origins.append(origin or "")
         return kept, origins
 
+    def note_origin(self, name: str, whole: bytes) -> None:
+        """Keep the first origin of an outbox entry, read from its header (whole: the file as
+        it is sent), for poll_origins: its receipt polls then read no header again."""
+        known = self._origins
+        if len(known) > ORIGINS_CACHED:
+            known.clear()
+        known[name] = _header_origin(whole[: m.HEADER_SIZE])
+
     # -- retention -----------------------------------------------------------------
 
     def purge(self, before: float) -> int:
@@ -316,6 +324,11 @@ def _origin_of(path: str) -> str | None:
             raw = f.read(m.HEADER_SIZE)
     except OSError:
         return None
+    return _header_origin(raw)
+
+
+def _header_origin(raw: bytes) -> str:
+    """Return the o= of a raw header, "" if it has none."""
     at = raw.find(b" o=")
     if at < 0:
         return ""
