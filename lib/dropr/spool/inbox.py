@@ -98,6 +98,28 @@ class Sums:
                 )  # fmt: skip
 
 
+def _look(root: str, channel: str, name: str, prefix: str) -> tuple[str, str, str, int] | None:
+    """Return (channel, state, name, created) of an inbox name in the first state that has it."""
+    for state in FIND_ORDER:
+        if os.path.lexists(f"{root}/in/{channel}/{state}/{name}"):
+            return channel, state, name, m.prefix_time(prefix)
+    return None
+
+
+def _find_generated(
+    root: str, origin: str, ident: str, prefix: str, channels: list[str]
+) -> tuple[str, str, str, int] | None:
+    """Look a generated id up by the name its prefix gives, in the states of channels, with no
+    readlink of its rcv/ entry first (Inbox.find): a status poll's, which most find in done/."""
+    if not (prefix and prefix.endswith(ident[:13]) and m.generated_time(ident)):
+        return None
+    name = m.in_name_of(prefix, origin, ident)
+    for ch in channels:
+        if found := _look(root, ch, name, prefix):
+            return found
+    return None
+
+
 class Inbox:
     """The in/ and rcv/ folders of one spool, as the receiver sees them."""
 
@@ -147,6 +169,8 @@ class Inbox:
         channels that the caller keeps over many lookups. Two passes, because a message
         that moves back (claimed to ready) between two stats of one pass would be missed.
         """
+        if channels is not None and (found := _find_generated(self.root, origin, ident, prefix, channels)):
+            return found
         try:
             target = os.readlink(f"{self.root}/rcv/{origin}/{ident}")
             channel, _, prefix = target.partition("/")
@@ -160,10 +184,9 @@ class Inbox:
             places = [(ch, pre) for ch in chans for pre in prefixes]
         for _ in range(2):
             for ch, pre in places:
-                name = m.in_name_of(pre, origin, ident)
-                for state in FIND_ORDER:
-                    if os.path.lexists(f"{self.root}/in/{ch}/{state}/{name}"):
-                        return ch, state, name, m.prefix_time(pre)
+                found = _look(self.root, ch, m.in_name_of(pre, origin, ident), pre)
+                if found is not None:
+                    return found
         return None
 
     def status(

@@ -48,6 +48,7 @@ class Leases:
         self.fs = spool.fs
         self.root = spool.root
         self._ready: dict[str, tuple[float, list[str]]] = {}  # channel -> (listed at, names left)
+        self._swept: dict[str, float] = {}  # channel -> when a claim with keep last swept it
 
     # -- the events of a claim ----------------------------------------------------
 
@@ -212,9 +213,11 @@ class Leases:
         """Claim up to n ready messages for a lease of `lease` seconds, most urgent first.
 
         Each call sweeps expired leases and due retries, then lists ready/. With keep
-        (a handler loop claiming one at a time from a large inbox) the listing is kept
-        between calls and renewed when used up, after SWEEP_EVERY, or by forget_ready:
-        an expired lease or a more urgent arrival may then wait up to that long. each,
+        (a handler loop claiming one at a time from a large inbox, --follow) the listing
+        is kept between calls and renewed when used up, after SWEEP_EVERY, or by
+        forget_ready, and the sweep (a stat of every claimed entry: one per message in a
+        pipeline whose acks trail the claims) runs at most every SWEEP_EVERY: an expired
+        lease or a more urgent arrival may then wait up to that long. each,
         if given, is called with every claim once the claims are durable.
 
         The claims' renames are made durable (sync_claims) before anyone hears of them:
@@ -230,7 +233,9 @@ class Leases:
         listed, names = self._ready.get(channel, (0.0, [])) if keep else (0.0, [])
         ready = f"{cdir}/ready"
         if not names or now - listed > SWEEP_EVERY:
-            self.sweep_channel(channel)
+            if not keep or now - self._swept.get(channel, 0.0) > SWEEP_EVERY:
+                self.sweep_channel(channel)
+                self._swept[channel] = now
             listed = now
             names, strays = message_names(ready, "in", n + 256)  # spares for other consumers
             if strays:
