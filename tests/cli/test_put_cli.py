@@ -122,6 +122,26 @@ def test_spool_option_wins_over_env(put: Put, tmp_path: Path) -> None:
     assert stored(arg_spool, ident) and not env_spool.exists()
 
 
+def test_first_puts_to_a_new_peer_side_by_side_all_succeed(cmd: Any, tmp_path: Path) -> None:
+    """Puts that create a peer's outbox together: each wrote url.new and renamed it, and
+    every one that came second failed 74 ("cannot create the outbox"), 39 of 240 here."""
+    for r in range(8):
+        spool = tmp_path / f"s{r}"
+        env = cmd.env(spool)
+        procs = [
+            subprocess.Popen(
+                [cmd.path("dropr-put"), "--to", "http://127.0.0.1:9/"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            )  # fmt: skip
+            for _ in range(6)
+        ]
+        for p in procs:
+            out, err = p.communicate(b"x")
+            assert p.returncode == 0, err.decode()
+            assert len(out.split()) == 1
+        assert len(os.listdir(next((spool / "out").iterdir()) / "queued")) == 6
+
+
 def test_multicast_and_peer_names(put: Put, spool_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(

@@ -77,7 +77,11 @@ class Outbox:
                     self.fs.write_file(os.path.join(d, VIA_MARK), peer.via + "\n", flags=os.O_TRUNC)
                 where = HOLD_URL if peer.hold else peer.url  # a held peer fetches: no url
                 self.fs.write_file(url + ".new", where + "\n", flags=os.O_TRUNC)
-                self.fs.rename(url + ".new", url)
+                try:
+                    self.fs.rename(url + ".new", url)
+                except FileNotFoundError:  # a put beside this one renamed it first (same text)
+                    if not os.path.exists(url):
+                        raise
                 self.fs.fsync_dir(d)
         return d
 
