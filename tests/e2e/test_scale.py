@@ -19,7 +19,7 @@ def test_hung_peers_hold_no_slot(nodes: Nodes) -> None:
     a, b = nodes("a"), nodes("b")
     url_b = b.serve()
     with ExitStack() as stack:
-        conf = f'[peers.zb]\nurl = "{url_b}"\n[send]\ntimeout = "8s"\n'
+        conf = f'[peers.zb]\nurl = "{url_b}"\n[send]\ntimeout = "5s"\n'
         for name in ("a1", "a2"):
             hung = stack.enter_context(socket.socket())
             hung.bind(("127.0.0.1", 0))

@@ -1,6 +1,6 @@
 """The three-host torture, short and seeded, for `make test` (the long one: `make torture`).
 
-About 45 s of messages at a, b and c while processes are SIGKILLed, links cut and
+About 30 s of messages at a, b and c while processes are SIGKILLed, links cut and
 degraded, a spool filled to ENOSPC and a sender's clock stepped; then every printed id
 must be consumed at each destination, stored once, acked, processed at its origin.
 Needs root, iproute2, nftables, e2fsprogs and libfaketime (make sysdeps); skipped otherwise.
@@ -24,7 +24,7 @@ def test_three_hosts_under_faults_lose_and_duplicate_nothing(tmp_path: Path) -> 
     why = missing_tools()
     if why:
         pytest.skip(f"the torture run {why}")
-    plan = Plan(SEED, 45, tmp_path, rate=24, drain=90, disk_mib=256, inodes=65536)
+    plan = Plan(SEED, 30, tmp_path, rate=24, drain=90, disk_mib=256, inodes=65536)
     res = run(plan, say=lambda s: None)
     detail = (
         summary(res) + "\n" + json.dumps({k: res[k] for k in ("examples", "deaths", "after_stop")}, indent=1)
