@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import Ctx, regular_install, section, sync_fs
+from harness import Ctx, regular_install, section, sync_fs, wait_url
 
 KIB_LINE = b"z" * 1023 + b"\n"
 
@@ -60,15 +60,7 @@ class Server:
                 env=env,
                 preexec_fn=preexec,  # relay.py: the node's cgroup
             )
-        deadline = time.monotonic() + 30
-        self.url = ""
-        while not self.url:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"dropr-serve did not start: {self.log.read_text()}")
-            for line in self.log.read_text().splitlines():
-                if "url=" in line:
-                    self.url = line.split("url=")[1].split()[0]
-            time.sleep(0.02)
+        self.url = wait_url(self.proc, self.log, 30)
 
     def peak_kib(self) -> int:
         """Return the largest VmHWM of the master and its workers."""

@@ -580,3 +580,64 @@ def regular_install(ctx: Ctx) -> Path:
         raise RuntimeError(f"the regular install imports the wrong dropr: {where[:300]}")
     _REGULAR["bin"] = venv / "bin"
     return venv / "bin"
+
+
+# -- spools built straight in the layout (ls-million, quota, backlog) ---------------------------
+
+
+def _fill_queued(queued: str, start: int, stop: int, base: int, payload: bytes) -> int:
+    """Write queued outbox files start..stop: a header and payload each, no fsync."""
+    from dropr import message as m
+
+    crc = m.crc32(payload)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    dfd = os.open(queued, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(start, stop):
+            t = base + i
+            ident = f"{t:013x}{i:011x}"  # a valid generated id: its time is its arrival
+            data = m.Header(ident, "default", 5, t, 0, len(payload), crc).pack() + payload
+            fd = os.open(m.out_name(5, t, ident), flags, 0o644, dir_fd=dfd)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dfd)
+    return stop - start
+
+
+def build_queued(queued: Path | str, n: int, payload: bytes, base: int = 0) -> int:
+    """Write n messages straight into an outbox's queued/ folder with up to 4 processes and
+    return how many were made; nothing is synced (the caller syncs the filesystem once):
+    dropr-put --lines would take minutes at the put-bulk rate, and the figure is elsewhere.
+    Message i's arrival and id time is base + i µs (default: before any put of this run)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    base = base or time.time_ns() // 1000 - n - 10_000_000
+    step = -(-n // workers)
+    starts = range(0, n, step)
+    with ProcessPoolExecutor(workers) as ex:
+        return sum(
+            ex.map(
+                _fill_queued,
+                [str(queued)] * len(starts),
+                starts,
+                [min(n, s + step) for s in starts],
+                [base] * len(starts),
+                [payload] * len(starts),
+            )
+        )
+
+
+def wait_url(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> str:
+    """Return the url a starting dropr-serve logs (its stderr goes to log) once it listens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"dropr-serve did not start: {log.read_text()[-500:]}")
+        for line in log.read_text().splitlines():
+            if "url=" in line:
+                return line.split("url=")[1].split()[0]
+        time.sleep(0.02)

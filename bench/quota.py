@@ -2,7 +2,7 @@
 against a put into an empty spool with the same config, in the same run.
 
 Registered into the harness by ``run.py`` importing this module. The million messages
-are built straight into the layout by ls-million's builder (run.py's ``_fill``), and the
+are built straight into the layout by ls-million's builder (harness.build_queued), and the
 running total is initialised as the repair does it (``Usage.rebuild``, a full count
 under the exclusive lock), timed: that is what a crash costs a spool this size. Then
 single ``dropr-put`` calls into each spool, interleaved call by call so that drift of
@@ -16,37 +16,30 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from harness import Ctx, section, sync_fs
+from harness import Ctx, build_queued, section, sync_fs
 
 LIMIT = 1.2  # a put into a million live messages costs at most this many times one into none
 CONFIG = '[limits]\nquota = "1TiB"\n'  # far above what is put: every put is let in
 
 
-def _run_helpers() -> tuple[Callable[..., int], Callable[[Path], Path], Callable[..., Any], str]:
-    """ls-million's builder and put-single's helpers, from run.py: the entry point, which
+def _run_helpers() -> tuple[Callable[[Path], Path], Callable[..., Any], str]:
+    """put-single's helpers, from run.py: the entry point, which
     imports this module last (so they are in __main__, not in a module named run)."""
     main: Any = sys.modules.get("__main__")
-    if not hasattr(main, "_fill"):
+    if not hasattr(main, "_prepare_spool"):
         import run as main  # type: ignore[no-redef]
-    return main._fill, main._prepare_spool, main._time_calls, main.URL
+    return main._prepare_spool, main._time_calls, main.URL
 
 
 def _build(ctx: Ctx, spool: Path, n: int) -> float:
     """Fill spool's outbox with n messages straight in the layout; return the seconds."""
-    fill, prepare, _, _ = _run_helpers()
+    prepare, _, _ = _run_helpers()
     queued = prepare(spool)
-    workers = max(1, min(4, os.cpu_count() or 1))
-    base = time.time_ns() // 1000 - n - 10_000_000
-    step = -(-n // workers)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(workers) as ex:
-        starts = range(0, n, step)
-        made = sum(ex.map(fill, [str(queued)] * len(starts), starts,
-                          [min(n, s + step) for s in starts], [base] * len(starts)))  # fmt: skip
+    made = build_queued(queued, n, b"0123456789abcdef")
     sync_fs(spool)
     if made != n:
         raise RuntimeError(f"built {made} messages, wanted {n}")
@@ -95,7 +88,7 @@ def quota(ctx: Ctx) -> None:
     need = n * 4096 + (1 << 30)
     if st.f_bavail * st.f_frsize < need or st.f_favail < n + 10_000:
         raise RuntimeError(f"not enough room for {n:,} files: need ~{need / 2**30:.1f} GiB and {n:,} inodes")
-    _, prepare, time_calls, url = _run_helpers()
+    prepare, time_calls, url = _run_helpers()
     root = ctx.fresh("quota")
     full, empty = root / "full", root / "empty"
     print(f"  building {n:,} queued messages straight in the layout (ls-million's builder)")

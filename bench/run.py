@@ -18,12 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from harness import (
     SECTIONS,
     Ctx,
+    build_queued,
     drop_caches,
     fsync_dir,
     header,
@@ -405,29 +405,6 @@ def put_single(ctx: Ctx) -> None:
 # -- (d) dropr-ls on a million messages ------------------------------------------------------
 
 
-def _fill(queued: str, start: int, stop: int, base: int) -> int:
-    """Write outbox files start..stop directly in the spool layout (16-byte payloads)."""
-    from dropr import message as m
-
-    payload = b"0123456789abcdef"
-    crc = m.crc32(payload)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    dfd = os.open(queued, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for i in range(start, stop):
-            t = base + i
-            ident = f"{t:013x}{i:011x}"  # a valid generated id: its time is its arrival
-            data = m.Header(ident, "default", 5, t, 0, len(payload), crc).pack() + payload
-            fd = os.open(m.out_name(5, t, ident), flags, 0o644, dir_fd=dfd)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-    finally:
-        os.close(dfd)
-    return stop - start
-
-
 def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
     t0 = time.perf_counter()
     p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
@@ -456,17 +433,7 @@ def ls_million(ctx: Ctx) -> None:
     )
     base = time.time_ns() // 1000 - n - 10_000_000
     t0 = time.perf_counter()
-    step = -(-n // workers)
-    with ProcessPoolExecutor(workers) as ex:
-        made = sum(
-            ex.map(
-                _fill,
-                [str(queued)] * workers,
-                range(0, n, step),
-                [min(n, s + step) for s in range(0, n, step)],
-                [base] * workers,
-            )
-        )
+    made = build_queued(queued, n, b"0123456789abcdef", base)
     el = time.perf_counter() - t0
     t1 = time.perf_counter()
     sync_fs(spool)

@@ -19,11 +19,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from delivery import _children, _env, _put_lines
-from harness import Ctx, regular_install, section, sync_fs
+from harness import Ctx, build_queued, regular_install, section, sync_fs, wait_url
 
 RSS_LIMIT = 64  # MiB, every process of backlog and the sender of many-peers
 SERVER_RSS_LIMIT = 256  # MiB, every process of the fan-in server together
@@ -107,15 +106,7 @@ class Serve:
         argv = [ctx.cmd("dropr-serve"), "--spool", str(spool), "--listen", "127.0.0.1:0", "-q", *extra]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, stderr=log, env=_env(ctx, node))
-        deadline = time.monotonic() + 60
-        self.url = ""
-        while not self.url:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"dropr-serve did not start: {self.log.read_text()[-500:]}")
-            for line in self.log.read_text().splitlines():
-                if "url=" in line:
-                    self.url = line.split("url=")[1].split()[0]
-            time.sleep(0.02)
+        self.url = wait_url(self.proc, self.log, 60)
         self.port = int(self.url.rstrip("/").rsplit(":", 1)[1])
 
     def pids(self) -> list[int]:
@@ -223,30 +214,6 @@ class Exit:
 # -- backlog (item 3, W5) ---------------------------------------------------------------
 
 
-def _fill(queued: str, start: int, stop: int, base: int, url: str) -> int:
-    """Write queued outbox files start..stop straight in the spool layout: 1 KiB payloads,
-    as bench/run.py ls-million does (a header and the payload, one file each, no fsync:
-    the caller syncs the filesystem once)."""
-    from dropr import message as m
-
-    crc = m.crc32(KIB)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    dfd = os.open(queued, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for i in range(start, stop):
-            t = base + i
-            ident = f"{t:013x}{i:011x}"  # a valid generated id: its time is its arrival
-            data = m.Header(ident, "default", 5, t, 0, len(KIB), crc).pack() + KIB
-            fd = os.open(m.out_name(5, t, ident), flags, 0o644, dir_fd=dfd)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-    finally:
-        os.close(dfd)
-    return stop - start
-
-
 def _build_backlog(spool: Path, url: str, n: int) -> float:
     """Queue n × 1 KiB at spool for url, straight in the layout; return the seconds taken."""
     from dropr.config import Config, Peer
@@ -256,14 +223,8 @@ def _build_backlog(spool: Path, url: str, n: int) -> float:
     (spool / "node").write_text("a\n")
     sp = Spool(str(spool), Config())
     queued = str(Path(sp.peer_dir(Peer("b", url))) / "queued")
-    workers = max(1, min(4, os.cpu_count() or 1))
-    base = time.time_ns() // 1000 - n - 10_000_000
-    step = -(-n // workers)
     t0 = time.perf_counter()
-    starts = list(range(0, n, step))
-    with ProcessPoolExecutor(workers) as ex:
-        made = sum(ex.map(_fill, [queued] * len(starts), starts, [min(n, s + step) for s in starts],
-                          [base] * len(starts), [url] * len(starts)))  # fmt: skip
+    made = build_queued(queued, n, KIB)
     sync_fs(spool)
     if made != n:
         raise RuntimeError(f"built {made} of {n} messages")
