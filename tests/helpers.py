@@ -252,6 +252,17 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def kill_server_tree(master: int) -> list[int]:
+    """SIGKILL a dropr-serve master and its workers at once; return their pids. The master
+    is stopped first: right after it starts it may still be forking workers, and one forked
+    after the listing would live on, holding the listening port."""
+    os.kill(master, signal.SIGSTOP)
+    pids = [master, *children(master)]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return pids
+
+
 def alive(pid: int) -> bool:
     """Tell whether pid exists and is not a zombie (a zombie holds no sockets or files)."""
     try:

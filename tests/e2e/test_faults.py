@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Node, Nodes, alive, children, free_port, listdir, tmpfs, unstored, wait_until
+from helpers import Node, Nodes, alive, free_port, kill_server_tree, listdir, tmpfs, unstored, wait_until
 
 N = 3000
 PAYLOAD = 1000  # bytes per message: a transfer of a few MB, long enough to be cut
@@ -93,7 +93,7 @@ def test_kill_sender_at_random_moments(nodes: Nodes) -> None:
         stored = len(listdir(ready(b)))
         if stored >= N:
             break
-        sender = a.start_sender("--batch", "50", wait=False)
+        sender = a.start_sender("--batch", "20", wait=False)
         if rnd % 2:
             # right after the peer stored a batch: the "lost answer" window
             target = min(N, stored + rng.randint(1, 400))
@@ -120,9 +120,7 @@ def kill_server(b: Node) -> None:
     """kill -9 the dropr-serve master and its workers at once; wait until they are gone."""
     master = b.serve_proc
     assert master is not None
-    pids = [master.pid, *children(master.pid)]
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    pids = kill_server_tree(master.pid)
     master.wait(30)
     b.serve_proc = None
     wait_until(lambda: not any(alive(p) for p in pids), 30, "the killed server processes to exit")

@@ -23,7 +23,17 @@ from typing import Any
 
 import pytest
 from dropr import message as m
-from helpers import Node, Nodes, alive, children, command_path, free_port, listdir, out_states, wait_until
+from helpers import (
+    Node,
+    Nodes,
+    alive,
+    command_path,
+    free_port,
+    kill_server_tree,
+    listdir,
+    out_states,
+    wait_until,
+)
 
 DEADLINE = 60.0
 FAST = '[send]\nbackoff_min = "100ms"\nbackoff_max = "1s"\n'
@@ -229,9 +239,8 @@ def kill_9(b: Node, sender: subprocess.Popen[bytes]) -> None:
     """kill -9 the relay's dropr-send, its dropr-serve master and workers; wait until gone."""
     master = b.serve_proc
     assert master is not None
-    pids = [sender.pid, master.pid, *children(master.pid)]
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    os.kill(sender.pid, signal.SIGKILL)
+    pids = [sender.pid, *kill_server_tree(master.pid)]
     master.wait(30)
     sender.wait(30)
     b.serve_proc = None
@@ -250,8 +259,8 @@ def test_kill_9_of_the_relay_loses_nothing_and_duplicates_nothing(nodes: Nodes) 
     n = 2000
     p = a.run("dropr-put", "--lines", "--to", "c", input="".join(f"m{i}\n" for i in range(n)), check=True)
     ids = p.stdout.decode().split()
-    a.start_sender("--batch", "50")
-    relay_sender = b.start_sender("--batch", "50")
+    a.start_sender("--batch", "20")  # smaller batches: with 50 it was over within the first sleep
+    relay_sender = b.start_sender("--batch", "20")
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
@@ -259,11 +268,11 @@ def test_kill_9_of_the_relay_loses_nothing_and_duplicates_nothing(nodes: Nodes) 
     for _ in range(4):
         if len(ready_names(c)) >= n:
             break
-        time.sleep(rng.uniform(0.05, 0.4))  # the fault's timing, not a synchronization
+        time.sleep(rng.uniform(0.02, 0.2))  # the fault's timing, not a synchronization
         kill_9(b, relay_sender)
         kills += 1
         assert b.serve(listen=listen) == url
-        relay_sender = b.start_sender("--batch", "50")
+        relay_sender = b.start_sender("--batch", "20")
     assert kills >= 2, f"only {kills} kills (seed {seed}): the transfer was too quick"
     wait_until(lambda: len(ready_names(c)) >= n, 2 * DEADLINE, f"{n} messages at c (seed {seed})")
     got = in_names(c)
