@@ -99,73 +99,13 @@ class Mesh:
                     f"chain out {{ type filter hook output priority 0; oifname {dev} meta priority "
                     "set numgen random mod 4 map { 0 : 1:2, 1 : 1:1, 2 : 1:1, 3 : 1:1 }; }"
                 )
-                self.sh(
-                    me,
-                    "tc",
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    dev,
-                    "root",
-                    "handle",
-                    "1:",
-                    "htb",
-                    "default",
-                    "1",
-                    "r2q",
-                    "100",
-                )
-                self.sh(
-                    me,
-                    "tc",
-                    "class",
-                    "add",
-                    "dev",
-                    dev,
-                    "parent",
-                    "1:",
-                    "classid",
-                    "1:1",
-                    "htb",
-                    "rate",
-                    "1000mbit",
-                    "quantum",
-                    "60000",
-                )
-                self.sh(
-                    me,
-                    "tc",
-                    "class",
-                    "add",
-                    "dev",
-                    dev,
-                    "parent",
-                    "1:",
-                    "classid",
-                    "1:2",
-                    "htb",
-                    "rate",
-                    "300kbit",
-                    "quantum",
-                    "1500",
-                )
+                self.sh(me, *f"tc qdisc replace dev {dev} root handle 1: htb default 1 r2q 100".split())
+                for cls, rate, quantum in (("1:1", "1000mbit", 60000), ("1:2", "300kbit", 1500)):
+                    tc = f"tc class add dev {dev} parent 1: classid {cls} htb rate {rate} quantum {quantum}"
+                    self.sh(me, *tc.split())
             if kind == "delay":
-                self.sh(
-                    me,
-                    "tc",
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    dev,
-                    "root",
-                    "tbf",
-                    "rate",
-                    f"{level}kbit",
-                    "burst",
-                    "16kb",
-                    "latency",
-                    "500ms",
-                )
+                tbf = f"tc qdisc replace dev {dev} root tbf rate {level}kbit burst 16kb latency 500ms"
+                self.sh(me, *tbf.split())
             if rules:
                 self.sh(me, "nft", f"table inet {table} {{ {'; '.join(rules)}; }}")
         return {
