@@ -81,7 +81,7 @@ class Sender:
         self.cfg = spool.config
         self.opts = opts
         self.timeouts = tp.Timeouts(connect=self.cfg.connect_timeout, total=self.cfg.timeout)
-        self.pool = tp.Pool()
+        self.pool = tp.Pool(4 * opts.concurrency)  # idle connections kept: twice those in flight
         self.runs: dict[str, PeerRun] = {}
         self.groups: dict[str, GroupRun] = {}  # peer groups: their queues; members are in runs
         self.delivered = 0
