@@ -123,8 +123,8 @@ def test_spool_option_wins_over_env(put: Put, tmp_path: Path) -> None:
 
 
 def test_first_puts_to_a_new_peer_side_by_side_all_succeed(cmd: Any, tmp_path: Path) -> None:
-    """Puts that create a peer's outbox together: each wrote url.new and renamed it, and
-    every one that came second failed 74 ("cannot create the outbox"), 39 of 240 here."""
+    """Puts that create a peer's outbox together: each wrote one shared url.new and renamed
+    it, and every one that came second failed 74 ("cannot create the outbox"), 39 of 240 here."""
     for r in range(8):
         spool = tmp_path / f"s{r}"
         env = cmd.env(spool)

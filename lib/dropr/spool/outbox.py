@@ -68,21 +68,7 @@ class Outbox:
         """Return (creating it the first time) the outbox folder of a peer."""
         d = f"{self.base}/{peer.name}"
         if not os.path.isdir(os.path.join(d, "meta")):
-            for s in (*OUT_STATES, "meta"):
-                self.fs.mkdirs(os.path.join(d, s))
-            url = os.path.join(d, "url")
-            if not os.path.exists(url):
-                if peer.via:  # the url is the relay's: without this, the folder's messages
-                    # would go to the relay's inbox once the peer left the config
-                    self.fs.write_file(os.path.join(d, VIA_MARK), peer.via + "\n", flags=os.O_TRUNC)
-                where = HOLD_URL if peer.hold else peer.url  # a held peer fetches: no url
-                self.fs.write_file(url + ".new", where + "\n", flags=os.O_TRUNC)
-                try:
-                    self.fs.rename(url + ".new", url)
-                except FileNotFoundError:  # a put beside this one renamed it first (same text)
-                    if not os.path.exists(url):
-                        raise
-                self.fs.fsync_dir(d)
+            _make_peer_dir(self, peer, d)
         return d
 
     def find(self, ident: str) -> list[tuple[str, str, str]]:
@@ -355,6 +341,26 @@ class Outbox:
             except FileNotFoundError:
                 return False
         return True
+
+
+def _make_peer_dir(ob: Outbox, peer: Peer, d: str) -> None:
+    """Create a peer's outbox folder d: its states, and its url written in a tmp/ file of
+    this call's own and renamed into place. Puts, and a server's relaying threads, may do it
+    at once: with one shared url.new, one's rename took it from under another's (exit 74)."""
+    fs = ob.fs
+    for s in (*OUT_STATES, "meta"):
+        fs.mkdirs(os.path.join(d, s))
+    url = os.path.join(d, "url")
+    if os.path.exists(url):
+        return
+    if peer.via:  # the url is the relay's: without this, the folder's messages
+        # would go to the relay's inbox once the peer left the config
+        fs.write_file(os.path.join(d, VIA_MARK), peer.via + "\n", flags=os.O_TRUNC)
+    where = HOLD_URL if peer.hold else peer.url  # a held peer fetches: no url
+    tmp = ob.sp.path("tmp", f"url-{os.urandom(6).hex()}")  # a crash leaves it to the tmp sweep
+    fs.write_file(tmp, where + "\n")
+    fs.rename(tmp, url)  # the same text whoever renames last
+    fs.fsync_dir(d)
 
 
 def _deadline(ob: Outbox, peer: str, name: str, raw: bytes, size: int) -> int:

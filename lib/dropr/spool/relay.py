@@ -89,8 +89,6 @@ class Relays:
         if not items:
             return results
         with self.fs.lock(self.sp.path("lock", f"relay-{dest.name}.lock")):
-            # made under the lock: the server's threads and workers relay at once, and
-            # peer_dir's url.new would be renamed by one of them under the other's hands
             queued = f"{self.sp.outbox.peer_dir(dest)}/queued"
             new, dirs = self._index(client, dest.name, items, results)
             if not new:
