@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import Ctx, regular_install, section, sync_fs, wait_url
+from harness import Ctx, regular_install, section, stop_proc, sync_fs, wait_url
 
 KIB_LINE = b"z" * 1023 + b"\n"
 
@@ -67,13 +67,7 @@ class Server:
         return max([_hwm_kib(self.proc.pid)] + [_hwm_kib(c) for c in _children(self.proc.pid)])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_proc(self.proc)
 
 
 def _env(ctx: Ctx, node: str) -> dict[str, str]:

@@ -641,3 +641,14 @@ def wait_url(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> str:
             if "url=" in line:
                 return line.split("url=")[1].split()[0]
         time.sleep(0.02)
+
+
+def stop_proc(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process the bench started, and wait; SIGKILL it after 30 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from delivery import _children, _env, _put_lines
-from harness import Ctx, build_queued, regular_install, section, sync_fs, wait_url
+from harness import Ctx, build_queued, regular_install, section, stop_proc, sync_fs, wait_url
 
 RSS_LIMIT = 64  # MiB, every process of backlog and the sender of many-peers
 SERVER_RSS_LIMIT = 256  # MiB, every process of the fan-in server together
@@ -122,13 +122,8 @@ class Serve:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.signal(signal.SIGCONT)  # stopped ones (fan-in) take no SIGTERM
+        stop_proc(self.proc)
 
 
 def _ready(spool: Path) -> int:
