@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import time
 
 from . import log as _log
-from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, UsageError
+from .errors import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, UsageError, disk_full
 from .message import parse_in_name
 from .retry import HANDLER_RETRY, OUT_OF_ATTEMPTS, backoff
 from .spool import Claim, Spool
@@ -25,7 +24,6 @@ log = _log.get(__name__)
 
 SWEEP_EVERY = 1.0  # waiting consumers look for expired leases and due retries this often
 KILL_GRACE = 5.0  # seconds between TERM and KILL for a handler past its --timeout
-FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk: the daemon carries on, and tries again later (#16)
 FAST_HANDLER = 0.05  # seconds: handlers quicker than this on average get their claims made ahead
 RETRY_BASE = 1.0
 RETRY_MAX = 300.0
@@ -585,7 +583,7 @@ class Handlers:
                     self.opts.channel, free + extra, self.opts.lease, keep=True, sync=False
                 )
             except OSError as exc:  # a full disk: claim again later; a claim it cut ends with its lease
-                if exc.errno not in FULL:
+                if not disk_full(exc):  # a full disk: carry on, try again later (#16)
                     raise
                 log.error("spool full reason=%s; claiming again in %.0fs", exc, SWEEP_EVERY)
                 return False
@@ -644,7 +642,7 @@ class Handlers:
         try:
             self._settle(job, rc)
         except OSError as exc:  # a full disk: the message stays claimed until its lease ends
-            if exc.errno not in FULL:
+            if not disk_full(exc):  # a full disk: carry on, try again later (#16)
                 raise
             log.error("spool full reason=%s; id=%s is handled again after its lease", exc, job.claim.ident)
 

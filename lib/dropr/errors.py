@@ -84,12 +84,19 @@ class LockedError(TempFailError):
     """Another process holds the lock this one needs."""
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Return whether exc says the spool's filesystem is out of space or quota."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def from_oserror(exc: OSError, what: str) -> DroprError:
     """Map an OSError on the spool to the DroprError a user should see."""
     import errno
 
     why = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if disk_full(exc):
         return TempFailError(f"{what}: {why}; free space on the spool's filesystem and retry")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
         return CantCreateError(f"{what}: {why}; check the spool's permissions or use --spool")

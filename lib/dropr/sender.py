@@ -7,7 +7,6 @@ on the wake-ups: every pass rescans the queue folders.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ from . import message as m
 from . import retry
 from . import transport as tp
 from .config import Peer, group_of, is_url
-from .errors import EX_OK, EX_TEMPFAIL, LockedError, UnavailableError, UsageError
+from .errors import EX_OK, EX_TEMPFAIL, LockedError, UnavailableError, UsageError, disk_full
 from .groups import GroupRun, track
 from .peerrun import ASK, DEFERRED, ERROR, NEWS, NO_NEWS, QUEUED, ROUND_OVER, SENT, SENT_DIR, START, PeerRun
 from .progress import Bar
@@ -454,7 +453,7 @@ def run(spool: Spool, opts: SendOptions) -> int:
                 sender.stopping = stopped.is_set()
                 return sender.run_once() if opts.once else sender.run_daemon()
             except OSError as exc:  # a full disk: the daemon waits it out, and starts over (#16)
-                if opts.once or stopped.is_set() or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if opts.once or stopped.is_set() or not disk_full(exc):
                     raise
                 log.error("spool full reason=%s; starting over in %.0fs", exc, FULL_PAUSE)
                 stopped.wait(FULL_PAUSE)

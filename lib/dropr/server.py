@@ -14,7 +14,6 @@ traceback in the log, never a 400 that blames the client.
 
 from __future__ import annotations
 
-import errno
 import hmac
 import json
 import logging
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from . import message as m
 from . import protocol as wire
 from .config import Config
+from .errors import disk_full
 from .spool import Part, Spool, free_bytes
 
 if TYPE_CHECKING:
@@ -615,7 +615,7 @@ def _upload_refusal(exc: Exception, origin: str) -> HTTPError | None:
     if _ended_early(exc):
         return HTTPError(wire.HTTP_BAD_REQUEST, TRUNCATED)
     if isinstance(exc, OSError):
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if disk_full(exc):
             return HTTPError(wire.HTTP_UNAVAILABLE, "disk full; try later")
         log.error("error origin=%s reason=%s", origin, exc)
         why = f"I/O error: {exc.strerror}" if exc.strerror else "I/O error"
