@@ -357,7 +357,7 @@ def _make_peer_dir(ob: Outbox, peer: Peer, d: str) -> None:
         # would go to the relay's inbox once the peer left the config
         fs.write_file(os.path.join(d, VIA_MARK), peer.via + "\n", flags=os.O_TRUNC)
     where = HOLD_URL if peer.hold else peer.url  # a held peer fetches: no url
-    tmp = ob.sp.path("tmp", f"url-{os.urandom(6).hex()}")  # a crash leaves it to the tmp sweep
+    tmp = ob.sp.path("tmp", f"url-{os.urandom(8).hex()}")  # a crash leaves it to the tmp sweep
     fs.write_file(tmp, where + "\n")
     fs.rename(tmp, url)  # the same text whoever renames last
     fs.fsync_dir(d)
