@@ -776,6 +776,8 @@ class Fetches:
     @property
     def inflight(self) -> int:
         """Fetches in flight, over all holders."""
+        if not self.runs:  # asked once per peer in each pass of the sender: most fetch nothing
+            return 0
         return sum(len(f.flights) for f in self.runs.values())
 
     def start(self, wait: float = float(wire.FETCH_WAIT_MAX)) -> None:

@@ -216,13 +216,20 @@ class PeerRun:
 
     # -- the queue ------------------------------------------------------------
 
+    def may_have_work(self, now: float) -> bool:
+        """Return whether next_batch may find a message (now: time.monotonic()): listed names
+        are left, or the queue is due a listing. False lets a pass over a thousand peers skip
+        the drained ones in a few hundred nanoseconds each (a group member's queue is filled
+        by its group: ask the group)."""
+        return bool(self.queue) or self.dirty or self.cut or now - self.listed > RELIST_IDLE
+
     def _relist(self) -> None:
         now = time.monotonic()
         age = now - self.listed
         if self.queue:
             relist = self.dirty and age > (RELIST_EVERY if len(self.queue) > 10000 else RELIST_BUSY)
         else:  # all listed were taken: only a wake-up, a failure or a cut listing says there is more
-            relist = self.dirty or self.cut or age > RELIST_IDLE
+            relist = self.may_have_work(now)
         if relist:
             window = LIST_WINDOW + len(self.inflight)
             names = self.spool.out_names(self.peer.name, QUEUED, window)

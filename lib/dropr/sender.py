@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 STATUS_BATCH = 1000
 DUP_WORD = ("", " duplicate")  # the ending of a debug line: not stored, the peer had it
 FULL_PAUSE = 1.0  # a daemon whose spool's filesystem is full tries again after this (s)
+POLL_SLOTS = 16  # receipt polls in flight beyond --concurrency: each holds a libcurl handle and
+# often a connection (~45 KiB); a thousand peers' polls at once took 45 MiB. Due ones wait a pass.
 BUSY_PASS = 0.05  # while transfers run, a daemon's pass (listings, polls) comes at least this often;
 # not at each readiness of an upload's socket (a few per message): see _drive_busy
 
@@ -131,7 +133,10 @@ class Sender:
         for g in self.groups.values():
             g.tick(self.pool, self.spool.node, self.timeouts, wall)
         idle, stalled = self.pool.stalled()  # a hung peer's transfers hold no slot, for the others
+        mono = time.monotonic()
         for run in self.runs.values():
+            if run.group is None and not run.may_have_work(mono):  # drained: nothing to look at
+                continue
             if self._pushing() - idle >= self.opts.concurrency or self.stopping:
                 return
             if run.send == DEFERRED or run.peer.name in stalled:  # DEFERRED: the next pass retries it
@@ -211,7 +216,7 @@ class Sender:
         now = time.monotonic()
         wall = time.time()
         for run in self.runs.values():
-            if len(self.pool) >= self.opts.concurrency + len(self.runs) or not run.poll_due(now, force):
+            if len(self.pool) >= self.opts.concurrency + POLL_SLOTS or not run.poll_due(now, force):
                 continue
             if run.backed_off(wall):
                 continue

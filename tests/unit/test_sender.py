@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dropr import peerrun as pr
@@ -329,3 +330,59 @@ def test_a_receipt_poll_names_the_creation_prefix_of_a_generated_id() -> None:
 
     assert _created_prefix("51111111111111", "0123456789abc0123456789a") == "50123456789abc"
     assert _created_prefix("51111111111111", "chosen-id") == "51111111111111"
+
+
+# -- many peers: a pass costs what has work, polls in flight are bounded ---------------------------
+
+
+def _peers(sp: Spool, n: int) -> list[Peer]:
+    peers = [Peer(f"p{i:03d}", "http://127.0.0.1:9/") for i in range(n)]
+    for p in peers:
+        batch = sp.batch([p])
+        batch.add(b"x")
+        batch.commit()
+    return peers
+
+
+def test_receipt_polls_in_flight_are_bounded_however_many_peers_wait(sp: Spool) -> None:
+    from dropr.sender import POLL_SLOTS
+
+    peers = _peers(sp, POLL_SLOTS + 40)
+    for p in peers:
+        sp.mark_sent(p.name, sp.out_names(p.name, "queued"))
+    s = Sender(sp, SendOptions(concurrency=2))
+    s.refresh_peers()
+    try:
+        s._start_polls(force=True)
+        assert len(s.pool) == 2 + POLL_SLOTS  # a thousand peers took a thousand handles at once
+        asked = [r for r in s.runs.values() if r.poll == pr.POLLING]
+        assert len(asked) == 2 + POLL_SLOTS
+        assert all(r.poll_due(time.monotonic(), force=True) for r in s.runs.values() if r not in asked)
+    finally:
+        s.pool.close()
+
+
+def test_a_pass_looks_at_no_drained_peer(sp: Spool) -> None:
+    _peers(sp, 30)
+    s = Sender(sp, SendOptions(concurrency=256))
+    s.refresh_peers()
+    looked: list[str] = []
+    for run in s.runs.values():
+        take = run.next_batch
+
+        def spy(room: int, size: int, name: str = run.peer.name, take: Any = take) -> Any:
+            looked.append(name)
+            return take(room, size)
+
+        run.next_batch = spy  # type: ignore[method-assign]
+    try:
+        s.start_sends()
+        assert len(s.pool) == 30
+        looked.clear()
+        s.start_sends()  # every queue was taken whole and nothing woke the sender: a thousand
+        assert looked == []  # drained peers made each pass cost milliseconds
+        s.runs["p007"].dirty = True  # a wake-up: that queue is looked at again
+        s.start_sends()
+        assert looked == ["p007"]
+    finally:
+        s.pool.close()
