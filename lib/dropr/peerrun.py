@@ -65,7 +65,8 @@ POLL_MIN = 0.2
 POLL_MAX = 5.0  # receipts are polled at most this far apart while messages wait in sent/
 PIPELINE = 2  # batches in flight per peer: the server's workers commit them in parallel
 BACKOFF_JITTER = 0.5  # a peer's delay is drawn from [50 %, 100 %] of the doubled one
-LIST_WINDOW = 100_000  # queued names listed at once: a million took ~100 MiB (the first ones by name)
+LIST_WINDOW = 100_000  # queued names listed at once: a million took ~100 MiB (the first ones by name);
+# 100,000 hold ~10 MiB, and a listing scans the whole folder (0.2-0.4 s at a million)
 RELIST_EVERY = 1.0  # a large queue is re-listed at most this often while puts keep arriving
 RELIST_BUSY = 0.1  # any queue still being worked through: re-listed at most this often
 RELIST_IDLE = 30.0  # an empty queue is listed again without a wake-up this often (a put
@@ -232,6 +233,7 @@ class PeerRun:
             relist = self.may_have_work(now)
         if relist:
             window = LIST_WINDOW + len(self.inflight)
+            self.queue.clear()  # listed again: not two windows in memory at once
             names = self.spool.out_names(self.peer.name, QUEUED, window)
             self.cut = len(names) >= window
             self.queue = deque(n for n in names if n not in self.inflight)

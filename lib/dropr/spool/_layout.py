@@ -12,7 +12,7 @@ from ..message import NAME_PATTERNS, not_in_name, not_out_name
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 TOP = ("tmp", "ids", "out", "in", "rcv", "corrupt", "wake", "lock")  # the spool's folders
 OUT_STATES = ("queued", "sent", "processed", "dead")
@@ -120,27 +120,35 @@ def message_names(path: str, box: str, first: int = 0, after: str = "") -> tuple
 
 def _first_names(path: str, box: str, first: int, after: str) -> tuple[list[str], list[str]]:
     """Return message_names with first: the first that many, read from the folder as a
-    stream, so memory holds them and not the folder (a million names took ~100 MiB)."""
-    import heapq
+    stream, so memory holds them and not the folder (a million names took ~100 MiB).
 
+    The names picked so far are kept in a list of at most a quarter more than first:
+    when it is full it is sorted and cut to first, and a name past the last one kept is
+    skipped from then on. heapq.nsmallest held a tuple and an int beside each name: the
+    listing of 100,000 names peaked at 20 MiB, 13 MiB so."""
     stray = stray_test(box)
     bad: list[str] = []
-
-    def names(it: Iterator[os.DirEntry[str]]) -> Iterator[str]:
-        for e in it:
-            n = e.name
-            if n <= after:
-                continue
-            if stray(n):
-                bad.append(n)
-            else:
-                yield n
-
+    picked: list[str] = []
+    full = first + first // 4 + 1
+    last = None  # once picked was cut: its last name; a name after it is not among the first
     try:
         with os.scandir(path) as it:
-            picked = heapq.nsmallest(first, names(it))  # O(N) with a heap of first
+            for e in it:
+                n = e.name
+                if n <= after:
+                    continue
+                if stray(n):
+                    bad.append(n)
+                elif last is None or n < last:
+                    picked.append(n)
+                    if len(picked) >= full:
+                        picked.sort()
+                        del picked[first:]
+                        last = picked[-1]
     except (FileNotFoundError, NotADirectoryError):
         return [], []
+    picked.sort()
+    del picked[first:]
     return picked, sorted(bad)
 
 
