@@ -12,11 +12,12 @@ import os
 import signal
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import Ctx, regular_install, section, stop_proc, sync_fs, wait_url
+from harness import Ctx, proc_status, regular_install, section, stop_proc, sync_fs, wait_url
 
 KIB_LINE = b"z" * 1023 + b"\n"
 
@@ -98,13 +99,26 @@ def _put_lines(ctx: Ctx, spool: Path, url: str, n: int, node: str = "a") -> floa
 
 
 def _run_wait4(argv: list[str], env: dict[str, str], **kw: object) -> tuple[float, int, int]:
-    """Run a command; return (seconds, exit status, peak RSS in KiB) measured by wait4."""
+    """Run a command; return (seconds, exit status, peak RSS in KiB): its VmHWM, read every
+    5 ms by a thread while it runs (not wait4's ru_maxrss: see harness.proc_status)."""
+    done = threading.Event()
+    peak = [0]
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, env=env, **kw)  # type: ignore[call-overload]
-    _, status, usage = os.wait4(p.pid, 0)
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc_status(p.pid, "VmHWM:"))
+            done.wait(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    _, status = os.waitpid(p.pid, 0)
     el = time.perf_counter() - t0
+    done.set()
+    watcher.join()
     p.returncode = os.waitstatus_to_exitcode(status)
-    return el, p.returncode, int(usage.ru_maxrss)
+    return el, p.returncode, peak[0]
 
 
 @section(

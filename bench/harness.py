@@ -652,3 +652,20 @@ def stop_proc(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def proc_status(pid: int, key: str) -> int:
+    """Return a /proc/PID/status field in KiB (VmHWM, VmRSS), 0 if the process is gone.
+
+    A child's peak is its VmHWM, read while it runs, never wait4's ru_maxrss: the kernel
+    keeps there the peak of the image exec replaced, and subprocess execs from this very
+    process (vfork), so a child reports the bench's own peak when that is larger (a
+    dropr-send of 35 MiB read 129 MiB late in a full run, after the million-message sections)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

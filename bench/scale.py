@@ -6,7 +6,7 @@ limit in the same run: ``backlog`` the ``transfer`` section's rate, the others a
 reference run of their own, made right before (or alternated with) the measured one.
 
 Processes' memory is read from /proc/PID/status: VmHWM (the peak resident set) of every
-process, sampled while it runs (and wait4's ru_maxrss for a dropr-send that exits).
+process, sampled while it runs (not wait4's ru_maxrss: see harness.proc_status).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from delivery import _children, _env, _put_lines
-from harness import Ctx, build_queued, regular_install, section, stop_proc, sync_fs, wait_url
+from harness import Ctx, build_queued, proc_status, regular_install, section, stop_proc, sync_fs, wait_url
 
 RSS_LIMIT = 64  # MiB, every process of backlog and the sender of many-peers
 SERVER_RSS_LIMIT = 256  # MiB, every process of the fan-in server together
@@ -34,14 +34,7 @@ KIB = b"k" * 1024
 
 def _status(pid: int, key: str) -> int:
     """Return a /proc/PID/status field in KiB (VmHWM, VmRSS), 0 if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return proc_status(pid, key)
 
 
 def _tree(pid: int) -> list[int]:
@@ -83,10 +76,6 @@ class Peaks:
                     self.kib[p] = max(self.kib.get(p, 0), hwm)
                     if p not in self.role:
                         self.role[p] = role if p == pid else f"{role}/{_name(p)}"
-
-    def add(self, pid: int, role: str, kib: int) -> None:
-        self.kib[pid] = max(self.kib.get(pid, 0), kib)
-        self.role.setdefault(pid, role)
 
     def by_role(self) -> dict[str, float]:
         """Return the largest peak (MiB) of each role."""
@@ -186,21 +175,19 @@ def _socket_inodes(pid: int) -> set[int]:
 
 
 class Exit:
-    """Wait for a process in a thread: its end time, exit code and wait4's ru_maxrss (KiB)."""
+    """Wait for a process in a thread: its end time and exit code."""
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.at = 0.0
         self.code = -1
-        self.maxrss = 0
         self.thread = threading.Thread(target=self._wait, daemon=True)
         self.thread.start()
 
     def _wait(self) -> None:
-        _, status, usage = os.wait4(self.proc.pid, 0)
+        _, status = os.waitpid(self.proc.pid, 0)
         self.at = time.perf_counter()
         self.code = self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.maxrss = int(usage.ru_maxrss)
 
     def running(self) -> bool:
         return self.thread.is_alive()
@@ -346,7 +333,6 @@ def _drain(
             next_ls = time.perf_counter() + 10
         ended.thread.join(0.5)
     el = ended.at - t0
-    peaks.add(send.pid, "send", ended.maxrss)
     return peaks, ls_a, ls_b, el, ended.code
 
 
@@ -479,7 +465,6 @@ def _many_run(ctx: Ctx, root: Path, peers: int, per: int) -> tuple[float, int, f
         if ended.running():
             send.send_signal(signal.SIGTERM)
         ended.thread.join(60)
-        peaks.add(send.pid, "send", ended.maxrss)
         if not at:
             got = sum(_ready(root / f"B{i}") for i in range(len(servers)))
             raise RuntimeError(f"many peers: {got} of {want} arrived")
