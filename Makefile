@@ -61,7 +61,7 @@ torture: $(STAMP) sysdeps
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib cli tests bench
-	$(BIN)/ruff format --check lib cli
+	$(BIN)/ruff format --check lib cli tests bench
 
 types: $(STAMP)
 	$(BIN)/mypy

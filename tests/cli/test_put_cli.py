@@ -131,8 +131,11 @@ def test_first_puts_to_a_new_peer_side_by_side_all_succeed(cmd: Any, tmp_path: P
         procs = [
             subprocess.Popen(
                 [cmd.path("dropr-put"), "--to", "http://127.0.0.1:9/"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            )  # fmt: skip
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
             for _ in range(6)
         ]
         for p in procs:
