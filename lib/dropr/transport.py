@@ -22,7 +22,8 @@ from . import protocol as wire
 from .config import Peer
 
 MAX_IDLE = 16  # at least this many idle connections are kept for reuse (Pool)
-STALL = 1.0  # s without a byte moved either way: a transfer stops holding a slot (Pool.stalled)
+STALL = 0.25  # s without a byte moved either way: a transfer stops holding a slot (Pool.stalled);
+# at 1 s, ten hung peers among 1,000 each held a slot for a second: 10,000 messages 4.0 -> 2.4 s
 NO_EXPECT = f"{wire.EXPECT}:".encode()  # libcurl then sends no Expect: 100-continue (a round trip)
 JSON_BODY = f"{wire.CONTENT_TYPE}: {wire.JSON}".encode()
 
