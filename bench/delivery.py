@@ -22,18 +22,6 @@ from harness import Ctx, proc_status, regular_install, section, stop_proc, sync_
 KIB_LINE = b"z" * 1023 + b"\n"
 
 
-def _hwm_kib(pid: int) -> int:
-    """Return a process's peak resident set (VmHWM) in KiB, 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     try:
@@ -65,7 +53,7 @@ class Server:
 
     def peak_kib(self) -> int:
         """Return the largest VmHWM of the master and its workers."""
-        return max([_hwm_kib(self.proc.pid)] + [_hwm_kib(c) for c in _children(self.proc.pid)])
+        return max(proc_status(p, "VmHWM:") for p in [self.proc.pid, *_children(self.proc.pid)])
 
     def stop(self) -> None:
         stop_proc(self.proc)
@@ -98,7 +86,7 @@ def _put_lines(ctx: Ctx, spool: Path, url: str, n: int, node: str = "a") -> floa
     return float(usage.ru_utime + usage.ru_stime)
 
 
-def _run_wait4(argv: list[str], env: dict[str, str], **kw: object) -> tuple[float, int, int]:
+def _run_sampled(argv: list[str], env: dict[str, str], **kw: object) -> tuple[float, int, int]:
     """Run a command; return (seconds, exit status, peak RSS in KiB): its VmHWM, read every
     5 ms by a thread while it runs (not wait4's ru_maxrss: see harness.proc_status)."""
     done = threading.Event()
@@ -135,7 +123,7 @@ def transfer(ctx: Ctx) -> None:
         try:
             _put_lines(ctx, root / "A", srv.url, n)
             sync_fs(root)
-            el, rc, rss = _run_wait4(
+            el, rc, rss = _run_sampled(
                 [ctx.cmd("dropr-send"), "--spool", str(root / "A"), "--once", "-q"], _env(ctx, "a")
             )
             ready = len(os.listdir(root / "B" / "in" / "default" / "ready"))
@@ -183,7 +171,7 @@ def bigfile(ctx: Ctx) -> None:
             )
             src.unlink()
             sync_fs(root)
-            el, rc, rss = _run_wait4(
+            el, rc, rss = _run_sampled(
                 [ctx.cmd("dropr-send"), "--spool", str(root / "A"), "--once", "-q"], _env(ctx, "a")
             )
             srv_kib = srv.peak_kib()

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from delivery import Server, _env, _put_lines, _run_wait4
+from delivery import Server, _env, _put_lines, _run_sampled
 from harness import Ctx, section, sync_fs
 
 HOLDER = "[peers.laptop]\nhold = true\n"
@@ -50,7 +50,7 @@ def _rate(ctx: Ctx, root: Path, n: int, fetch: bool) -> float:
             argv = [ctx.cmd("dropr-send"), "--spool", str(root / "A"), "--once", "-q"]
             ready = root / "B" / "in" / "default" / "ready"
         sync_fs(root)
-        el, rc, _ = _run_wait4(argv, _env(ctx, "laptop" if fetch else "a"))
+        el, rc, _ = _run_sampled(argv, _env(ctx, "laptop" if fetch else "a"))
         got = len(os.listdir(ready))
         what = "fetched" if fetch else "pushed"
         print(f"    {what} {n:,} in {el:.2f} s, exit {rc}, {got:,} ready")

@@ -32,11 +32,6 @@ KIB = b"k" * 1024
 # -- processes and their memory --------------------------------------------------------
 
 
-def _status(pid: int, key: str) -> int:
-    """Return a /proc/PID/status field in KiB (VmHWM, VmRSS), 0 if the process is gone."""
-    return proc_status(pid, key)
-
-
 def _tree(pid: int) -> list[int]:
     """Return pid and its descendants."""
     out, todo = [], [pid]
@@ -71,7 +66,7 @@ class Peaks:
         """Read VmHWM of each root process and its descendants (role: root's name + command)."""
         for role, pid in roots.items():
             for p in _tree(pid):
-                hwm = _status(p, "VmHWM:")
+                hwm = proc_status(p, "VmHWM:")
                 if hwm:
                     self.kib[p] = max(self.kib.get(p, 0), hwm)
                     if p not in self.role:
@@ -506,7 +501,7 @@ def _store_window(spool: Path) -> tuple[int, float]:
 def _server_rss(srv: Serve) -> tuple[int, int]:
     """Return the VmRSS and the VmHWM (KiB) of the server's processes, summed."""
     pids = srv.pids()
-    return sum(_status(p, "VmRSS:") for p in pids), sum(_status(p, "VmHWM:") for p in pids)
+    return sum(proc_status(p, "VmRSS:") for p in pids), sum(proc_status(p, "VmHWM:") for p in pids)
 
 
 @section("fan-in", "(#17) 200 dropr-send processes × 100 messages into one dropr-serve, against one sender")
