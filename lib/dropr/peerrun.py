@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_MIN = 0.2
+STATUS_BATCH = 1000  # sent names one receipt poll asks about
 POLL_MAX = 5.0  # receipts are polled at most this far apart while messages wait in sent/
 PIPELINE = 2  # batches in flight per peer: the server's workers commit them in parallel
 BACKOFF_JITTER = 0.5  # a peer's delay is drawn from [50 %, 100 %] of the doubled one
@@ -337,6 +338,18 @@ class PeerRun:
         self.spool.wakeups.wake_putters()
 
     # -- polling --------------------------------------------------------------
+
+    def poll_names(self, force: bool) -> list[str]:
+        """Return the sent names the next receipt poll asks about: the next STATUS_BATCH
+        after the last poll's, then again from the oldest, so that messages nobody consumes
+        at the peer (or that it purged) do not hold later receipts up for good. force: a
+        --once pass's one poll, from the oldest if nothing is after the last one."""
+        names = self.spool.out_names(self.peer.name, SENT_DIR, STATUS_BATCH, self.poll_after)[:STATUS_BATCH]
+        if not names and self.poll_after and force:
+            names = self.spool.out_names(self.peer.name, SENT_DIR, STATUS_BATCH)[:STATUS_BATCH]
+        if names:
+            self.poll_after = names[-1] if len(names) >= STATUS_BATCH else ""
+        return names
 
     def poll_due(self, now: float, force: bool) -> bool:
         """Return whether a receipt poll may start now (force: a --once pass's one poll)."""

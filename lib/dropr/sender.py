@@ -20,7 +20,7 @@ from . import transport as tp
 from .config import Peer, group_of, is_url
 from .errors import EX_OK, EX_TEMPFAIL, LockedError, UnavailableError, UsageError, disk_full
 from .groups import GroupRun, track
-from .peerrun import ASK, DEFERRED, ERROR, NEWS, NO_NEWS, QUEUED, ROUND_OVER, SENT, SENT_DIR, START, PeerRun
+from .peerrun import ASK, DEFERRED, ERROR, NEWS, NO_NEWS, QUEUED, ROUND_OVER, SENT, START, PeerRun
 from .progress import Bar
 from .protocol import DUPLICATE, REFUSED, RETRY, STORED
 from .spool import PURGE_CHECK, Spool, Waiter
@@ -30,7 +30,6 @@ from .summary import Summary
 
 log = logging.getLogger(__name__)
 
-STATUS_BATCH = 1000
 DUP_WORD = ("", " duplicate")  # the ending of a debug line: not stored, the peer had it
 FULL_PAUSE = 1.0  # a daemon whose spool's filesystem is full tries again after this (s)
 POLL_SLOTS = 16  # receipt polls in flight beyond --concurrency: each holds a libcurl handle and
@@ -82,7 +81,7 @@ class Sender:
         self.cfg = spool.config
         self.opts = opts
         self.timeouts = tp.Timeouts(connect=self.cfg.connect_timeout, total=self.cfg.timeout)
-        self.pool = tp.Pool(4 * opts.concurrency)  # idle connections kept: twice those in flight
+        self.pool = tp.Pool(4 * opts.concurrency)  # idle connections kept for reuse
         self.runs: dict[str, PeerRun] = {}
         self.groups: dict[str, GroupRun] = {}  # peer groups: their queues; members are in runs
         self.delivered = 0
@@ -216,20 +215,14 @@ class Sender:
         now = time.monotonic()
         wall = time.time()
         for run in self.runs.values():
-            if len(self.pool) >= self.opts.concurrency + POLL_SLOTS or not run.poll_due(now, force):
+            if len(self.pool) >= self.opts.concurrency + POLL_SLOTS:
+                return  # the due ones wait a pass
+            if not run.poll_due(now, force) or run.backed_off(wall):
                 continue
-            if run.backed_off(wall):
-                continue
-            # Each poll asks for the next STATUS_BATCH names after the last poll's, then
-            # starts again from the oldest: messages nobody consumes at the peer (or that
-            # it purged) must not hold the receipts of every later message up for good.
-            names = self.spool.out_names(run.peer.name, SENT_DIR, STATUS_BATCH, run.poll_after)[:STATUS_BATCH]
-            if not names and run.poll_after and force:  # --once polls once: from the oldest
-                names = self.spool.out_names(run.peer.name, SENT_DIR, STATUS_BATCH)[:STATUS_BATCH]
-            if not names:  # nothing sent, or nothing after the last full poll: a round is over
+            names = run.poll_names(force)
+            if not names:  # nothing sent, or nothing after the last full poll: the round is over
                 run.fire(ROUND_OVER)
                 continue
-            run.poll_after = names[-1] if len(names) >= STATUS_BATCH else ""
             names, origins = self.spool.relays.poll_origins(run.peer.name, names)  # relayed: o=
             split = [m.split_out_name(n) for n in names]
             ids, prefixes = [i for _, i in split], [_created_prefix(p, i) for p, i in split]
