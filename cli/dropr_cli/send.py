@@ -56,7 +56,7 @@ from ._common import CONTEXT, SIZE, click, common, main_for, obj
     "--concurrency",
     type=click.IntRange(1, 256),
     metavar="N",
-    default=4,
+    default=16,
     show_default=True,
     help="Requests in flight at once, over all peers.",
 )

@@ -53,7 +53,7 @@ class SendOptions:
         now: bool = False,
         batch: int = 500,
         batch_bytes: int = 16 << 20,
-        concurrency: int = 4,
+        concurrency: int = 16,
         max_messages: int = 0,
         progress: bool = False,
         fetch: list[str] | None = None,
