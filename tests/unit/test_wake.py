@@ -231,3 +231,36 @@ def test_a_put_to_a_group_lists_the_group_and_its_members_only(spool_dir: Path) 
             assert len(s.pool) == 1, "given to a member, on its way"
         finally:
             s.pool.close()
+
+
+# -- who names what -------------------------------------------------------------------------------
+
+
+def test_a_relay_store_names_the_next_hop(spool_dir: Path) -> None:
+    from dropr import message as m
+
+    sp = Spool(str(spool_dir), Config({"node": "b", "peers": {"c": {"url": "http://127.0.0.1:9/"}}}))
+    hdr = m.Header(sp.ids.new()[0], "default", 5, m.now_us(), 0, 1, m.crc32(b"x"))
+    part = sp.relays.open("a", hdr)
+    part.write(b"x")
+    part.close()
+    with sp.wakeups.sender() as waiter:
+        sp.relays.store("a", sp.config.peers["c"], [(part.path, hdr)])
+        assert waiter.drain_names() == {"c"}
+
+
+def test_a_requeue_names_the_peers_it_requeued_for(sp: Spool, waiter: Waiter) -> None:
+    import io
+
+    from dropr import retry
+    from dropr.requeue import requeue
+
+    batch = sp.batch(PEERS[:3])
+    batch.add(b"x")
+    [ident] = batch.commit()
+    [(_, _, name), *_] = sp.find_out(ident)
+    for p in PEERS[:2]:
+        sp.kill(p.name, [name], retry.TTL_EXPIRED)
+    waiter.drain()
+    requeue(sp, [ident], out=True, stdout=io.StringIO(), err=io.StringIO())
+    assert waiter.drain_names() == {PEERS[0].name, PEERS[1].name}

@@ -13,9 +13,10 @@ What a datagram says (only the sender's are read; every other waiter drains them
 
     !                  every queue may have new work (what dropr-put sent before it named
                        peers: an older dropr-put against a newer daemon wakes everything)
-    =NAME\nNAME...     the outbox folders (peers, groups) that got new work, UTF-8; a
-                       peer name holds no newline (message.check_name, config.member_name,
-                       url_peer_name), and wake_sender sends "!" for one that does
+    =NAMES             "=" and the outbox folders (peers, groups) that got new work, UTF-8,
+                       one per line (NAME_SEP); a peer name holds no newline
+                       (message.check_name, config.member_name, url_peer_name), and
+                       wake_sender sends "!" for one that does
     .                  no queue has new work: the daemon's loop only resumes (a signal,
                        a fetch's results; both sent by the daemon's own process)
 
