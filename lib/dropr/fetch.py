@@ -666,7 +666,8 @@ class Fetcher:
         try:
             return ans.store(self.peer.name)
         finally:
-            self.spool.wakeups.wake_sender()  # the daemon's loop takes the results in
+            # the daemon's loop takes the results in; they went to in/: no queue to list
+            self.spool.wakeups.resume_sender()
 
     def collect(self, timeout: float = 0.0) -> None:
         """Take in the stores that are done (waiting up to timeout for the first one)."""

@@ -115,26 +115,27 @@ def _outbox(spool: Spool, ids: Iterable[str] | None, peer: str | None, report: _
             raise NotFoundError(f"no peer {peer!r} in the outbox of {spool.root}")
         peers = [p for p in peers if p == peer or group_of(p) == peer]  # a group: its members too
     outbox = spool.outbox
-    moved = False
+    moved: set[str] = set()  # the folders something was requeued in: the sender lists only them
     if ids is None:
         done: dict[str, None] = {}  # one line per id, however many peers it was dead for
         for p in peers:
             for name in outbox.requeue(p, outbox.names(p, "dead")):
                 done[name.split(",", 1)[1]] = None
+                moved.add(p)
         for ident in done:
             report.done(ident)
-        moved = bool(done)
     else:
         for ident in _ids(ids):
             dead: dict[str, list[str]] = {}
             for p, state, name in outbox.find(ident):
                 if state == "dead" and p in peers:
                     dead.setdefault(p, []).append(name)
-            if any([outbox.requeue(p, names) for p, names in dead.items()]):
+            back = [p for p, names in dead.items() if outbox.requeue(p, names)]
+            if back:
                 report.done(ident)
-                moved = True
+                moved.update(back)
             else:
                 report.error(ident, "is not dead in the outbox (not given up, requeued already, or unknown)")
     if moved:
-        spool.wakeups.wake_sender()
+        spool.wakeups.wake_sender(moved)
         spool.wakeups.wake(FETCH_PREFIX)  # a held peer's are fetched: wake what it holds open

@@ -331,8 +331,8 @@ class Sender:
                 if len(self.pool):
                     _drive_busy(self, waiter)
                     continue
-                if waiter.wait(self.sleep_for()):
-                    self._mark_dirty()
+                if waiter.wait(self.sleep_for(), drain=False):
+                    _mark_dirty(self, waiter.drain_names())
         finally:
             self.summary.flush(everything=True)
             waiter.close()
@@ -343,10 +343,6 @@ class Sender:
     def _pushing(self) -> int:
         """Return the transfers in flight but fetches (a held one never ends the daemon)."""
         return len(self.pool) - self.fetches.inflight
-
-    def _mark_dirty(self) -> None:
-        for run in self.runs.values():
-            run.dirty = True
 
     def sleep_for(self) -> float:
         """Return how long the daemon may sleep before a retry, poll, listing or check is due."""
@@ -366,6 +362,23 @@ class Sender:
         return max(0.0, self.fetches.sleep_for(sleep))
 
 
+def _mark_dirty(sender: Sender, names: set[str] | None) -> None:
+    """Mark the queues a wake-up named (None: all) as due a listing. A name not tracked
+    yet is a folder refresh_peers finds at the top of the loop, dirty from the start; a
+    held peer's (fetched, no run) or one --peer leaves out: nothing to do."""
+    if names is None:
+        names = set(sender.runs) | set(sender.groups)
+    for name in names:
+        run = sender.runs.get(name)
+        if run is not None:
+            run.dirty = True
+        g = sender.groups.get(name)
+        if g is not None:  # the group queue; its members' own queues are listed too
+            g.queue.dirty = True
+            for r in g.members:
+                r.dirty = True
+
+
 def _drive_busy(sender: Sender, waiter: Waiter) -> None:
     """Drive a sender's transfers in flight until one ends, a wake-up comes or BUSY_PASS passed."""
     held = not sender._pushing()  # only held fetches in flight: sleep as when idle
@@ -374,8 +387,7 @@ def _drive_busy(sender: Sender, waiter: Waiter) -> None:
         woken = sender.pool.wait(max(0.0, until - time.monotonic()), waiter.fileno())
         ended = sender.drive(0)
         if woken:
-            waiter.drain()
-            sender._mark_dirty()
+            _mark_dirty(sender, waiter.drain_names())
         if woken or ended or not len(sender.pool) or time.monotonic() >= until:
             return
 
@@ -440,7 +452,7 @@ def run(spool: Spool, opts: SendOptions) -> int:
         stopped.set()
         if sender is not None:
             sender.stopping = True
-        spool.wakeups.wake_sender()  # select() resumes after a signal (PEP 475): wake it for real
+        spool.wakeups.resume_sender()  # select() resumes after a signal (PEP 475): wake it for real
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

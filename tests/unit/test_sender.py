@@ -90,7 +90,7 @@ def test_an_empty_queue_is_listed_again_without_a_wake_up_after_a_while(sp: Spoo
     assert run.next_batch(10, s.opts.batch_bytes) == []  # listed: empty
     batch = sp.batch([DOWN])
     batch.add(b"unannounced")
-    sp.wakeups.wake_sender = lambda: 0  # type: ignore[method-assign]  # the put dies before waking
+    sp.wakeups.wake_sender = lambda peers=(): 0  # type: ignore[method-assign]  # the put dies before waking
     [ident] = batch.commit()
     assert run.next_batch(10, s.opts.batch_bytes) == [], "listed again at once without a wake-up"
     assert s.sleep_for() <= pr.RELIST_IDLE  # the daemon wakes up to list again

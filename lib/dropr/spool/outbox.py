@@ -555,7 +555,8 @@ class PutBatch:
             if index_dir:
                 dirs.append(sp.path("ids"))
             if done:
-                sp.wakeups.wake_sender()  # before the fsync of queued/: see this docstring
+                # before the fsync of queued/ (see this docstring); it lists only these queues
+                sp.wakeups.wake_sender([p.name for p in self.peers])
                 for held in self._held:
                     sp.wakeups.wake_fetchers(held)
             sp.sync(dirs=dirs)

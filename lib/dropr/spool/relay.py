@@ -100,7 +100,7 @@ class Relays:
             with self.sp.usage.batch():  # a quota's total: one update (usage.py)
                 for _, tmp, name in new:
                     self.fs.move(tmp, f"{queued}/{name}")  # link + unlink: see FS.move
-            self.sp.wakeups.wake_sender()  # before the fsync of queued/, as PutBatch.commit
+            self.sp.wakeups.wake_sender([dest.name])  # before the fsync of queued/, as PutBatch.commit
             if dest.hold:  # fetched, not pushed: wake the fetches held for it
                 self.sp.wakeups.wake_fetchers(dest.name)
             self.sp.sync(dirs=[queued])

@@ -8,6 +8,21 @@ a lost or failed wake-up delays and never loses. The names, all made here:
     recv-<channel>-<pid>.sock  a consumer of one channel, woken by a store into it
     fetch-<peer>-<tag>.sock    a fetch a holder's dropr-serve holds for a held peer (tag:
                                pid and a count), woken by a put or a relay store for it
+
+What a datagram says (only the sender's are read; every other waiter drains them):
+
+    !                  every queue may have new work (what dropr-put sent before it named
+                       peers: an older dropr-put against a newer daemon wakes everything)
+    =NAMES             "=" and the outbox folders (peers, groups) that got new work, UTF-8,
+                       one per line (NAME_SEP); a peer name holds no newline
+                       (message.check_name, config.member_name, url_peer_name), and
+                       wake_sender sends "!" for one that does
+    .                  no queue has new work: the daemon's loop only resumes (a signal,
+                       a fetch's results; both sent by the daemon's own process)
+
+Anything else, a datagram cut at WAKE_MAX bytes, or a queue that may have been full
+(a wake-up lost) reads as "!": a wake-up only saves time, and must never make the
+daemon skip a queue with work in it.
 """
 
 from __future__ import annotations
@@ -18,12 +33,18 @@ from .. import message as m
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy reads this as True
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
 SEND_SOCK = "send.sock"  # the sender's wake-up socket in wake/
 PUT_PREFIX = "put-"
 RECV_PREFIX = "recv-"
 FETCH_PREFIX = "fetch-"
+WAKE_ALL = b"!"  # the datagrams: see this docstring
+WAKE_NAMES = b"="
+WAKE_RESUME = b"."
+WAKE_MAX = 1024  # the largest datagram naming peers (~20 names); a put to more peers wakes all
+NAME_SEP = "\n"  # between the names of a datagram: no peer name holds it
 WAKE_SETTLE = 0.1  # wake/ unchanged this long (seconds) has a listing worth keeping: see _waiting
 
 
@@ -73,9 +94,17 @@ class Wakeups:
         """Bind this consumer's socket for a channel (woken by wake_consumers)."""
         return self.waiter(recv_sock(channel, os.getpid()))
 
-    def wake_sender(self) -> int:
-        """Wake the sender, without listing wake/; 1 if it was there, else 0."""
-        return self.wake_one(SEND_SOCK)
+    def wake_sender(self, peers: Iterable[str] = ()) -> int:
+        """Wake the sender, without listing wake/; 1 if it was there, else 0.
+
+        peers: the outbox folders that got new work (the daemon lists only their queues);
+        none means every queue, as does a set too long for one datagram.
+        """
+        return self.wake_one(SEND_SOCK, names_datagram(peers))
+
+    def resume_sender(self) -> int:
+        """Make the sender's loop run again without listing any queue (a signal, results)."""
+        return self.wake_one(SEND_SOCK, WAKE_RESUME)
 
     def wake_putters(self) -> int:
         """Wake every waiting dropr-put; return how many."""
@@ -115,13 +144,13 @@ class Wakeups:
         except OSError:
             return 0
 
-    def wake_one(self, name: str) -> int:
-        """Wake the waiter bound as name without listing wake/; return 1 if it was there,
-        else 0. Never fails, as wake()."""
+    def wake_one(self, name: str, data: bytes = WAKE_ALL) -> int:
+        """Send data to the waiter bound as name without listing wake/; return 1 if it was
+        there, else 0. Never fails, as wake()."""
         if not os.path.exists(os.path.join(self.folder, name)):
             return 0  # nobody waits: no socket to make (a put from cron)
         try:
-            return _send_wakes(self.folder, [name])
+            return _send_wakes(self.folder, [name], data)
         except OSError:
             return 0
 
@@ -150,20 +179,65 @@ class Wakeups:
         return Waiter(os.path.join(self.folder, name))
 
 
-def _send_wakes(folder: str, names: list[str]) -> int:
+def names_datagram(peers: Iterable[str]) -> bytes:
+    """Return the datagram that wakes the sender for peers (see this module's docstring)."""
+    names = sorted(set(peers))
+    if not names or any(not n or NAME_SEP in n for n in names):
+        return WAKE_ALL
+    try:
+        data = WAKE_NAMES + NAME_SEP.join(names).encode()
+    except UnicodeEncodeError:  # a folder name os.listdir read with surrogateescape
+        return WAKE_ALL
+    return data if len(data) <= WAKE_MAX else WAKE_ALL
+
+
+def parse_wake(data: bytes) -> set[str] | None:
+    """Return the outbox folders a sender's datagram names (empty: none), or None for all."""
+    if data == WAKE_RESUME:
+        return set()
+    if not data.startswith(WAKE_NAMES) or len(data) > WAKE_MAX:
+        return None
+    try:
+        names = data[len(WAKE_NAMES) :].decode().split(NAME_SEP)
+    except UnicodeDecodeError:
+        return None
+    return None if "" in names else set(names)
+
+
+def _send_wakes(folder: str, names: list[str], data: bytes = WAKE_ALL) -> int:
     s = _wake_socket()
     woken = 0
     for n in names:
         try:
-            s.sendto(b"!", os.path.join(folder, n))
+            s.sendto(data, os.path.join(folder, n))
             woken += 1
         except BlockingIOError:
-            woken += 1  # its queue is full: it has wake-ups pending anyway
+            # The waiter's queue is full (it has wake-ups pending, and a sender that
+            # drains a full queue takes it as "!": see Waiter.drain_names), or this
+            # process's socket has used up its send buffer on waiters that do not read:
+            # then a wake-up naming peers is lost, and nothing else names them. Once
+            # more from a socket of its own.
+            if data != WAKE_ALL:
+                _send_alone(data, os.path.join(folder, n))
+            woken += 1
         except ConnectionRefusedError:
             _unlink_quiet(os.path.join(folder, n))  # its owner is gone
         except OSError:
             pass  # nobody waits under that name
     return woken
+
+
+def _send_alone(data: bytes, path: str) -> None:
+    import _socket
+
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    try:
+        s.setblocking(False)
+        s.sendto(data, path)
+    except OSError:
+        pass  # its queue is full: Waiter.drain_names reads that as everything
+    finally:
+        s.close()
 
 
 class Waiter:
@@ -182,14 +256,16 @@ class Waiter:
         """Return the socket's descriptor, for select/poll."""
         return self.sock.fileno()
 
-    def wait(self, timeout: float | None) -> bool:
-        """Block until woken or timeout; drain pending wake-ups; True if woken."""
+    def wait(self, timeout: float | None, *, drain: bool = True) -> bool:
+        """Block until woken or timeout; drain pending wake-ups (unless drain is False:
+        the sender reads what they name, drain_names); True if woken."""
         import select
 
         r, _, _ = select.select([self.sock], [], [], timeout)
         if not r:
             return False
-        self.drain()
+        if drain:
+            self.drain()
         return True
 
     def drain(self) -> None:
@@ -199,6 +275,27 @@ class Waiter:
                 self.sock.recv(64)
         except OSError:
             pass
+
+    def drain_names(self) -> set[str] | None:
+        """Take every pending wake-up; return the outbox folders they name, or None for all.
+
+        None as soon as one names no peer ("!", anything unreadable), and when the queue
+        may have been full: a wake-up sent then was lost (EAGAIN at its sender), and
+        nothing tells which peers it named.
+        """
+        names: set[str] = set()
+        count = 0
+        try:
+            while True:
+                named = parse_wake(self.sock.recv(WAKE_MAX + 1))
+                count += 1
+                if named is None:
+                    self.drain()
+                    return None
+                names |= named
+        except OSError:
+            pass
+        return None if count >= _queue_length() else names
 
     def close(self) -> None:
         """Unbind and close."""
@@ -219,6 +316,22 @@ def _unlink_quiet(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+_qlen: int | None = None  # see _queue_length
+
+
+def _queue_length() -> int:
+    """Return how many datagrams a wake-up socket queues (net.unix.max_dgram_qlen; the
+    kernel takes one more), read once; 10, Linux's default, if it cannot be read."""
+    global _qlen
+    if _qlen is None:
+        try:
+            with open("/proc/sys/net/unix/max_dgram_qlen", "rb") as f:
+                _qlen = max(1, int(f.read()))
+        except (OSError, ValueError):
+            _qlen = 10
+    return _qlen
 
 
 _wake_sock: tuple[int, Any] | None = None  # (pid, socket): see _wake_socket
