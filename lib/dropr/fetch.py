@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import message as m
 from . import protocol as wire
 from . import retry
-from .peerrun import take_receipts
+from .peerrun import receipt_names, take_receipts
 from .server import DISPOSITION, HTTPError, Streamed, Upload, _boundary, _filename, _Part, _ReadTimeout
 from .spool.wake import fetch_sock
 from .summary import FETCHED
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 MAX_BODY = 4 << 20  # the largest fetch request (its results and receipts)
 MAX_COUNT = 10_000  # the most messages one answer carries
 ASK_MIN, ASK_MAX = 0.2, 5.0  # receipts are asked for this far apart, as the sender's polls
-ASK_BATCH = 1000  # names asked about in one answer, as a receipt poll's (peerrun.STATUS_BATCH)
 BUFFER = 256 << 10  # an answer is written in pieces of about this size
 CHUNK = 1 << 20
 SEEN_EVERY = 10.0  # a held peer's last fetch is recorded at most this often
@@ -344,12 +343,9 @@ class _Choice:
             return []
         if self.files and not force and now - state[3] < ASK_MAX:
             return []  # busy sending: the fetcher's thread is better spent storing, for a while
-        names = self.spool.out_names(self.peer, SENT, ASK_BATCH, state[2])[:ASK_BATCH]
-        if not names and state[2]:
-            names = self.spool.out_names(self.peer, SENT, ASK_BATCH)[:ASK_BATCH]
+        names, state[2] = receipt_names(self.spool, self.peer, state[2], wrap=True)
         if not names:
             return []
-        state[2] = names[-1] if len(names) >= ASK_BATCH else ""
         state[0], state[3] = now + ASK_MAX, now  # due again unless the receipts come back sooner
         names, origins = self.spool.relays.poll_origins(self.peer, names)  # relayed here: o=
         origins = origins or [""] * len(names)

@@ -62,8 +62,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_MIN = 0.2
-STATUS_BATCH = 1000  # sent names one receipt poll asks about
 POLL_MAX = 5.0  # receipts are polled at most this far apart while messages wait in sent/
+STATUS_BATCH = 1000  # sent names one receipt request asks about (a poll, a fetch's answer)
 PIPELINE = 2  # batches in flight per peer: the server's workers commit them in parallel
 BACKOFF_JITTER = 0.5  # a peer's delay is drawn from [50 %, 100 %] of the doubled one
 LIST_WINDOW = 100_000  # queued names listed at once: a million took ~100 MiB (the first ones by name);
@@ -340,15 +340,9 @@ class PeerRun:
     # -- polling --------------------------------------------------------------
 
     def poll_names(self, force: bool) -> list[str]:
-        """Return the sent names the next receipt poll asks about: the next STATUS_BATCH
-        after the last poll's, then again from the oldest, so that messages nobody consumes
-        at the peer (or that it purged) do not hold later receipts up for good. force: a
+        """Return the sent names the next receipt poll asks about (receipt_names); force: a
         --once pass's one poll, from the oldest if nothing is after the last one."""
-        names = self.spool.out_names(self.peer.name, SENT_DIR, STATUS_BATCH, self.poll_after)[:STATUS_BATCH]
-        if not names and self.poll_after and force:
-            names = self.spool.out_names(self.peer.name, SENT_DIR, STATUS_BATCH)[:STATUS_BATCH]
-        if names:
-            self.poll_after = names[-1] if len(names) >= STATUS_BATCH else ""
+        names, self.poll_after = receipt_names(self.spool, self.peer.name, self.poll_after, force)
         return names
 
     def poll_due(self, now: float, force: bool) -> bool:
@@ -356,6 +350,20 @@ class PeerRun:
         if self.poll == POLLING:
             return False
         return force or (self.poll == DUE and self.poll_at <= now)
+
+
+def receipt_names(spool: Spool, peer: str, after: str, wrap: bool) -> tuple[list[str], str]:
+    """Return the sent names a receipt request asks about, and where the next one goes on:
+    the next STATUS_BATCH after the name `after`, then again from the oldest (with wrap, at
+    once when nothing is after it), so that messages nobody consumes at the peer (or that it
+    purged) do not hold later receipts up for good. The one walk for both ways receipts are
+    asked for: a sender's poll (PeerRun.poll_names) and a holder's fetch answer (fetch.py)."""
+    names = spool.out_names(peer, SENT_DIR, STATUS_BATCH, after)[:STATUS_BATCH]
+    if not names and after and wrap:
+        names = spool.out_names(peer, SENT_DIR, STATUS_BATCH)[:STATUS_BATCH]
+    if not names:
+        return names, after
+    return names, names[-1] if len(names) >= STATUS_BATCH else ""
 
 
 def take_receipts(
