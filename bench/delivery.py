@@ -33,6 +33,16 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _tree(pid: int) -> list[int]:
+    """Return pid and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += _children(p)
+    return out
+
+
 class Server:
     """A dropr-serve on 127.0.0.1, port 0, for one spool."""
 
@@ -53,7 +63,7 @@ class Server:
 
     def peak_kib(self) -> int:
         """Return the largest VmHWM of the master and its workers."""
-        return max(proc_status(p, "VmHWM:") for p in [self.proc.pid, *_children(self.proc.pid)])
+        return max(proc_status(p, "VmHWM:") for p in _tree(self.proc.pid))
 
     def stop(self) -> None:
         stop_proc(self.proc)

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from delivery import Server, _children, _env
+from delivery import Server, _env, _tree
 from harness import Ctx, section
 
 PUT_GAP = 0.002  # the stream: one message put every 2 ms
@@ -67,7 +67,7 @@ def _failover_run(ctx: Ctx, root: Path) -> None:
             w.drain()
             if _count(root / "M2" / "in" / "default" / "ready"):
                 ctx.errors.append("failover: the second member stored a message before the kill")
-            for pid in [m1.proc.pid, *_children(m1.proc.pid)]:
+            for pid in _tree(m1.proc.pid):
                 os.kill(pid, signal.SIGKILL)
             t0 = time.perf_counter()
             got = w.wait(30)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from delivery import _children, _env, _put_lines
+from delivery import _env, _put_lines, _tree
 from harness import Ctx, build_queued, proc_status, regular_install, section, stop_proc, sync_fs, wait_url
 
 RSS_LIMIT = 64  # MiB, every process of backlog and the sender of many-peers
@@ -30,16 +30,6 @@ KIB = b"k" * 1024
 
 
 # -- processes and their memory --------------------------------------------------------
-
-
-def _tree(pid: int) -> list[int]:
-    """Return pid and its descendants."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += _children(p)
-    return out
 
 
 def _name(pid: int) -> str:
